@@ -1,0 +1,1 @@
+"""cirrus: provenance for every CloudVolume write."""

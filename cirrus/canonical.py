@@ -1,0 +1,71 @@
+"""Canonical JSON and sha256 digests: the identity of everything cirrus stores."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from typing import Any
+
+from cirrus.errors import InvalidInput
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def canonical_json(obj: Any) -> bytes:
+    """UTF-8 JSON with sorted keys and no whitespace: equal values give equal bytes."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def digest(obj: Any) -> str:
+    """The sha256 of `obj`'s canonical JSON."""
+    return sha256_hex(canonical_json(obj))
+
+
+def check_digest(value: str, what: str = "digest") -> str:
+    """Refuse anything but 64 lowercase hex characters before it becomes part of a storage key."""
+    if not isinstance(value, str) or not _HEX64.match(value):
+        raise InvalidInput(f"{what} must be 64 lowercase hex characters (a sha256), got {value!r}")
+    return value
+
+
+def normalise_json(value: Any, path: str, error: type[Exception]) -> Any:
+    """Return `value` as plain JSON types (tuples become lists); raise `error(path, problem)`.
+
+    Refused: non-string keys, NaN and infinities, sets, arrays and arbitrary objects.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise error(path, f"{value!r} is not finite; JSON has no NaN or infinity")
+        return float(value)
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise error(
+                    f"{path}[{key!r}]",
+                    f"key of type {type(key).__name__}; JSON keys must be strings, convert it",
+                )
+            out[key] = normalise_json(item, f"{path}.{key}", error)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [normalise_json(item, f"{path}[{i}]", error) for i, item in enumerate(value)]
+    kind = type(value).__name__
+    hint = {
+        "set": "use a sorted list",
+        "frozenset": "use a sorted list",
+        "ndarray": "use .tolist()",
+        "bytes": "decode it or store its sha256",
+    }.get(kind, "convert it to str, int, float, bool, None, list or dict")
+    raise error(path, f"value of type {kind} is not JSON; {hint}")

@@ -1,0 +1,66 @@
+"""Every error cirrus raises, so callers can catch one family and tests can assert precisely."""
+
+from __future__ import annotations
+
+
+class CirrusError(Exception):
+    """Base class of every error raised by cirrus."""
+
+
+class InvalidInput(CirrusError, ValueError):
+    """An argument is unusable; the message names it and says how to fix it."""
+
+
+class ParameterError(InvalidInput):
+    """A process parameter cannot be stored as canonical JSON (or looks like a secret)."""
+
+    def __init__(self, path: str, problem: str):
+        self.path = path
+        self.problem = problem
+        super().__init__(f"process parameter {path}: {problem}")
+
+
+class ProvenanceRequired(CirrusError, PermissionError):
+    """A write was attempted without a session that carries sources, motivation and a process."""
+
+
+class SessionClosed(ProvenanceRequired):
+    """A write handle was used after its session committed or aborted."""
+
+
+class CaptureError(CirrusError):
+    """A code environment could not be captured and `strict=True` was asked for."""
+
+
+class StorageError(CirrusError):
+    """A provenance object could not be read or written."""
+
+    def __init__(self, message: str, *, cloudpath: str = "", key: str = ""):
+        self.cloudpath = cloudpath
+        self.key = key
+        where = f"{cloudpath.rstrip('/')}/{key}" if cloudpath or key else ""
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write lost: the object exists, or changed since it was read."""
+
+
+class TransientStorageError(StorageError):
+    """A failure that may succeed on retry (timeouts, throttling, 5xx)."""
+
+
+class PermanentStorageError(StorageError):
+    """A failure that retrying cannot fix (no permission, no bucket, bad request)."""
+
+
+class CorruptProvenance(CirrusError):
+    """A volume's `provenance` object is not the JSON shape CloudVolume defines; it is left untouched."""
+
+
+class IntegrityError(CirrusError):
+    """A stored record or environment does not match the digest it is filed under."""
+
+
+class StepError(CirrusError):
+    """A step token is invalid, or a volume is used outside the step it was opened for."""

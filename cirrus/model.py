@@ -1,0 +1,199 @@
+"""The provenance model: processes, notes and records, each with a canonical JSON form and digest.
+
+The model knows nothing of storage. Everything here is a frozen attrs class whose identity is the
+sha256 of its canonical JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+from collections.abc import Mapping
+from configparser import ConfigParser
+from types import SimpleNamespace
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from cirrus.canonical import digest, normalise_json
+from cirrus.errors import InvalidInput, ParameterError
+
+NOTE_KINDS = ("motivation", "result", "generic")
+RECORD_SCHEMA = "cirrus.record/1"
+_SECRET_KEY = re.compile(
+    r"(passw(or)?d|secret|token|credential|private[_-]?key|access[_-]?key|api[_-]?key|(^|[_-])key$)",
+    re.IGNORECASE,
+)
+
+
+@runtime_checkable
+class CodeEnv(Protocol):
+    """What a code environment gives a process: a JSON description with a `kind` field."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def isoformat(moment: dt.datetime) -> str:
+    """UTC ISO 8601 with microseconds, readable by `datetime.fromisoformat`."""
+    if moment.tzinfo is None:
+        raise InvalidInput(f"timestamp {moment!r} has no timezone; pass an aware datetime (UTC)")
+    return moment.astimezone(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def parameters_as_dict(parameters: Any) -> dict[str, Any]:
+    """Turn a dict, SimpleNamespace, ConfigParser, dataclass or attrs instance into a plain dict."""
+    if isinstance(parameters, ConfigParser):
+        sections = {name: dict(parameters[name]) for name in parameters.sections()}
+        defaults = dict(parameters.defaults())
+        return {"DEFAULT": defaults, **sections} if defaults else sections
+    if isinstance(parameters, SimpleNamespace):
+        return vars(parameters)
+    if dataclasses.is_dataclass(parameters) and not isinstance(parameters, type):
+        return dataclasses.asdict(parameters)
+    if attrs.has(type(parameters)):
+        return attrs.asdict(parameters)
+    if isinstance(parameters, Mapping):
+        return dict(parameters)
+    raise ParameterError(
+        "parameters",
+        f"a {type(parameters).__name__} is not supported; pass a dict, SimpleNamespace, "
+        "ConfigParser, dataclass or attrs instance",
+    )
+
+
+def normalise_parameters(parameters: Any, allow_secrets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Canonical JSON-able parameters; refuse non-JSON values and keys that look like secrets."""
+    plain = normalise_json(parameters_as_dict(parameters), "parameters", ParameterError)
+    _refuse_secrets(plain, "parameters", set(allow_secrets))
+    return plain
+
+
+def _refuse_secrets(value: Any, path: str, allowed: set[str]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _SECRET_KEY.search(key) and key not in allowed and item not in (None, ""):
+                raise ParameterError(
+                    f"{path}.{key}",
+                    "looks like a secret and would be stored in every record; remove it, or "
+                    f"pass allow_secrets=({key!r},) to Process if it is not one",
+                )
+            _refuse_secrets(item, f"{path}.{key}", allowed)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _refuse_secrets(item, f"{path}[{i}]", allowed)
+
+
+@attrs.frozen(init=False)
+class Process:
+    """What made the data: a description, canonical parameters and captured code environments.
+
+    `Process(description, parameters, *code_envs)` keeps provenance-toolbox's call shape.
+    Identity is the digest of all three, so new code with old parameters is a new process.
+    """
+
+    description: str
+    parameters: dict[str, Any]
+    code_envs: tuple[CodeEnv, ...]
+
+    def __init__(
+        self,
+        description: str,
+        parameters: Any = None,
+        *code_envs: CodeEnv,
+        allow_secrets: tuple[str, ...] = (),
+    ):
+        if not isinstance(description, str) or not description.strip():
+            raise InvalidInput(
+                f"Process description must be a non-empty string, got {description!r}; "
+                'say what the step does, e.g. Process("watershed at 8x8x40", {...})'
+            )
+        for env in code_envs:
+            if not isinstance(env, CodeEnv):
+                raise InvalidInput(
+                    f"code environment {env!r} is not one; pass cirrus.PythonGithubEnv(path) or "
+                    "cirrus.DockerEnv(...)"
+                )
+        params = normalise_parameters({} if parameters is None else parameters, allow_secrets)
+        self.__attrs_init__(description, params, tuple(code_envs))
+
+    def env_documents(self) -> list[dict[str, Any]]:
+        """The JSON of each code environment, in the order given."""
+        return [normalise_json(env.to_json(), "code_env", ParameterError) for env in self.code_envs]
+
+    def to_json(self) -> dict[str, Any]:
+        """The process as stored in records: environments by digest."""
+        return {
+            "description": self.description,
+            "parameters": self.parameters,
+            "envs": [digest(doc) for doc in self.env_documents()],
+        }
+
+    @property
+    def digest(self) -> str:
+        return digest(self.to_json())
+
+
+@attrs.frozen
+class Note:
+    """A timestamped note: motivation, result or generic; text kept exactly as given."""
+
+    kind: str = attrs.field(validator=attrs.validators.in_(NOTE_KINDS))
+    text: str = attrs.field()
+    time: dt.datetime = attrs.field(factory=utcnow)
+
+    @text.validator
+    def _check_text(self, _attribute: Any, value: Any) -> None:
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidInput(f"a {self.kind} note must be a non-empty string, got {value!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "text": self.text, "time": isoformat(self.time)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Note:
+        return cls(data["kind"], data["text"], dt.datetime.fromisoformat(data["time"]))
+
+
+@attrs.frozen
+class Record:
+    """One session's (or step's) account of what it did to one volume. Write-once."""
+
+    session: str
+    volume: str
+    process: dict[str, Any]
+    sources: tuple[str, ...]
+    notes: tuple[dict[str, Any], ...]
+    status: str = attrs.field(validator=attrs.validators.in_(("committed", "failed")))
+    started: str
+    ended: str
+    user: str
+    host: str
+    cirrus_version: str
+    writes: dict[str, Any]
+    siblings: tuple[str, ...] = ()
+    error: dict[str, str] | None = None
+    step: str | None = None
+    tasks: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = attrs.asdict(self, retain_collection_types=False)
+        data = {key: value for key, value in data.items() if value is not None}
+        data["schema"] = RECORD_SCHEMA
+        return normalise_json(data, "record", ParameterError)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Record:
+        fields = {f.name for f in attrs.fields(cls)}
+        kwargs = {key: value for key, value in data.items() if key in fields}
+        for name in ("sources", "notes", "siblings"):
+            kwargs[name] = tuple(kwargs.get(name, ()))
+        return cls(**kwargs)
+
+    @property
+    def digest(self) -> str:
+        return digest(self.to_json())

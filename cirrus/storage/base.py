@@ -1,0 +1,83 @@
+"""The conditional object store cirrus keeps its provenance objects in.
+
+A *backend* speaks one protocol and raises only `cirrus.errors` storage errors, classified as
+conflict (`PreconditionFailed`), transient or permanent. `Store` puts the one retry policy and
+the read-back-and-compare rule for ambiguous creates on top of any backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import attrs
+
+from cirrus.errors import PreconditionFailed
+from cirrus.storage.retry import RetryPolicy
+
+log = logging.getLogger("cirrus.storage")
+
+
+@attrs.frozen
+class Blob:
+    """An object's bytes and the version token a compare-and-swap must present."""
+
+    data: bytes
+    token: str
+
+
+class Backend(Protocol):
+    """One protocol's conditional primitives, rooted at a layer's cloudpath."""
+
+    cloudpath: str
+
+    def get(self, key: str) -> Blob | None:
+        """The object with its version token, or None when it does not exist."""
+
+    def put_new(self, key: str, data: bytes) -> str:
+        """Create `key`; raise PreconditionFailed if it exists. Returns the new token."""
+
+    def put_if_match(self, key: str, data: bytes, token: str) -> str:
+        """Replace `key` only if its token is still `token`; else PreconditionFailed."""
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys under `prefix` (relative to the root), sorted."""
+
+
+@attrs.define
+class Store:
+    """A backend behind the retry policy; what the ledger uses."""
+
+    backend: Backend
+    policy: RetryPolicy = attrs.field(factory=RetryPolicy)
+
+    @property
+    def cloudpath(self) -> str:
+        return self.backend.cloudpath
+
+    def get(self, key: str) -> Blob | None:
+        return self.policy.call(self.backend.get, key)
+
+    def list(self, prefix: str) -> list[str]:
+        return self.policy.call(self.backend.list, prefix)
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Write-once: True if created now, False if the same bytes were already there.
+
+        A create whose response was lost and was retried lands here as a conflict; reading the
+        object back and comparing bytes tells success from a real collision.
+        """
+        try:
+            self.policy.call(self.backend.put_new, key, data)
+            return True
+        except PreconditionFailed:
+            existing = self.get(key)
+            if existing is not None and existing.data == data:
+                return False
+            raise
+
+    def swap(self, key: str, data: bytes, token: str | None) -> str:
+        """Compare-and-swap: replace the version `token` (None: only if absent). Conflicts raise."""
+        if token is None:
+            return self.policy.call(self.backend.put_new, key, data)
+        return self.policy.call(self.backend.put_if_match, key, data, token)
