@@ -1,1 +1,32 @@
-"""cirrus: provenance for every CloudVolume write."""
+"""cirrus: provenance for every CloudVolume write, recorded once per step, atomically.
+
+`import cirrus` stays light: CloudVolume, git, docker and the cloud clients load on first use.
+"""
+
+from cirrus import errors
+from cirrus._version import __version__
+from cirrus.codeenv import DockerEnv, PythonGithubEnv
+from cirrus.compat import CloudVolume, add_motivation, add_note, add_result, log_process
+from cirrus.ledger import recover
+from cirrus.model import Note, Process, Record
+from cirrus.reading import history
+from cirrus.session import Session, session
+
+__all__ = [
+    "CloudVolume",
+    "DockerEnv",
+    "Note",
+    "Process",
+    "PythonGithubEnv",
+    "Record",
+    "Session",
+    "__version__",
+    "add_motivation",
+    "add_note",
+    "add_result",
+    "errors",
+    "history",
+    "log_process",
+    "recover",
+    "session",
+]

@@ -55,7 +55,7 @@ class PermanentStorageError(StorageError):
 
 
 class CorruptProvenance(CirrusError):
-    """A volume's `provenance` object is not the JSON shape CloudVolume defines; it is left untouched."""
+    """A layer's `provenance` is not the JSON shape CloudVolume defines; it is left untouched."""
 
 
 class IntegrityError(CirrusError):

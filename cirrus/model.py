@@ -165,7 +165,7 @@ class Record:
 
     session: str
     volume: str
-    process: dict[str, Any]
+    process: dict[str, Any] | None  # None for a note-only annotation
     sources: tuple[str, ...]
     notes: tuple[dict[str, Any], ...]
     status: str = attrs.field(validator=attrs.validators.in_(("committed", "failed")))
@@ -181,8 +181,8 @@ class Record:
     tasks: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = attrs.asdict(self, retain_collection_types=False)
-        data = {key: value for key, value in data.items() if value is not None}
+        data = attrs.asdict(self)
+        data = {k: v for k, v in data.items() if v is not None or k == "process"}
         data["schema"] = RECORD_SCHEMA
         return normalise_json(data, "record", ParameterError)
 

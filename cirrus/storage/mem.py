@@ -1,51 +1,61 @@
-"""`mem://`: one dict per process, as CloudVolume's own mem:// is; for tests and notebooks."""
+"""`mem://`: CloudFiles' own in-process buckets, so CloudVolume reads what cirrus writes.
+
+Like CloudVolume's mem://, it lives in one process and is empty in child processes. The version
+token is the content's sha256, so a write by anyone else (CloudVolume included) changes it.
+"""
 
 from __future__ import annotations
 
-import itertools
+import hashlib
+import posixpath
 import threading
 
 from cirrus.errors import PreconditionFailed
 from cirrus.storage.base import Blob
 
-_OBJECTS: dict[str, tuple[bytes, str]] = {}
 _LOCK = threading.Lock()
-_VERSIONS = itertools.count(1)
+
+
+def _token(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 class MemBackend:
-    """Thread-safe conditional writes on a process-global dict keyed by full path."""
+    """Conditional writes on the dict CloudFiles keeps for a mem:// bucket."""
 
     def __init__(self, cloudpath: str):
+        from cloudfiles import interfaces, paths
+
         self.cloudpath = cloudpath.rstrip("/")
+        parts = paths.extract(self.cloudpath)
+        with interfaces.MEM_BUCKET_POOL_LOCK:
+            pool = interfaces.MEM_POOL[interfaces.MemoryPoolParams(parts.bucket)]
+        self._objects = pool.get_connection(None, None)
+        self._root = parts.path.rstrip("/")
 
     def _path(self, key: str) -> str:
-        return f"{self.cloudpath}/{key}"
+        return posixpath.join(self._root, key)
 
     def get(self, key: str) -> Blob | None:
-        with _LOCK:
-            found = _OBJECTS.get(self._path(key))
-        return None if found is None else Blob(found[0], found[1])
+        data = self._objects.get(self._path(key))
+        return None if data is None else Blob(bytes(data), _token(data))
 
     def put_new(self, key: str, data: bytes) -> str:
         with _LOCK:
-            if self._path(key) in _OBJECTS:
+            if self._path(key) in self._objects:
                 raise PreconditionFailed("already exists", cloudpath=self.cloudpath, key=key)
-            token = str(next(_VERSIONS))
-            _OBJECTS[self._path(key)] = (bytes(data), token)
-            return token
+            self._objects[self._path(key)] = bytes(data)
+        return _token(data)
 
     def put_if_match(self, key: str, data: bytes, token: str) -> str:
         with _LOCK:
-            found = _OBJECTS.get(self._path(key))
-            if found is None or found[1] != token:
+            current = self._objects.get(self._path(key))
+            if current is None or _token(current) != token:
                 raise PreconditionFailed("changed since read", cloudpath=self.cloudpath, key=key)
-            new = str(next(_VERSIONS))
-            _OBJECTS[self._path(key)] = (bytes(data), new)
-            return new
+            self._objects[self._path(key)] = bytes(data)
+        return _token(data)
 
     def list(self, prefix: str) -> list[str]:
         root = self._path("")
-        with _LOCK:
-            keys = [path[len(root):] for path in _OBJECTS if path.startswith(root + prefix)]
-        return sorted(keys)
+        start = root + prefix
+        return sorted(path[len(root) :] for path in list(self._objects) if path.startswith(start))

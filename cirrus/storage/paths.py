@@ -24,10 +24,13 @@ def normalise_cloudpath(cloudpath: str) -> str:
     try:
         parts = paths.extract(cloudpath)
     except Exception as error:  # cloudfiles raises its own UnsupportedProtocolError
-        raise InvalidInput(f"{cloudpath!r} is not a cloudpath CloudVolume accepts: {error}") from None
+        raise InvalidInput(
+            f"{cloudpath!r} is not a cloudpath CloudVolume accepts: {error}"
+        ) from None
     if parts.format not in (None, "precomputed"):
         raise InvalidInput(
-            f"{cloudpath!r} is a {parts.format} layer; cirrus records provenance for precomputed layers"
+            f"{cloudpath!r} is a {parts.format} layer; "
+            "cirrus records provenance for precomputed layers"
         )
     path = parts.path.rstrip("/")
     if parts.protocol == "file":

@@ -1,4 +1,4 @@
-"""The one retry layer: transient errors retried with jittered exponential backoff under a deadline."""
+"""The one retry layer: transient errors retried with jittered backoff under a deadline."""
 
 from __future__ import annotations
 

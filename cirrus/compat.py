@@ -1,0 +1,117 @@
+"""The predecessors' call shapes: cirrus-volume's CloudVolume and provenance-toolbox's helpers.
+
+Both log through cirrus's ledger: one record per session, never one commit per write.
+"""
+
+from __future__ import annotations
+
+import atexit
+import uuid
+import weakref
+from typing import Any
+
+from cirrus.handles import RULES, Gate, track
+from cirrus.model import Note, Process, utcnow
+from cirrus.session import Session, commit_records, make_record, validate_process
+from cirrus.storage.paths import normalise_cloudpath
+from cirrus.writeset import WriteTracker
+
+_OPEN: weakref.WeakSet = weakref.WeakSet()
+
+
+class _Documentation:
+    """cirrus-volume's three rules on one volume, with a session opened on the first write."""
+
+    def __init__(self, volume: Any, layer: str):
+        self.volume = weakref.proxy(volume)
+        self.layer = layer
+        self.session: Session | None = None
+        self.key: tuple | None = None
+        self.gate = Gate(layer, WriteTracker(), self.refusal)
+
+    def refusal(self) -> str | None:
+        volume = self.volume
+        missing = [
+            name
+            for name in ("sources", "motivation", "process")
+            if volume.__dict__.get(name) is None
+        ]
+        if missing:
+            return f"missing {', '.join(missing)}. {RULES}"
+        key = (tuple(volume.sources), volume.motivation, id(volume.process))
+        if key != self.key:
+            self.commit()
+            self.session = Session(volume.sources, volume.motivation, volume.process)
+            self.gate.tracker = self.session._trackers.setdefault(self.layer, WriteTracker())
+            self.key = key
+            _OPEN.add(self)
+        return None
+
+    def commit(self) -> dict[str, str]:
+        session, self.session, self.key = self.session, None, None
+        _OPEN.discard(self)
+        return session.commit() if session is not None and session.state == "open" else {}
+
+
+def CloudVolume(  # noqa: N802 - a factory named like the class it returns, as cirrus-volume's
+    cloudpath: str,
+    *args: Any,
+    sources: list[str] | None = None,
+    motivation: str | None = None,
+    process: Process | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A CloudVolume that refuses writes until sources, motivation and process are set.
+
+    They may be passed here or set later as attributes (`vol.process = ...`). Writes are logged
+    through one session, committed by `vol.commit()`, when the attributes change, or at exit.
+    Without them, reads work and every write raises `ProvenanceRequired` naming the rules.
+    """
+    import cloudvolume
+
+    volume = cloudvolume.CloudVolume(cloudpath, *args, **kwargs)
+    documentation = _Documentation(volume, normalise_cloudpath(cloudpath))
+    track(volume, documentation.gate)
+    volume.sources, volume.motivation, volume.process = sources, motivation, process
+    volume.commit = documentation.commit
+    volume._cirrus_documentation = documentation
+    return volume
+
+
+@atexit.register
+def _commit_open_volumes() -> None:
+    for documentation in list(_OPEN):
+        documentation.commit()
+
+
+def _annotate(volume: Any, notes: list[Note], process: Process | None = None) -> str:
+    """Record notes (and optionally a process) on a volume without writing data."""
+    cloudpath = volume if isinstance(volume, str) else volume.cloudpath
+    layer = normalise_cloudpath(cloudpath)
+    record = make_record(
+        session=uuid.uuid4().hex,
+        layer=layer,
+        process=process,
+        sources=(),
+        notes=notes,
+        started=utcnow(),
+    )
+    documents = process.env_documents() if process is not None else []
+    return commit_records({layer: record}, documents)[layer]
+
+
+def log_process(volume: Any, process: Process) -> str:
+    """provenance-toolbox's `logprocess`: record a process on a volume (a CloudVolume or path)."""
+    return _annotate(volume, [], validate_process(process))
+
+
+def add_motivation(volume: Any, text: str) -> str:
+    return _annotate(volume, [Note("motivation", text)])
+
+
+def add_result(volume: Any, text: str) -> str:
+    return _annotate(volume, [Note("result", text)])
+
+
+def add_note(volume: Any, text: str) -> str:
+    return _annotate(volume, [Note("generic", text)])

@@ -1,0 +1,140 @@
+"""Write handles: real CloudVolumes whose every write path is gated and tracked.
+
+Gates sit on the data sources (image, mesh, skeleton, their metadata), which every frontend
+write path goes through, so `vol[...] = x`, `upload_from_shared_memory`, `image.upload`,
+`delete`, `commit_info`, mesh and skeleton uploads are all covered once.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from cirrus.canonical import digest
+from cirrus.errors import ProvenanceRequired
+from cirrus.writeset import WriteTracker
+
+RULES = (
+    "cirrus records provenance for every write, so a write needs three things: "
+    "(1) sources, a list of cloudpaths or free-text origins; (2) a motivation, why the data is "
+    "made; (3) a cirrus.Process (description, parameters, code environments). Write through "
+    "`with cirrus.session(sources=[...], motivation='...', process=process) as s: "
+    "vol = s.volume(path)`"
+)
+
+# (attribute path on the CloudVolume, method names, operation recorded)
+GATES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("image", ("delete", "delete_all"), "delete"),
+    ("meta", ("commit_info",), "info"),
+    ("mesh", ("put",), "mesh"),
+    ("mesh", ("delete",), "mesh_delete"),
+    ("mesh.meta", ("commit_info",), "mesh_info"),
+    ("skeleton", ("upload", "upload_raw", "put"), "skeleton"),
+    ("skeleton", ("delete",), "skeleton_delete"),
+    ("skeleton.meta", ("commit_info",), "skeleton_info"),
+)
+
+
+@attrs.define
+class Gate:
+    """The link from one handle to its session: may it write, and where writes are tallied."""
+
+    layer: str
+    tracker: WriteTracker
+    refusal: Callable[[], str | None]  # None while writes are allowed, else the reason
+
+    def admit(self) -> None:
+        reason = self.refusal()
+        if reason is not None:
+            raise ProvenanceRequired(f"{self.layer}: {reason}")
+
+
+def track(volume: Any, gate: Gate) -> Any:
+    """Gate and track every write path of `volume` (a CloudVolumePrecomputed) in place."""
+    volume.__class__ = _handle_class(type(volume))
+    volume._cirrus_gate = gate
+    _gate_image_upload(volume, gate)
+    for path, names, operation in GATES:
+        owner = _resolve(volume, path)
+        for name in names:
+            if owner is not None and callable(getattr(owner, name, None)):
+                _wrap(owner, name, functools.partial(_note_operation, volume, gate, operation))
+    return volume
+
+
+def _resolve(volume: Any, path: str) -> Any:
+    owner = volume
+    for part in path.split("."):
+        owner = getattr(owner, part, None)
+    return owner
+
+
+def _wrap(owner: Any, name: str, before: Callable[..., None]) -> None:
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def gated(*args: Any, **kwargs: Any) -> Any:
+        before(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    setattr(owner, name, gated)
+
+
+def _note_operation(volume: Any, gate: Gate, operation: str, *_args: Any, **_kwargs: Any) -> None:
+    gate.admit()
+    gate.tracker.operation(operation)
+    if operation == "info":
+        gate.tracker.info(digest(volume.meta.info))
+
+
+def _gate_image_upload(volume: Any, gate: Gate) -> None:
+    meta = volume.meta
+
+    def before(image: Any, offset: Any, mip: int, *_args: Any, **_kwargs: Any) -> None:
+        gate.admit()
+        tracker = gate.tracker
+        if not tracker.infos:
+            tracker.info(digest(meta.info))
+        lo = [int(v) for v in offset]
+        hi = [lo[axis] + int(image.shape[axis]) for axis in range(3)]
+        tracker.image(int(mip), (*lo, *hi), _chunks(meta, int(mip), lo, hi), int(image.nbytes))
+
+    _wrap(volume.image, "upload", before)
+
+
+def _chunks(meta: Any, mip: int, lo: list[int], hi: list[int]) -> int:
+    """How many chunk files a write of [lo, hi) touches on the layer's chunk grid."""
+    size = meta.chunk_size(mip)
+    origin = meta.voxel_offset(mip)
+    count = 1
+    for axis in range(3):
+        first = (lo[axis] - origin[axis]) // size[axis]
+        last = -(-(hi[axis] - origin[axis]) // size[axis])
+        count *= max(0, int(last - first))
+    return count
+
+
+@functools.cache
+def _handle_class(base: type) -> type:
+    """A subclass of the volume's own class that refuses blind provenance writes."""
+
+    def commit_provenance(self: Any) -> None:
+        raise ProvenanceRequired(
+            f"{self._cirrus_gate.layer}: commit_provenance() overwrites the provenance file "
+            "blindly and loses concurrent updates; cirrus writes it when the session commits. "
+            "Add notes with s.note(...) / s.result(...) instead"
+        )
+
+    def add_scale(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self._cirrus_gate.admit()
+        self._cirrus_gate.tracker.operation("add_scale")
+        return base.add_scale(self, *args, **kwargs)
+
+    return type(
+        f"Cirrus{base.__name__}",
+        (base,),
+        {"commit_provenance": commit_provenance, "add_scale": add_scale, "__module__": __name__},
+    )

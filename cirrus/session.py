@@ -1,0 +1,269 @@
+"""`cirrus.session`: write handles to many volumes, one record per volume, committed once.
+
+Commit follows DESIGN.md: stage every environment and record with create-only writes (all
+volumes, in parallel), then publish each volume's summary by compare-and-swap. A crash between
+the two leaves staged records that the next commit or `cirrus.recover` rolls forward.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import socket
+import sys
+import uuid
+import warnings
+import weakref
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from cirrus._version import __version__
+from cirrus.errors import InvalidInput, SessionClosed
+from cirrus.handles import RULES, Gate, track
+from cirrus.ledger import Ledger
+from cirrus.model import Note, Process, Record, isoformat, utcnow
+from cirrus.storage.paths import normalise_cloudpath
+from cirrus.writeset import WriteTracker
+
+log = logging.getLogger("cirrus.session")
+
+
+def validate_sources(sources: Any) -> tuple[str, ...]:
+    if isinstance(sources, str) or not isinstance(sources, Sequence):
+        raise InvalidInput(
+            f"sources must be a list of strings, got {type(sources).__name__} {sources!r}; "
+            'e.g. sources=["gs://lab/aff"] or sources=["tracer annotation"]'
+        )
+    if not sources:
+        raise InvalidInput(
+            "sources is empty; name where the data comes from: input cloudpaths, or free text "
+            'such as ["manual annotation"]'
+        )
+    for i, source in enumerate(sources):
+        if not isinstance(source, str) or not source.strip():
+            raise InvalidInput(f"sources[{i}] must be a non-empty string, got {source!r}")
+    return tuple(dict.fromkeys(sources))
+
+
+def validate_motivation(motivation: Any) -> str:
+    if not isinstance(motivation, str) or not motivation.strip():
+        raise InvalidInput(
+            "motivation must be a non-empty string saying why this data is made, "
+            f"got {motivation!r}"
+        )
+    return motivation
+
+
+def validate_process(process: Any) -> Process:
+    if not isinstance(process, Process):
+        raise InvalidInput(
+            f"process must be a cirrus.Process, got {type(process).__name__}; build one with "
+            'cirrus.Process("what the step does", {parameters}, cirrus.PythonGithubEnv("."))'
+        )
+    return process
+
+
+class Session:
+    """One pipeline step's writes and notes, recorded on every volume it touched, once."""
+
+    def __init__(
+        self,
+        sources: Sequence[str],
+        motivation: str,
+        process: Process,
+        *,
+        step: str | None = None,
+        task: str | None = None,
+    ):
+        self.sources = validate_sources(sources)
+        self.motivation = validate_motivation(motivation)
+        self.process = validate_process(process)
+        self.env_documents = self.process.env_documents()
+        self.id = uuid.uuid4().hex
+        self.step = step
+        self.task = task
+        self.notes: list[Note] = [Note("motivation", self.motivation)]
+        self.started = utcnow()
+        self.records: dict[str, str] = {}
+        self.state = "open"
+        self._trackers: dict[str, WriteTracker] = {}
+        self._finalizer = weakref.finalize(self, _warn_unrecorded, self._trackers, self.id)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def volume(self, cloudpath: str, **cloudvolume_kwargs: Any) -> Any:
+        """A CloudVolume for `cloudpath` whose writes are tracked by this session."""
+        from cloudvolume import CloudVolume
+
+        self._require_open()
+        layer = normalise_cloudpath(cloudpath)
+        self._check_layer(layer)
+        volume = CloudVolume(cloudpath, **cloudvolume_kwargs)
+        tracker = self._trackers.setdefault(layer, WriteTracker())
+        return track(volume, Gate(layer, tracker, self._refusal))
+
+    def _check_layer(self, layer: str) -> None:
+        """Hook for steps, which admit only their own volumes."""
+
+    def result(self, text: str) -> None:
+        self._add_note("result", text)
+
+    def note(self, text: str) -> None:
+        self._add_note("generic", text)
+
+    def _add_note(self, kind: str, text: str) -> None:
+        self._require_open()
+        self.notes.append(Note(kind, text))
+
+    def _refusal(self) -> str | None:
+        return None if self.state == "open" else f"this session is {self.state}; {RULES}"
+
+    def _require_open(self) -> None:
+        if self.state != "open":
+            raise SessionClosed(f"session {self.id} is {self.state}; open a new cirrus.session")
+
+    @property
+    def touched(self) -> list[str]:
+        """The volumes that received writes, in the order they were opened."""
+        return [layer for layer, tracker in self._trackers.items() if tracker.touched]
+
+    # -- ending ----------------------------------------------------------------------------------
+    def commit(self) -> dict[str, str]:
+        """Record the session on every volume it wrote to; returns {cloudpath: record id}."""
+        return self._close("committed", None)
+
+    def abort(self, reason: str = "aborted by the user") -> dict[str, str]:
+        """Close without success; volumes that received data still get a `failed` record."""
+        return self._close("failed", {"type": "Aborted", "message": reason})
+
+    def _close(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
+        self._require_open()
+        self.state = "committing"
+        try:
+            self.records = commit_records(self._build_records(status, error), self.env_documents)
+        finally:
+            self.state = "committed" if status == "committed" else "failed"
+            self._finalizer.detach()
+        return self.records
+
+    def _build_records(self, status: str, error: dict[str, str] | None) -> dict[str, Record]:
+        touched = self.touched
+        return {
+            layer: make_record(
+                session=self.id,
+                layer=layer,
+                process=self.process,
+                sources=self.sources,
+                notes=self.notes,
+                started=self.started,
+                status=status,
+                writes=self._trackers[layer].to_json(),
+                siblings=tuple(other for other in touched if other != layer),
+                error=error,
+                step=self.step,
+            )
+            for layer in touched
+        }
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, kind: type | None, value: BaseException | None, _tb: Any) -> None:
+        if self.state != "open":
+            return
+        if value is None:
+            self.commit()
+            return
+        try:
+            self._close(
+                "failed", {"type": kind.__name__ if kind else "Error", "message": str(value)}
+            )
+        except Exception:  # the body's exception matters more; the records stay recoverable
+            log.exception("session %s: could not record the failure", self.id)
+
+    def __repr__(self) -> str:
+        return (
+            f"<cirrus.Session {self.id[:12]} {self.state}: {self.process.description!r}, "
+            f"{len(self._trackers)} volume(s)>"
+        )
+
+
+def current_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return f"uid:{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+
+
+def make_record(
+    *,
+    session: str,
+    layer: str,
+    process: Process | None,
+    sources: Sequence[str],
+    notes: Iterable[Note],
+    started: Any,
+    status: str = "committed",
+    writes: dict[str, Any] | None = None,
+    siblings: tuple[str, ...] = (),
+    error: dict[str, str] | None = None,
+    step: str | None = None,
+    tasks: dict[str, Any] | None = None,
+) -> Record:
+    """A record stamped with who, where, when and which cirrus made it."""
+    return Record(
+        session=session,
+        volume=layer,
+        process=None if process is None else {**process.to_json(), "digest": process.digest},
+        sources=tuple(sources),
+        notes=tuple(note.to_json() for note in notes),
+        status=status,
+        started=isoformat(started),
+        ended=isoformat(utcnow()),
+        user=current_user(),
+        host=socket.gethostname(),
+        cirrus_version=__version__,
+        writes=writes or WriteTracker().to_json(),
+        siblings=siblings,
+        error=error,
+        step=step,
+        tasks=tasks,
+    )
+
+
+def commit_records(records: dict[str, Record], env_documents: Iterable[dict]) -> dict[str, str]:
+    """Stage everything on every volume, then publish each volume; returns {layer: record id}."""
+    if not records:
+        return {}
+    ledgers = {layer: Ledger.open(layer) for layer in records}
+    documents = list(env_documents)
+
+    def stage(layer: str) -> str:
+        for document in documents:
+            ledgers[layer].stage_env(document)
+        return ledgers[layer].stage_record(records[layer])
+
+    def publish(layer: str, record_id: str) -> None:
+        ledgers[layer].publish({record_id: records[layer]})
+
+    with ThreadPoolExecutor(max_workers=min(16, len(records))) as pool:
+        ids = dict(zip(records, pool.map(stage, records), strict=True))
+        list(pool.map(publish, ids, ids.values()))
+    return ids
+
+
+def _warn_unrecorded(trackers: dict[str, WriteTracker], session_id: str) -> None:
+    touched = [layer for layer, tracker in trackers.items() if tracker.touched]
+    if touched:
+        message = (
+            f"cirrus session {session_id} wrote to {', '.join(touched)} and was never committed: "
+            "that data has no provenance. Call s.commit() (or use `with cirrus.session(...)`)"
+        )
+        warnings.warn(message, ResourceWarning, stacklevel=2)
+        print(f"WARNING: {message}", file=sys.stderr)
+
+
+def session(sources: Sequence[str], motivation: str, process: Process) -> Session:
+    """Open a session: everything is validated now, before any data can be written."""
+    return Session(sources, motivation, process)

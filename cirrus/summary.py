@@ -1,0 +1,165 @@
+"""The `provenance` summary of a layer: parse it safely and merge records into it.
+
+The summary stays in CloudVolume's shape (`description`, `owners`, `sources`, `processing`) so
+CloudVolume, provenance-toolbox and cirrus-volume keep reading it. cirrus adds one `cirrus` key
+that points to its records. Everything here is pure: no storage, no clocks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cirrus.errors import CorruptProvenance
+
+SUMMARY_SCHEMA = "cirrus.summary/1"
+NOTE_SEP = " \n "  # provenance-toolbox's separator between notes in `description`
+FIELD_SEP = ";"  # ... and between a note's timestamp, type and text
+ENV_PREFIX = "provenance.d/envs/"
+REPAIR_HINT = (
+    "cirrus never overwrites it. Keep a copy, then repair it in place: "
+    "`cirrus repair PATH` moves it to provenance.d/corrupt/<sha256> and starts a fresh summary, "
+    "or fix the JSON by hand"
+)
+
+
+def empty_summary() -> dict[str, Any]:
+    return {"description": "", "owners": [], "sources": [], "processing": []}
+
+
+def parse_summary(data: bytes | None, cloudpath: str) -> dict[str, Any]:
+    """The summary as a dict; an absent object is an empty summary; a malformed one raises."""
+    if data is None:
+        return empty_summary()
+    try:
+        summary = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptProvenance(
+            f"{cloudpath}/provenance is not valid JSON ({error}); {REPAIR_HINT}"
+        ) from None
+    problem = _shape_problem(summary)
+    if problem:
+        raise CorruptProvenance(f"{cloudpath}/provenance {problem}; {REPAIR_HINT}")
+    filled = empty_summary()
+    filled.update({key: value for key, value in summary.items() if value is not None})
+    return filled
+
+
+def _shape_problem(summary: Any) -> str | None:
+    if not isinstance(summary, dict):
+        return f"is a JSON {type(summary).__name__}, not an object"
+    expected = {"description": str, "owners": list, "sources": list, "processing": list}
+    for key, kind in expected.items():
+        value = summary.get(key)
+        if value is not None and not isinstance(value, kind):
+            return f"has {key!r} of type {type(value).__name__}, expected {kind.__name__}"
+    if not all(isinstance(source, str) for source in summary.get("sources") or []):
+        return "has a source that is not a string"
+    if not all(isinstance(entry, dict) for entry in summary.get("processing") or []):
+        return "has a processing entry that is not an object"
+    section = summary.get("cirrus")
+    if section is not None and not (
+        isinstance(section, dict) and isinstance(section.get("records", []), list)
+    ):
+        return "has a 'cirrus' section of the wrong shape"
+    return None
+
+
+def render_summary(summary: Mapping[str, Any]) -> bytes:
+    """Pretty, sorted JSON as CloudVolume's own `commit_provenance()` writes it."""
+    return json.dumps(summary, sort_keys=True, indent=2, ensure_ascii=False).encode("utf-8")
+
+
+def published_ids(summary: Mapping[str, Any]) -> set[str]:
+    """Ids of the records the summary already points to."""
+    return {entry["id"] for entry in summary.get("cirrus", {}).get("records", [])}
+
+
+def merge(summary: Mapping[str, Any], records: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Fold records (id -> record JSON) into a copy of the summary.
+
+    Idempotent (a record already pointed to changes nothing) and independent of the order of
+    `records`: records fold in order of (start time, id). Entries cirrus did not write are kept.
+    """
+    merged = copy.deepcopy(dict(summary))
+    section = merged.setdefault("cirrus", {})
+    section["schema"] = SUMMARY_SCHEMA
+    pointers = section.setdefault("records", [])
+    known = published_ids(merged)
+    new = sorted(
+        ((rid, rec) for rid, rec in records.items() if rid not in known),
+        key=lambda item: (item[1]["started"], item[0]),
+    )
+    for rid, record in new:
+        _add_sources(merged, record["sources"])
+        if record.get("process"):
+            _add_process(merged, record["process"])
+        _add_notes(merged, record["notes"])
+        pointers.append(_pointer(rid, record))
+    pointers.sort(key=lambda entry: (entry["started"], entry["id"]))
+    return merged
+
+
+def _pointer(rid: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    pointer = {
+        "id": rid,
+        "session": record["session"],
+        "status": record["status"],
+        "started": record["started"],
+        "ended": record["ended"],
+        "process": (record.get("process") or {}).get("digest"),
+    }
+    if record.get("step"):
+        pointer["step"] = record["step"]
+    return pointer
+
+
+def _add_sources(summary: dict[str, Any], sources: Iterable[str]) -> None:
+    present = summary["sources"]
+    for source in sources:
+        if source not in present:
+            present.append(source)
+
+
+def _add_process(summary: dict[str, Any], process: Mapping[str, Any]) -> None:
+    entries = summary["processing"]
+    if any(entry.get("cirrus_process") == process["digest"] for entry in entries):
+        return
+    entries.append(
+        {
+            "task": process["description"],
+            "parameters": process["parameters"],
+            "code_envfiles": [f"{ENV_PREFIX}{env}.json" for env in process["envs"]],
+            "cirrus_process": process["digest"],
+        }
+    )
+
+
+def note_line(note: Mapping[str, Any]) -> str:
+    """A note in provenance-toolbox's `timestamp;TYPE;text` form.
+
+    Its reader splits on `;` and on " \\n ", so those are replaced in this view only; the record
+    keeps the text exactly as given.
+    """
+    text = note["text"].replace(FIELD_SEP, "\uff1b").replace("\n", "\u21b5")
+    return f"{note['time']}{FIELD_SEP}{note['kind'].upper()}{FIELD_SEP}{text}"
+
+
+def _add_notes(summary: dict[str, Any], notes: Iterable[Mapping[str, Any]]) -> None:
+    description = summary["description"]
+    present = {_note_key(chunk) for chunk in description.split(NOTE_SEP)}
+    for note in notes:
+        line = note_line(note)
+        if _note_key(line) in present:
+            continue
+        present.add(_note_key(line))
+        description = f"{description}{NOTE_SEP}{line}" if description else line
+    summary["description"] = description
+
+
+def _note_key(chunk: str) -> tuple[str, ...]:
+    """(TYPE, text) of a note line, so one motivation is shown once however often it recurs."""
+    parts = chunk.split(FIELD_SEP, 2)
+    return tuple(parts[1:]) if len(parts) == 3 else (chunk,)
