@@ -11,6 +11,7 @@ from cirrus.ledger import recover
 from cirrus.model import Note, Process, Record
 from cirrus.reading import history
 from cirrus.session import Session, session
+from cirrus.step import Step, StepToken, TaskSession, finish, join, step
 
 __all__ = [
     "CloudVolume",
@@ -20,13 +21,19 @@ __all__ = [
     "PythonGithubEnv",
     "Record",
     "Session",
+    "Step",
+    "StepToken",
+    "TaskSession",
     "__version__",
     "add_motivation",
     "add_note",
     "add_result",
     "errors",
+    "finish",
     "history",
+    "join",
     "log_process",
     "recover",
     "session",
+    "step",
 ]

@@ -11,18 +11,33 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
 from cirrus.canonical import canonical_json, check_digest, sha256_hex
-from cirrus.errors import CorruptProvenance, IntegrityError, PreconditionFailed, StorageError
+from cirrus.errors import (
+    CorruptProvenance,
+    IntegrityError,
+    InvalidInput,
+    PreconditionFailed,
+    StorageError,
+)
 from cirrus.model import Record
 from cirrus.storage import Store, open_store
 from cirrus.storage.paths import normalise_cloudpath
-from cirrus.summary import empty_summary, merge, parse_summary, published_ids, render_summary
+from cirrus.summary import (
+    clear_step,
+    empty_summary,
+    mark_step_open,
+    merge,
+    parse_summary,
+    published_ids,
+    render_summary,
+)
 
 log = logging.getLogger("cirrus.ledger")
 
@@ -30,7 +45,19 @@ SUMMARY_KEY = "provenance"
 ENVS = "provenance.d/envs/"
 RECORDS = "provenance.d/records/"
 CORRUPT = "provenance.d/corrupt/"
+STEPS = "provenance.d/steps/"
 PUBLISH_DEADLINE = 300.0
+
+
+def check_digest_like(step_id: str) -> str:
+    """Step ids are 32 hex characters (a uuid4): nothing else may become part of a key."""
+    if not isinstance(step_id, str) or not re.fullmatch(r"[0-9a-f]{32}", step_id):
+        raise InvalidInput(f"step id must be 32 lowercase hex characters, got {step_id!r}")
+    return step_id
+
+
+def _pretty(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, indent=1, ensure_ascii=False).encode("utf-8")
 
 
 @attrs.frozen
@@ -73,33 +100,46 @@ class Ledger:
     def publish(self, records: Mapping[str, Record] | None = None) -> list[str]:
         """Point the summary at `records` and at any staged record it does not point to yet.
 
-        Returns the ids this call added. Conflicts re-read and re-merge with jittered backoff.
+        Returns the ids this call added. Orphans are looked for once, not on every retry.
         """
         pending = {rid: rec.to_json() for rid, rec in (records or {}).items()}
-        deadline = time.monotonic() + PUBLISH_DEADLINE
+        added: list[str] = []
         orphans_checked = False
-        attempt = 0
-        while True:
-            blob = self.store.get(SUMMARY_KEY)
-            summary = parse_summary(None if blob is None else blob.data, self.cloudpath)
+
+        def fold(summary: dict[str, Any]) -> dict[str, Any] | None:
+            nonlocal orphans_checked, added
             if not orphans_checked:
                 pending.update(self._orphans(summary, exclude=pending))
                 orphans_checked = True
             added = sorted(set(pending) - published_ids(summary))
-            if not added:
-                return []
-            merged = merge(summary, pending)
+            return merge(summary, pending) if added else None
+
+        self.update(fold)
+        return added
+
+    def update(self, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
+        """Compare-and-swap the summary through `change` (None: nothing to write).
+
+        On a conflict the summary is read again and `change` re-applied, with jittered backoff;
+        the summary is never written blindly.
+        """
+        deadline = time.monotonic() + PUBLISH_DEADLINE
+        attempt = 0
+        while True:
+            blob = self.store.get(SUMMARY_KEY)
+            changed = change(parse_summary(None if blob is None else blob.data, self.cloudpath))
+            if changed is None:
+                return
+            token = None if blob is None else blob.token
             try:
-                self.store.swap(
-                    SUMMARY_KEY, render_summary(merged), None if blob is None else blob.token
-                )
-                return added
+                self.store.swap(SUMMARY_KEY, render_summary(changed), token)
+                return
             except PreconditionFailed:
                 attempt += 1
                 if time.monotonic() > deadline:
                     raise StorageError(
-                        f"summary still contended after {attempt} attempts; "
-                        "the records are staged: run `cirrus recover PATH` to publish them",
+                        f"summary still contended after {attempt} attempts; anything staged "
+                        "stays safe: run `cirrus recover PATH` to publish it",
                         cloudpath=self.cloudpath,
                         key=SUMMARY_KEY,
                     ) from None
@@ -115,6 +155,56 @@ class Ledger:
         if found:
             log.warning("%s: rolling forward %d orphaned record(s)", self.cloudpath, len(found))
         return found
+
+    # -- steps: a manifest per step, one fragment per task, no shared object -------------------
+    def stage_step(self, manifest: Mapping[str, Any]) -> None:
+        self.store.create(
+            f"{STEPS}{check_digest_like(manifest['id'])}/step.json", _pretty(manifest)
+        )
+
+    def read_step(self, step_id: str) -> dict[str, Any] | None:
+        blob = self.store.get(f"{STEPS}{check_digest_like(step_id)}/step.json")
+        return None if blob is None else json.loads(blob.data)
+
+    def mark_step_open(self, step_id: str, info: Mapping[str, Any]) -> None:
+        self.update(lambda summary: mark_step_open(summary, step_id, info))
+
+    def clear_step(self, step_id: str) -> None:
+        self.update(lambda summary: clear_step(summary, step_id))
+
+    def put_fragment(self, step_id: str, task: str, fragment: Mapping[str, Any]) -> bool:
+        """Create the task's fragment; a re-run replaces it only if the earlier attempt failed.
+
+        Returns whether the stored fragment is this one.
+        """
+        key = f"{STEPS}{check_digest_like(step_id)}/tasks/{task}.json"
+        data = _pretty(fragment)
+        try:
+            self.store.create(key, data)
+            return True
+        except PreconditionFailed:
+            existing = self.store.get(key)
+            if existing is None or json.loads(existing.data).get("status") == "committed":
+                log.info(
+                    "%s: task %s of step %s is already recorded", self.cloudpath, task, step_id
+                )
+                return False
+            if fragment.get("status") != "committed":
+                return False
+            try:
+                self.store.swap(key, data, existing.token)
+            except PreconditionFailed:  # another attempt of the same task got there first
+                return False
+            return True
+
+    def fragments(self, step_id: str, workers: int = 16) -> list[dict[str, Any]]:
+        """Every task fragment of a step on this layer, read in parallel."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        keys = self.store.list(f"{STEPS}{check_digest_like(step_id)}/tasks/")
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            blobs = list(pool.map(self.store.get, keys))
+        return [json.loads(blob.data) for blob in blobs if blob is not None]
 
     # -- read ----------------------------------------------------------------------------------
     def record_ids(self) -> list[str]:

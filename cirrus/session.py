@@ -15,7 +15,7 @@ import sys
 import uuid
 import warnings
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -65,35 +65,21 @@ def validate_process(process: Any) -> Process:
     return process
 
 
-class Session:
-    """One pipeline step's writes and notes, recorded on every volume it touched, once."""
+class WriteScope:
+    """Write handles whose writes are tallied per volume; subclasses decide what closing records."""
 
-    def __init__(
-        self,
-        sources: Sequence[str],
-        motivation: str,
-        process: Process,
-        *,
-        step: str | None = None,
-        task: str | None = None,
-    ):
-        self.sources = validate_sources(sources)
-        self.motivation = validate_motivation(motivation)
-        self.process = validate_process(process)
-        self.env_documents = self.process.env_documents()
+    kind = "session"
+
+    def __init__(self) -> None:
         self.id = uuid.uuid4().hex
-        self.step = step
-        self.task = task
-        self.notes: list[Note] = [Note("motivation", self.motivation)]
         self.started = utcnow()
-        self.records: dict[str, str] = {}
         self.state = "open"
+        self.notes: list[Note] = []
         self._trackers: dict[str, WriteTracker] = {}
         self._finalizer = weakref.finalize(self, _warn_unrecorded, self._trackers, self.id)
 
-    # -- writing ---------------------------------------------------------------------------------
     def volume(self, cloudpath: str, **cloudvolume_kwargs: Any) -> Any:
-        """A CloudVolume for `cloudpath` whose writes are tracked by this session."""
+        """A CloudVolume for `cloudpath` (any CloudVolume keyword) whose writes are tracked."""
         from cloudvolume import CloudVolume
 
         self._require_open()
@@ -104,12 +90,14 @@ class Session:
         return track(volume, Gate(layer, tracker, self._refusal))
 
     def _check_layer(self, layer: str) -> None:
-        """Hook for steps, which admit only their own volumes."""
+        """Hook for step tasks, which admit only their step's volumes."""
 
     def result(self, text: str) -> None:
+        """A result note, recorded with the writes."""
         self._add_note("result", text)
 
     def note(self, text: str) -> None:
+        """A generic note, recorded with the writes."""
         self._add_note("generic", text)
 
     def _add_note(self, kind: str, text: str) -> None:
@@ -117,39 +105,72 @@ class Session:
         self.notes.append(Note(kind, text))
 
     def _refusal(self) -> str | None:
-        return None if self.state == "open" else f"this session is {self.state}; {RULES}"
+        return None if self.state == "open" else f"this {self.kind} is {self.state}; {RULES}"
 
     def _require_open(self) -> None:
         if self.state != "open":
-            raise SessionClosed(f"session {self.id} is {self.state}; open a new cirrus.session")
+            raise SessionClosed(f"{self.kind} {self.id} is {self.state}; open a new one")
 
     @property
     def touched(self) -> list[str]:
         """The volumes that received writes, in the order they were opened."""
         return [layer for layer, tracker in self._trackers.items() if tracker.touched]
 
-    # -- ending ----------------------------------------------------------------------------------
     def commit(self) -> dict[str, str]:
-        """Record the session on every volume it wrote to; returns {cloudpath: record id}."""
+        """Record the writes as successful; returns {cloudpath: id of what was stored}."""
         return self._close("committed", None)
 
     def abort(self, reason: str = "aborted by the user") -> dict[str, str]:
-        """Close without success; volumes that received data still get a `failed` record."""
+        """Close without success; volumes that received data still get a `failed` entry."""
         return self._close("failed", {"type": "Aborted", "message": reason})
 
     def _close(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
         self._require_open()
         self.state = "committing"
         try:
-            self.records = commit_records(self._build_records(status, error), self.env_documents)
+            self.records = self._record(status, error)
         finally:
             self.state = "committed" if status == "committed" else "failed"
             self._finalizer.detach()
         return self.records
 
-    def _build_records(self, status: str, error: dict[str, str] | None) -> dict[str, Record]:
+    def _record(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
+        raise NotImplementedError
+
+    def __enter__(self) -> WriteScope:
+        return self
+
+    def __exit__(self, kind: type | None, value: BaseException | None, _tb: Any) -> None:
+        if self.state != "open":
+            return
+        if value is None:
+            self.commit()
+            return
+        error = {"type": kind.__name__ if kind else "Error", "message": str(value)}
+        try:
+            self._close("failed", error)
+        except Exception:  # the body's exception matters more; what was staged stays recoverable
+            log.exception("%s %s: could not record the failure", self.kind, self.id)
+
+
+class Session(WriteScope):
+    """One pipeline step's writes and notes, recorded on every volume it touched, once."""
+
+    def __init__(
+        self, sources: Sequence[str], motivation: str, process: Process, *, step: str | None = None
+    ):
+        self.sources = validate_sources(sources)
+        self.motivation = validate_motivation(motivation)
+        self.process = validate_process(process)
+        self.env_documents = self.process.env_documents()
+        super().__init__()
+        self.step = step
+        self.notes.append(Note("motivation", self.motivation))
+        self.records: dict[str, str] = {}
+
+    def _record(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
         touched = self.touched
-        return {
+        records = {
             layer: make_record(
                 session=self.id,
                 layer=layer,
@@ -165,22 +186,7 @@ class Session:
             )
             for layer in touched
         }
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, kind: type | None, value: BaseException | None, _tb: Any) -> None:
-        if self.state != "open":
-            return
-        if value is None:
-            self.commit()
-            return
-        try:
-            self._close(
-                "failed", {"type": kind.__name__ if kind else "Error", "message": str(value)}
-            )
-        except Exception:  # the body's exception matters more; the records stay recoverable
-            log.exception("session %s: could not record the failure", self.id)
+        return commit_records(records, self.env_documents)
 
     def __repr__(self) -> str:
         return (
@@ -200,7 +206,7 @@ def make_record(
     *,
     session: str,
     layer: str,
-    process: Process | None,
+    process: Process | Mapping[str, Any] | None,
     sources: Sequence[str],
     notes: Iterable[Note],
     started: Any,
@@ -215,7 +221,7 @@ def make_record(
     return Record(
         session=session,
         volume=layer,
-        process=None if process is None else {**process.to_json(), "digest": process.digest},
+        process=process_json(process),
         sources=tuple(sources),
         notes=tuple(note.to_json() for note in notes),
         status=status,
@@ -230,6 +236,13 @@ def make_record(
         step=step,
         tasks=tasks,
     )
+
+
+def process_json(process: Process | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A process as records hold it: description, parameters, env digests and its own digest."""
+    if process is None or isinstance(process, Mapping):
+        return None if process is None else dict(process)
+    return {**process.to_json(), "digest": process.digest}
 
 
 def commit_records(records: dict[str, Record], env_documents: Iterable[dict]) -> dict[str, str]:

@@ -98,6 +98,10 @@ def merge(summary: Mapping[str, Any], records: Mapping[str, Mapping[str, Any]]) 
             _add_process(merged, record["process"])
         _add_notes(merged, record["notes"])
         pointers.append(_pointer(rid, record))
+        if record.get("step"):
+            section.get("open_steps", {}).pop(record["step"], None)
+    if section.get("open_steps") == {}:
+        del section["open_steps"]
     pointers.sort(key=lambda entry: (entry["started"], entry["id"]))
     return merged
 
@@ -163,3 +167,26 @@ def _note_key(chunk: str) -> tuple[str, ...]:
     """(TYPE, text) of a note line, so one motivation is shown once however often it recurs."""
     parts = chunk.split(FIELD_SEP, 2)
     return tuple(parts[1:]) if len(parts) == 3 else (chunk,)
+
+
+def mark_step_open(summary: Mapping[str, Any], step: str, info: Mapping[str, Any]) -> dict | None:
+    """A copy of the summary listing `step` as open (None if it already does, or finished)."""
+    section = summary.get("cirrus", {})
+    finished = any(entry.get("step") == step for entry in section.get("records", []))
+    if finished or step in section.get("open_steps", {}):
+        return None
+    marked = copy.deepcopy(dict(summary))
+    marked.setdefault("cirrus", {"schema": SUMMARY_SCHEMA, "records": []})
+    marked["cirrus"].setdefault("open_steps", {})[step] = dict(info)
+    return marked
+
+
+def clear_step(summary: Mapping[str, Any], step: str) -> dict | None:
+    """A copy of the summary without `step` among the open ones (None if it is not there)."""
+    if step not in summary.get("cirrus", {}).get("open_steps", {}):
+        return None
+    cleared = copy.deepcopy(dict(summary))
+    del cleared["cirrus"]["open_steps"][step]
+    if not cleared["cirrus"]["open_steps"]:
+        del cleared["cirrus"]["open_steps"]
+    return cleared
