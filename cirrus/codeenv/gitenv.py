@@ -1,0 +1,201 @@
+"""PythonGithubEnv: the git working tree and the Python environment a process ran from.
+
+Captured once, at construction: remotes (credentials stripped), commit, branch, dirty flag, the
+staged and unstaged diffs, untracked file names, installed packages and the interpreter. The JSON
+holds nothing that changes between two captures of the same state (no timestamps), so equal states
+give equal digests and processes dedupe by content.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+
+from cirrus.codeenv.runtime import elapsed_ms, installed_packages, interpreter
+from cirrus.errors import CaptureError, InvalidInput
+
+KIND = "python-git"
+DIFF_OPTIONS = ("--no-color", "--no-ext-diff", "--no-textconv", "--binary")
+_RAW = {"stdout_as_string": False, "strip_newline_in_stdout": False}  # exact bytes from git
+_SSH_SCHEMES = {"ssh", "git+ssh", "ssh+git"}
+
+
+class GitUnavailable(Exception):
+    """The git state cannot be read; the message says why, naming the path."""
+
+
+def strip_credentials(url: str) -> str:
+    """`url` without secrets: userinfo dropped (a bare `token@` is a secret too), except that an ssh
+    user name is kept (it is not a secret) while any password is dropped. Query and fragment of
+    http(s) URLs are dropped as they can carry access tokens. scp-like `git@host:path` is unchanged.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable remote url>"
+    if parts.scheme in ("http", "https"):
+        parts = parts._replace(query="", fragment="")
+    if "@" in parts.netloc:
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        keep_user = parts.scheme in _SSH_SCHEMES and user
+        parts = parts._replace(netloc=f"{user}@{hostport}" if keep_user else hostport)
+    return urlunsplit(parts)
+
+
+def notebook_path(
+    environ: Mapping[str, str] | None = None, namespaces: Iterable[Mapping[str, Any]] | None = None
+) -> str | None:
+    """The notebook this kernel runs, when Jupyter or VS Code says so; else None.
+
+    Only `JPY_SESSION_NAME` (set by Jupyter server) and the `__vsc_ipynb_file__` global (set by VS
+    Code) are read: never the environment wholesale, which may hold secrets.
+    """
+    name = (os.environ if environ is None else environ).get("JPY_SESSION_NAME")
+    if name:
+        return name
+    for namespace in _interactive_namespaces() if namespaces is None else namespaces:
+        value = namespace.get("__vsc_ipynb_file__")
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _interactive_namespaces() -> list[Mapping[str, Any]]:
+    """`__main__`'s globals and, inside IPython, the user namespace."""
+    spaces: list[Mapping[str, Any]] = []
+    main = sys.modules.get("__main__")
+    if main is not None:
+        spaces.append(vars(main))
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython else None
+    if shell is not None:
+        spaces.append(shell.user_ns)
+    return spaces
+
+
+def git_state(path: str, diff_limit: int) -> dict[str, Any]:
+    """Read the repository containing `path`; raise GitUnavailable with the reason if impossible."""
+    import git
+
+    try:
+        repo = git.Repo(path, search_parent_directories=True)
+    except git.NoSuchPathError as err:
+        raise GitUnavailable(f"{os.path.abspath(path)} does not exist") from err
+    except git.InvalidGitRepositoryError as err:
+        raise GitUnavailable(f"{os.path.abspath(path)} is not inside a git repository") from err
+    with repo:
+        root = repo.working_tree_dir
+        if root is None:
+            raise GitUnavailable(f"{repo.git_dir} is a bare repository: no working tree to record")
+        if not repo.head.is_valid():
+            raise GitUnavailable(
+                f"the git repository at {root} has no commit yet; commit the code, then capture it"
+            )
+        try:
+            return _read_repo(repo, diff_limit)
+        except (git.GitError, OSError, ValueError) as err:
+            raise GitUnavailable(f"reading the git repository at {root} failed: {err}") from err
+
+
+def _read_repo(repo: Any, diff_limit: int) -> dict[str, Any]:
+    detached = repo.head.is_detached
+    return {
+        "path": str(repo.working_tree_dir),
+        "remotes": {remote.name: strip_credentials(remote.url) for remote in repo.remotes},
+        "commit": repo.head.commit.hexsha,
+        "branch": None if detached else repo.active_branch.name,
+        "detached": detached,
+        "dirty": repo.is_dirty(index=True, working_tree=True, untracked_files=False),
+        **_diffs(repo, diff_limit),
+        "untracked": sorted(repo.untracked_files),
+    }
+
+
+def _diffs(repo: Any, limit: int) -> dict[str, Any]:
+    """Staged and unstaged diffs, together kept up to `limit` bytes (staged first).
+
+    `diff_bytes` and `diff_sha256` describe the whole: the staged diff's bytes followed by the
+    unstaged diff's, as `git diff --cached` and `git diff` print them with DIFF_OPTIONS.
+    """
+    staged = repo.git.diff("--cached", *DIFF_OPTIONS, **_RAW)
+    unstaged = repo.git.diff(*DIFF_OPTIONS, **_RAW)
+    kept_staged = staged[:limit]
+    kept_unstaged = unstaged[: limit - len(kept_staged)]
+    whole = staged + unstaged
+    return {
+        "diff": {
+            "staged": kept_staged.decode("utf-8", "replace"),
+            "unstaged": kept_unstaged.decode("utf-8", "replace"),
+        },
+        "diff_truncated": len(whole) > limit,
+        "diff_bytes": len(whole),
+        "diff_sha256": hashlib.sha256(whole).hexdigest(),
+    }
+
+
+def capture_python_git(
+    path: str, diff_limit: int, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The python-git document; on failure it carries `capture_error` and what could be read."""
+    document: dict[str, Any] = {"kind": KIND, "path": os.path.abspath(path)}
+    try:
+        document.update(git_state(path, diff_limit))
+    except GitUnavailable as err:
+        document["capture_error"] = str(err)
+    document.update(interpreter())
+    document["packages"] = installed_packages()
+    document["notebook"] = notebook_path(environ)
+    return document
+
+
+@attrs.frozen(init=False)
+class PythonGithubEnv:
+    """A git working tree plus the running Python, captured when constructed.
+
+    `PythonGithubEnv(".")` keeps provenance-toolbox's call shape. A capture that fails (not a
+    repository, no commit yet) is recorded in `to_json()["capture_error"]`, or raises CaptureError
+    with `strict=True`. `capture_ms` says how long the capture took; it is not part of the JSON.
+    """
+
+    path: str
+    strict: bool
+    diff_limit: int
+    document: dict[str, Any] = attrs.field(repr=False, hash=False)
+    capture_ms: float = attrs.field(eq=False, repr=False)
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = ".",
+        strict: bool = False,
+        diff_limit: int = 1_000_000,
+        *,
+        environ: Mapping[str, str] | None = None,
+    ):
+        if not isinstance(diff_limit, int) or diff_limit < 0:
+            raise InvalidInput(f"diff_limit must be a non-negative int (bytes), got {diff_limit!r}")
+        start = time.perf_counter()
+        path = os.fspath(path)
+        document = capture_python_git(path, diff_limit, environ)
+        if strict and "capture_error" in document:
+            raise CaptureError(
+                f"PythonGithubEnv({path!r}): {document['capture_error']} "
+                "(pass strict=False to record the failure instead)"
+            )
+        self.__attrs_init__(path, strict, diff_limit, document, elapsed_ms(start))
+
+    @property
+    def capture_error(self) -> str | None:
+        return self.document.get("capture_error")
+
+    def to_json(self) -> dict[str, Any]:
+        """The captured document (a fresh copy): plain JSON types, deterministic."""
+        return copy.deepcopy(self.document)

@@ -1,0 +1,446 @@
+"""Code environments: PythonGithubEnv on real git repositories, DockerEnv against a fake engine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import attrs
+import pytest
+
+from cirrus.canonical import canonical_json, digest
+from cirrus.codeenv import DockerEnv, PythonGithubEnv, detect_container_id, strip_credentials
+from cirrus.codeenv.dockerenv import split_reference
+from cirrus.codeenv.gitenv import DIFF_OPTIONS, notebook_path
+from cirrus.errors import CaptureError
+from cirrus.model import Process
+
+TOKEN = "ghp_S3cretT0kenValue1234567890"
+PASSWORD = "hunter2-Pa55word"
+CONTAINER = "4f3c2b1a" * 8
+IMAGE_ID = "sha256:" + "ab12" * 16
+GIT_ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.org",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.org",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", *args], cwd=repo, env=GIT_ENV, check=True, capture_output=True, text=True
+    )
+    return done.stdout
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A repository with one commit on `main` and remotes carrying credentials."""
+    root = tmp_path / "code"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    (root / "a.py").write_text("x = 1\n")
+    git(root, "add", "a.py")
+    git(root, "commit", "-q", "-m", "first")
+    git(root, "remote", "add", "origin", f"https://alice:{TOKEN}@github.com/lab/code.git")
+    git(root, "remote", "add", "bare", f"https://{TOKEN}@github.com/lab/bare.git")
+    git(root, "remote", "add", "mirror", f"ssh://git:{PASSWORD}@git.example.org/lab/code.git")
+    return root
+
+
+# --- credentials -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://user:tok@github.com/lab/x.git", "https://github.com/lab/x.git"),
+        ("https://tok@github.com/lab/x.git", "https://github.com/lab/x.git"),
+        ("https://github.com/lab/x.git?access_token=tok", "https://github.com/lab/x.git"),
+        ("http://u:p@host:8080/x", "http://host:8080/x"),
+        ("ssh://git:pw@host/x.git", "ssh://git@host/x.git"),
+        ("ssh://git@host:22/x.git", "ssh://git@host:22/x.git"),
+        ("git@github.com:lab/x.git", "git@github.com:lab/x.git"),
+        ("/srv/git/x.git", "/srv/git/x.git"),
+        ("file:///srv/git/x.git", "file:///srv/git/x.git"),
+    ],
+)
+def test_strip_credentials(url: str, expected: str) -> None:
+    assert strip_credentials(url) == expected
+
+
+def test_tokens_appear_nowhere_in_the_json(repo: Path) -> None:
+    env = PythonGithubEnv(repo)
+    text = canonical_json(env.to_json()).decode()
+    assert TOKEN not in text and PASSWORD not in text and "alice" not in text
+    assert env.to_json()["remotes"] == {
+        "origin": "https://github.com/lab/code.git",
+        "bare": "https://github.com/lab/bare.git",
+        "mirror": "ssh://git@git.example.org/lab/code.git",
+    }
+    assert TOKEN not in repr(env)
+
+
+# --- git states --------------------------------------------------------------------------------
+
+
+def test_clean_repository(repo: Path) -> None:
+    doc = PythonGithubEnv(str(repo)).to_json()
+    assert doc["kind"] == "python-git"
+    assert doc["path"] == str(repo)
+    assert doc["commit"] == git(repo, "rev-parse", "HEAD").strip()
+    assert (doc["branch"], doc["detached"], doc["dirty"]) == ("main", False, False)
+    assert doc["diff"] == {"staged": "", "unstaged": ""}
+    assert (doc["diff_truncated"], doc["diff_bytes"]) == (False, 0)
+    assert doc["diff_sha256"] == hashlib.sha256(b"").hexdigest()
+    assert doc["untracked"] == []
+    assert "capture_error" not in doc
+    assert doc["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert doc["platform"].startswith(sys.platform)
+
+
+def test_found_from_a_subdirectory(repo: Path) -> None:
+    (repo / "pkg").mkdir()
+    doc = PythonGithubEnv(repo / "pkg").to_json()
+    assert doc["path"] == str(repo) and "capture_error" not in doc
+
+
+def test_staged_changes(repo: Path) -> None:
+    (repo / "a.py").write_text("x = 2\n")
+    git(repo, "add", "a.py")
+    doc = PythonGithubEnv(repo).to_json()
+    assert doc["dirty"] is True
+    assert "+x = 2" in doc["diff"]["staged"] and "-x = 1" in doc["diff"]["staged"]
+    assert doc["diff"]["unstaged"] == ""
+
+
+def test_unstaged_changes(repo: Path) -> None:
+    (repo / "a.py").write_text("x = 3\n")
+    doc = PythonGithubEnv(repo).to_json()
+    assert doc["dirty"] is True
+    assert doc["diff"]["staged"] == ""
+    assert "+x = 3" in doc["diff"]["unstaged"]
+
+
+def test_staged_and_unstaged_are_kept_apart(repo: Path) -> None:
+    (repo / "a.py").write_text("x = 2\n")
+    git(repo, "add", "a.py")
+    (repo / "a.py").write_text("x = 3\n")
+    diff = PythonGithubEnv(repo).to_json()["diff"]
+    assert "+x = 2" in diff["staged"] and "+x = 3" not in diff["staged"]
+    assert "-x = 2" in diff["unstaged"] and "+x = 3" in diff["unstaged"]
+
+
+def test_untracked_files_sorted_and_not_dirty(repo: Path) -> None:
+    (repo / "zeta.py").write_text("")
+    (repo / "sub").mkdir()
+    (repo / "sub" / "b.py").write_text("")
+    (repo / ".gitignore").write_text("*.log\n")
+    (repo / "run.log").write_text("ignored")
+    doc = PythonGithubEnv(repo).to_json()
+    assert doc["untracked"] == [".gitignore", "sub/b.py", "zeta.py"]
+    assert doc["dirty"] is False
+
+
+def test_detached_head(repo: Path) -> None:
+    git(repo, "checkout", "-q", "--detach")
+    doc = PythonGithubEnv(repo).to_json()
+    assert (doc["branch"], doc["detached"]) == (None, True)
+    assert doc["commit"] == git(repo, "rev-parse", "HEAD").strip()
+
+
+def test_repository_without_a_commit(tmp_path: Path) -> None:
+    git(tmp_path, "init", "-q")
+    env = PythonGithubEnv(tmp_path)
+    doc = env.to_json()
+    assert doc["kind"] == "python-git"
+    assert "no commit" in doc["capture_error"] and str(tmp_path) in doc["capture_error"]
+    assert env.capture_error == doc["capture_error"]
+    assert doc["python"] and doc["packages"]
+    assert "commit" not in doc
+    with pytest.raises(CaptureError, match="no commit") as caught:
+        PythonGithubEnv(tmp_path, strict=True)
+    assert str(tmp_path) in str(caught.value)
+
+
+def test_not_a_repository(tmp_path: Path) -> None:
+    doc = PythonGithubEnv(tmp_path).to_json()
+    assert doc["capture_error"] == f"{tmp_path} is not inside a git repository"
+    assert doc["packages"] and doc["python"]
+    with pytest.raises(CaptureError, match="not inside a git repository") as caught:
+        PythonGithubEnv(str(tmp_path), True)
+    assert str(tmp_path) in str(caught.value)
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    assert "does not exist" in PythonGithubEnv(missing).to_json()["capture_error"]
+    with pytest.raises(CaptureError, match="does not exist"):
+        PythonGithubEnv(missing, strict=True)
+
+
+def test_large_diff_is_truncated_with_digest_of_the_whole(repo: Path) -> None:
+    (repo / "a.py").write_text("".join(f"line_{i} = {i}\n" for i in range(500)))
+    git(repo, "add", "a.py")
+    (repo / "a.py").write_text("y = 'é'\n" * 300)
+    doc = PythonGithubEnv(repo, diff_limit=1000).to_json()
+    staged = subprocess.run(
+        ["git", "diff", "--cached", *DIFF_OPTIONS], cwd=repo, capture_output=True, check=True
+    ).stdout
+    unstaged = subprocess.run(
+        ["git", "diff", *DIFF_OPTIONS], cwd=repo, capture_output=True, check=True
+    ).stdout
+    assert doc["diff_truncated"] is True
+    assert doc["diff_bytes"] == len(staged) + len(unstaged) > 1000
+    assert doc["diff_sha256"] == hashlib.sha256(staged + unstaged).hexdigest()
+    assert len(doc["diff"]["staged"].encode()) <= 1000
+    assert staged.decode().startswith(doc["diff"]["staged"])
+    assert doc["diff"]["unstaged"] == ""
+
+
+def test_diff_within_the_limit_is_whole(repo: Path) -> None:
+    (repo / "a.py").write_text("x = 4\n")
+    doc = PythonGithubEnv(repo, diff_limit=10_000).to_json()
+    whole = subprocess.run(
+        ["git", "diff", *DIFF_OPTIONS], cwd=repo, capture_output=True, check=True
+    ).stdout
+    assert doc["diff"]["unstaged"] == whole.decode()
+    assert doc["diff_truncated"] is False
+
+
+def test_same_state_same_digest(repo: Path) -> None:
+    (repo / "a.py").write_text("x = 5\n")
+    (repo / "new.py").write_text("")
+    first, second = PythonGithubEnv(repo), PythonGithubEnv(repo)
+    assert digest(first.to_json()) == digest(second.to_json())
+    assert first == second
+    assert Process("p", {}, first).digest == Process("p", {}, second).digest
+    (repo / "a.py").write_text("x = 6\n")
+    assert digest(PythonGithubEnv(repo).to_json()) != digest(first.to_json())
+
+
+def test_capture_time_is_an_attribute_not_json(repo: Path) -> None:
+    env = PythonGithubEnv(repo)
+    assert env.capture_ms > 0
+    assert not any("ms" in key or "time" in key for key in env.to_json())
+
+
+def test_env_is_frozen_and_json_is_a_copy(repo: Path) -> None:
+    env = PythonGithubEnv(repo)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        env.path = "elsewhere"  # type: ignore[misc]
+    env.to_json()["remotes"].clear()
+    assert env.to_json()["remotes"]
+
+
+def test_packages_listed_sorted_and_unique(repo: Path) -> None:
+    packages = PythonGithubEnv(repo).to_json()["packages"]
+    assert ["attrs", attrs.__version__] in packages
+    assert len({tuple(p) for p in packages}) == len(packages)
+    assert packages == sorted(packages, key=lambda p: (p[0].lower(), p[0], p[1]))
+
+
+def test_notebook_path_and_nothing_else_from_the_environment(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIRRUS_TEST_SECRET", TOKEN)
+    doc = PythonGithubEnv(repo, environ={"JPY_SESSION_NAME": "/home/u/seg.ipynb"}).to_json()
+    assert doc["notebook"] == "/home/u/seg.ipynb"
+    assert TOKEN not in canonical_json(doc).decode()
+    assert PythonGithubEnv(repo, environ={}).to_json()["notebook"] is None
+    assert notebook_path({}, [{"__vsc_ipynb_file__": "/w/a.ipynb"}]) == "/w/a.ipynb"
+    assert notebook_path({}, [{}]) is None
+
+
+def test_process_accepts_the_env(repo: Path) -> None:
+    env = PythonGithubEnv(".")  # provenance-toolbox's call shape
+    process = Process("watershed", {"threshold": 0.3}, env, PythonGithubEnv(repo))
+    assert process.env_documents()[1]["kind"] == "python-git"
+    assert len(process.to_json()["envs"]) == 2
+
+
+def test_import_does_not_import_git_or_docker() -> None:
+    code = "import cirrus.codeenv, sys; print('git' in sys.modules, 'docker' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False False"
+
+
+# --- Docker ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_container(tmp_path: Path) -> dict:
+    """Detection inputs with no sign of a container."""
+    (tmp_path / "mountinfo").write_text("22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n")
+    (tmp_path / "cgroup").write_text("0::/user.slice/session-1.scope\n")
+    return {"mountinfo": tmp_path / "mountinfo", "cgroup": tmp_path / "cgroup", "environ": {}}
+
+
+def in_container(tmp_path: Path, engine_url: str, container_id: str = CONTAINER) -> dict:
+    """Detection inputs as seen from inside container `container_id` (via mountinfo)."""
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 8:1 / / rw - overlay overlay rw\n"
+        f"560 550 8:1 /var/lib/docker/containers/{container_id}/hostname /etc/hostname rw - "
+        "ext4 /dev/sda1 rw\n"
+    )
+    (tmp_path / "cgroup").write_text("0::/\n")
+    return {
+        "mountinfo": mountinfo,
+        "cgroup": tmp_path / "cgroup",
+        "environ": {"DOCKER_HOST": engine_url},
+    }
+
+
+def test_explicit_values_positional_need_no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    env = DockerEnv("lab/segmenter", "v1.2", IMAGE_ID)
+    assert env.to_json() == {
+        "kind": "docker",
+        "image": "lab/segmenter",
+        "tag": "v1.2",
+        "image_id": IMAGE_ID,
+        "repo_digests": None,
+    }
+    assert DockerEnv("lab/segmenter", "v1.2", IMAGE_ID, strict=True).to_json() == env.to_json()
+
+
+def test_detected_via_mountinfo(fake_docker_engine, tmp_path: Path) -> None:
+    fake_docker_engine.add_container(
+        CONTAINER, "gcr.io/lab/seg:v3", IMAGE_ID, ("gcr.io/lab/seg@sha256:" + "9" * 64,)
+    )
+    env = DockerEnv(**in_container(tmp_path, fake_docker_engine.url))
+    assert env.to_json() == {
+        "kind": "docker",
+        "image": "gcr.io/lab/seg",
+        "tag": "v3",
+        "image_id": IMAGE_ID,
+        "repo_digests": ["gcr.io/lab/seg@sha256:" + "9" * 64],
+    }
+    assert env.container_id == CONTAINER
+    assert f"/v{'1.47'}/containers/{CONTAINER}/json" in fake_docker_engine.requests
+
+
+@pytest.mark.parametrize(
+    "line", [f"12:pids:/docker/{CONTAINER}", f"0::/system.slice/docker-{CONTAINER}.scope"]
+)
+def test_detected_via_cgroup(fake_docker_engine, tmp_path: Path, line: str) -> None:
+    fake_docker_engine.add_container(CONTAINER, "lab/seg:v4", IMAGE_ID)
+    (tmp_path / "mountinfo").write_text("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n")
+    (tmp_path / "cgroup").write_text(f"1:name=systemd:/\n{line}\n")
+    env = DockerEnv(mountinfo=tmp_path / "mountinfo", cgroup=tmp_path / "cgroup", environ={})
+    assert (env.image, env.tag, env.image_id, env.container_id) == (
+        "lab/seg",
+        "v4",
+        IMAGE_ID,
+        CONTAINER,
+    )
+
+
+def test_detected_via_hostname(fake_docker_engine, no_container: dict) -> None:
+    fake_docker_engine.add_container(CONTAINER, "lab/seg", IMAGE_ID)
+    no_container["environ"] = {"HOSTNAME": CONTAINER[:12], "DOCKER_HOST": fake_docker_engine.url}
+    env = DockerEnv(**no_container)
+    assert (env.image, env.tag, env.container_id) == ("lab/seg", "latest", CONTAINER)
+    assert env.capture_error is None
+
+
+def test_hostname_that_is_not_an_id_is_ignored(no_container: dict) -> None:
+    assert (
+        detect_container_id(no_container["mountinfo"], no_container["cgroup"], {"HOSTNAME": "vm"})
+        is None
+    )
+    assert detect_container_id("/nonexistent/a", "/nonexistent/b", {}) is None
+
+
+def test_given_values_win_over_detected(fake_docker_engine, tmp_path: Path) -> None:
+    fake_docker_engine.add_container(CONTAINER, "lab/seg:v5", IMAGE_ID)
+    env = DockerEnv(tag="release-5", **in_container(tmp_path, fake_docker_engine.url))
+    assert (env.image, env.tag, env.image_id) == ("lab/seg", "release-5", IMAGE_ID)
+
+
+def test_container_id_is_not_in_the_json(fake_docker_engine, tmp_path: Path) -> None:
+    other = "5e" * 32
+    fake_docker_engine.add_container(CONTAINER, "lab/seg:v6", IMAGE_ID)
+    fake_docker_engine.add_container(other, "lab/seg:v6", IMAGE_ID)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    first = DockerEnv(**in_container(tmp_path / "one", fake_docker_engine.url))
+    second = DockerEnv(**in_container(tmp_path / "two", fake_docker_engine.url, other))
+    assert first.container_id != second.container_id
+    assert digest(first.to_json()) == digest(second.to_json())
+    assert first == second
+
+
+def test_engine_does_not_know_the_container(fake_docker_engine, tmp_path: Path) -> None:
+    inputs = in_container(tmp_path, fake_docker_engine.url)
+    env = DockerEnv(**inputs)
+    assert "does not know container" in env.to_json()["capture_error"]
+    assert CONTAINER in env.to_json()["capture_error"]
+    assert env.to_json()["image"] is None
+    with pytest.raises(CaptureError, match="does not know container"):
+        DockerEnv(strict=True, **inputs)
+
+
+def test_no_engine_reachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = f"unix://{tmp_path}/missing.sock"
+    monkeypatch.setenv("DOCKER_HOST", missing)
+    inputs = in_container(tmp_path, missing)
+    env = DockerEnv(**inputs)
+    assert env.capture_error.startswith("no Docker engine reachable")
+    assert env.to_json()["kind"] == "docker"
+    with pytest.raises(CaptureError, match="no Docker engine reachable"):
+        DockerEnv(None, None, None, False, True, **inputs)
+
+
+def test_not_in_a_container(no_container: dict) -> None:
+    env = DockerEnv(**no_container)
+    assert "not running in a Docker container" in env.capture_error
+    with pytest.raises(CaptureError, match="not running in a Docker container"):
+        DockerEnv(strict=True, **no_container)
+
+
+def test_include_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = DockerEnv("lab/seg", "v1", IMAGE_ID, include_packages=True)
+    assert ["attrs", attrs.__version__] in env.to_json()["packages"]
+    assert "packages" not in DockerEnv("lab/seg", "v1", IMAGE_ID).to_json()
+    assert Process("p", {}, env).env_documents()[0]["packages"]
+
+
+@pytest.mark.parametrize(
+    ("reference", "expected"),
+    [
+        ("lab/seg:v1", ("lab/seg", "v1")),
+        ("lab/seg", ("lab/seg", "latest")),
+        ("registry:5000/lab/seg", ("registry:5000/lab/seg", "latest")),
+        ("registry:5000/lab/seg:v2", ("registry:5000/lab/seg", "v2")),
+        ("lab/seg:v1@sha256:" + "1" * 64, ("lab/seg", "v1")),
+        (IMAGE_ID, (None, None)),
+    ],
+)
+def test_split_reference(reference: str, expected: tuple) -> None:
+    assert split_reference(reference) == expected
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="docker CLI not installed")
+def test_real_docker_cli_inspects_the_fake_engine(fake_docker_engine, tmp_path: Path) -> None:
+    fake_docker_engine.add_container(CONTAINER, "lab/seg:v7", IMAGE_ID)
+    env = {**os.environ, "DOCKER_CONFIG": str(tmp_path / "docker-config")}
+    done = subprocess.run(
+        ["docker", "inspect", "--type", "container", CONTAINER[:12]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    [container] = json.loads(done.stdout)
+    assert (container["Id"], container["Image"]) == (CONTAINER, IMAGE_ID)
