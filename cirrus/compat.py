@@ -5,7 +5,6 @@ Both log through cirrus's ledger: one record per session, never one commit per w
 
 from __future__ import annotations
 
-import atexit
 import uuid
 import weakref
 from typing import Any
@@ -15,8 +14,6 @@ from cirrus.model import Note, Process, utcnow
 from cirrus.session import Session, commit_records, make_record, validate_process
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.writeset import WriteTracker
-
-_OPEN: weakref.WeakSet = weakref.WeakSet()
 
 
 class _Documentation:
@@ -42,14 +39,13 @@ class _Documentation:
         if key != self.key:
             self.commit()
             self.session = Session(volume.sources, volume.motivation, volume.process)
+            self.session._finalizer.detach()  # this volume commits it itself, even at exit
             self.gate.tracker = self.session._trackers.setdefault(self.layer, WriteTracker())
             self.key = key
-            _OPEN.add(self)
         return None
 
     def commit(self) -> dict[str, str]:
         session, self.session, self.key = self.session, None, None
-        _OPEN.discard(self)
         return session.commit() if session is not None and session.state == "open" else {}
 
 
@@ -74,14 +70,9 @@ def CloudVolume(  # noqa: N802 - a factory named like the class it returns, as c
     track(volume, documentation.gate)
     volume.sources, volume.motivation, volume.process = sources, motivation, process
     volume.commit = documentation.commit
-    volume._cirrus_documentation = documentation
+    # cirrus-volume had no explicit end: commit when the volume goes away or the program exits.
+    weakref.finalize(volume, documentation.commit)
     return volume
-
-
-@atexit.register
-def _commit_open_volumes() -> None:
-    for documentation in list(_OPEN):
-        documentation.commit()
 
 
 def _annotate(volume: Any, notes: list[Note], process: Process | None = None) -> str:

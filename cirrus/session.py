@@ -260,6 +260,11 @@ def commit_records(records: dict[str, Record], env_documents: Iterable[dict]) ->
     def publish(layer: str, record_id: str) -> None:
         ledgers[layer].publish({record_id: records[layer]})
 
+    if len(records) == 1:  # no pool: this also runs from finalizers at interpreter exit
+        (layer,) = records
+        ids = {layer: stage(layer)}
+        publish(layer, ids[layer])
+        return ids
     with ThreadPoolExecutor(max_workers=min(16, len(records))) as pool:
         ids = dict(zip(records, pool.map(stage, records), strict=True))
         list(pool.map(publish, ids, ids.values()))
