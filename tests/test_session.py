@@ -1,0 +1,359 @@
+"""cirrus.session: many volumes, many chunk writes, one record per volume, published once.
+
+Real CloudVolume layers on real storage (file, mem, moto S3, fake GCS); storage requests are
+counted with a pass-through backend wrapper, never mocked.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import cirrus
+from cirrus.errors import InvalidInput, ParameterError, SessionClosed
+from cirrus.storage import wrap_backends
+from cirrus.storage.paths import normalise_cloudpath
+from tests.session_support import (
+    CHUNK,
+    KeyCounter,
+    KeyCountingBackend,
+    StaticEnv,
+    chunk_files,
+    chunk_of,
+    chunk_origins,
+    make_layer,
+    plain,
+    process,
+    provenance_keys,
+    summary_json,
+)
+
+try:
+    from cirrus.storage.faults import CountingBackend
+except ImportError:  # pragma: no cover - the faults module is optional for these tests
+    CountingBackend = None
+
+BIG = (320, 320, 256)  # 5 x 5 x 4 = 100 chunks of 64^3
+
+
+def three_layers(base: str) -> list[str]:
+    paths = [normalise_cloudpath(f"{base}_{name}") for name in ("img", "seg", "aff")]
+    for path in paths:
+        make_layer(path, size=BIG)
+    return paths
+
+
+def test_three_volumes_hundreds_of_chunks_one_record_and_one_publish_each(layer_path):
+    paths = three_layers(layer_path)
+    origins = chunk_origins(BIG)
+    assert len(origins) == 100
+    proc = cirrus.Process("fill three layers", {"value": 7, "axes": ("x", "y")}, StaticEnv())
+    counter: Counter[str] = Counter()
+    keys = KeyCounter()
+
+    def wrapper(backend):
+        counted = KeyCountingBackend(backend, keys)
+        return CountingBackend(counted, counter) if CountingBackend else counted
+
+    with (
+        wrap_backends(wrapper),
+        cirrus.session(sources=["gs://lab/aff", "tracing"], motivation="m1", process=proc) as s,
+    ):
+        handles = [s.volume(path, progress=False) for path in paths]
+        for v, handle in enumerate(handles):
+            for i, (x, y, z) in enumerate(origins):
+                handle[x : x + CHUNK, y : y + CHUNK, z : z + CHUNK] = chunk_of(v * 100 + i)
+        s.result("300 chunks written")
+        # chunk writes cost no provenance request at all
+        assert sum(keys.calls.values()) == 0
+
+    # one record per volume, one publish (compare-and-swap of `provenance`) per volume
+    assert set(s.records) == set(paths)
+    for path in paths:
+        assert keys.count(path, "put_new", "records") == 1
+        assert keys.count(path, None, "summary") - keys.count(path, "get", "summary") == 1
+        assert keys.count(path, "put_new", "envs") == 1
+        # total provenance traffic per volume is a handful, not proportional to the chunks
+        assert keys.count(path) <= 8, keys.calls
+    if CountingBackend:
+        assert counter["put_new"] + counter["put_if_match"] == 9  # 3 x (env, record, summary)
+        assert counter["put_if_match"] == 0  # fresh layers: the summary is created
+
+    for path in paths:
+        history = cirrus.history(path)
+        assert [stored.id for stored in history] == [s.records[path]]
+        record = history[0].record
+        assert record.status == "committed"
+        assert record.session == s.id
+        assert record.sources == ("gs://lab/aff", "tracing")
+        assert record.process["digest"] == proc.digest
+        assert record.process["parameters"] == {"value": 7, "axes": ["x", "y"]}
+        assert len(record.process["envs"]) == 1
+        assert sorted(record.siblings) == sorted(p for p in paths if p != path)
+        assert [(n["kind"], n["text"]) for n in record.notes] == [
+            ("motivation", "m1"),
+            ("result", "300 chunks written"),
+        ]
+        writes = record.writes
+        assert writes["operations"] == {"upload": 100}
+        assert writes["mips"] == {
+            "0": {
+                "bounds": [0, 0, 0, *BIG],
+                "boxes": [[0, 0, 0, *BIG]],
+                "chunks": 100,
+                "bytes": 100 * CHUNK**3,
+            }
+        }
+        assert len(writes["info"]) == 1
+        # the summary points to the record, and readers see sources and the process
+        summary = summary_json(path)
+        assert [entry["id"] for entry in summary["cirrus"]["records"]] == [s.records[path]]
+        assert summary["sources"] == ["gs://lab/aff", "tracing"]
+        assert [entry["task"] for entry in summary["processing"]] == ["fill three layers"]
+
+    # the data is really in the volumes: read back with plain CloudVolume
+    for v, path in enumerate(paths):
+        data = plain(path)[:, :, :][..., 0]
+        for i, (x, y, z) in enumerate(origins[:: 7 if v else 1]):
+            i = i * (7 if v else 1)
+            block = data[x : x + CHUNK, y : y + CHUNK, z : z + CHUNK]
+            assert (block == (v * 100 + i) % 251).all(), (path, x, y, z)
+
+
+def test_write_set_of_disjoint_regions_and_two_mips(tmp_path):
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path, size=(256, 256, 128))
+    with cirrus.session(["src"], "two regions", process()) as s:
+        vol = s.volume(path, progress=False)
+        vol.add_scale((2, 2, 1), chunk_size=[64, 64, 64])
+        vol.commit_info()
+        vol[0:128, 0:64, 0:64] = np.ones((128, 64, 64), np.uint8)
+        vol[192:256, 192:256, 64:128] = np.full((64, 64, 64), 2, np.uint8)
+        low = s.volume(path, mip=1, progress=False)
+        low[0:64, 0:64, 0:64] = np.full((64, 64, 64), 3, np.uint8)
+    writes = cirrus.history(path)[0].record.writes
+    assert writes["operations"] == {"add_scale": 1, "info": 1, "upload": 3}
+    assert writes["mips"]["0"] == {
+        "bounds": [0, 0, 0, 256, 256, 128],
+        "boxes": [[0, 0, 0, 128, 64, 64], [192, 192, 64, 256, 256, 128]],
+        "chunks": 3,
+        "bytes": 3 * CHUNK**3,
+    }
+    assert writes["mips"]["1"]["chunks"] == 1
+    assert writes["mips"]["1"]["bounds"] == [0, 0, 0, 64, 64, 64]
+    # two handles on one layer in one session still make one record
+    assert len(cirrus.history(path)) == 1
+    assert (plain(path)[192:256, 192:256, 64:128] == 2).all()
+    assert (plain(f"{path}")[0:128, 0:64, 0:64] == 1).all()
+
+
+# -- validation, before anything is written ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"sources": "gs://lab/aff"}, InvalidInput, ["sources", "list"]),
+        ({"sources": []}, InvalidInput, ["sources", "empty"]),
+        ({"sources": ["gs://a", 3]}, InvalidInput, ["sources[1]", "3"]),
+        ({"sources": ["gs://a", ""]}, InvalidInput, ["sources[1]", "non-empty"]),
+        ({"sources": ["  "]}, InvalidInput, ["sources[0]"]),
+        ({"sources": None}, InvalidInput, ["sources"]),
+        ({"motivation": ""}, InvalidInput, ["motivation"]),
+        ({"motivation": "   "}, InvalidInput, ["motivation"]),
+        ({"motivation": None}, InvalidInput, ["motivation"]),
+        ({"process": "watershed"}, InvalidInput, ["process", "cirrus.Process", "str"]),
+        ({"process": {"task": "x"}}, InvalidInput, ["process", "cirrus.Process", "dict"]),
+    ],
+)
+def test_invalid_session_arguments_are_refused_before_any_write(tmp_path, kwargs, error, words):
+    path = f"file://{tmp_path}/layer"
+    make_layer(path)
+    arguments = {"sources": ["gs://lab/aff"], "motivation": "why", "process": process()}
+    arguments.update(kwargs)
+    with pytest.raises(error) as raised, cirrus.session(**arguments) as s:
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
+    for word in words:
+        assert word in str(raised.value)
+    assert provenance_keys(path) == []
+    assert chunk_files(path) == []
+
+
+@pytest.mark.parametrize(
+    ("parameters", "words"),
+    [
+        ({"ids": {1, 2}}, ["parameters.ids", "set"]),
+        ({"mask": np.zeros(3)}, ["parameters.mask", "ndarray", ".tolist()"]),
+        ({"threshold": float("nan")}, ["parameters.threshold", "finite"]),
+        ({"nested": {"f": object()}}, ["parameters.nested.f", "object"]),
+        ({"by_mip": {1: "a"}}, ["parameters.by_mip", "key"]),
+        ({"aws_secret_access_key": "AKIA..."}, ["secret"]),
+    ],
+)
+def test_parameters_that_are_not_json_are_refused_before_any_write(tmp_path, parameters, words):
+    path = f"file://{tmp_path}/layer"
+    make_layer(path)
+    with (
+        pytest.raises(ParameterError) as raised,
+        cirrus.session(["src"], "why", cirrus.Process("step", parameters)) as s,
+    ):
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
+    for word in words:
+        assert word in str(raised.value)
+    assert isinstance(raised.value, InvalidInput)
+    assert provenance_keys(path) == []
+    assert chunk_files(path) == []
+
+
+def test_sources_keep_order_without_duplicates(tmp_path):
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path)
+    with cirrus.session(["b", "a", "b", "c", "a"], "why", process()) as s:
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
+    assert cirrus.history(path)[0].record.sources == ("b", "a", "c")
+    assert summary_json(path)["sources"] == ["b", "a", "c"]
+
+
+# -- notebook style ------------------------------------------------------------------------------
+
+
+def test_notebook_style_commit(tmp_path):
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path)
+    s = cirrus.session(sources=["src"], motivation="explore", process=process())
+    vol = s.volume(path)
+    vol[0:64, 0:64, 0:64] = chunk_of(5)
+    s.note("looked fine")
+    s.result("kept it")
+    assert provenance_keys(path) == []  # nothing recorded until the commit
+    ids = s.commit()
+    assert ids == s.records == {path: cirrus.history(path)[0].id}
+    notes = [(n["kind"], n["text"]) for n in cirrus.history(path)[0].record.notes]
+    assert notes == [("motivation", "explore"), ("generic", "looked fine"), ("result", "kept it")]
+    with pytest.raises(SessionClosed):
+        s.commit()
+    with pytest.raises(SessionClosed):
+        s.volume(path)
+    with pytest.raises(SessionClosed):
+        s.result("too late")
+
+
+def test_notebook_style_abort_writes_a_failed_record(tmp_path):
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    untouched = normalise_cloudpath(f"file://{tmp_path}/untouched")
+    make_layer(path)
+    make_layer(untouched)
+    s = cirrus.session(sources=["src"], motivation="explore", process=process())
+    s.volume(path)[0:64, 0:64, 0:64] = chunk_of(5)
+    s.volume(untouched)  # opened, never written
+    ids = s.abort("wrong parameters")
+    (stored,) = cirrus.history(path)
+    assert ids == {path: stored.id}
+    assert stored.record.status == "failed"
+    assert stored.record.error == {"type": "Aborted", "message": "wrong parameters"}
+    assert stored.record.writes["operations"] == {"upload": 1}
+    assert summary_json(path)["cirrus"]["records"][0]["status"] == "failed"
+    assert provenance_keys(untouched) == []
+
+
+def test_an_empty_session_records_nothing(tmp_path):
+    path = f"file://{tmp_path}/layer"
+    make_layer(path)
+    with cirrus.session(["src"], "why", process()) as s:
+        vol = s.volume(path, fill_missing=True)
+        assert (vol[0:64, 0:64, 0:64] == 0).all()  # reads are not writes
+    assert s.records == {}
+    assert provenance_keys(path) == []
+
+
+GC_SCRIPT = """
+import gc, sys
+import numpy as np
+import cirrus
+path, quiet = sys.argv[1], sys.argv[2]
+def run():
+    s = cirrus.session(["src"], "never committed", cirrus.Process("leak", {}))
+    s.volume(path)[0:64, 0:64, 0:64] = np.ones((64, 64, 64), np.uint8)
+    print("SESSION", s.id, flush=True)
+    q = cirrus.session(["src"], "read only", cirrus.Process("leak", {}))
+    q.volume(quiet, fill_missing=True)[0:64, 0:64, 0:64]
+    print("QUIET", q.id, flush=True)
+run()
+gc.collect()
+print("DONE", flush=True)
+"""
+
+
+def test_a_garbage_collected_session_with_unrecorded_writes_warns(tmp_path):
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    quiet = normalise_cloudpath(f"file://{tmp_path}/quiet")
+    make_layer(path)
+    make_layer(quiet)
+    result = subprocess.run(
+        [sys.executable, "-W", "always::ResourceWarning", "-c", GC_SCRIPT, path, quiet],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=60,
+    )
+    output = result.stdout
+    assert result.returncode == 0, output
+    ids = dict(
+        line.split(" ", 1) for line in output.split("\n") if line[:1].isupper() and " " in line
+    )
+    warning = output.index("ResourceWarning")
+    assert "never committed" in output
+    assert path in output[warning:]
+    assert ids["SESSION"] in output[warning:]
+    assert ids["QUIET"] not in output[warning:]  # nothing written: nothing to warn about
+    assert warning < output.index("DONE")  # when the session goes, not at exit
+    assert provenance_keys(path) == []
+
+
+# -- an exception in the body ----------------------------------------------------------------
+
+
+def test_exception_in_body_records_failed_on_written_volumes_and_propagates(tmp_path):
+    written = [normalise_cloudpath(f"file://{tmp_path}/w{i}") for i in range(2)]
+    opened = normalise_cloudpath(f"file://{tmp_path}/opened")
+    for path in [*written, opened]:
+        make_layer(path)
+
+    class Boom(RuntimeError):
+        pass
+
+    with (
+        pytest.raises(Boom, match="disk full at chunk 3"),
+        cirrus.session(["src"], "will fail", process()) as s,
+    ):
+        handles = [s.volume(path) for path in written]
+        s.volume(opened)
+        for i, handle in enumerate(handles):
+            handle[0:64, 0:64, 0:64] = chunk_of(i)
+        raise Boom("disk full at chunk 3")
+
+    assert set(s.records) == set(written)
+    for path in written:
+        (stored,) = cirrus.history(path)
+        assert stored.id == s.records[path]
+        assert stored.record.status == "failed"
+        assert stored.record.error == {"type": "Boom", "message": "disk full at chunk 3"}
+        assert stored.record.writes["mips"]["0"]["chunks"] == 1
+        assert summary_json(path)["cirrus"]["records"][0]["status"] == "failed"
+    assert provenance_keys(opened) == []
+    with pytest.raises(SessionClosed):
+        s.commit()
+
+
+def test_exception_before_any_write_records_nothing(tmp_path):
+    path = f"file://{tmp_path}/layer"
+    make_layer(path)
+    with pytest.raises(KeyError), cirrus.session(["src"], "will fail", process()) as s:
+        s.volume(path)
+        raise KeyError("early")
+    assert s.records == {}
+    assert provenance_keys(path) == []
