@@ -39,9 +39,17 @@ def check_digest(value: str, what: str = "digest") -> str:
 def normalise_json(value: Any, path: str, error: type[Exception]) -> Any:
     """Return `value` as plain JSON types (tuples become lists); raise `error(path, problem)`.
 
-    Refused: non-string keys, NaN and infinities, sets, arrays and arbitrary objects.
+    Refused: non-string keys, NaN and infinities, sets, arrays, arbitrary objects and strings
+    that UTF-8 cannot encode (lone surrogates, as `os.fsdecode` makes of undecodable bytes).
     """
-    if value is None or isinstance(value, (bool, str)):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise error(path, f"string is not valid Unicode ({err.reason})") from None
         return value
     if isinstance(value, int):
         return int(value)

@@ -22,7 +22,8 @@ from cirrus.errors import InvalidInput, ParameterError
 NOTE_KINDS = ("motivation", "result", "generic")
 RECORD_SCHEMA = "cirrus.record/1"
 _SECRET_KEY = re.compile(
-    r"(passw(or)?d|secret|token|credential|private[_-]?key|access[_-]?key|api[_-]?key|(^|[_-])key$)",
+    r"(passw(or)?d|secret|token(?![a-z])|credential|private[_-]?key|access[_-]?key|api[_-]?key"
+    r"|(^|[_-])key$)",
     re.IGNORECASE,
 )
 
@@ -73,10 +74,16 @@ def normalise_parameters(parameters: Any, allow_secrets: tuple[str, ...] = ()) -
     return plain
 
 
+def _could_be_secret(value: Any) -> bool:
+    """Strings and containers can hold credentials; None, "", numbers and booleans cannot
+    (so `max_tokens: 512` or `use_token: True` pass)."""
+    return value not in (None, "") and not isinstance(value, (bool, int, float))
+
+
 def _refuse_secrets(value: Any, path: str, allowed: set[str]) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
-            if _SECRET_KEY.search(key) and key not in allowed and item not in (None, ""):
+            if _SECRET_KEY.search(key) and key not in allowed and _could_be_secret(item):
                 raise ParameterError(
                     f"{path}.{key}",
                     "looks like a secret and would be stored in every record; remove it, or "
@@ -120,10 +127,21 @@ class Process:
                 )
         params = normalise_parameters({} if parameters is None else parameters, allow_secrets)
         self.__attrs_init__(description, params, tuple(code_envs))
+        self.env_documents()  # refuse an environment that is not JSON now, not at commit time
 
     def env_documents(self) -> list[dict[str, Any]]:
-        """The JSON of each code environment, in the order given."""
-        return [normalise_json(env.to_json(), "code_env", ParameterError) for env in self.code_envs]
+        """The JSON of each code environment, in the order given; each must have a `kind`."""
+        documents = []
+        for i, env in enumerate(self.code_envs):
+            document = normalise_json(env.to_json(), f"code_envs[{i}]", ParameterError)
+            if not isinstance(document, dict) or not isinstance(document.get("kind"), str):
+                got = sorted(document) if isinstance(document, dict) else type(document).__name__
+                raise InvalidInput(
+                    f"code environment {env!r}: to_json() must return a dict with a string "
+                    f'"kind" field, got {got}'
+                )
+            documents.append(document)
+        return documents
 
     def to_json(self) -> dict[str, Any]:
         """The process as stored in records: environments by digest."""
@@ -145,6 +163,13 @@ class Note:
     kind: str = attrs.field(validator=attrs.validators.in_(NOTE_KINDS))
     text: str = attrs.field()
     time: dt.datetime = attrs.field(factory=utcnow)
+
+    @time.validator
+    def _check_time(self, _attribute: Any, value: Any) -> None:
+        if not isinstance(value, dt.datetime) or value.tzinfo is None:
+            raise InvalidInput(
+                f"a note's time must be a timezone-aware datetime (UTC), got {value!r}"
+            )
 
     @text.validator
     def _check_text(self, _attribute: Any, value: Any) -> None:

@@ -150,6 +150,14 @@ def test_untracked_files_sorted_and_not_dirty(repo: Path) -> None:
     assert doc["dirty"] is False
 
 
+def test_file_names_that_are_not_utf8(repo: Path) -> None:
+    (repo / os.fsdecode(b"latin\xe9.py")).write_text("")
+    (repo / "caf\u00e9.py").write_text("")
+    env = PythonGithubEnv(repo)
+    assert env.to_json()["untracked"] == ["caf\u00e9.py", "latin\\xe9.py"]
+    assert Process("p", {}, env).env_documents()[0]["untracked"][1] == "latin\\xe9.py"
+
+
 def test_detached_head(repo: Path) -> None:
     git(repo, "checkout", "-q", "--detach")
     doc = PythonGithubEnv(repo).to_json()

@@ -116,8 +116,19 @@ def _read_repo(repo: Any, diff_limit: int) -> dict[str, Any]:
         "detached": detached,
         "dirty": repo.is_dirty(index=True, working_tree=True, untracked_files=False),
         **_diffs(repo, diff_limit),
-        "untracked": sorted(repo.untracked_files),
+        "untracked": _untracked(repo),
     }
+
+
+def _text(data: bytes) -> str:
+    """git output as text; bytes that are not UTF-8 (Latin-1 files, names) kept as `\\xNN`."""
+    return data.decode("utf-8", "backslashreplace")
+
+
+def _untracked(repo: Any) -> list[str]:
+    """Sorted untracked file names that .gitignore does not exclude (raw, not quoted, by git)."""
+    raw = repo.git.ls_files("--others", "--exclude-standard", "-z", **_RAW)
+    return sorted(_text(name) for name in raw.split(b"\0") if name)
 
 
 def _diffs(repo: Any, limit: int) -> dict[str, Any]:
@@ -133,8 +144,8 @@ def _diffs(repo: Any, limit: int) -> dict[str, Any]:
     whole = staged + unstaged
     return {
         "diff": {
-            "staged": kept_staged.decode("utf-8", "replace"),
-            "unstaged": kept_unstaged.decode("utf-8", "replace"),
+            "staged": _text(kept_staged),
+            "unstaged": _text(kept_unstaged),
         },
         "diff_truncated": len(whole) > limit,
         "diff_bytes": len(whole),
