@@ -65,6 +65,8 @@ class StepToken:
             return token
         try:
             data = json.loads(token) if isinstance(token, str) else dict(token)
+            if not isinstance(data, dict):
+                raise ValueError(f"a JSON {type(data).__name__}, not an object")
             if data.get("cirrus_step") != TOKEN_VERSION:
                 raise ValueError(f"unknown token version {data.get('cirrus_step')!r}")
             volumes = tuple(normalise_cloudpath(v) for v in data["volumes"])

@@ -1,0 +1,285 @@
+"""Steps: many tasks, one record per volume, through python-task-queue and plain processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from functools import partial
+
+import pytest
+from taskqueue import TaskQueue
+
+import cirrus
+from cirrus.errors import InvalidInput, StepError
+from cirrus.ledger import Ledger
+from cirrus.step import status as step_status
+from tests import step_support as ss
+from tests.session_support import summary_json
+
+
+def open_step(*layers: str, description: str = "paint chunks") -> cirrus.Step:
+    process = cirrus.Process(description, {"value": 1, "chunk": ss.CHUNK})
+    return cirrus.step(
+        sources=["gs://lab/aff"], motivation="bootstrap", process=process, volumes=list(layers)
+    )
+
+
+def run_workers(queue: str, workers: int, lease_seconds: int = 60, timeout: float = 90) -> list:
+    ctx = ss.context()
+    procs = [
+        ctx.Process(target=ss.poll_worker, args=(queue, lease_seconds)) for _ in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout)
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+            pytest.fail(f"worker {proc.pid} still running after {timeout} s")
+    return [proc.exitcode for proc in procs]
+
+
+def one_record(layer: str) -> cirrus.Record:
+    history = cirrus.history(layer)
+    assert len(history) == 1, history
+    return history[0].record
+
+
+@pytest.fixture
+def layer(tmp_path) -> str:
+    path = f"file://{tmp_path}/layer"
+    ss.make_layer(path)
+    return path
+
+
+def test_200_tasks_on_4_task_queue_workers_leave_one_record(tmp_path, layer: str) -> None:
+    step = open_step(layer)
+    never_finished = open_step(layer, description="a step nobody finishes")
+    with cirrus.join(never_finished.token, task="lone") as session:
+        ss.paint(session, layer, [0, 0, 0])
+
+    queue = f"fq://{tmp_path}/queue"
+    tq = TaskQueue(queue, progress=False)
+    tasks = [ss.PaintTask(step.token, ss.task_id(o), layer, o) for o in ss.origins()]
+    assert tq.insert(tasks) == 200
+    payload = tasks[0].payload()  # what a task carries: no sources, motivation or process
+    assert set(payload) == {"class", "token", "task_id", "layer", "origin", "marker", "action"}
+    assert len(payload["token"]) < 300
+
+    assert run_workers(queue, 4) == [0, 0, 0, 0]
+    assert tq.is_empty()
+
+    report = step.status()["volumes"][layer]
+    assert report == {"tasks": 200, "failed": [], "open": True, "finished": False}
+    assert step.id in summary_json(layer)["cirrus"]["open_steps"]
+
+    ids = step.finish()
+    record = one_record(layer)
+    assert record.status == "committed" and record.step == step.id
+    assert record.tasks["count"] == 200 and record.tasks["committed"] == 200
+    assert record.tasks["hosts"] == 1 and record.tasks["failures"] == []
+    assert record.sources == ("gs://lab/aff",)
+    assert record.process["description"] == "paint chunks"
+    mip0 = record.writes["mips"]["0"]
+    assert mip0["bounds"] == [0, 0, 0, *ss.SIZE]
+    assert mip0["boxes"] == [[0, 0, 0, *ss.SIZE]]
+    assert mip0["chunks"] == 200 and mip0["bytes"] == 200 * ss.CHUNK**3
+    assert record.writes["operations"] == {"upload": 200}
+
+    assert step.finish() == ids  # finishing again changes nothing
+    assert [h.id for h in cirrus.history(layer)] == [ids[layer]]
+
+    section = summary_json(layer)["cirrus"]
+    assert step.id not in section["open_steps"]
+    assert never_finished.id in section["open_steps"]
+    assert section["open_steps"][never_finished.id]["description"] == "a step nobody finishes"
+    assert never_finished.status()["volumes"][layer] == {
+        "tasks": 1,
+        "failed": [],
+        "open": True,
+        "finished": False,
+    }
+    assert step_status(step.token)["volumes"][layer]["finished"] is True
+    assert step_status(step.token)["volumes"][layer]["open"] is False
+
+
+def test_plain_multiprocessing_pool(tmp_path) -> None:
+    a, b = f"file://{tmp_path}/a", f"file://{tmp_path}/b"
+    for path in (a, b):
+        ss.make_layer(path, size=(64, 64, 16))
+    step = open_step(a, b)
+    jobs = [
+        (step.token, ss.task_id(o), layer, o) for layer in (a, b) for o in ss.origins((4, 4, 1))
+    ]
+    with ss.context().Pool(4) as pool:
+        done = pool.map(ss.pool_task, jobs)
+    assert len({entry.split(":")[0] for entry in done}) > 1  # really several processes
+    ids = step.finish()
+    assert set(ids) == {a, b}
+    for path in (a, b):
+        record = one_record(path)
+        assert record.tasks["count"] == 16
+        assert record.writes["mips"]["0"]["bounds"] == [0, 0, 0, 64, 64, 16]
+        assert record.siblings == tuple({a, b} - {path})
+
+
+def test_killed_worker_task_is_redelivered_and_counted_once(tmp_path, layer: str) -> None:
+    """A worker SIGKILLed after writing a chunk, before its fragment: the lease expires, another
+    worker runs the task again, and the step counts it once."""
+    step = open_step(layer)
+    origins = ss.origins((3, 2, 1))
+    doomed = origins[2]
+    queue = f"fq://{tmp_path}/queue"
+    marker = str(tmp_path / "killed-once")
+    TaskQueue(queue, progress=False).insert(
+        partial(
+            ss.paint_fn, step.token, ss.task_id(o), layer, o, marker if o == doomed else "", "kill"
+        )
+        for o in origins
+    )
+    exitcodes = run_workers(queue, 2, lease_seconds=2)
+    assert sorted(exitcodes) == [-9, 0]  # one worker died by SIGKILL, the other carried on
+    assert os.path.exists(marker)
+    assert step.status()["volumes"][layer]["tasks"] == 6
+    step.finish()
+    record = one_record(layer)
+    assert record.tasks["count"] == 6 and record.status == "committed"
+    assert record.writes["mips"]["0"]["chunks"] == 6
+
+
+def test_killed_task_rerun_by_id_after_its_data_was_written(tmp_path, layer: str) -> None:
+    step = open_step(layer)
+    ctx = ss.context()
+    marker = str(tmp_path / "killed-once")
+    task = ss.PaintTask(step.token, "x0_y0_z0", layer, [0, 0, 0], marker, "kill")
+    proc = ctx.Process(target=task.execute)
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == -9
+    assert step.status()["volumes"][layer]["tasks"] == 0  # the data is there, no fragment yet
+    ss.PaintTask(**{k: v for k, v in task.payload().items() if k != "class"}).execute()
+    step.finish()
+    assert one_record(layer).tasks["count"] == 1
+
+
+def test_task_delivered_twice_is_counted_once(layer: str) -> None:
+    step = open_step(layer)
+    for _ in range(2):
+        ss.PaintTask(step.token, "x0_y0_z0", layer, [0, 0, 0]).execute()
+    ss.paint_fn(step.token, "x16_y0_z0", layer, [16, 0, 0])
+    ss.paint_fn(step.token, "x16_y0_z0", layer, [16, 0, 0])
+    step.finish()
+    record = one_record(layer)
+    assert record.tasks["count"] == 2 and record.writes["mips"]["0"]["chunks"] == 2
+
+
+def test_task_failed_then_succeeded_counts_as_committed(tmp_path, layer: str) -> None:
+    step = open_step(layer)
+    task = ss.PaintTask(step.token, "x0_y0_z0", layer, [0, 0, 0], str(tmp_path / "m"), "fail")
+    with pytest.raises(RuntimeError, match="on purpose"):
+        task.execute()
+    assert step.status()["volumes"][layer]["failed"] == ["x0_y0_z0"]
+    task.execute()
+    assert step.status()["volumes"][layer]["failed"] == []
+    step.finish()
+    record = one_record(layer)
+    assert record.status == "committed"
+    assert record.tasks == {
+        "count": 1,
+        "committed": 1,
+        "failed": 0,
+        "failures": [],
+        "hosts": 1,
+    }
+
+
+def test_finishing_with_failed_tasks_records_them(tmp_path, layer: str) -> None:
+    step = open_step(layer)
+    for i, origin in enumerate(ss.origins((3, 1, 1))):
+        marker = str(tmp_path / f"m{i}") if i == 1 else ""
+        with contextlib.suppress(RuntimeError):
+            ss.paint_fn(step.token, ss.task_id(origin), layer, origin, marker, "fail")
+    step.finish()
+    record = one_record(layer)
+    assert record.status == "failed"
+    assert record.error["type"] == "TaskFailures" and "1 of 3" in record.error["message"]
+    assert record.tasks["count"] == 3 and record.tasks["failed"] == 1
+    assert record.tasks["failures"] == [
+        {
+            "task": "x16_y0_z0",
+            "error": {"type": "RuntimeError", "message": "first attempt fails on purpose (m1)"},
+        }
+    ]
+    assert summary_json(layer)["cirrus"]["records"][0]["status"] == "failed"
+
+
+def test_join_refuses_a_volume_outside_the_step(tmp_path, layer: str) -> None:
+    other = f"file://{tmp_path}/other"
+    ss.make_layer(other)
+    step = open_step(layer)
+    session = cirrus.join(step.token, task="t1")
+    with pytest.raises(StepError, match="not one of this step's volumes"):
+        session.volume(other)
+    session.commit()
+    assert Ledger.open(other).store.list("provenance.d/") == []
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "not json",
+        "[]",
+        "42",
+        "null",
+        '{"id": "0123456789abcdef0123456789abcdef", "volumes": ["file:///x"]}',
+        '{"cirrus_step": 1, "id": "../../etc", "volumes": ["file:///x"]}',
+        '{"cirrus_step": 1, "id": "0123456789abcdef0123456789abcdef"}',
+        '{"cirrus_step": 1, "id": "0123456789abcdef0123456789abcdef", "volumes": ["nope"]}',
+        {"cirrus_step": 1},
+        None,
+    ],
+)
+def test_malformed_token_is_a_clear_step_error(token) -> None:
+    with pytest.raises(StepError, match="not a cirrus step token .*pass the string `step.token`"):
+        cirrus.join(token, task="t1")
+
+
+@pytest.mark.parametrize("task", ["a/b", "..", "../x", "x/../y", "/abs", "", "a b", 7])
+def test_unsafe_task_ids_are_refused(layer: str, task) -> None:
+    step = open_step(layer)
+    with pytest.raises(InvalidInput, match="task id"):
+        cirrus.join(step.token, task=task)
+    with pytest.raises(InvalidInput, match="task id"):
+        ss.PaintTask(step.token, task, layer, [0, 0, 0])
+
+
+def test_tasks_need_no_provenance_arguments(layer: str) -> None:
+    """A task knows only the token and its id; the record carries the step's provenance."""
+    step = open_step(layer)
+    token = json.loads(step.token)
+    assert set(token) == {"cirrus_step", "id", "volumes"}
+    ss.paint_fn(step.token, "x0_y0_z0", layer, [0, 0, 0])
+    record = step.finish()
+    stored = Ledger.open(layer).read_record(record[layer]).record
+    assert stored.notes[0]["kind"] == "motivation" and stored.notes[0]["text"] == "bootstrap"
+    assert stored.process["parameters"] == {"chunk": ss.CHUNK, "value": 1}
+
+
+def test_step_task_accepts_a_step_object_and_checks_the_token_early(layer: str) -> None:
+    step = open_step(layer)
+    assert ss.PaintTask(step, "t1", layer, [0, 0, 0]).token == step.token
+    with pytest.raises(StepError):
+        ss.PaintTask("garbage", "t1", layer, [0, 0, 0])
+
+
+def test_import_cirrus_does_not_import_taskqueue() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, cirrus; print('taskqueue' in sys.modules, 'cirrus.taskqueue' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
