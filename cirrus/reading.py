@@ -1,10 +1,93 @@
-"""Reading a volume's provenance back: its verified history."""
+"""Reading a volume's provenance back: its verified history, one record, its code environments."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from cirrus.errors import CirrusError, InvalidInput
 from cirrus.ledger import Ledger, StoredRecord
 
+READERS = 16
 
-def history(cloudpath: str) -> list[StoredRecord]:
+
+class History(list):
+    """A volume's published records, oldest first (a plain list of StoredRecord).
+
+    Shows as a table in Jupyter and as `cirrus log` text elsewhere, newest first.
+    """
+
+    def __init__(
+        self,
+        records: list[StoredRecord] = (),  # type: ignore[assignment]
+        volume: str = "",
+        open_steps: dict[str, Any] | None = None,
+    ):
+        super().__init__(records)
+        self.volume = volume
+        self.open_steps = dict(open_steps or {})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "volume": self.volume,
+            "records": [record.to_json() for record in self],
+            "open_steps": self.open_steps,
+        }
+
+    def __str__(self) -> str:
+        from cirrus.display import history_text
+
+        return history_text([r.to_json() for r in self], self.volume, self.open_steps)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        from cirrus.display import history_html
+
+        return history_html([r.to_json() for r in self], self.volume, self.open_steps)
+
+
+def read_history(ledger: Ledger) -> History:
+    """The published records of `ledger`'s layer, read in parallel, each verified."""
+    summary = ledger.summary()
+    section = summary.get("cirrus", {})
+    ids = [entry["id"] for entry in section.get("records", [])]
+    with ThreadPoolExecutor(max_workers=max(1, min(READERS, len(ids)))) as pool:
+        records = list(pool.map(ledger.read_record, ids))
+    return History(records, ledger.cloudpath, section.get("open_steps"))
+
+
+def history(cloudpath: str) -> History:
     """The volume's published records, oldest first, each verified against its digest."""
-    return Ledger.open(cloudpath).history()
+    return read_history(Ledger.open(cloudpath))
+
+
+def resolve_record_id(ledger: Ledger, prefix: str) -> str:
+    """The one record id on the layer starting with `prefix` (published or staged)."""
+    prefix = prefix.strip().lower()
+    if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+        raise InvalidInput(f"{prefix!r} is not a record id or a prefix of one (hex digits)")
+    matches = sorted({rid for rid in ledger.record_ids() if rid.startswith(prefix)})
+    if not matches:
+        raise InvalidInput(f"{ledger.cloudpath} has no record whose id starts with {prefix!r}")
+    if len(matches) > 1:
+        shown = ", ".join(m[:16] for m in matches[:5])
+        raise InvalidInput(
+            f"{prefix!r} matches {len(matches)} records on {ledger.cloudpath} ({shown}); "
+            "give more characters"
+        )
+    return matches[0]
+
+
+def record_envs(
+    ledger: Ledger, record: StoredRecord
+) -> list[tuple[str, dict[str, Any] | None, str | None]]:
+    """[(env id, document, None)] for each code environment of the record's process, or
+    (env id, None, error) for one that is missing or fails its digest."""
+    out: list[tuple[str, dict[str, Any] | None, str | None]] = []
+    for env_id in (record.record.process or {}).get("envs", []):
+        try:
+            out.append((env_id, ledger.read_env(env_id), None))
+        except CirrusError as error:
+            out.append((env_id, None, str(error)))
+    return out

@@ -1,0 +1,314 @@
+"""Rendering provenance for people: plain text for terminals and logs, HTML tables for Jupyter.
+
+Everything here works on plain JSON (a record as `StoredRecord.to_json()` gives it, a summary's
+`open_steps`) or on duck-typed objects, and imports nothing else from cirrus, so any module may
+delegate its `__str__` or `_repr_html_` here without creating an import cycle.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+SHORT = 12
+
+
+def short(digest: str | None, length: int = SHORT) -> str:
+    return "-" if not digest else digest[:length]
+
+
+def when(timestamp: str | None) -> str:
+    """`2026-11-22T04:18:33.878160+00:00` -> `2026-11-22 04:18:33Z` (UTC, to the second)."""
+    if not timestamp:
+        return "-"
+    date, _, rest = timestamp.partition("T")
+    return f"{date} {rest[:8]}Z" if rest else date
+
+
+def size(nbytes: int) -> str:
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{nbytes} B"  # unreachable
+
+
+def _box(bounds: Sequence[int]) -> str:
+    lo, hi = bounds[:3], bounds[3:]
+    return f"[{','.join(map(str, lo))}]-[{','.join(map(str, hi))}]"
+
+
+def writes_lines(writes: Mapping[str, Any] | None, tasks: Mapping[str, Any] | None = None) -> list:
+    """One line per mip (bounds, chunks, bytes), then other operations and step task counts."""
+    writes = writes or {}
+    lines = []
+    for mip, entry in writes.get("mips", {}).items():
+        chunks = entry.get("chunks", 0)
+        lines.append(
+            f"mip {mip}: {_box(entry['bounds'])}, {chunks} chunk{'s' * (chunks != 1)}, "
+            f"{size(entry.get('bytes', 0))}"
+        )
+    others = {k: v for k, v in writes.get("operations", {}).items() if k != "upload"}
+    if others:
+        lines.append(", ".join(f"{kind} x{count}" for kind, count in others.items()))
+    if tasks:
+        failed = tasks.get("failed", 0)
+        lines.append(
+            f"tasks: {tasks.get('count', 0)} ({tasks.get('committed', 0)} committed, "
+            f"{failed} failed) on {tasks.get('hosts', 0)} host(s)"
+        )
+    return lines or ["nothing written"]
+
+
+def motivation(record: Mapping[str, Any]) -> str:
+    texts = [n["text"] for n in record.get("notes", []) if n.get("kind") == "motivation"]
+    return "; ".join(texts) or "-"
+
+
+def process_line(record: Mapping[str, Any]) -> str:
+    process = record.get("process")
+    if not process:
+        return "(notes only)"
+    return f"{process['description']} [{short(process.get('digest'))}]"
+
+
+def row(record: Mapping[str, Any]) -> dict[str, str]:
+    """The columns of one history line: what `cirrus log` and notebooks show per record."""
+    status = record["status"]
+    if record.get("error"):
+        status = f"{status}: {record['error'].get('type')}: {record['error'].get('message')}"
+    return {
+        "time": when(record.get("started")),
+        "status": status,
+        "record": short(record.get("id")),
+        "process": process_line(record),
+        "motivation": motivation(record),
+        "sources": "\n".join(record.get("sources", [])),
+        "writes": "\n".join(writes_lines(record.get("writes"), record.get("tasks"))),
+        "who": f"{record.get('user', '?')}@{record.get('host', '?')}",
+        "step": short(record.get("step")) if record.get("step") else "",
+    }
+
+
+COLUMNS = ("time", "status", "record", "process", "motivation", "sources", "writes", "who")
+
+
+def open_step_lines(open_steps: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
+    return [
+        f"OPEN STEP {short(step_id)}: {info.get('description', '?')} "
+        f"[{short(info.get('process'))}] since {when(info.get('started'))} "
+        f"by {info.get('user', '?')}"
+        for step_id, info in (open_steps or {}).items()
+    ]
+
+
+def history_text(
+    records: Iterable[Mapping[str, Any]],
+    volume: str = "",
+    open_steps: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
+    """Newest first, one block per record, like `git log`."""
+    records = list(records)
+    out = [f"{volume}: {len(records)} record(s)" if volume else f"{len(records)} record(s)"]
+    out += open_step_lines(open_steps)
+    for record in reversed(records):
+        cells = row(record)
+        out.append("")
+        out.append(f"record {cells['record']}  {cells['time']}  {cells['status']}")
+        if cells["step"]:
+            out.append(f"  step:       {cells['step']}")
+        out.append(f"  process:    {cells['process']}")
+        out.append(f"  motivation: {cells['motivation']}")
+        out += _labelled("sources", record.get("sources", []) or ["-"])
+        out += _labelled("writes", cells["writes"].split("\n"))
+        results = [n["text"] for n in record.get("notes", []) if n.get("kind") != "motivation"]
+        if results:
+            out += _labelled("notes", results)
+        out.append(f"  by:         {cells['who']}")
+    return "\n".join(out)
+
+
+def _labelled(label: str, lines: Sequence[str]) -> list[str]:
+    head = f"  {label + ':':<12}"
+    return [f"{head if i == 0 else ' ' * len(head)}{line}" for i, line in enumerate(lines)]
+
+
+def _cell(text: str) -> str:
+    return html.escape(text).replace("\n", "<br>")
+
+
+def history_html(
+    records: Iterable[Mapping[str, Any]],
+    volume: str = "",
+    open_steps: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
+    """An HTML table, newest first, for Jupyter."""
+    records = list(records)
+    head = "".join(f"<th>{name}</th>" for name in COLUMNS)
+    body = []
+    for record in reversed(records):
+        cells = row(record)
+        body.append("<tr>" + "".join(f"<td>{_cell(cells[c])}</td>" for c in COLUMNS) + "</tr>")
+    caption = html.escape(f"{volume}: {len(records)} record(s)" if volume else "history")
+    steps = "".join(f"<p><b>{html.escape(line)}</b></p>" for line in open_step_lines(open_steps))
+    return (
+        f'<div class="cirrus-history">{steps}<table><caption>{caption}</caption>'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def env_lines(env_id: str, document: Mapping[str, Any] | None, error: str | None = None) -> list:
+    """A code environment's headline facts (the diff is shown separately)."""
+    if document is None:
+        return [f"{short(env_id)}: unreadable: {error}"]
+    kind = document.get("kind", "?")
+    lines = [f"{short(env_id)} ({kind})"]
+    keys = (
+        "capture_error",
+        "path",
+        "notebook",
+        "remotes",
+        "commit",
+        "branch",
+        "dirty",
+        "diff_bytes",
+        "untracked",
+        "python",
+        "image",
+        "tag",
+        "image_id",
+        "repo_digest",
+    )
+    for key in keys:
+        value = document.get(key)
+        if value in (None, "", [], {}):
+            continue
+        if key == "untracked":
+            value = f"{len(value)} file(s): {', '.join(value[:5])}{' ...' * (len(value) > 5)}"
+        elif isinstance(value, (dict, list)):
+            value = json.dumps(value, sort_keys=True)
+        lines.append(f"  {key}: {value}")
+    packages = document.get("packages")
+    if packages:
+        lines.append(f"  packages: {len(packages)} installed")
+    return lines
+
+
+def env_diff(document: Mapping[str, Any] | None) -> str:
+    """The staged then unstaged diff a python-git environment recorded ('' if none)."""
+    diff = (document or {}).get("diff") or {}
+    if not isinstance(diff, Mapping):
+        return str(diff)
+    return "".join(part for part in (diff.get("staged"), diff.get("unstaged")) if part)
+
+
+def _field(label: str, lines: Sequence[str] | str) -> list[str]:
+    lines = lines.split("\n") if isinstance(lines, str) else list(lines) or ["-"]
+    return [f"{label if i == 0 else '':<11}{line}" for i, line in enumerate(lines)]
+
+
+def record_text(
+    record: Mapping[str, Any],
+    envs: Sequence[tuple[str, Mapping[str, Any] | None, str | None]] = (),
+    diffs: bool = True,
+) -> str:
+    """One record in full; `envs` is [(env id, document or None, error)]."""
+    cells = row(record)
+    out = _field("record", record.get("id", "?"))
+    out += _field("volume", record.get("volume", "?"))
+    out += _field("status", cells["status"])
+    out += _field("session", record.get("session", "?"))
+    if record.get("step"):
+        out += _field("step", record["step"])
+    out += _field("started", record.get("started", "?"))
+    out += _field("ended", record.get("ended", "?"))
+    out += _field("by", f"{cells['who']} (cirrus {record.get('cirrus_version', '?')})")
+    process = record.get("process")
+    if process:
+        out += _field("process", [process["description"], f"digest {process.get('digest')}"])
+        params = json.dumps(process.get("parameters", {}), sort_keys=True, indent=2)
+        out += _field("parameters", params)
+    else:
+        out += _field("process", "(none: notes only)")
+    out += _field("sources", record.get("sources", []))
+    notes = [
+        f"{when(n.get('time'))} {n.get('kind', '?')}: {n['text']}" for n in record.get("notes", [])
+    ]
+    out += _field("notes", notes)
+    writes = writes_lines(record.get("writes"), record.get("tasks"))
+    for failure in (record.get("tasks") or {}).get("failures") or []:
+        error = failure.get("error") or {}
+        writes.append(f"failed task {failure['task']}: {error.get('type')}: {error.get('message')}")
+    out += _field("writes", writes)
+    if record.get("siblings"):
+        out += _field("siblings", record["siblings"])
+    for env_id, document, error in envs:
+        out += _field("env", env_lines(env_id, document, error))
+        diff = env_diff(document)
+        if diffs and diff:
+            out += _field("", ["diff:"] + ["  " + line for line in diff.rstrip("\n").split("\n")])
+    return "\n".join(out)
+
+
+def record_html(record: Mapping[str, Any]) -> str:
+    """A record as a two-column HTML table."""
+    cells = row(record)
+    rows = [
+        ("record", record.get("id", "?")),
+        ("volume", record.get("volume", "?")),
+        ("status", cells["status"]),
+        ("time", f"{record.get('started')} .. {record.get('ended')}"),
+        ("process", cells["process"]),
+        ("parameters", json.dumps((record.get("process") or {}).get("parameters", {}))),
+        ("motivation", cells["motivation"]),
+        ("sources", cells["sources"]),
+        ("notes", "\n".join(f"{n['kind']}: {n['text']}" for n in record.get("notes", []))),
+        ("writes", cells["writes"]),
+        ("by", cells["who"]),
+    ]
+    body = "".join(f"<tr><th>{k}</th><td>{_cell(str(v))}</td></tr>" for k, v in rows)
+    return f'<table class="cirrus-record">{body}</table>'
+
+
+def session_facts(session: Any) -> list[tuple[str, str]]:
+    """What a notebook shows for an open or closed session (duck-typed: cirrus.Session)."""
+    trackers = getattr(session, "_trackers", {})
+    volumes = []
+    for layer, tracker in trackers.items():
+        lines = writes_lines(tracker.to_json()) if tracker.touched else ["no writes yet"]
+        volumes.append(f"{layer}: {'; '.join(lines)}")
+    process = session.process
+    records = getattr(session, "records", {}) or {}
+    facts = [
+        ("session", session.id),
+        ("state", session.state),
+        ("process", f"{process.description} [{short(process.digest)}]"),
+        ("parameters", json.dumps(process.parameters, sort_keys=True)),
+        ("sources", "\n".join(session.sources)),
+        ("motivation", session.motivation),
+        (
+            "notes",
+            "\n".join(f"{n.kind}: {n.text}" for n in session.notes if n.kind != "motivation"),
+        ),
+        ("volumes", "\n".join(volumes) or "none opened"),
+    ]
+    if records:
+        facts.append(("records", "\n".join(f"{v}: {short(r)}" for v, r in records.items())))
+    return facts
+
+
+def session_text(session: Any) -> str:
+    out = []
+    for key, value in session_facts(session):
+        out += _labelled(key, (value or "-").split("\n"))
+    return "cirrus session\n" + "\n".join(out)
+
+
+def session_html(session: Any) -> str:
+    body = "".join(
+        f"<tr><th>{k}</th><td>{_cell(v or '-')}</td></tr>" for k, v in session_facts(session)
+    )
+    return f'<table class="cirrus-session"><caption>cirrus session</caption>{body}</table>'

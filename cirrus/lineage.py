@@ -1,0 +1,201 @@
+"""`cirrus lineage`: follow a volume's sources that are cloudpaths to their own histories.
+
+The result is a tree (a source reached twice is expanded once, then referred to), rendered as
+indented text, Graphviz dot or Mermaid. A source that cannot be read, is not a cloudpath, or would
+close a cycle becomes a leaf saying so: lineage never fails because one ancestor is unreadable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from cirrus.errors import CirrusError, InvalidInput
+from cirrus.ledger import Ledger
+from cirrus.reading import read_history
+from cirrus.storage.paths import normalise_cloudpath
+
+_CLOUDPATH = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+DEFAULT_DEPTH = 10
+REFERENCES = ("seen", "cycle")  # leaves that stand for a node expanded elsewhere
+
+
+@attrs.define
+class Node:
+    """One source in the lineage: a volume (with its history), or a leaf saying why it stops.
+
+    kind: volume | text | cycle | seen | unreadable | unsupported | depth
+    """
+
+    name: str
+    kind: str
+    records: int = 0
+    processes: list[str] = attrs.field(factory=list)
+    latest: str | None = None
+    detail: str = ""
+    # (process descriptions that used this source, the source's node)
+    parents: list[tuple[list[str], Node]] = attrs.field(factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "records": self.records,
+            "processes": self.processes,
+            "latest": self.latest,
+            "detail": self.detail,
+            "sources": [{"via": via, **node.to_json()} for via, node in self.parents],
+        }
+
+
+def is_cloudpath(source: str) -> bool:
+    return bool(_CLOUDPATH.match(source.strip()))
+
+
+def lineage(
+    cloudpath: str,
+    depth: int = DEFAULT_DEPTH,
+    open_ledger: Callable[[str], Ledger] = Ledger.open,
+) -> Node:
+    """The lineage of `cloudpath`, following cloudpath sources up to `depth` levels."""
+    if depth < 0:
+        raise InvalidInput(f"--depth must be 0 or more, got {depth}")
+    root = normalise_cloudpath(cloudpath)
+    expanded: set[str] = set()
+
+    def visit(name: str, level: int, ancestors: tuple[str, ...]) -> Node:
+        if name in ancestors:
+            return Node(name, "cycle", detail="cycle: already an ancestor")
+        if name in expanded:
+            return Node(name, "seen", detail="shown above")
+        if level > depth:
+            return Node(name, "depth", detail=f"not followed: deeper than --depth {depth}")
+        try:
+            history = read_history(open_ledger(name))
+        except Exception as error:  # any failure of one ancestor is shown, never fatal
+            reason = str(error) if isinstance(error, CirrusError) else repr(error)
+            return Node(name, "unreadable", detail=reason.splitlines()[0] if reason else "")
+        expanded.add(name)
+        records = [stored.record for stored in history]
+        node = Node(
+            name,
+            "volume",
+            records=len(records),
+            processes=_unique(r.process["description"] for r in records if r.process),
+            latest=max((r.ended for r in records), default=None),
+            detail="" if records else "no provenance recorded",
+        )
+        sources: dict[str, list[str]] = {}
+        for record in records:
+            for source in record.sources:
+                via = sources.setdefault(source, [])
+                if record.process and record.process["description"] not in via:
+                    via.append(record.process["description"])
+        for source, via in sources.items():
+            node.parents.append((via, follow(source, level + 1, (*ancestors, name))))
+        return node
+
+    def follow(source: str, level: int, ancestors: tuple[str, ...]) -> Node:
+        if not is_cloudpath(source):
+            return Node(source, "text", detail="not a cloudpath")
+        try:
+            name = normalise_cloudpath(source)
+        except InvalidInput as error:
+            return Node(source, "unsupported", detail=str(error))
+        return visit(name, level, ancestors)
+
+    return visit(root, 0, ())
+
+
+def _unique(items: Any) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _label(node: Node) -> str:
+    if node.kind == "volume":
+        facts = f"{node.records} record(s)"
+        if node.latest:
+            facts += f", latest {node.latest[:19].replace('T', ' ')}Z"
+        if node.detail:
+            facts += f", {node.detail}"
+        return f"{node.name}  ({facts})"
+    if node.kind == "text":
+        return f"{json.dumps(node.name, ensure_ascii=False)}  (free text)"
+    return f"{node.name}  [{node.detail}]"
+
+
+def render_text(root: Node) -> str:
+    lines = [_label(root)]
+
+    def walk(node: Node, prefix: str) -> None:
+        for i, (via, parent) in enumerate(node.parents):
+            last = i == len(node.parents) - 1
+            how = f"  <- {', '.join(via)}" if via else ""
+            lines.append(f"{prefix}{'└── ' if last else '├── '}{_label(parent)}{how}")
+            walk(parent, prefix + ("    " if last else "│   "))
+
+    walk(root, "")
+    return "\n".join(lines)
+
+
+def _edges(root: Node) -> tuple[dict[str, Node], list[tuple[str, str, str]]]:
+    """Nodes by name and (source, derived, via) edges, each once."""
+    nodes: dict[str, Node] = {}
+    edges: list[tuple[str, str, str]] = []
+
+    def walk(node: Node) -> None:
+        current = nodes.get(node.name)
+        if current is None or (current.kind in REFERENCES and node.kind not in REFERENCES):
+            nodes[node.name] = node
+        for via, parent in node.parents:
+            edge = (parent.name, node.name, ", ".join(via))
+            if edge not in edges:
+                edges.append(edge)
+            walk(parent)
+
+    walk(root)
+    return nodes, edges
+
+
+def _dot_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def render_dot(root: Node) -> str:
+    """Graphviz: an arrow from each source to what was derived from it."""
+    nodes, edges = _edges(root)
+    lines = ["digraph lineage {", "  rankdir=LR;", "  node [shape=box, fontsize=10];"]
+    for name, node in nodes.items():
+        style = "" if node.kind in ("volume", "seen", "cycle") else ", style=dashed"
+        label = _label(node).replace("  (", "\n(").replace("  [", "\n[")
+        lines.append(f"  {_dot_quote(name)} [label={_dot_quote(label)}{style}];")
+    for source, derived, via in edges:
+        label = f" [label={_dot_quote(via)}]" if via else ""
+        lines.append(f"  {_dot_quote(source)} -> {_dot_quote(derived)}{label};")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _mermaid_text(text: str) -> str:
+    return text.replace('"', "#quot;").replace("\n", "<br>")
+
+
+def render_mermaid(root: Node) -> str:
+    """Mermaid flowchart: an arrow from each source to what was derived from it."""
+    nodes, edges = _edges(root)
+    ids = {name: f"n{i}" for i, name in enumerate(nodes)}
+    lines = ["flowchart LR"]
+    for name, node in nodes.items():
+        label = _label(node).replace("  (", "\n(").replace("  [", "\n[")
+        lines.append(f'  {ids[name]}["{_mermaid_text(label)}"]')
+    for source, derived, via in edges:
+        arrow = f'-- "{_mermaid_text(via)}" -->' if via else "-->"
+        lines.append(f"  {ids[source]} {arrow} {ids[derived]}")
+    return "\n".join(lines)
+
+
+RENDERERS = {"text": render_text, "dot": render_dot, "mermaid": render_mermaid}

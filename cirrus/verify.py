@@ -1,0 +1,243 @@
+"""`cirrus verify`: re-hash every stored object of a layer and check the summary agrees with them.
+
+Checks, each reported as a problem (verification fails) or a remark (informational):
+- every record and every environment file matches the sha256 it is filed under;
+- each record's process digest is the digest of its description, parameters and environments,
+  and every environment it names is stored;
+- every pointer in the summary has a record, and its fields (session, status, times, process,
+  step) are the record's; every record is pointed to (else it is an orphan: `cirrus recover`);
+- every processing entry that names a cirrus process matches a record's process, and the sources
+  and notes of every published record appear in the summary;
+- open steps are listed as remarks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import attrs
+
+from cirrus.canonical import digest
+from cirrus.errors import CorruptProvenance, IntegrityError, InvalidInput
+from cirrus.ledger import ENVS, Ledger
+from cirrus.summary import ENV_PREFIX, FIELD_SEP, NOTE_SEP, note_line
+
+READERS = 16
+POINTER_FIELDS = ("session", "status", "started", "ended", "step")
+
+
+@attrs.define
+class Report:
+    """What `verify` found on one layer."""
+
+    volume: str
+    records: int = 0
+    envs: int = 0
+    problems: list[str] = attrs.field(factory=list)
+    remarks: list[str] = attrs.field(factory=list)
+    orphans: list[str] = attrs.field(factory=list)
+    open_steps: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {**attrs.asdict(self), "ok": self.ok}
+
+
+def _env_ids(ledger: Ledger) -> list[str]:
+    keys = ledger.store.list(ENVS)
+    return [key[len(ENVS) : -len(".json")] for key in keys if key.endswith(".json")]
+
+
+def verify(
+    cloudpath: str,
+    progress: Callable[[int, int], None] | None = None,
+    workers: int = READERS,
+) -> Report:
+    """Check one layer; `progress(done, total)` is called as objects are re-hashed.
+
+    Storage errors propagate (the check could not be made); everything else is a finding.
+    """
+    ledger = Ledger.open(cloudpath)
+    report = Report(ledger.cloudpath)
+    try:
+        summary = ledger.summary()
+    except CorruptProvenance as error:
+        report.problems.append(str(error))
+        summary = None
+
+    record_ids = ledger.record_ids()
+    env_ids = _env_ids(ledger)
+    total = len(record_ids) + len(env_ids)
+    done = 0
+
+    def read(kind: str, object_id: str) -> tuple[str, str, Any]:
+        try:
+            if kind == "record":
+                return kind, object_id, ledger.read_record(object_id).to_json()
+            return kind, object_id, ledger.read_env(object_id)
+        except (IntegrityError, InvalidInput, ValueError, TypeError, KeyError) as error:
+            return kind, object_id, error
+
+    records: dict[str, dict[str, Any]] = {}
+    envs: set[str] = set()
+    jobs = [("record", rid) for rid in record_ids] + [("env", eid) for eid in env_ids]
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
+        for kind, object_id, result in pool.map(lambda job: read(*job), jobs):
+            done += 1
+            if progress:
+                progress(done, total)
+            if isinstance(result, Exception):
+                name = "record" if kind == "record" else "environment"
+                report.problems.append(f"{name} {object_id}: {_reason(result)}")
+            elif kind == "record":
+                records[object_id] = result
+            else:
+                envs.add(object_id)
+    report.records, report.envs = len(record_ids), len(env_ids)
+
+    for rid, record in sorted(records.items()):
+        _check_record(report, ledger.cloudpath, rid, record, envs)
+    if summary is not None:
+        _check_summary(report, summary, records, set(record_ids))
+    return report
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, IntegrityError):
+        return str(error)
+    return f"unreadable ({type(error).__name__}: {error})"
+
+
+def _check_record(
+    report: Report, volume: str, rid: str, record: dict[str, Any], envs: set[str]
+) -> None:
+    process = record.get("process")
+    if process:
+        expected = digest({k: process.get(k) for k in ("description", "parameters", "envs")})
+        if process.get("digest") != expected:
+            report.problems.append(
+                f"record {rid[:12]}: process digest {str(process.get('digest'))[:12]} is not "
+                f"the digest of its description, parameters and environments ({expected[:12]})"
+            )
+        for env_id in process.get("envs", []):
+            if env_id not in envs:
+                report.problems.append(f"record {rid[:12]}: environment {env_id} is not stored")
+    if record.get("volume") != volume:
+        report.remarks.append(
+            f"record {rid[:12]} was written for {record.get('volume')} (layer copied or moved?)"
+        )
+
+
+def _check_summary(
+    report: Report,
+    summary: dict[str, Any],
+    records: dict[str, dict[str, Any]],
+    stored: set[str],
+) -> None:
+    section = summary.get("cirrus", {})
+    pointers = section.get("records", [])
+    report.open_steps = dict(section.get("open_steps", {}))
+    seen: set[str] = set()
+    for pointer in pointers:
+        rid = pointer.get("id")
+        if not isinstance(rid, str):
+            report.problems.append(f"summary: a record pointer has no id: {pointer!r}")
+            continue
+        if rid in seen:
+            report.problems.append(f"summary: record {rid[:12]} is pointed to twice")
+        seen.add(rid)
+        if rid not in stored:
+            report.problems.append(f"summary points to record {rid[:12]}, which is not stored")
+            continue
+        record = records.get(rid)
+        if record is None:  # unreadable: already reported
+            continue
+        for field in POINTER_FIELDS:
+            if pointer.get(field) != record.get(field):
+                report.problems.append(
+                    f"summary: record {rid[:12]} has {field}={pointer.get(field)!r} in the "
+                    f"summary but {record.get(field)!r} in the record"
+                )
+        if pointer.get("process") != (record.get("process") or {}).get("digest"):
+            report.problems.append(
+                f"summary: record {rid[:12]} has process {pointer.get('process')!r} in the "
+                "summary but a different one in the record"
+            )
+    report.orphans = sorted(stored - seen)
+    for rid in report.orphans:
+        report.problems.append(
+            f"record {rid[:12]} is stored but the summary does not point to it (an orphan from "
+            "an interrupted commit: `cirrus recover PATH` publishes it)"
+        )
+    published = [records[rid] for rid in seen if rid in records]
+    _check_processing(report, summary, published)
+    _check_sources_and_notes(report, summary, published)
+    for step_id, info in report.open_steps.items():
+        report.remarks.append(
+            f"step {step_id[:12]} is open since {info.get('started')} "
+            f"({info.get('description')}); `cirrus step status` / `cirrus step finish`"
+        )
+
+
+def _check_processing(
+    report: Report, summary: dict[str, Any], published: list[dict[str, Any]]
+) -> None:
+    processes = {
+        rec["process"]["digest"]: rec["process"] for rec in published if rec.get("process")
+    }
+    listed = set()
+    for entry in summary.get("processing", []):
+        process_digest = entry.get("cirrus_process")
+        if process_digest is None:
+            continue  # written by another tool (igneous, provenance-toolbox): not ours to check
+        listed.add(process_digest)
+        process = processes.get(process_digest)
+        if process is None:
+            report.problems.append(
+                f"summary: processing entry {entry.get('task')!r} names cirrus process "
+                f"{str(process_digest)[:12]}, which no published record has"
+            )
+            continue
+        expected = {
+            "task": process["description"],
+            "parameters": process["parameters"],
+            "code_envfiles": [f"{ENV_PREFIX}{env}.json" for env in process["envs"]],
+        }
+        for key, value in expected.items():
+            if entry.get(key) != value:
+                report.problems.append(
+                    f"summary: processing entry for process {process_digest[:12]} has "
+                    f"{key}={entry.get(key)!r}, the records say {value!r}"
+                )
+    for process_digest in sorted(set(processes) - listed):
+        report.problems.append(
+            f"summary: process {process_digest[:12]} of a published record is missing from "
+            "`processing`"
+        )
+
+
+def _check_sources_and_notes(
+    report: Report, summary: dict[str, Any], published: list[dict[str, Any]]
+) -> None:
+    sources = set(summary.get("sources", []))
+    missing = sorted({s for rec in published for s in rec.get("sources", [])} - sources)
+    for source in missing:
+        report.problems.append(f"summary: source {source!r} of a published record is missing")
+    present = {_note_key(chunk) for chunk in summary.get("description", "").split(NOTE_SEP)}
+    for rec in published:
+        for note in rec.get("notes", []):
+            if _note_key(note_line(note)) not in present:
+                report.problems.append(
+                    f"summary: {note['kind']} note {note['text']!r} of record "
+                    f"{rec['id'][:12]} is missing from `description`"
+                )
+
+
+def _note_key(chunk: str) -> tuple[str, ...]:
+    parts = chunk.split(FIELD_SEP, 2)
+    return tuple(parts[1:]) if len(parts) == 3 else (chunk,)
