@@ -60,7 +60,7 @@ def _pretty(document: Mapping[str, Any]) -> bytes:
     return json.dumps(document, sort_keys=True, indent=1, ensure_ascii=False).encode("utf-8")
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class StoredRecord:
     """A record as read back from storage, verified against the digest it is filed under."""
 
@@ -69,6 +69,22 @@ class StoredRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, **self.record.to_json()}
+
+    def __repr__(self) -> str:
+        from cirrus.display import process_line, short
+
+        data = self.to_json()
+        return f"<cirrus record {short(self.id)} {data['status']}: {process_line(data)}>"
+
+    def __str__(self) -> str:
+        from cirrus.display import record_text
+
+        return record_text(self.to_json())
+
+    def _repr_html_(self) -> str:
+        from cirrus.display import record_html
+
+        return record_html(self.to_json())
 
 
 @attrs.define

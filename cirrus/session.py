@@ -194,6 +194,16 @@ class Session(WriteScope):
             f"{len(self._trackers)} volume(s)>"
         )
 
+    def __str__(self) -> str:
+        from cirrus.display import session_text
+
+        return session_text(self)
+
+    def _repr_html_(self) -> str:
+        from cirrus.display import session_html
+
+        return session_html(self)
+
 
 def current_user() -> str:
     try:
