@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -14,7 +15,13 @@ import attrs
 import pytest
 
 from cirrus.canonical import canonical_json, digest
-from cirrus.codeenv import DockerEnv, PythonGithubEnv, detect_container_id, strip_credentials
+from cirrus.codeenv import (
+    DockerEnv,
+    PythonGithubEnv,
+    detect_container_id,
+    installed_packages,
+    strip_credentials,
+)
 from cirrus.codeenv.dockerenv import split_reference
 from cirrus.codeenv.gitenv import DIFF_OPTIONS, notebook_path
 from cirrus.errors import CaptureError
@@ -254,6 +261,15 @@ def test_packages_listed_sorted_and_unique(repo: Path) -> None:
     assert ["attrs", attrs.__version__] in packages
     assert len({tuple(p) for p in packages}) == len(packages)
     assert packages == sorted(packages, key=lambda p: (p[0].lower(), p[0], p[1]))
+
+
+def test_packages_match_importlib_metadata() -> None:
+    reference = {
+        (dist.metadata["Name"], dist.version)
+        for dist in importlib.metadata.distributions()
+        if dist.metadata["Name"]
+    }
+    assert {tuple(pair) for pair in installed_packages()} == reference
 
 
 def test_notebook_path_and_nothing_else_from_the_environment(

@@ -1,0 +1,1 @@
+"""Benchmarks comparing cirrus with its baselines; run each module with `python -m`."""
