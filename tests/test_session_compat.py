@@ -1,0 +1,191 @@
+"""What a session writes stays readable by CloudVolume, provenance-toolbox 0.1.5 and cirrus-volume
+0.1.10, and what others wrote before is kept untouched."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+import cirrus
+from cirrus.storage.paths import normalise_cloudpath
+from tests.session_support import (
+    StaticEnv,
+    chunk_of,
+    make_layer,
+    plain,
+    put_raw,
+    raw_summary,
+    summary_json,
+)
+
+MOTIVATION = "find the merge errors"
+ODD_MOTIVATION = "find; the\nmerge errors ; again"
+PARAMETERS = {"threshold": 0.5, "sizes": (1, 2), "nested": {"b": 1, "a": [True, None]}}
+
+
+def run(path: str, sources, motivation: str, proc, value: int = 1, result: str | None = None):
+    with cirrus.session(sources, motivation, proc) as s:
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(value)
+        if result:
+            s.result(result)
+    return s
+
+
+@pytest.fixture
+def layer(tmp_path) -> str:
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path)
+    return path
+
+
+def test_cloudvolume_reads_sources_processing_and_notes(layer):
+    proc = cirrus.Process("watershed", PARAMETERS, StaticEnv())
+    run(layer, ["gs://lab/aff", "tracer annotation"], MOTIVATION, proc, result="2.1M segments")
+    provenance = plain(layer).provenance
+    assert list(provenance.sources) == ["gs://lab/aff", "tracer annotation"]
+    (entry,) = provenance.processing
+    assert entry["task"] == "watershed"
+    assert entry["parameters"] == json.loads(json.dumps(PARAMETERS))
+    assert len(entry["code_envfiles"]) == 1
+    assert entry["code_envfiles"][0].startswith("provenance.d/envs/")
+    assert f";MOTIVATION;{MOTIVATION}" in provenance.description
+    assert ";RESULT;2.1M segments" in provenance.description
+
+
+def test_provenance_toolbox_sees_our_process_and_parses_our_notes(layer):
+    import provenancetoolbox as ptb
+
+    proc = cirrus.Process("watershed", PARAMETERS)
+    run(layer, ["src"], ODD_MOTIVATION, proc, result="done; really")
+    run(layer, ["src"], MOTIVATION, proc)
+    vol = plain(layer)
+    same = ptb.Process("watershed", json.loads(json.dumps(PARAMETERS)))
+    assert ptb.process_absent(vol, same) is False
+    assert ptb.process_absent(vol, ptb.Process("watershed", {"threshold": 0.6})) is True
+    notes = ptb.parsenotes(vol)
+    kinds = [note.note_type for note in notes]
+    assert kinds == [
+        ptb.NoteType.MOTIVATION,
+        ptb.NoteType.RESULT,
+        ptb.NoteType.MOTIVATION,
+    ]
+    assert all(note.timestamp.tzinfo is not None for note in notes)
+    # a ';' or a newline in the text does not break the old parser; the text stays recognisable
+    assert "find" in notes[0].content and "again" in notes[0].content
+    assert "\n" not in notes[0].content and ";" not in notes[0].content
+    assert notes[2].content == MOTIVATION
+    assert ptb.note_absent(vol, MOTIVATION, ptb.NoteType.MOTIVATION) is False
+    # the record keeps the text exactly as given
+    texts = [h.record.notes[0]["text"] for h in cirrus.history(layer)]
+    assert texts == [ODD_MOTIVATION, MOTIVATION]
+
+
+def test_cirrus_volume_finds_everything_documented_and_writes_no_provenance(layer):
+    import cirrusvolume
+    import provenancetoolbox as ptb
+    from cirrusvolume import rules
+
+    run(layer, ["gs://lab/aff"], MOTIVATION, cirrus.Process("watershed", PARAMETERS))
+    before = raw_summary(layer)
+    vol = plain(layer)
+    ptb_process = ptb.Process("watershed", json.loads(json.dumps(PARAMETERS)))
+    rules.check_writing_rules(["gs://lab/aff"], MOTIVATION, ptb_process)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rules.documentvolume(vol, ["gs://lab/aff"], MOTIVATION, ptb_process)
+        # and its CloudVolume writes data without touching the provenance either
+        old = cirrusvolume.CloudVolume(
+            layer, sources=["gs://lab/aff"], motivation=MOTIVATION, process=ptb_process
+        )
+        old[64:128, 0:64, 0:64] = chunk_of(5)
+    assert any("already logged" in str(w.message) for w in caught)
+    assert raw_summary(layer) == before
+    assert (plain(layer)[64:128, 0:64, 0:64] == 5).all()
+
+
+def test_cirrus_keeps_working_after_cirrus_volume_wrote_the_provenance(layer):
+    import cirrusvolume
+    import provenancetoolbox as ptb
+
+    run(layer, ["gs://lab/aff"], MOTIVATION, cirrus.Process("watershed", {"t": 1}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        old = cirrusvolume.CloudVolume(
+            layer,
+            sources=["gs://old/source"],
+            motivation="old tool",
+            process=ptb.Process("old step", {"x": 1}),
+        )
+        old[64:128, 0:64, 0:64] = chunk_of(5)  # logs sources, a note and a process blindly
+    run(layer, ["gs://new"], "new pass", cirrus.Process("watershed", {"t": 2}), value=2)
+    summary = summary_json(layer)
+    # cirrus-volume rewrites the sources as an unordered set; cirrus appends after them
+    assert set(summary["sources"]) == {"gs://lab/aff", "gs://old/source", "gs://new"}
+    assert summary["sources"][-1] == "gs://new"
+    assert [entry["task"] for entry in summary["processing"]] == [
+        "watershed",
+        "old step",
+        "watershed",
+    ]
+    assert ";MOTIVATION;old tool" in summary["description"]
+    assert len(cirrus.history(layer)) == 2
+
+
+def test_foreign_processing_entries_and_description_are_kept_untouched(layer):
+    foreign = {
+        "description": "Raw EM, aligned by hand",
+        "owners": ["someone@lab.org"],
+        "sources": ["gs://lab/raw"],
+        "processing": [
+            {
+                "method": {"task": "DownsampleTask", "mip": 0, "num_mips": 3},
+                "by": "someone@lab.org",
+                "date": "2021-03-04 10:11",
+            },
+            {"method": "downsample", "by": "igneous"},
+        ],
+        "extra": {"kept": True},
+    }
+    put_raw(layer, "provenance", json.dumps(foreign).encode())
+    proc = cirrus.Process("watershed", {"t": 1})
+    run(layer, ["gs://lab/raw", "gs://lab/aff"], MOTIVATION, proc)
+    summary = summary_json(layer)
+    assert summary["processing"][:2] == foreign["processing"]
+    assert summary["processing"][2]["task"] == "watershed"
+    assert summary["description"].startswith("Raw EM, aligned by hand \n ")
+    assert summary["owners"] == ["someone@lab.org"]
+    assert summary["sources"] == ["gs://lab/raw", "gs://lab/aff"]
+    assert summary["extra"] == {"kept": True}
+    provenance = plain(layer).provenance  # and CloudVolume still reads it
+    assert list(provenance.sources) == ["gs://lab/raw", "gs://lab/aff"]
+
+
+def test_a_process_is_logged_once_by_digest_not_by_description(layer):
+    proc = cirrus.Process("watershed", {"t": 1})
+    run(layer, ["a", "b"], MOTIVATION, proc)
+    run(layer, ["c", "a"], MOTIVATION, cirrus.Process("watershed", {"t": 1}), value=2)
+    summary = summary_json(layer)
+    assert [entry["task"] for entry in summary["processing"]] == ["watershed"]
+    assert summary["sources"] == ["a", "b", "c"]
+    assert summary["description"].count(f";MOTIVATION;{MOTIVATION}") == 1
+    assert len(cirrus.history(layer)) == 2
+
+    # new parameters, or new code with the same parameters, is a new process
+    run(layer, ["a"], MOTIVATION, cirrus.Process("watershed", {"t": 2}), value=3)
+    run(layer, ["a"], MOTIVATION, cirrus.Process("watershed", {"t": 2}, StaticEnv("v2")))
+    summary = summary_json(layer)
+    assert [entry["parameters"] for entry in summary["processing"]] == [
+        {"t": 1},
+        {"t": 2},
+        {"t": 2},
+    ]
+    digests = [entry["cirrus_process"] for entry in summary["processing"]]
+    assert len(set(digests)) == 3
+    assert [h.record.process["digest"] for h in cirrus.history(layer)] == [
+        digests[0],
+        digests[0],
+        digests[1],
+        digests[2],
+    ]
