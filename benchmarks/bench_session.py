@@ -1,0 +1,656 @@
+"""Sessions against plain CloudVolume, against the predecessors, and against the volume count.
+
+1. Write overhead: what does a session handle add to `vol[...] = chunk`? 1,000 chunk-aligned
+   64^3 uint8 writes, each to a distinct chunk of a volume chunked 64^3, through `s.volume(path)`
+   and through a plain `cloudvolume.CloudVolume`, on mem:// and file://, side by side in one run:
+   alternating rounds (A B, B A, ...) and the median round of each side, so machine drift cancels.
+   Opening and committing the session are outside the per-write figure; the commit is its own row.
+2. Storage requests and bytes per step on provenance objects, 3 volumes x 1,000 writes: cirrus vs
+   cirrus-volume 0.1.10 (its CloudVolume documents the volume on every write) vs provenance-toolbox
+   0.1.5 `logprocess` + `addmotivation` called by every task. cirrus also runs with 100 writes per
+   volume: its requests must depend on the volumes only.
+3. Commit latency vs the number of volumes in one session (1, 10, 100), on file:// and on a real
+   S3 server (Ceph RGW, started here through tests/servers/rgw.py).
+
+Run with the others: `python -m benchmarks.run --only session [--quick]` from the repository root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib.metadata
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import types
+import uuid
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+BENCHMARK = "session"
+CHUNK = 64
+GRID = 10  # 10 x 10 x 10 chunks: 1,000 distinct chunk positions per volume
+VOLUMES_PER_STEP = 3
+SOURCES = ["gs://lab/bench/affinities"]
+MOTIVATION = "benchmark the cost of recording provenance"
+DESCRIPTION = "benchmark step"
+PARAMETERS = {"chunk": CHUNK, "threshold": 0.3}
+IMAGE = ("lab/bench", "v1", "sha256:" + "ab" * 32)  # a code environment both sides can record
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    writes: int  # write-overhead writes per round
+    rounds: int  # alternating rounds per side
+    step_writes: int  # writes per volume in the request-count step
+    fewer_writes: int  # ... and the smaller step that must cost cirrus the same requests
+    tasks: int  # predecessor tasks (each touches every volume of the step)
+    volumes: tuple[int, ...]  # sessions of this many volumes, for commit latency
+    commit_rounds: int
+    rgw: bool
+
+
+FULL = Sizes(1000, 5, 1000, 100, 1000, (1, 10, 100), 5, True)
+QUICK = Sizes(100, 2, 40, 10, 40, (1, 10, 30), 2, False)
+
+
+def run(quick: bool = False) -> list[dict]:
+    """All rows of this module; a section that fails becomes an error row, the rest still run."""
+    sizes = QUICK if quick else FULL
+    rows: list[dict] = []
+    sections: list[Callable[[str, Sizes], list[dict]]] = [
+        write_overhead,
+        step_traffic,
+        file_commit_latency,
+        rgw_commit_latency,
+    ]
+    with tempfile.TemporaryDirectory(prefix="cirrus-bench-session-") as root:
+        for section in sections:
+            _progress(f"{section.__name__} ...")
+            started = time.perf_counter()
+            try:
+                rows += section(root, sizes)
+            except Exception as error:  # one broken section must not hide the others
+                rows.append(row(section.__name__, f"error: {type(error).__name__}: {error}"))
+            _progress(f"{section.__name__} done in {time.perf_counter() - started:.1f} s")
+    return rows
+
+
+# -- rows and helpers ----------------------------------------------------------------------------
+def row(
+    case: str,
+    cirrus: Any,
+    baseline: Any = None,
+    unit: str = "",
+    goal: str = "",
+    ratio: float | None = None,
+    **detail: Any,
+) -> dict:
+    numeric = all(isinstance(v, (int, float)) for v in (cirrus, baseline))
+    if ratio is None and numeric and baseline:
+        ratio = cirrus / baseline
+    result = {
+        "benchmark": BENCHMARK,
+        "case": case,
+        "cirrus": _round(cirrus),
+        "baseline": _round(baseline),
+        "ratio": None if ratio is None else round(ratio, 4),
+        "unit": unit,
+        "goal": goal,
+    }
+    if detail:
+        result["detail"] = detail
+    return result
+
+
+def _round(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def _progress(message: str) -> None:
+    print(f"[bench_session] {message}", file=sys.stderr, flush=True)
+
+
+def make_layer(path: str, grid: int = GRID) -> None:
+    """A new, empty image layer of grid^3 chunks of 64^3 uint8, written with plain CloudVolume."""
+    from cloudvolume import CloudVolume
+
+    info = CloudVolume.create_new_info(
+        num_channels=1,
+        layer_type="image",
+        data_type="uint8",
+        encoding="raw",
+        resolution=[4, 4, 40],
+        voxel_offset=[0, 0, 0],
+        volume_size=[grid * CHUNK] * 3,
+        chunk_size=[CHUNK] * 3,
+    )
+    CloudVolume(path, info=info, progress=False).commit_info()
+
+
+def make_layers(paths: list[str], grid: int = GRID) -> list[str]:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(functools.partial(make_layer, grid=grid), paths))
+    return paths
+
+
+def positions(count: int) -> list[tuple[slice, slice, slice]]:
+    """`count` distinct chunk-aligned 64^3 boxes of a GRID^3-chunk volume."""
+    if count > GRID**3:
+        raise ValueError(f"a volume has {GRID**3} chunks, asked for {count}")
+    boxes = []
+    for i in range(count):
+        x, y, z = i % GRID, (i // GRID) % GRID, i // (GRID * GRID)
+        boxes.append(tuple(slice(c * CHUNK, (c + 1) * CHUNK) for c in (x, y, z)))
+    return boxes
+
+
+def chunk_data() -> np.ndarray:
+    """A 64^3 uint8 gradient: gzip (CloudVolume's default) handles it fast, which keeps the
+    plain write cheap and so makes any per-write overhead as visible as it can be."""
+    x, y, z = np.indices((CHUNK, CHUNK, CHUNK))
+    return ((x + 2 * y + 3 * z) % 256).astype(np.uint8)
+
+
+def write_all(volume: Any, boxes: list[tuple[slice, ...]], data: np.ndarray) -> float:
+    start = time.perf_counter()
+    for box in boxes:
+        volume[box] = data
+    return time.perf_counter() - start
+
+
+def cirrus_process() -> Any:
+    import cirrus
+
+    env = cirrus.DockerEnv(*IMAGE, include_packages=True)
+    return cirrus.Process(DESCRIPTION, PARAMETERS, env)
+
+
+def predecessors() -> tuple[types.ModuleType, types.ModuleType, str]:
+    """(cirrusvolume, provenancetoolbox, a note on how they were imported).
+
+    provenance-toolbox imports `pkg_resources`, which setuptools dropped in release 81. When it is
+    missing, a stand-in offering the one thing provenance-toolbox uses (`working_set` entries with
+    `project_name` and `version`, from importlib.metadata) is put in place for the import only.
+    It changes no request and no byte the predecessors send to storage.
+    """
+    note = "imported as installed"
+    if "provenancetoolbox" not in sys.modules:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                import pkg_resources  # noqa: F401
+        except ModuleNotFoundError:
+            sys.modules["pkg_resources"] = _pkg_resources_standin()
+            note = "pkg_resources missing (setuptools>=81): a stand-in was used to import them"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import cirrusvolume
+            import provenancetoolbox
+    finally:
+        if getattr(sys.modules.get("pkg_resources"), "_cirrus_standin", False):
+            del sys.modules["pkg_resources"]  # provenance-toolbox keeps its own reference
+    return cirrusvolume, provenancetoolbox, note
+
+
+def _pkg_resources_standin() -> types.ModuleType:
+    module = types.ModuleType("pkg_resources")
+    module._cirrus_standin = True
+    module.working_set = [
+        types.SimpleNamespace(project_name=dist.metadata["Name"], version=dist.version)
+        for dist in importlib.metadata.distributions()
+    ]
+    return module
+
+
+def ptb_process(ptb: types.ModuleType) -> Any:
+    return ptb.Process(DESCRIPTION, dict(PARAMETERS), ptb.DockerEnv(*IMAGE, include_packages=True))
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+# -- 1. write overhead ---------------------------------------------------------------------------
+def write_overhead(root: str, sizes: Sizes) -> list[dict]:
+    rows = []
+    bucket = f"cirrus-bench-{uuid.uuid4().hex[:12]}"
+    targets = [("mem://", f"mem://{bucket}/overhead"), ("file://", f"file://{root}/overhead")]
+    try:
+        for label, path in targets:
+            rows += _write_overhead_on(label, path, sizes)
+    finally:
+        _forget_mem_bucket(bucket)
+    return rows
+
+
+def _write_overhead_on(label: str, path: str, sizes: Sizes) -> list[dict]:
+    from cloudvolume import CloudVolume
+
+    import cirrus
+
+    make_layer(path)
+    process = cirrus_process()
+    data = chunk_data()
+    boxes = positions(sizes.writes)
+
+    def plain(boxes: list) -> tuple[float, float | None]:
+        volume = CloudVolume(path, progress=False)
+        return write_all(volume, boxes, data), None
+
+    def session(boxes: list) -> tuple[float, float | None]:
+        s = cirrus.session(SOURCES, MOTIVATION, process)  # opening: not timed
+        took = write_all(s.volume(path, progress=False), boxes, data)
+        start = time.perf_counter()
+        s.commit()
+        return took, time.perf_counter() - start
+
+    plain(boxes[:20]), session(boxes[:20])  # warm-up: imports, codecs, first-use caches
+    times: dict[Callable, list[float]] = {plain: [], session: []}
+    commits: list[float] = []
+    for index in range(sizes.rounds):
+        for side in (plain, session) if index % 2 == 0 else (session, plain):
+            took, commit = side(boxes)
+            times[side].append(took)
+            if commit is not None:
+                commits.append(commit)
+    n = len(boxes)
+    per_write = {side: statistics.median(t) / n * 1000 for side, t in times.items()}
+    pairs = [s / p for s, p in zip(times[session], times[plain], strict=True)]
+    writes = f"{n:,} x 64^3 uint8 chunk writes"
+    return [
+        row(
+            f"write overhead, {writes}, {label}: session handle vs plain CloudVolume",
+            per_write[session],
+            per_write[plain],
+            "ms/write",
+            "<= 1.02",
+            rounds=sizes.rounds,
+            session_rounds_s=[round(t, 4) for t in times[session]],
+            plain_rounds_s=[round(t, 4) for t in times[plain]],
+            round_ratios=[round(r, 4) for r in pairs],
+        ),
+        row(
+            f"session commit after {n:,} writes, {label} (baseline: the {n:,} plain writes)",
+            statistics.median(commits) * 1000,
+            statistics.median(times[plain]) * 1000,
+            "ms",
+            "info: share of the step",
+            commit_rounds_s=[round(t, 4) for t in commits],
+        ),
+    ]
+
+
+def _forget_mem_bucket(bucket: str) -> None:
+    with contextlib.suppress(Exception):
+        from cloudfiles import interfaces
+
+        with interfaces.MEM_BUCKET_POOL_LOCK:
+            pool = interfaces.MEM_POOL[interfaces.MemoryPoolParams(bucket)]
+        pool.get_connection(None, None).clear()
+
+
+# -- 2. requests and bytes per step --------------------------------------------------------------
+class ProvenanceTraffic:
+    """Requests to, and bytes written into, provenance objects, counted where they hit storage.
+
+    Method. The predecessors reach storage only through CloudFiles, and CloudFiles reaches it only
+    through one storage interface per protocol, one method call per object request (`put_file`,
+    `get_file`, `head`, `size`, `exists`, `delete_file`; the batch forms of the file and mem
+    interfaces loop over these). Wrapping those methods counts every request, whichever API sent it
+    (put, put_json, puts, get, exists) and every retry, and adds only a counter. CloudVolume and
+    provenance-toolbox root CloudFiles at the layer, so the key names the object: a key at the
+    layer's root other than `info` is a provenance object (`provenance` itself, and
+    provenance-toolbox's code-environment files, `<image>_<id>` or `<repo>_<commit>`); chunks
+    live under their scale's directory (`4_4_40/0-64_0-64_0-64`) and `info` is the layer's
+    geometry. cirrus's own objects (`provenance`, `provenance.d/...`) go through its conditional
+    backends, counted with CountingBackend via `cirrus.storage.wrap_backends`; the reads of
+    `provenance` that constructing any CloudVolume does go through CloudFiles and count for cirrus
+    as much as for the others.
+    """
+
+    OPERATIONS = ("put_file", "get_file", "head", "size", "exists", "delete_file")
+
+    def __init__(self) -> None:
+        self.requests: Counter[str] = Counter()  # CloudFiles requests on provenance objects
+        self.backend_requests: Counter[str] = Counter()  # cirrus backend calls (CountingBackend)
+        self.bytes_written = 0
+        self._lock = threading.Lock()
+
+    @property
+    def total(self) -> int:
+        return sum(self.requests.values()) + sum(self.backend_requests.values())
+
+    def wrote(self, data: Any) -> None:
+        size = len(data.encode("utf-8") if isinstance(data, str) else data)
+        with self._lock:
+            self.bytes_written += size
+
+    def saw(self, operation: str) -> None:
+        with self._lock:
+            self.requests[operation] += 1
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[ProvenanceTraffic]:
+        from cloudfiles import interfaces
+
+        from cirrus.storage import wrap_backends
+
+        saved = []
+        for cls in (interfaces.FileInterface, interfaces.MemoryInterface):
+            for name in self.OPERATIONS:
+                original = cls.__dict__[name]
+                saved.append((cls, name, original))
+                setattr(cls, name, self._counted(name, original))
+        try:
+            with wrap_backends(self._backend):
+                yield self
+        finally:
+            for cls, name, original in saved:
+                setattr(cls, name, original)
+
+    def _counted(self, name: str, original: Callable) -> Callable:
+        traffic = self
+
+        @functools.wraps(original)
+        def counted(interface: Any, *args: Any, **kwargs: Any) -> Any:
+            key = args[0] if args else kwargs.get("file_path")
+            if is_provenance_key(key):
+                traffic.saw(f"cloudfiles.{name}")
+                if name == "put_file":
+                    traffic.wrote(args[1] if len(args) > 1 else kwargs["content"])
+            return original(interface, *args, **kwargs)
+
+        return counted
+
+    def _backend(self, backend: Any) -> Any:
+        from cirrus.storage.faults import CountingBackend
+
+        traffic = self
+
+        class Counted(CountingBackend):
+            def put_new(self, key: str, data: bytes) -> str:
+                traffic.wrote(data)
+                return super().put_new(key, data)
+
+            def put_if_match(self, key: str, data: bytes, token: str) -> str:
+                traffic.wrote(data)
+                return super().put_if_match(key, data, token)
+
+        return Counted(backend, self.backend_requests)
+
+    def summary(self) -> dict[str, Any]:
+        requests = {f"cirrus.{name}": n for name, n in self.backend_requests.items()}
+        requests.update(self.requests)
+        return {"requests": dict(sorted(requests.items())), "bytes": self.bytes_written}
+
+
+def is_provenance_key(key: Any) -> bool:
+    return isinstance(key, str) and "/" not in key.strip("/") and key.strip("/") != "info"
+
+
+def step_traffic(root: str, sizes: Sizes) -> list[dict]:
+    from cloudvolume import CloudVolume
+
+    data = chunk_data()
+    cirrus_process_ = cirrus_process()
+    counter = iter(range(1_000_000))
+
+    def layers() -> list[str]:
+        step = next(counter)
+        paths = [f"file://{root}/step{step}/v{i}" for i in range(VOLUMES_PER_STEP)]
+        return make_layers(paths)
+
+    def measure(body: Callable[[list[str]], None]) -> tuple[ProvenanceTraffic, float]:
+        paths = layers()  # creating the layers is not part of the step
+        traffic = ProvenanceTraffic()
+        start = time.perf_counter()
+        with traffic.counting(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # cirrus-volume warns on every write after the first
+            body(paths)
+        return traffic, time.perf_counter() - start
+
+    def cirrus_step(writes: int) -> Callable[[list[str]], None]:
+        def body(paths: list[str]) -> None:
+            import cirrus
+
+            with cirrus.session(SOURCES, MOTIVATION, cirrus_process_) as s:
+                volumes = [s.volume(path, progress=False) for path in paths]
+                for box in positions(writes):
+                    for volume in volumes:
+                        volume[box] = data
+
+        return body
+
+    results: dict[str, tuple[ProvenanceTraffic, float]] = {}
+    results["cirrus"] = measure(cirrus_step(sizes.step_writes))
+    results["cirrus fewer"] = measure(cirrus_step(sizes.fewer_writes))
+
+    rows = []
+    n, fewer, tasks, v = sizes.step_writes, sizes.fewer_writes, sizes.tasks, VOLUMES_PER_STEP
+    step = f"{v} volumes x {n:,} writes"
+    mine, mine_s = results["cirrus"]
+    small, small_s = results["cirrus fewer"]
+    rows.append(
+        row(
+            f"cirrus provenance requests per step: {step} vs {v} x {fewer:,} writes",
+            mine.total,
+            small.total,
+            "requests",
+            "ratio = 1.00 (depends on volumes only)",
+            cirrus_detail=mine.summary(),
+            fewer_detail=small.summary(),
+        )
+    )
+    rows.append(
+        row(
+            f"cirrus provenance bytes written per step: {step} vs {v} x {fewer:,} writes",
+            mine.bytes_written,
+            small.bytes_written,
+            "bytes",
+            "ratio ~ 1.00 (write sets differ only in counts)",
+        )
+    )
+
+    try:
+        cirrusvolume, ptb, how = predecessors()
+    except Exception as error:
+        reason = f"not measured: predecessors do not import: {type(error).__name__}: {error}"
+        return [*rows, row("requests per step vs cirrus-volume / provenance-toolbox", reason)]
+    process = ptb_process(ptb)
+
+    def cirrusvolume_handles(paths: list[str]) -> None:
+        # As its README shows: one CloudVolume per layer, every write documented through it.
+        volumes = [
+            cirrusvolume.CloudVolume(
+                path, sources=list(SOURCES), motivation=MOTIVATION, process=process, progress=False
+            )
+            for path in paths
+        ]
+        for box in positions(n):
+            for volume in volumes:
+                volume[box] = data
+
+    def cirrusvolume_per_task(paths: list[str]) -> None:
+        # A chunked pipeline: each task opens its own CloudVolume and writes its chunk.
+        for box in positions(tasks):
+            for path in paths:
+                volume = cirrusvolume.CloudVolume(
+                    path,
+                    sources=list(SOURCES),
+                    motivation=MOTIVATION,
+                    process=process,
+                    progress=False,
+                )
+                volume[box] = data
+
+    def toolbox_per_task(paths: list[str]) -> None:
+        # What a task does with provenance-toolbox alone: open the layer, log the process, add
+        # the motivation. `logprocess` raises once the process is logged (and duplicate=True
+        # would append it again on every task), so tasks guard it with `process_absent`, as
+        # cirrus-volume does. The chunk writes themselves send nothing to provenance objects
+        # and are left out.
+        for _ in range(tasks):
+            for path in paths:
+                volume = CloudVolume(path, progress=False)
+                if ptb.process_absent(volume, process):
+                    ptb.logprocess(volume, process)
+                ptb.addmotivation(volume, MOTIVATION)
+
+    baselines = [
+        ("cirrus-volume 0.1.10, one handle per volume", f"{step}", cirrusvolume_handles),
+        (
+            "cirrus-volume 0.1.10, a handle per task",
+            f"{tasks:,} tasks x {v} volumes",
+            cirrusvolume_per_task,
+        ),
+        (
+            "provenance-toolbox 0.1.5 logprocess + addmotivation per task",
+            f"{tasks:,} tasks x {v} volumes",
+            toolbox_per_task,
+        ),
+    ]
+    for name, shape, body in baselines:
+        try:
+            traffic, seconds = measure(body)
+        except Exception as error:
+            rows.append(
+                row(f"requests per step vs {name}", f"error: {type(error).__name__}: {error}")
+            )
+            continue
+        detail = {
+            "cirrus_traffic": mine.summary(),
+            "baseline_traffic": traffic.summary(),
+            "cirrus_step_s": round(mine_s, 3),
+            "baseline_step_s": round(seconds, 3),
+            "import": how,
+        }
+        rows.append(
+            row(
+                f"provenance requests per step, cirrus {step} vs {name} ({shape})",
+                mine.total,
+                traffic.total,
+                "requests",
+                "depends on volumes only",
+                **detail,
+            )
+        )
+        rows.append(
+            row(
+                f"provenance bytes written per step, cirrus {step} vs {name} ({shape})",
+                mine.bytes_written,
+                traffic.bytes_written,
+                "bytes",
+                "depends on volumes only",
+            )
+        )
+    return rows
+
+
+# -- 3. commit latency vs volumes ----------------------------------------------------------------
+def file_commit_latency(root: str, sizes: Sizes) -> list[dict]:
+    return commit_latency(f"file://{root}/commit", "file://", sizes)
+
+
+def rgw_commit_latency(_root: str, sizes: Sizes) -> list[dict]:
+    label = "Ceph RGW s3://"
+    if not sizes.rgw:
+        return _not_measured(label, sizes, "skipped by --quick (starting Ceph RGW takes ~15 s)")
+    try:
+        from tests.servers.rgw import rgw_server
+    except ImportError as error:
+        return _not_measured(label, sizes, f"tests/servers/rgw.py cannot be imported: {error}")
+    from cloudfiles.interfaces import reset_connection_pools
+
+    with contextlib.ExitStack() as stack:
+        try:
+            rgw = stack.enter_context(rgw_server())
+        except Exception as error:
+            reason = f"Ceph RGW did not start: {type(error).__name__}: {error}"
+            return _not_measured(label, sizes, reason[:300])
+        _progress(f"RGW at {rgw.endpoint_url}, up in {rgw.startup_seconds:.1f} s")
+        stack.enter_context(environment(rgw.env()))
+        stack.callback(reset_connection_pools)
+        reset_connection_pools()
+        bucket = rgw.make_bucket(f"bench-{uuid.uuid4().hex[:12]}")
+        return commit_latency(f"s3://{bucket}/commit", label, sizes)
+
+
+def _not_measured(label: str, sizes: Sizes, reason: str) -> list[dict]:
+    return [
+        row(_commit_case(count, label), f"not measured: {reason}", unit="ms")
+        for count in sizes.volumes[1:]
+    ]
+
+
+def _commit_case(count: int, label: str) -> str:
+    return f"commit latency, one session over {count} volumes vs 1 volume, {label}"
+
+
+def commit_latency(base: str, label: str, sizes: Sizes) -> list[dict]:
+    """Median time of `s.commit()` for sessions that wrote one chunk to each of N volumes."""
+    import cirrus
+
+    process = cirrus_process()
+    data = chunk_data()
+    box = positions(1)[0]
+    paths = make_layers([f"{base}/v{i:03d}" for i in range(max(sizes.volumes))], grid=1)
+
+    def once(count: int) -> float:
+        s = cirrus.session(SOURCES, MOTIVATION, process)
+        for path in paths[:count]:
+            s.volume(path, progress=False)[box] = data
+        start = time.perf_counter()
+        s.commit()
+        return time.perf_counter() - start
+
+    once(1)  # warm-up: clients, connection pools
+    times: dict[int, list[float]] = {count: [] for count in sizes.volumes}
+    for index in range(sizes.commit_rounds):
+        order = sizes.volumes if index % 2 == 0 else tuple(reversed(sizes.volumes))
+        for count in order:
+            times[count].append(once(count))
+    median = {count: statistics.median(t) * 1000 for count, t in times.items()}
+    one = sizes.volumes[0]
+    return [
+        row(
+            _commit_case(count, label),
+            median[count],
+            median[one],
+            "ms",
+            "<= 3.0" if count == 100 else "info",
+            rounds_ms={str(c): [round(t * 1000, 2) for t in times[c]] for c in (one, count)},
+        )
+        for count in sizes.volumes[1:]
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks import run as runner
+
+    return runner.main(["--only", BENCHMARK, *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
