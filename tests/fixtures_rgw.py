@@ -24,10 +24,13 @@ _bucket_counter = itertools.count()
 def rgw_endpoint() -> RGW:
     """The running RGW server: ``endpoint_url``, ``access_key``, ``secret_key``, ``make_bucket``."""
     with contextlib.ExitStack() as stack:
+        error = None
         try:
             rgw = stack.enter_context(rgw_server())
         except Exception as e:
-            pytest.fail(f"cannot start the Ceph RGW S3 server: {e}", pytrace=False)
+            error = f"cannot start the Ceph RGW S3 server: {type(e).__name__}: {e}"
+        if error is not None:  # outside the except: no chained traceback, just the reason
+            pytest.fail(error, pytrace=False)
         rss = sum(rgw.rss_bytes().values()) / 2**20
         print(
             f"\nRGW at {rgw.endpoint_url} ready in {rgw.startup_seconds:.1f} s, "

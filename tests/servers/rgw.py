@@ -220,7 +220,8 @@ osd crush update on start = true
 [client.rgw.0]
 # radosgw defaults this to "secure", which auth "none" cannot do: it never reaches the monitor.
 ms mon client mode = crc secure
-rgw frontends = beast endpoint=127.0.0.1:{self.rgw_port}
+# tcp_nodelay: without it every GET waits ~40 ms for a delayed ACK (48 ms -> 4 ms per GET).
+rgw frontends = beast endpoint=127.0.0.1:{self.rgw_port} tcp_nodelay=1
 rgw data = {r}/rgw/$cluster-rgw.0
 rgw thread pool size = 64
 rgw enable usage log = false
