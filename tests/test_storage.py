@@ -45,16 +45,23 @@ def run_threads(count: int, target: Callable[[int], object]) -> list[object]:
     return results
 
 
-def increment(store: Store, key: str, times: int) -> int:
-    """Add 1 to a JSON counter `times` times by compare-and-swap; returns the conflicts seen."""
+def increment(store: Store, key: str, writer: int, times: int) -> int:
+    """Append `times` operation ids to a JSON counter by compare-and-swap; returns conflicts.
+
+    Idempotent like the ledger's merge: a swap whose response was lost (applied, then retried
+    into a conflict) is recognised by finding its operation id already there.
+    """
     conflicts = 0
-    for _ in range(times):
+    for j in range(times):
+        op = f"{writer}-{j}"
         while True:
             blob = store.get(key)
             assert blob is not None
-            value = json.loads(blob.data)["n"]
+            ops = json.loads(blob.data)["ops"]
+            if op in ops:
+                break
             try:
-                store.swap(key, json.dumps({"n": value + 1}).encode(), blob.token)
+                store.swap(key, json.dumps({"ops": [*ops, op]}).encode(), blob.token)
                 break
             except PreconditionFailed:
                 conflicts += 1
@@ -62,19 +69,34 @@ def increment(store: Store, key: str, times: int) -> int:
     return conflicts
 
 
-def counter_value(store: Store, key: str) -> int:
+def new_counter(store: Store, key: str = "counter") -> None:
+    store.create(key, b'{"ops": []}')
+
+
+def counter_ops(store: Store, key: str = "counter") -> list[str]:
     blob = store.get(key)
     assert blob is not None
-    return json.loads(blob.data)["n"]
+    return json.loads(blob.data)["ops"]
+
+
+def expected_ops(writers: int, times: int) -> list[str]:
+    return sorted(f"{w}-{j}" for w in range(writers) for j in range(times))
+
+
+def race_to_create(store: Store, writers: int) -> None:
+    """Every writer creates the same key with its own bytes: exactly one wins, and its bytes stay.
+
+    A winner whose response was lost reads its own bytes back and still counts as the winner.
+    """
+    results = run_threads(writers, lambda i: store.create("race", f"writer {i}".encode()))
+    winners = [i for i, result in enumerate(results) if isinstance(result, bool)]
+    losers = [result for result in results if isinstance(result, PreconditionFailed)]
+    assert len(winners) == 1 and len(losers) == writers - 1, results
+    assert store.get("race").data == f"writer {winners[0]}".encode()
 
 
 def test_create_only_has_exactly_one_winner(layer_path: str) -> None:
-    store = open_store(layer_path)
-    results = run_threads(WRITERS, lambda i: store.swap("race", f"writer {i}".encode(), None))
-    winners = [i for i, result in enumerate(results) if isinstance(result, str)]
-    losers = [result for result in results if isinstance(result, PreconditionFailed)]
-    assert len(winners) == 1 and len(losers) == WRITERS - 1
-    assert store.get("race").data == f"writer {winners[0]}".encode()
+    race_to_create(open_store(layer_path), WRITERS)
 
 
 def test_create_is_idempotent_and_refuses_other_bytes(layer_path: str) -> None:
@@ -132,14 +154,15 @@ def test_compare_and_swap_loses_no_update_under_contention(layer_path: str) -> N
     moto = layer_path.startswith("s3://")
     writers, increments = (4, 10) if moto else (WRITERS, INCREMENTS)
     store = open_store(layer_path)
-    store.create("counter", b'{"n": 0}')
-    results = run_threads(writers, lambda i: increment(store, "counter", increments))
+    new_counter(store)
+    results = run_threads(writers, lambda i: increment(store, "counter", i, increments))
     assert all(isinstance(result, int) for result in results), results
-    value = counter_value(store, "counter")
+    ops = counter_ops(store)
+    assert len(set(ops)) == len(ops)
     if moto:
-        assert 0 < value <= writers * increments
+        assert ops and set(ops) <= set(expected_ops(writers, increments))
     else:
-        assert value == writers * increments
+        assert sorted(ops) == expected_ops(writers, increments)
 
 
 def test_lost_response_on_create_is_recognised_as_success(layer_path: str) -> None:
@@ -156,10 +179,10 @@ def test_transient_errors_at_thirty_percent_still_converge(layer_path: str) -> N
         store = Store(open_backend(layer_path), RetryPolicy(initial=0.01, maximum=0.1))
         for i in range(10):
             store.create(f"provenance.d/records/{i}.json", str(i).encode())
-        store.create("counter", b'{"n": 0}')
-        increment(store, "counter", 10)
+        new_counter(store)
+        increment(store, "counter", 0, 10)
         assert len(store.list("provenance.d/records/")) == 10
-        assert counter_value(store, "counter") == 10
+        assert sorted(counter_ops(store)) == expected_ops(1, 10)
 
 
 def test_a_retry_is_logged_at_warning(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
@@ -246,11 +269,10 @@ def test_rgw_compare_and_swap_is_atomic(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", rgw_endpoint.secret_key)
     monkeypatch.setenv("AWS_SESSION_TOKEN", "")
     store = open_store(f"s3://{rgw_endpoint.endpoint_url}/{rgw_bucket}/layer")
-    results = run_threads(WRITERS, lambda i: store.swap("race", str(i).encode(), None))
-    assert sum(isinstance(result, str) for result in results) == 1
-    store.create("counter", b'{"n": 0}')
-    results = run_threads(WRITERS, lambda i: increment(store, "counter", INCREMENTS))
+    race_to_create(store, WRITERS)
+    new_counter(store)
+    results = run_threads(WRITERS, lambda i: increment(store, "counter", i, INCREMENTS))
     assert all(isinstance(result, int) for result in results), results
-    assert counter_value(store, "counter") == WRITERS * INCREMENTS
+    assert sorted(counter_ops(store)) == expected_ops(WRITERS, INCREMENTS)
     with pytest.raises(PreconditionFailed):  # RGW answers 412 where AWS answers 404
         store.swap("missing", b"x", "0123456789abcdef0123456789abcdef")

@@ -13,7 +13,14 @@ from multiprocessing.synchronize import Barrier
 
 from cirrus.errors import PreconditionFailed
 from cirrus.storage import open_store
-from tests.test_storage import INCREMENTS, WRITERS, counter_value, increment
+from tests.test_storage import (
+    INCREMENTS,
+    WRITERS,
+    counter_ops,
+    expected_ops,
+    increment,
+    new_counter,
+)
 
 PROCESSES = WRITERS
 _CONTEXT = multiprocessing.get_context("forkserver")
@@ -33,7 +40,7 @@ def _create(cloudpath: str, i: int, barrier: Barrier, results: Queue) -> None:
 def _increment(cloudpath: str, i: int, barrier: Barrier, results: Queue) -> None:
     store = open_store(cloudpath)
     barrier.wait()
-    results.put((i, increment(store, "counter", INCREMENTS)))
+    results.put((i, increment(store, "counter", i, INCREMENTS)))
 
 
 def _run(target: Callable[..., None], cloudpath: str) -> list:
@@ -63,7 +70,7 @@ def test_create_only_across_processes_has_one_winner(tmp_path) -> None:
 def test_compare_and_swap_across_processes_loses_nothing(tmp_path) -> None:
     cloudpath = f"file://{tmp_path}/layer"
     store = open_store(cloudpath)
-    store.create("counter", b'{"n": 0}')
+    new_counter(store)
     _run(_increment, cloudpath)
-    assert counter_value(store, "counter") == PROCESSES * INCREMENTS
+    assert sorted(counter_ops(store)) == expected_ops(PROCESSES, INCREMENTS)
     assert store.list("") == ["counter"]
