@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -57,7 +58,8 @@ class CirrusGroup(click.Group):
         except Exception as error:
             if _debug(ctx):
                 raise
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()  # CloudFiles colours
+            message = text.splitlines()[0].rstrip(": ") if text else ""
             from cirrus.errors import CirrusError
 
             if not isinstance(error, CirrusError):
@@ -102,7 +104,7 @@ def print_log(path: str, as_json: bool = False, limit: int | None = None) -> Non
 
     plain = [record.to_json() for record in reversed(records)]  # history_text wants oldest first
     if not _terminal():
-        click.echo(history_text(plain, found.volume, found.open_steps))
+        click.echo(history_text(plain, found.volume, found.open_steps, len(found)))
         if not found and not found.open_steps:
             click.echo("no provenance recorded here")
         return

@@ -86,6 +86,11 @@ def row(record: Mapping[str, Any]) -> dict[str, str]:
         "record": short(record.get("id")),
         "process": process_line(record),
         "motivation": motivation(record),
+        "notes": "\n".join(
+            f"{n['kind']}: {n['text']}"
+            for n in record.get("notes", [])
+            if n["kind"] != "motivation"
+        ),
         "sources": "\n".join(record.get("sources", [])),
         "writes": "\n".join(writes_lines(record.get("writes"), record.get("tasks"))),
         "who": f"{record.get('user', '?')}@{record.get('host', '?')}",
@@ -93,7 +98,7 @@ def row(record: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-COLUMNS = ("time", "status", "record", "process", "motivation", "sources", "writes", "who")
+COLUMNS = ("time", "status", "record", "process", "motivation", "notes", "sources", "writes", "who")
 
 
 def open_step_lines(open_steps: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
@@ -109,10 +114,14 @@ def history_text(
     records: Iterable[Mapping[str, Any]],
     volume: str = "",
     open_steps: Mapping[str, Mapping[str, Any]] | None = None,
+    total: int | None = None,
 ) -> str:
-    """Newest first, one block per record, like `git log`."""
+    """Newest first, one block per record, like `git log`; `total` when only some are given."""
     records = list(records)
-    out = [f"{volume}: {len(records)} record(s)" if volume else f"{len(records)} record(s)"]
+    count = f"{len(records)} record(s)"
+    if total is not None and total != len(records):
+        count = f"{total} record(s), newest {len(records)} shown"
+    out = [f"{volume}: {count}" if volume else count]
     out += open_step_lines(open_steps)
     for record in reversed(records):
         cells = row(record)
@@ -160,6 +169,9 @@ def history_html(
     )
 
 
+HIDDEN_ENV_KEYS = {"kind", "packages", "diff", "diff_sha256", "diff_truncated"}
+
+
 def env_lines(env_id: str, document: Mapping[str, Any] | None, error: str | None = None) -> list:
     """A code environment's headline facts (the diff is shown separately)."""
     if document is None:
@@ -182,6 +194,7 @@ def env_lines(env_id: str, document: Mapping[str, Any] | None, error: str | None
         "image_id",
         "repo_digest",
     )
+    keys += tuple(sorted(set(document) - set(keys) - HIDDEN_ENV_KEYS))
     for key in keys:
         value = document.get(key)
         if value in (None, "", [], {}):
@@ -190,6 +203,9 @@ def env_lines(env_id: str, document: Mapping[str, Any] | None, error: str | None
             value = f"{len(value)} file(s): {', '.join(value[:5])}{' ...' * (len(value) > 5)}"
         elif isinstance(value, (dict, list)):
             value = json.dumps(value, sort_keys=True)
+        value = str(value)
+        if len(value) > 200:
+            value = value[:197] + "..."
         lines.append(f"  {key}: {value}")
     packages = document.get("packages")
     if packages:

@@ -78,7 +78,7 @@ def lineage(
             history = read_history(open_ledger(name))
         except Exception as error:  # any failure of one ancestor is shown, never fatal
             reason = str(error) if isinstance(error, CirrusError) else repr(error)
-            return Node(name, "unreadable", detail=reason.splitlines()[0] if reason else "")
+            return Node(name, "unreadable", detail=f"unreadable: {_brief(reason)}")
         expanded.add(name)
         records = [stored.record for stored in history]
         node = Node(
@@ -105,10 +105,17 @@ def lineage(
         try:
             name = normalise_cloudpath(source)
         except InvalidInput as error:
-            return Node(source, "unsupported", detail=str(error))
+            return Node(source, "unsupported", detail=f"not followed: {_brief(str(error))}")
         return visit(name, level, ancestors)
 
     return visit(root, 0, ())
+
+
+def _brief(message: str, limit: int = 160) -> str:
+    """The first line of an error message, without the advice that follows `; `."""
+    message = re.sub(r"\x1b\[[0-9;]*m", "", message)  # CloudFiles colours its messages
+    line = (message.strip().splitlines() or [""])[0].split("; ")[0].rstrip(": ")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _unique(items: Any) -> list[str]:

@@ -1,0 +1,308 @@
+"""The `cirrus` command end to end, on file:// volumes written by real sessions.
+
+Each command runs at least once through the installed console script (a subprocess); the
+finer cases use click's CliRunner in process, which runs the same code faster.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cli_support import StaticEnv, invoke, layers, run, write
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A -> B (+ D, same session) -> C; A written twice; B's session has a result note."""
+    tmp = tmp_path_factory.mktemp("chain")
+    a, b, c, d = layers(tmp, "a", "b", "c", "d")
+    write([a], ["manual tracing"], "first tracing", "trace", chunks=2)
+    write([a], ["manual tracing"], "second pass", "retrace")
+    ids = write([b, d], [a], "segment it", "watershed", result="42 segments", envs=(StaticEnv(),))
+    write([c], [b], "agglomerate", "agglomerate")
+    return {"a": a, "b": b, "c": c, "d": d, "b_record": ids[b]}
+
+
+def test_help_is_fast_and_documents_exit_codes() -> None:
+    done = run("--help")
+    assert "Exit status" in done.stdout and "3  storage or provenance error" in done.stdout
+    for command in ("log", "show", "verify", "lineage", "recover", "repair", "export", "demo"):
+        assert command in done.stdout
+    assert "Exit status" in run("verify", "--help").stdout
+    probe = (
+        "import sys, cirrus.cli; heavy = [m for m in ('cloudvolume', 'rich', 'prov') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_log_newest_first_with_everything(chain: dict[str, str]) -> None:
+    out = run("log", chain["a"]).stdout
+    assert out.index("retrace") < out.index("trace [")  # newest first
+    assert "second pass" in out and "first tracing" in out
+    assert "manual tracing" in out
+    assert "mip 0: [0,0,0]-[128,64,64], 2 chunks, 512.0 KiB" in out
+    assert "committed" in out and "@" in out  # user@host
+    b = invoke("log", chain["b"]).output
+    assert "watershed" in b and "42 segments" in b and chain["a"] in b
+
+
+def test_log_json_and_limit(chain: dict[str, str]) -> None:
+    data = json.loads(invoke("log", chain["a"], "--json").output)
+    assert [r["process"]["description"] for r in data["records"]] == ["retrace", "trace"]
+    limited = json.loads(invoke("log", chain["a"], "--json", "--limit", "1").output)
+    assert [r["process"]["description"] for r in limited["records"]] == ["retrace"]
+    text = invoke("log", chain["a"], "-n", "1").output
+    assert "retrace" in text and "first tracing" not in text
+    assert "2 record(s), newest 1 shown" in text
+
+
+def test_show_by_prefix_with_environment(chain: dict[str, str]) -> None:
+    record = chain["b_record"]
+    out = run("show", chain["b"], record[:8]).stdout
+    assert record in out and "watershed" in out and '"threshold": 0.3' in out
+    assert "(static)" in out and "name: static" in out
+    assert "42 segments" in out and chain["d"] in out  # sibling volume
+    data = json.loads(invoke("show", chain["b"], record[:10], "--json").output)
+    assert data["record"]["id"] == record
+    assert list(data["envs"].values()) == [{"kind": "static", "name": "static"}]
+
+
+def test_show_unknown_or_ambiguous_prefix_is_a_usage_error(chain: dict[str, str]) -> None:
+    done = run("show", chain["a"], "ffffffffffff", check=2)
+    assert done.stderr.startswith("cirrus: error:") and len(done.stderr.splitlines()) == 1
+    assert "Traceback" not in done.stderr
+    invoke("show", chain["a"], "", code=2)
+    invoke("show", chain["a"], "xyz", code=2)
+
+
+def test_show_git_diff_plain_when_not_a_terminal(tmp_path: Path) -> None:
+    import cirrus
+
+    repo = tmp_path / "code"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    (repo / "step.py").write_text("threshold = 0.3\n")
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "one"], check=True)
+    (repo / "step.py").write_text("threshold = 0.5\n")
+    (path,) = layers(tmp_path, "v")
+    ids = write([path], ["x"], envs=(cirrus.PythonGithubEnv(repo),))
+    out = run("show", path, ids[path][:12]).stdout
+    assert "-threshold = 0.3" in out and "+threshold = 0.5" in out
+    assert "(python-git)" in out and "dirty: True" in out
+    assert "\x1b[" not in out  # no colour codes when piped
+
+
+def test_verify_clean_volumes(chain: dict[str, str]) -> None:
+    done = run("verify", chain["a"], chain["b"], chain["c"], chain["d"])
+    assert done.stdout.count("  ok") == 4
+    report = json.loads(invoke("verify", chain["b"], "--json").output)
+    assert report[0]["ok"] and report[0]["records"] == 1 and report[0]["envs"] == 1
+
+
+def _volume_dir(path: str) -> Path:
+    return Path(path[len("file://") :])
+
+
+def test_verify_detects_a_tampered_record(tmp_path: Path) -> None:
+    (path,) = layers(tmp_path, "v")
+    record_id = write([path], ["x"])[path]
+    record = _volume_dir(path) / "provenance.d" / "records" / f"{record_id}.json"
+    record.write_bytes(record.read_bytes().replace(b'"committed"', b'"c0mmitted"'))
+    done = run("verify", path, check=1)
+    assert f"record {record_id}" in done.stdout and "changed after it was written" in done.stdout
+
+
+def test_verify_detects_a_tampered_env_file(tmp_path: Path) -> None:
+    (path,) = layers(tmp_path, "v")
+    write([path], ["x"], envs=(StaticEnv("original"),))
+    (env,) = (_volume_dir(path) / "provenance.d" / "envs").iterdir()
+    env.write_bytes(env.read_bytes().replace(b"original", b"modified"))
+    out = invoke("verify", path, code=1).output
+    assert f"environment {env.stem}" in out and "changed after it was written" in out
+
+
+def test_verify_detects_a_summary_edited_by_hand(tmp_path: Path) -> None:
+    (path,) = layers(tmp_path, "v")
+    write([path], ["x"], chunks=1)
+    invoke("verify", path)
+    summary = _volume_dir(path) / "provenance"
+    original = summary.read_text()
+    data = json.loads(original)
+    data["processing"][0]["parameters"]["threshold"] = 0.9
+    data["cirrus"]["records"][0]["status"] = "failed"
+    summary.write_text(json.dumps(data))
+    out = invoke("verify", path, code=1).output
+    assert "parameters" in out and "0.9" in out
+    assert "status='failed' in the summary but 'committed' in the record" in out
+    data = json.loads(original)
+    data["cirrus"]["records"][0]["id"] = "0" * 64
+    summary.write_text(json.dumps(data))
+    out = invoke("verify", path, code=1).output
+    assert "which is not stored" in out and "orphan" in out
+
+
+def test_orphan_found_by_verify_and_published_by_recover(tmp_path: Path) -> None:
+    import attrs
+
+    from cirrus.ledger import Ledger
+
+    a, b = layers(tmp_path, "a", "b")
+    ids = write([a, b], ["x"], "crash later")
+    # Simulate a commit that staged everything but crashed before publishing: a copy of the
+    # session's records under new ids, not pointed to by either summary.
+    for layer in (a, b):
+        ledger = Ledger.open(layer)
+        record = ledger.read_record(ids[layer]).record
+        ledger.stage_record(attrs.evolve(record, session="f" * 32))
+    out = invoke("verify", a, code=1).output
+    assert "orphan" in out and "cirrus recover" in out
+    done = run("recover", a)
+    assert f"{a}: published 1 record(s)" in done.stdout
+    assert f"{b}: published 1 record(s)" in done.stdout  # the sibling too
+    invoke("verify", a, b)
+    assert "nothing to recover" in invoke("recover", a).output
+
+
+def test_repair_a_malformed_summary(tmp_path: Path) -> None:
+    (path,) = layers(tmp_path, "v")
+    write([path], ["x"], "kept through repair")
+    (_volume_dir(path) / "provenance").write_text("{not json")
+    done = run("log", path, check=3)
+    assert "cirrus repair" in done.stderr and len(done.stderr.splitlines()) == 1
+    out = invoke("verify", path, code=1).output
+    assert "not valid JSON" in out
+    done = run("repair", path)
+    assert "provenance.d/corrupt/" in done.stdout and "1 record(s)" in done.stdout
+    assert "kept through repair" in invoke("log", path).output
+    invoke("verify", path)
+    assert "nothing to repair" in invoke("repair", path).output
+
+
+def test_lineage_follows_three_levels(chain: dict[str, str]) -> None:
+    out = run("lineage", chain["c"]).stdout
+    lines = out.splitlines()
+    assert lines[0].startswith(chain["c"])
+    depth = {name: next(i for i, line in enumerate(lines) if chain[name] in line) for name in "abc"}
+    assert depth["c"] < depth["b"] < depth["a"]
+    assert "<- agglomerate" in out and "<- watershed" in out
+    assert '"manual tracing"  (free text)' in out
+    indent = [len(re.match(r"^[\s│├└─]*", lines[depth[n]]).group()) for n in "cba"]
+    assert indent[0] < indent[1] < indent[2]
+    dot = invoke("lineage", chain["c"], "--format", "dot").output
+    assert f'"{chain["b"]}" -> "{chain["c"]}" [label="agglomerate"]' in dot
+    assert f'"{chain["a"]}" -> "{chain["b"]}" [label="watershed"]' in dot
+    mermaid = invoke("lineage", chain["c"], "--format", "mermaid").output
+    assert mermaid.startswith("flowchart LR") and mermaid.count("-->") == 3
+    shallow = invoke("lineage", chain["c"], "--depth", "1").output
+    assert "deeper than --depth 1" in shallow and "manual tracing" not in shallow
+    tree = json.loads(invoke("lineage", chain["c"], "--format", "json").output)
+    assert tree["sources"][0]["name"] == chain["b"]
+
+
+def test_lineage_shows_cycles_and_unreadable_sources(tmp_path: Path) -> None:
+    x, y, bad = layers(tmp_path, "x", "y", "bad")
+    write([bad], ["anything"])
+    (_volume_dir(bad) / "provenance").write_text("[]")
+    write([x], [y, bad, "ftp-ish://not/a/layer"])
+    write([y], [x])
+    out = invoke("lineage", x).output
+    assert "cycle: already an ancestor" in out
+    assert "[unreadable: " in out and "is a JSON list, not an object]" in out
+    assert "ftp-ish://not/a/layer  [not followed: " in out
+
+
+def test_export_through_the_command(chain: dict[str, str], tmp_path: Path) -> None:
+    import prov
+
+    target = tmp_path / "b.jsonld"
+    run("export", chain["b"], "--format", "prov-jsonld", "-o", str(target))
+    document = prov.read(str(target), format="jsonld")
+    assert any(chain["a"] in str(r.label) for r in document.get_records() if r.is_element())
+    out = invoke("export", chain["b"]).output
+    assert prov.read(out, format="json").get_records()
+
+
+def test_step_status_and_finish(tmp_path: Path) -> None:
+    import numpy as np
+
+    import cirrus
+
+    a, b = layers(tmp_path, "a", "b")
+    step = cirrus.step(["x"], "many tasks", cirrus.Process("tasks", {"n": 2}), [a, b])
+    assert "OPEN STEP" in invoke("log", a).output
+    for task in ("t0", "t1"):
+        with cirrus.join(step.token, task=task) as t:
+            t.volume(a, progress=False)[0:64, 0:64, 0:64] = np.ones((64, 64, 64), np.uint8)
+    token_file = tmp_path / "token.json"
+    token_file.write_text(step.token)
+    out = run("step", "status", f"@{token_file}").stdout
+    assert f"{a}: 2 task(s) recorded, 0 failed, open" in out
+    assert f"{b}: 0 task(s) recorded, 0 failed, open" in out
+    done = run("step", "finish", step.token)
+    assert f"step {step.id} finished" in done.stdout and "no task wrote here" in done.stdout
+    log = invoke("log", a).output
+    assert "OPEN STEP" not in log and "tasks: 2 (2 committed, 0 failed)" in log
+    status = json.loads(invoke("step", "status", "-", "--json", input=step.token).output)
+    assert status["volumes"][a]["finished"] and not status["volumes"][b]["open"]
+    invoke("step", "status", '{"not": "a token"}', code=2)
+
+
+def test_errors_are_one_line_unless_debug(tmp_path: Path) -> None:
+    done = run("log", "no-protocol/here", check=2)
+    assert done.stderr.startswith("cirrus: error:") and "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1
+    done = run("--debug", "log", "no-protocol/here", check=None)
+    assert done.returncode != 0 and "Traceback" in done.stderr
+    invoke("lineage", "file:///x", "--depth", "-1", code=2)  # click usage error
+    (path,) = layers(tmp_path, "v")
+    write([path], ["x"])
+    for record in (_volume_dir(path) / "provenance.d" / "records").iterdir():
+        record.unlink()
+    done = run("log", path, check=3)
+    assert "is missing" in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+def test_demo(tmp_path: Path) -> None:
+    done = run("demo", str(tmp_path / "demo"), cwd=str(Path(__file__).parent.parent))
+    out = done.stdout
+    assert "$ cirrus log file://" in out and "threshold and label" in out
+    assert "bootstrap a segmentation for proofreading" in out and "voxels above" in out
+    paths = [f"file://{tmp_path / 'demo' / n}" for n in ("image", "segmentation", "boundaries")]
+    invoke("verify", *paths)
+    record = json.loads(invoke("log", paths[1], "--json").output)["records"][0]
+    assert record["process"]["envs"] and record["siblings"] == [paths[2]]
+    lineage = invoke("lineage", paths[1]).output
+    assert paths[0] in lineage and "synthetic noise" in lineage
+
+
+def test_demo_outside_a_git_repository_records_that(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cirrus.demo import run as demo
+
+    monkeypatch.chdir(tmp_path)
+    paths = demo(str(tmp_path / "demo"))
+    record = json.loads(invoke("log", paths["segmentation"], "--json").output)["records"][0]
+    assert record["process"]["envs"] == []
+    assert any("not a git repository" in n["text"] for n in record["notes"])
+
+
+def test_log_on_moto_s3(s3_bucket: str) -> None:
+    path = f"s3://{s3_bucket}/layer"
+    from tests.cli_support import make_layer
+
+    make_layer(path)
+    write([path], ["s3 source"], "on s3", "s3 step")
+    out = run("log", path).stdout
+    assert "s3 step" in out and "on s3" in out
+    invoke("verify", path)
