@@ -90,7 +90,7 @@ class FileBackend:
     def list(self, prefix: str) -> list[str]:
         start = os.path.join(self.root, os.path.dirname(prefix))
         keys = []
-        for directory, _, names in os.walk(start):
+        for directory, _, names in os.walk(start, onerror=self._walk_error):
             relative = os.path.relpath(directory, self.root)
             for name in names:
                 if name.startswith(_HIDDEN):
@@ -99,6 +99,10 @@ class FileBackend:
                 if key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
+
+    def _walk_error(self, error: OSError) -> None:
+        if not isinstance(error, FileNotFoundError):  # a missing layer simply has no keys
+            raise self._error(error, "", "list")
 
     def _path(self, key: str) -> str:
         parts = key.split("/")
