@@ -92,8 +92,13 @@ def verify(
             if progress:
                 progress(done, total)
             if isinstance(result, Exception):
-                name = "record" if kind == "record" else "environment"
-                report.problems.append(f"{name} {object_id}: {_reason(result)}")
+                if isinstance(result, IntegrityError):  # names the object already
+                    report.problems.append(str(result))
+                else:
+                    name = "record" if kind == "record" else "environment"
+                    report.problems.append(
+                        f"{name} {object_id}: unreadable ({type(result).__name__}: {result})"
+                    )
             elif kind == "record":
                 records[object_id] = result
             else:
@@ -105,12 +110,6 @@ def verify(
     if summary is not None:
         _check_summary(report, summary, records, set(record_ids))
     return report
-
-
-def _reason(error: Exception) -> str:
-    if isinstance(error, IntegrityError):
-        return str(error)
-    return f"unreadable ({type(error).__name__}: {error})"
 
 
 def _check_record(
@@ -175,7 +174,9 @@ def _check_summary(
             "an interrupted commit: `cirrus recover PATH` publishes it)"
         )
     published = [records[rid] for rid in seen if rid in records]
-    _check_processing(report, summary, published)
+    # a process whose only record is unreadable is already reported: do not report it twice
+    unreadable = {p.get("process") for p in pointers if p.get("id") not in records}
+    _check_processing(report, summary, published, unreadable)
     _check_sources_and_notes(report, summary, published)
     for step_id, info in report.open_steps.items():
         report.remarks.append(
@@ -185,7 +186,7 @@ def _check_summary(
 
 
 def _check_processing(
-    report: Report, summary: dict[str, Any], published: list[dict[str, Any]]
+    report: Report, summary: dict[str, Any], published: list[dict[str, Any]], unreadable: set
 ) -> None:
     processes = {
         rec["process"]["digest"]: rec["process"] for rec in published if rec.get("process")
@@ -197,6 +198,8 @@ def _check_processing(
             continue  # written by another tool (igneous, provenance-toolbox): not ours to check
         listed.add(process_digest)
         process = processes.get(process_digest)
+        if process is None and process_digest in unreadable:
+            continue
         if process is None:
             report.problems.append(
                 f"summary: processing entry {entry.get('task')!r} names cirrus process "

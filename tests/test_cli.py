@@ -119,7 +119,9 @@ def test_verify_detects_a_tampered_record(tmp_path: Path) -> None:
     record = _volume_dir(path) / "provenance.d" / "records" / f"{record_id}.json"
     record.write_bytes(record.read_bytes().replace(b'"committed"', b'"c0mmitted"'))
     done = run("verify", path, check=1)
-    assert f"record {record_id}" in done.stdout and "changed after it was written" in done.stdout
+    assert (
+        f"records/{record_id}.json" in done.stdout and "changed after it was written" in done.stdout
+    )
 
 
 def test_verify_detects_a_tampered_env_file(tmp_path: Path) -> None:
@@ -128,7 +130,7 @@ def test_verify_detects_a_tampered_env_file(tmp_path: Path) -> None:
     (env,) = (_volume_dir(path) / "provenance.d" / "envs").iterdir()
     env.write_bytes(env.read_bytes().replace(b"original", b"modified"))
     out = invoke("verify", path, code=1).output
-    assert f"environment {env.stem}" in out and "changed after it was written" in out
+    assert f"envs/{env.name}" in out and "changed after it was written" in out
 
 
 def test_verify_detects_a_summary_edited_by_hand(tmp_path: Path) -> None:
