@@ -3,7 +3,8 @@
 1. Write overhead: what does a session handle add to `vol[...] = chunk`? 1,000 chunk-aligned
    64^3 uint8 writes, each to a distinct chunk of a volume chunked 64^3, through `s.volume(path)`
    and through a plain `cloudvolume.CloudVolume`, on mem:// and file://, side by side in one run:
-   alternating rounds (A B, B A, ...) and the median round of each side, so machine drift cancels.
+   the two interleaved write by write, in rounds, and the median round of each side, so machine
+   drift cancels.
    Opening and committing the session are outside the per-write figure; the commit is its own row.
 2. Storage requests and bytes per step on provenance objects, 3 volumes x 1,000 writes: cirrus vs
    cirrus-volume 0.1.10 (its CloudVolume documents the volume on every write) vs provenance-toolbox
@@ -238,63 +239,71 @@ def write_overhead(root: str, sizes: Sizes) -> list[dict]:
     bucket = f"cirrus-bench-{uuid.uuid4().hex[:12]}"
     targets = [("mem://", f"mem://{bucket}/overhead"), ("file://", f"file://{root}/overhead")]
     try:
-        for label, path in targets:
-            rows += _write_overhead_on(label, path, sizes)
+        for label, base in targets:
+            rows += _write_overhead_on(label, base, sizes)
     finally:
         _forget_mem_bucket(bucket)
     return rows
 
 
-def _write_overhead_on(label: str, path: str, sizes: Sizes) -> list[dict]:
+def _write_overhead_on(label: str, base: str, sizes: Sizes) -> list[dict]:
+    """Rounds of `sizes.writes` writes per side, the two sides interleaved write by write.
+
+    A plain CloudVolume and a session handle, each on its own layer of the same geometry, take
+    turns chunk by chunk (which goes first alternates), each write timed on its own. Load that
+    comes and goes (this machine is shared) then hits both sides alike: each round's two totals
+    are measured over the same seconds. Each round is one session, opened before its first write
+    and committed after its last, both outside the per-write figures.
+    """
     from cloudvolume import CloudVolume
 
     import cirrus
 
-    make_layer(path)
+    plain_path, session_path = make_layers([f"{base}-plain", f"{base}-session"])
     process = cirrus_process()
     data = chunk_data()
-    boxes = positions(sizes.writes)
+    clock = time.perf_counter
 
-    def plain(boxes: list) -> tuple[float, float | None]:
-        volume = CloudVolume(path, progress=False)
-        return write_all(volume, boxes, data), None
-
-    def session(boxes: list) -> tuple[float, float | None]:
-        s = cirrus.session(SOURCES, MOTIVATION, process)  # opening: not timed
-        took = write_all(s.volume(path, progress=False), boxes, data)
-        start = time.perf_counter()
+    def one_round(boxes: list) -> tuple[float, float, float]:
+        plain = CloudVolume(plain_path, progress=False)
+        s = cirrus.session(SOURCES, MOTIVATION, process)
+        handle = s.volume(session_path, progress=False)
+        plain_s = session_s = 0.0
+        for index, box in enumerate(boxes):
+            for side in (plain, handle) if index % 2 == 0 else (handle, plain):
+                start = clock()
+                side[box] = data
+                took = clock() - start
+                if side is plain:
+                    plain_s += took
+                else:
+                    session_s += took
+        start = clock()
         s.commit()
-        return took, time.perf_counter() - start
+        return plain_s, session_s, clock() - start
 
-    plain(boxes[:20]), session(boxes[:20])  # warm-up: imports, codecs, first-use caches
-    times: dict[Callable, list[float]] = {plain: [], session: []}
-    commits: list[float] = []
-    for index in range(sizes.rounds):
-        for side in (plain, session) if index % 2 == 0 else (session, plain):
-            took, commit = side(boxes)
-            times[side].append(took)
-            if commit is not None:
-                commits.append(commit)
+    boxes = positions(sizes.writes)
+    one_round(boxes[:20])  # warm-up: imports, codecs, first-use caches
+    rounds = [one_round(boxes) for _ in range(sizes.rounds)]
+    plain_t, session_t, commits = (list(column) for column in zip(*rounds, strict=True))
     n = len(boxes)
-    per_write = {side: statistics.median(t) / n * 1000 for side, t in times.items()}
-    pairs = [s / p for s, p in zip(times[session], times[plain], strict=True)]
+    per_write = [statistics.median(t) / n * 1000 for t in (session_t, plain_t)]
     writes = f"{n:,} x 64^3 uint8 chunk writes"
     return [
         row(
             f"write overhead, {writes}, {label}: session handle vs plain CloudVolume",
-            per_write[session],
-            per_write[plain],
+            *per_write,
             "ms/write",
             "<= 1.02",
             rounds=sizes.rounds,
-            session_rounds_s=[round(t, 4) for t in times[session]],
-            plain_rounds_s=[round(t, 4) for t in times[plain]],
-            round_ratios=[round(r, 4) for r in pairs],
+            session_rounds_s=[round(t, 4) for t in session_t],
+            plain_rounds_s=[round(t, 4) for t in plain_t],
+            round_ratios=[round(s / p, 4) for s, p in zip(session_t, plain_t, strict=True)],
         ),
         row(
             f"session commit after {n:,} writes, {label} (baseline: the {n:,} plain writes)",
             statistics.median(commits) * 1000,
-            statistics.median(times[plain]) * 1000,
+            statistics.median(plain_t) * 1000,
             "ms",
             "info: share of the step",
             commit_rounds_s=[round(t, 4) for t in commits],
