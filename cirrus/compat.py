@@ -10,6 +10,7 @@ import weakref
 from typing import Any
 
 from cirrus.handles import RULES, Gate, track
+from cirrus.ledger import Ledger
 from cirrus.model import Note, Process, utcnow
 from cirrus.session import Session, commit_records, make_record, validate_process
 from cirrus.storage.paths import normalise_cloudpath
@@ -79,6 +80,7 @@ def _annotate(volume: Any, notes: list[Note], process: Process | None = None) ->
     """Record notes (and optionally a process) on a volume without writing data."""
     cloudpath = volume if isinstance(volume, str) else volume.cloudpath
     layer = normalise_cloudpath(cloudpath)
+    Ledger.open(layer).summary()  # a malformed summary is refused before anything is staged
     record = make_record(
         session=uuid.uuid4().hex,
         layer=layer,

@@ -54,6 +54,19 @@ class PermanentStorageError(StorageError):
     """A failure that retrying cannot fix (no permission, no bucket, bad request)."""
 
 
+class NotPublished(CirrusError):
+    """Records were staged but not every summary points to them yet; `cirrus recover` finishes."""
+
+    def __init__(self, staged: dict[str, str], cause: BaseException):
+        self.staged = staged
+        self.cause = cause
+        layers = ", ".join(staged)
+        super().__init__(
+            f"records are staged on {layers} but not all are published ({cause}); nothing is "
+            "lost: the next commit there, or `cirrus recover PATH`, publishes them"
+        )
+
+
 class CorruptProvenance(CirrusError):
     """A layer's `provenance` is not the JSON shape CloudVolume defines; it is left untouched."""
 

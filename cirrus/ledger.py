@@ -113,24 +113,30 @@ class Ledger:
         return record_id
 
     # -- publish: compare-and-swap the summary, re-merge on conflict ---------------------------
-    def publish(self, records: Mapping[str, Record] | None = None) -> list[str]:
+    def publish(
+        self, records: Mapping[str, Record] | None = None, *, follow_siblings: bool = True
+    ) -> list[str]:
         """Point the summary at `records` and at any staged record it does not point to yet.
 
-        Returns the ids this call added. Orphans are looked for once, not on every retry.
+        Returns the ids this call added. Orphans are looked for once, not on every retry; when
+        some are found, their sessions' sibling layers are recovered too.
         """
         pending = {rid: rec.to_json() for rid, rec in (records or {}).items()}
+        orphans: dict[str, dict] | None = None
         added: list[str] = []
-        orphans_checked = False
 
         def fold(summary: dict[str, Any]) -> dict[str, Any] | None:
-            nonlocal orphans_checked, added
-            if not orphans_checked:
-                pending.update(self._orphans(summary, exclude=pending))
-                orphans_checked = True
+            nonlocal added, orphans
+            if orphans is None:
+                orphans = self._orphans(summary, exclude=pending)
+                pending.update(orphans)
             added = sorted(set(pending) - published_ids(summary))
             return merge(summary, pending) if added else None
 
         self.update(fold)
+        siblings = {layer for rec in (orphans or {}).values() for layer in rec.get("siblings", [])}
+        if follow_siblings and siblings - {self.cloudpath}:
+            _recover_layers(sorted(siblings - {self.cloudpath}), seen={self.cloudpath})
         return added
 
     def update(self, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
@@ -284,17 +290,25 @@ class Ledger:
 def recover(cloudpath: str) -> dict[str, list[str]]:
     """Roll forward staged records that no summary points to, on the layer and its siblings.
 
-    A record names the other layers its session wrote, so one call completes a session that
-    crashed between publishes. Returns {layer: ids published} for every layer that changed.
+    Records and summary pointers name the other layers of their session, so one call completes
+    a session that crashed anywhere between its publishes. Returns {layer: ids published} for
+    every layer that changed.
     """
+    return _recover_layers([normalise_cloudpath(cloudpath)], seen=set())
+
+
+def _recover_layers(layers: list[str], seen: set[str]) -> dict[str, list[str]]:
     done: dict[str, list[str]] = {}
-    queue = [normalise_cloudpath(cloudpath)]
+    queue = list(layers)
     while queue:
         layer = queue.pop()
-        if layer in done:
+        if layer in seen:
             continue
+        seen.add(layer)
         ledger = Ledger.open(layer)
-        done[layer] = ledger.publish()
-        for record_id in done[layer]:
-            queue.extend(ledger.read_record(record_id).record.siblings)
-    return {layer: ids for layer, ids in done.items() if ids}
+        added = ledger.publish(follow_siblings=False)
+        if added:
+            done[layer] = added
+        for pointer in ledger.summary().get("cirrus", {}).get("records", []):
+            queue.extend(pointer.get("siblings", []))
+    return done

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cirrus._version import __version__
-from cirrus.errors import InvalidInput, SessionClosed
+from cirrus.errors import CirrusError, InvalidInput, NotPublished, SessionClosed
 from cirrus.handles import RULES, Gate, track
 from cirrus.ledger import Ledger
 from cirrus.model import Note, Process, Record, isoformat, utcnow
@@ -85,6 +85,7 @@ class WriteScope:
         self._require_open()
         layer = normalise_cloudpath(cloudpath)
         self._check_layer(layer)
+        Ledger.open(layer).summary()  # a malformed summary is refused before any data is written
         volume = CloudVolume(cloudpath, **cloudvolume_kwargs)
         tracker = self._trackers.setdefault(layer, WriteTracker())
         return track(volume, Gate(layer, tracker, self._refusal))
@@ -129,8 +130,17 @@ class WriteScope:
         self.state = "committing"
         try:
             self.records = self._record(status, error)
-        finally:
             self.state = "committed" if status == "committed" else "failed"
+        except NotPublished as problem:
+            self.records = problem.staged
+            self.state = "unpublished"
+            if isinstance(problem.cause, CirrusError):  # already says what to do
+                raise problem.cause from None
+            raise
+        except BaseException:
+            self.state = "unrecorded"
+            raise
+        finally:
             self._finalizer.detach()
         return self.records
 
@@ -273,11 +283,17 @@ def commit_records(records: dict[str, Record], env_documents: Iterable[dict]) ->
     if len(records) == 1:  # no pool: this also runs from finalizers at interpreter exit
         (layer,) = records
         ids = {layer: stage(layer)}
-        publish(layer, ids[layer])
+        try:
+            publish(layer, ids[layer])
+        except Exception as error:
+            raise NotPublished(ids, error) from error
         return ids
     with ThreadPoolExecutor(max_workers=min(16, len(records))) as pool:
         ids = dict(zip(records, pool.map(stage, records), strict=True))
-        list(pool.map(publish, ids, ids.values()))
+        try:
+            list(pool.map(publish, ids, ids.values()))
+        except Exception as error:
+            raise NotPublished(ids, error) from error
     return ids
 
 

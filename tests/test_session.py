@@ -64,6 +64,9 @@ def test_three_volumes_hundreds_of_chunks_one_record_and_one_publish_each(layer_
         cirrus.session(sources=["gs://lab/aff", "tracing"], motivation="m1", process=proc) as s,
     ):
         handles = [s.volume(path, progress=False) for path in paths]
+        # opening a volume reads its summary once, to refuse a malformed one before any write
+        assert keys.calls == {(path, "get", "summary"): 1 for path in paths}
+        keys.calls.clear()
         for v, handle in enumerate(handles):
             for i, (x, y, z) in enumerate(origins):
                 handle[x : x + CHUNK, y : y + CHUNK, z : z + CHUNK] = chunk_of(v * 100 + i)
