@@ -12,10 +12,13 @@ import signal
 import time
 from typing import Any
 
+import boto3  # noqa: F401 - preloaded in the forkserver, so children start warm
+import cloudvolume  # noqa: F401
 import numpy as np
 from taskqueue import TaskQueue
 
 import cirrus
+from cirrus.ledger import Ledger
 from cirrus.taskqueue import StepTask, step_task
 
 CHUNK = 16
@@ -133,6 +136,7 @@ def independent_session(
     origin = origins((8, 4, 1), CHUNK)[index % 32]
     with cirrus.session(sources=["noise"], motivation=f"writer {index}", process=process) as s:
         paint(s, layer, origin, value=index + 1)
+        Ledger.open(layer).store.get("provenance")  # clients made: all commit in one burst
         barrier.wait(timeout=120)
         started = time.perf_counter()
     results.put((index, s.records[_normal(layer)], time.perf_counter() - started))
