@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 from collections.abc import Callable, Iterator
+
+import attrs
 
 from cirrus.errors import InvalidInput
 from cirrus.storage.base import Backend, Store
@@ -11,62 +15,105 @@ from cirrus.storage.base import Backend, Store
 _WRAPPERS: list[Callable[[Backend], Backend]] = []
 
 
-def normalise_cloudpath(cloudpath: str) -> str:
-    """The canonical name of a layer: no `precomputed://`, aliases resolved, no trailing slash."""
-    from cloudfiles import paths
+@attrs.frozen
+class LayerPath:
+    """A layer's location: protocol, bucket, path and (for S3-compatible servers) endpoint."""
 
+    protocol: str
+    bucket: str
+    path: str
+    host: str = ""
+
+    @property
+    def name(self) -> str:
+        """The canonical cloudpath, used as the layer's identity in records."""
+        if self.protocol == "file":
+            return f"file://{self.path}"
+        host = f"{self.host}/" if self.host else ""
+        return f"{self.protocol}://{host}{self.bucket}/{self.path}".rstrip("/")
+
+
+_DIRECT = re.compile(r"(gs|s3|mem)://(?:(https?://[^/]+)/)?([^/]+)/?(.*)")
+
+
+def parse_cloudpath(cloudpath: str) -> LayerPath:
+    """Parse a CloudVolume cloudpath without importing CloudFiles, unless it is an alias."""
     if not isinstance(cloudpath, str) or not cloudpath.strip():
         raise InvalidInput(f"a volume cloudpath must be a non-empty string, got {cloudpath!r}")
-    if "://" not in cloudpath:
+    path = cloudpath.strip()
+    if path.startswith("precomputed://"):
+        path = path[len("precomputed://") :]
+    if "://" not in path:
         raise InvalidInput(
             f"{cloudpath!r} has no protocol; write gs://, s3://, file:// or mem:// in front of it"
         )
+    if path.startswith("file://"):
+        local = os.path.abspath(os.path.expanduser(path[len("file://") :]))
+        return LayerPath("file", "", local.rstrip("/") or "/")
+    direct = _DIRECT.fullmatch(path)
+    if direct:
+        protocol, host, bucket, rest = direct.groups()
+        return LayerPath(protocol, bucket, rest.rstrip("/"), (host or "").rstrip("/"))
+    return _parse_with_cloudfiles(cloudpath)
+
+
+def _parse_with_cloudfiles(cloudpath: str) -> LayerPath:
+    """Aliases (`matrix://`, user-registered ones) and other formats resolve through CloudFiles."""
+    from cloudfiles import paths
+
     try:
         parts = paths.extract(cloudpath)
     except Exception as error:  # cloudfiles raises its own UnsupportedProtocolError
         raise InvalidInput(
-            f"{cloudpath!r} is not a cloudpath CloudVolume accepts: {error}"
+            f"{cloudpath!r} is not a cloudpath CloudVolume accepts: {_plain(error)}"
         ) from None
     if parts.format not in (None, "precomputed"):
         raise InvalidInput(
             f"{cloudpath!r} is a {parts.format} layer; "
             "cirrus records provenance for precomputed layers"
         )
-    path = parts.path.rstrip("/")
-    if parts.protocol == "file":
-        return f"file://{path}"
-    if parts.protocol not in ("gs", "s3", "mem"):
+    if parts.protocol not in ("gs", "s3", "mem", "file"):
         raise InvalidInput(
             f"{cloudpath!r}: protocol {parts.protocol}:// is not supported for provenance; "
             "use gs://, s3://, file:// or mem://"
         )
-    host = f"{parts.host.rstrip('/')}/" if parts.host else ""
-    return f"{parts.protocol}://{host}{parts.bucket}/{path}".rstrip("/")
+    if parts.protocol == "file":
+        return LayerPath("file", "", parts.path.rstrip("/") or "/")
+    return LayerPath(
+        parts.protocol, parts.bucket, parts.path.rstrip("/"), (parts.host or "").rstrip("/")
+    )
+
+
+def _plain(error: Exception) -> str:
+    """CloudFiles colours its messages for terminals; keep ours plain."""
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split())
+
+
+def normalise_cloudpath(cloudpath: str) -> str:
+    """The canonical name of a layer: no `precomputed://`, aliases resolved, no trailing slash."""
+    return parse_cloudpath(cloudpath).name
 
 
 def open_backend(cloudpath: str) -> Backend:
     """The raw backend for a layer, with any test wrappers (faults, counters) applied."""
-    from cloudfiles import paths
-
-    name = normalise_cloudpath(cloudpath)
-    parts = paths.extract(name)
+    layer = parse_cloudpath(cloudpath)
     backend: Backend
-    if parts.protocol == "mem":
+    if layer.protocol == "mem":
         from cirrus.storage.mem import MemBackend
 
-        backend = MemBackend(name)
-    elif parts.protocol == "file":
+        backend = MemBackend(layer.name)
+    elif layer.protocol == "file":
         from cirrus.storage.file import FileBackend
 
-        backend = FileBackend(name)
-    elif parts.protocol == "s3":
+        backend = FileBackend(layer.name)
+    elif layer.protocol == "s3":
         from cirrus.storage.s3 import S3Backend
 
-        backend = S3Backend(name, parts.bucket, parts.path.rstrip("/"), endpoint=parts.host)
+        backend = S3Backend(layer.name, layer.bucket, layer.path, endpoint=layer.host or None)
     else:
         from cirrus.storage.gcs import GCSBackend
 
-        backend = GCSBackend(name, parts.bucket, parts.path.rstrip("/"))
+        backend = GCSBackend(layer.name, layer.bucket, layer.path)
     for wrap in _WRAPPERS:
         backend = wrap(backend)
     return backend
