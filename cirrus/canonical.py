@@ -11,6 +11,7 @@ from typing import Any
 from cirrus.errors import InvalidInput
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+MAX_DEPTH = 100  # nesting of lists and dicts; deeper is refused, never a RecursionError
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -36,12 +37,19 @@ def check_digest(value: str, what: str = "digest") -> str:
     return value
 
 
-def normalise_json(value: Any, path: str, error: type[Exception]) -> Any:
+def normalise_json(value: Any, path: str, error: type[Exception], _depth: int = 0) -> Any:
     """Return `value` as plain JSON types (tuples become lists); raise `error(path, problem)`.
 
-    Refused: non-string keys, NaN and infinities, sets, arrays, arbitrary objects and strings
-    that UTF-8 cannot encode (lone surrogates, as `os.fsdecode` makes of undecodable bytes).
+    Refused: non-string keys, NaN and infinities, sets, arrays, arbitrary objects, strings
+    that UTF-8 cannot encode (lone surrogates, as `os.fsdecode` makes of undecodable bytes) and
+    lists or dicts nested more than MAX_DEPTH deep (also what makes a cycle fail cleanly).
     """
+    if _depth > MAX_DEPTH and isinstance(value, (dict, list, tuple)):
+        raise error(
+            path[:200] + ("..." if len(path) > 200 else ""),
+            f"nested more than {MAX_DEPTH} levels deep; flatten it or store it elsewhere "
+            "and record its path or sha256",
+        )
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
@@ -65,10 +73,12 @@ def normalise_json(value: Any, path: str, error: type[Exception]) -> Any:
                     f"{path}[{key!r}]",
                     f"key of type {type(key).__name__}; JSON keys must be strings, convert it",
                 )
-            out[key] = normalise_json(item, f"{path}.{key}", error)
+            out[key] = normalise_json(item, f"{path}.{key}", error, _depth + 1)
         return out
     if isinstance(value, (list, tuple)):
-        return [normalise_json(item, f"{path}[{i}]", error) for i, item in enumerate(value)]
+        return [
+            normalise_json(item, f"{path}[{i}]", error, _depth + 1) for i, item in enumerate(value)
+        ]
     kind = type(value).__name__
     hint = {
         "set": "use a sorted list",

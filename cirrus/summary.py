@@ -35,7 +35,9 @@ def parse_summary(data: bytes | None, cloudpath: str) -> dict[str, Any]:
         return empty_summary()
     try:
         summary = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        if isinstance(error, RecursionError):
+            error = "nested too deeply"
         raise CorruptProvenance(
             f"{cloudpath}/provenance is not valid JSON ({error}); {REPAIR_HINT}"
         ) from None
