@@ -10,7 +10,7 @@ import weakref
 from typing import Any
 
 from cirrus.handles import RULES, Gate, track
-from cirrus.ledger import Ledger
+from cirrus.ledger import Ledger, env_blobs
 from cirrus.model import Note, Process, utcnow
 from cirrus.session import Session, commit_records, make_record, validate_process
 from cirrus.storage.paths import normalise_cloudpath
@@ -89,8 +89,8 @@ def _annotate(volume: Any, notes: list[Note], process: Process | None = None) ->
         notes=notes,
         started=utcnow(),
     )
-    documents = process.env_documents() if process is not None else []
-    return commit_records({layer: record}, documents)[layer]
+    blobs = env_blobs(process.env_documents()) if process is not None else []
+    return commit_records({layer: record}, blobs)[layer]
 
 
 def log_process(volume: Any, process: Process) -> str:

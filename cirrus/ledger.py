@@ -49,6 +49,11 @@ STEPS = "provenance.d/steps/"
 PUBLISH_DEADLINE = 300.0
 
 
+def env_blobs(documents: Iterable[Mapping[str, Any]]) -> list[bytes]:
+    """Canonical JSON of code environments, computed once however many layers get them."""
+    return [canonical_json(document) for document in documents]
+
+
 def check_digest_like(step_id: str) -> str:
     """Step ids are 32 hex characters (a uuid4): nothing else may become part of a key."""
     if not isinstance(step_id, str) or not re.fullmatch(r"[0-9a-f]{32}", step_id):
@@ -100,16 +105,16 @@ class Ledger:
         return cls(name, open_store(name))
 
     # -- stage: write-once, content-addressed, idempotent -------------------------------------
-    def stage_env(self, document: Mapping[str, Any]) -> str:
-        data = canonical_json(document)
+    def stage_env(self, data: bytes) -> str:
+        """Store a code environment's canonical JSON (see `env_blobs`) under its sha256."""
         env_id = sha256_hex(data)
-        self.store.create(f"{ENVS}{env_id}.json", data)
+        self.store.create(f"{ENVS}{env_id}.json", data, addressed=True)
         return env_id
 
     def stage_record(self, record: Record) -> str:
         data = canonical_json(record.to_json())
         record_id = sha256_hex(data)
-        self.store.create(f"{RECORDS}{record_id}.json", data)
+        self.store.create(f"{RECORDS}{record_id}.json", data, addressed=True)
         return record_id
 
     # -- publish: compare-and-swap the summary, re-merge on conflict ---------------------------

@@ -20,9 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cirrus._version import __version__
+from cirrus.canonical import check_text, digest
 from cirrus.errors import CirrusError, InvalidInput, NotPublished, SessionClosed
 from cirrus.handles import RULES, Gate, track
-from cirrus.ledger import Ledger
+from cirrus.ledger import Ledger, env_blobs
 from cirrus.model import Note, Process, Record, isoformat, utcnow
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.writeset import WriteTracker
@@ -44,6 +45,7 @@ def validate_sources(sources: Any) -> tuple[str, ...]:
     for i, source in enumerate(sources):
         if not isinstance(source, str) or not source.strip():
             raise InvalidInput(f"sources[{i}] must be a non-empty string, got {source!r}")
+        check_text(source, f"sources[{i}]")
     return tuple(dict.fromkeys(sources))
 
 
@@ -53,7 +55,7 @@ def validate_motivation(motivation: Any) -> str:
             "motivation must be a non-empty string saying why this data is made, "
             f"got {motivation!r}"
         )
-    return motivation
+    return check_text(motivation, "motivation")
 
 
 def validate_process(process: Any) -> Process:
@@ -172,7 +174,8 @@ class Session(WriteScope):
         self.sources = validate_sources(sources)
         self.motivation = validate_motivation(motivation)
         self.process = validate_process(process)
-        self.env_documents = self.process.env_documents()
+        self.env_blobs = env_blobs(self.process.env_documents())
+        self.process_record = process_json(self.process)  # once, not once per volume
         super().__init__()
         self.step = step
         self.notes.append(Note("motivation", self.motivation))
@@ -184,7 +187,7 @@ class Session(WriteScope):
             layer: make_record(
                 session=self.id,
                 layer=layer,
-                process=self.process,
+                process=self.process_record,
                 sources=self.sources,
                 notes=self.notes,
                 started=self.started,
@@ -196,7 +199,7 @@ class Session(WriteScope):
             )
             for layer in touched
         }
-        return commit_records(records, self.env_documents)
+        return commit_records(records, self.env_blobs)
 
     def __repr__(self) -> str:
         return (
@@ -262,19 +265,20 @@ def process_json(process: Process | Mapping[str, Any] | None) -> dict[str, Any] 
     """A process as records hold it: description, parameters, env digests and its own digest."""
     if process is None or isinstance(process, Mapping):
         return None if process is None else dict(process)
-    return {**process.to_json(), "digest": process.digest}
+    body = process.to_json()
+    return {**body, "digest": digest(body)}
 
 
-def commit_records(records: dict[str, Record], env_documents: Iterable[dict]) -> dict[str, str]:
+def commit_records(records: dict[str, Record], env_blobs: Iterable[bytes]) -> dict[str, str]:
     """Stage everything on every volume, then publish each volume; returns {layer: record id}."""
     if not records:
         return {}
     ledgers = {layer: Ledger.open(layer) for layer in records}
-    documents = list(env_documents)
+    blobs = list(env_blobs)
 
     def stage(layer: str) -> str:
-        for document in documents:
-            ledgers[layer].stage_env(document)
+        for blob in blobs:
+            ledgers[layer].stage_env(blob)
         return ledgers[layer].stage_record(records[layer])
 
     def publish(layer: str, record_id: str) -> None:
@@ -288,7 +292,7 @@ def commit_records(records: dict[str, Record], env_documents: Iterable[dict]) ->
         except Exception as error:
             raise NotPublished(ids, error) from error
         return ids
-    with ThreadPoolExecutor(max_workers=min(16, len(records))) as pool:
+    with ThreadPoolExecutor(max_workers=min(32, len(records))) as pool:
         ids = dict(zip(records, pool.map(stage, records), strict=True))
         try:
             list(pool.map(publish, ids, ids.values()))

@@ -19,7 +19,7 @@ import attrs
 
 from cirrus._version import __version__
 from cirrus.errors import InvalidInput, StepError
-from cirrus.ledger import Ledger, check_digest_like
+from cirrus.ledger import Ledger, check_digest_like, env_blobs
 from cirrus.model import Note, Process, isoformat, utcnow
 from cirrus.session import (
     WriteScope,
@@ -69,6 +69,8 @@ class StepToken:
                 raise ValueError(f"a JSON {type(data).__name__}, not an object")
             if data.get("cirrus_step") != TOKEN_VERSION:
                 raise ValueError(f"unknown token version {data.get('cirrus_step')!r}")
+            if not isinstance(data["volumes"], (list, tuple)) or not data["volumes"]:
+                raise ValueError(f"volumes must be a non-empty list, got {data['volumes']!r}")
             volumes = tuple(normalise_cloudpath(v) for v in data["volumes"])
             return cls(check_digest_like(data["id"]), volumes)
         except (ValueError, KeyError, TypeError) as error:
@@ -107,11 +109,11 @@ class Step:
             "host": socket.gethostname(),
             "cirrus_version": __version__,
         }
-        documents = process.env_documents()
+        blobs = env_blobs(process.env_documents())
         for layer in layers:
             ledger = Ledger.open(layer)
-            for document in documents:
-                ledger.stage_env(document)
+            for blob in blobs:
+                ledger.stage_env(blob)
             ledger.stage_step(self.manifest)
             ledger.mark_step_open(self.token_data.id, _open_info(self.manifest))
 

@@ -15,7 +15,7 @@ import pytest
 
 import cirrus
 from cirrus.errors import CorruptProvenance
-from cirrus.ledger import Ledger
+from cirrus.ledger import Ledger, env_blobs
 from cirrus.storage.paths import normalise_cloudpath
 from tests.session_support import (
     chunk_of,
@@ -187,8 +187,8 @@ def test_staged_but_unpublished_records_via_the_ledger_are_rolled_forward(tmp_pa
             siblings=tuple(p for p in paths if p != path),
         )
         ledger = Ledger.open(path)
-        for document in proc.env_documents():
-            ledger.stage_env(document)
+        for blob in env_blobs(proc.env_documents()):
+            ledger.stage_env(blob)
         ids[path] = ledger.stage_record(record)
         assert ledger.stage_record(record) == ids[path]  # staging is idempotent
     assert cirrus.recover(paths[0]) == {path: [ids[path]] for path in paths}

@@ -61,16 +61,19 @@ class Store:
     def list(self, prefix: str) -> list[str]:
         return self.policy.call(self.backend.list, prefix)
 
-    def create(self, key: str, data: bytes) -> bool:
+    def create(self, key: str, data: bytes, *, addressed: bool = False) -> bool:
         """Write-once: True if created now, False if the same bytes were already there.
 
         A create whose response was lost and was retried lands here as a conflict; reading the
-        object back and comparing bytes tells success from a real collision.
+        object back and comparing bytes tells success from a real collision. A key `addressed`
+        by the sha256 of its bytes needs no read-back: the name already says what it holds.
         """
         try:
             self.policy.call(self.backend.put_new, key, data)
             return True
         except PreconditionFailed:
+            if addressed:
+                return False
             existing = self.get(key)
             if existing is not None and existing.data == data:
                 return False
