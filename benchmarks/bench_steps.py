@@ -1,0 +1,366 @@
+"""Steps and contention: what finishing a big step costs, and what contention does to commits.
+
+1. Finish time against the number of task fragments (100, 1,000, 10,000) on file:// and on a real
+   S3 server (Ceph RGW, started here through tests/servers/rgw.py). Fragments are filed directly
+   with `Ledger.put_fragment` from a thread pool (as that many tasks would), then `cirrus.finish`
+   is timed: list, read every fragment, fold, stage one record, publish once. The baseline is the
+   same backend's 100-fragment finish, so the ratio shows how finish scales.
+2. Independent sessions under contention: N processes (8, 32, 64) on one file:// volume each write
+   a chunk in their own `cirrus.session`, then all commit at one barrier; commit latency p50/p99
+   against the same processes doing plain CloudVolume read-modify-write of `provenance`
+   (`refresh_provenance`, `processing.append`, `commit_provenance()`), and how many updates each
+   side lost (cirrus: records missing from the history; CloudVolume: entries missing from
+   `processing`, all of them when the object was left unreadable).
+
+Run alone: `python -m benchmarks.bench_steps [--quick]`; with the others:
+`python -m benchmarks.run --only steps`. Nothing here is faked: a case that cannot run is a
+`not measured: <reason>` row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+BENCHMARK = "steps"
+CHUNK = 64
+SOURCES = ["gs://lab/bench/affinities"]
+MOTIVATION = "benchmark steps and contention"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    fragments: tuple[int, ...]  # fragments per step for the finish benchmark
+    writers: tuple[int, ...]  # processes committing at once
+    samples: int  # at least this many commits per writer count (rounds of N processes)
+    rgw: bool
+
+
+FULL = Sizes(fragments=(100, 1_000, 10_000), writers=(8, 32, 64), samples=32, rgw=True)
+QUICK = Sizes(fragments=(100, 1_000), writers=(8,), samples=8, rgw=False)
+
+
+def run(quick: bool = False) -> list[dict]:
+    sizes = QUICK if quick else FULL
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="cirrus-bench-steps-") as root:
+        rows += finish_scaling(f"file://{root}/finish", "file://", sizes.fragments)
+        rows += rgw_finish_scaling(sizes)
+        for count in sizes.writers:
+            rows += contention(root, count, sizes.samples)
+    return rows
+
+
+def row(case: str, cirrus: Any, baseline: Any = None, unit: str = "", **detail: Any) -> dict:
+    numeric = all(isinstance(v, int | float) for v in (cirrus, baseline))
+    ratio = round(cirrus / baseline, 4) if numeric and baseline else None
+    return {
+        "benchmark": BENCHMARK,
+        "case": case,
+        "cirrus": cirrus,
+        "baseline": baseline,
+        "ratio": ratio,
+        "unit": unit,
+        **detail,
+    }
+
+
+def _progress(message: str) -> None:
+    print(f"[bench_steps] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+# -- 1. finish against fragment count ------------------------------------------------------------
+def _finish_case(count: int, label: str) -> str:
+    return f"finish a step of {count:,} task fragments, {label}"
+
+
+def finish_scaling(base: str, label: str, counts: tuple[int, ...]) -> list[dict]:
+    times = {count: finish_time(f"{base}/f{count}", count) for count in counts}
+    first = counts[0]
+    rows = []
+    for count in counts:
+        rows.append(
+            row(
+                _finish_case(count, label),
+                round(times[count], 3),
+                None if count == first else round(times[first], 3),
+                "s",
+                per_fragment_ms=round(times[count] / count * 1000, 3),
+            )
+        )
+    return rows
+
+
+def finish_time(layer: str, count: int) -> float:
+    """Seconds for `cirrus.finish` of a step whose `count` tasks each filed one fragment."""
+    import cirrus
+    from cirrus.ledger import Ledger
+    from cirrus.model import isoformat, utcnow
+    from cirrus.writeset import WriteTracker
+
+    process = cirrus.Process("bench step", {"chunk": CHUNK})
+    step = cirrus.step(SOURCES, MOTIVATION, process, [layer])
+    ledger = Ledger.open(layer)
+    side = max(1, round(count**0.5))
+
+    def put(index: int) -> None:
+        x, y = index % side * CHUNK, index // side * CHUNK
+        tracker = WriteTracker()
+        tracker.image(0, (x, y, 0, x + CHUNK, y + CHUNK, CHUNK), 1, CHUNK**3)
+        now = isoformat(utcnow())
+        task = f"x{x}_y{y}_z0"
+        fragment = {
+            "schema": "cirrus.fragment/1",
+            "step": step.id,
+            "task": task,
+            "status": "committed",
+            "error": None,
+            "started": now,
+            "ended": now,
+            "user": "bench",
+            "host": f"worker-{index % 50}",
+            "writes": tracker.to_json(),
+            "notes": [],
+        }
+        ledger.put_fragment(step.id, task, fragment)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        list(pool.map(put, range(count)))
+    setup = time.perf_counter() - started
+    started = time.perf_counter()
+    ids = step.finish()
+    elapsed = time.perf_counter() - started
+    record = ledger.read_record(ids[ledger.cloudpath]).record
+    if record.tasks["count"] != count or record.writes["mips"]["0"]["chunks"] != count:
+        raise AssertionError(f"finish folded {record.tasks['count']} of {count} fragments")
+    _progress(f"{layer}: {count} fragments filed in {setup:.1f} s, finished in {elapsed:.2f} s")
+    return elapsed
+
+
+def rgw_finish_scaling(sizes: Sizes) -> list[dict]:
+    label = "Ceph RGW s3://"
+    if not sizes.rgw:
+        return _rgw_not_measured(sizes, "skipped by --quick (starting Ceph RGW takes ~15 s)")
+    try:
+        from tests.servers.rgw import rgw_server
+    except ImportError as error:
+        return _rgw_not_measured(sizes, f"tests/servers/rgw.py cannot be imported: {error}")
+    from cloudfiles.interfaces import reset_connection_pools
+
+    with contextlib.ExitStack() as stack:
+        try:
+            rgw = stack.enter_context(rgw_server())
+        except Exception as error:  # noqa: BLE001 - reported as a row, never faked
+            return _rgw_not_measured(sizes, f"Ceph RGW did not start: {error}"[:300])
+        _progress(f"RGW at {rgw.endpoint_url}, up in {rgw.startup_seconds:.1f} s")
+        stack.enter_context(environment(rgw.env()))
+        stack.callback(reset_connection_pools)
+        reset_connection_pools()
+        bucket = rgw.make_bucket(f"bench-steps-{uuid.uuid4().hex[:12]}")
+        return finish_scaling(f"s3://{bucket}/finish", label, sizes.fragments)
+
+
+def _rgw_not_measured(sizes: Sizes, reason: str) -> list[dict]:
+    return [
+        row(_finish_case(count, "Ceph RGW s3://"), f"not measured: {reason}", unit="s")
+        for count in sizes.fragments
+    ]
+
+
+# -- 2. independent sessions under contention ----------------------------------------------------
+def _context() -> Any:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["cirrus", "cloudvolume", "numpy"])
+    return ctx
+
+
+def make_layer(path: str, writers: int) -> None:
+    from cloudvolume import CloudVolume
+
+    info = CloudVolume.create_new_info(
+        num_channels=1,
+        layer_type="image",
+        data_type="uint8",
+        encoding="raw",
+        resolution=[4, 4, 40],
+        voxel_offset=[0, 0, 0],
+        volume_size=[writers * CHUNK, CHUNK, CHUNK],
+        chunk_size=[CHUNK, CHUNK, CHUNK],
+    )
+    CloudVolume(path, info=info, progress=False).commit_info()
+
+
+def _chunk(index: int) -> tuple[slice, Any]:
+    import numpy as np
+
+    box = (slice(index * CHUNK, (index + 1) * CHUNK), slice(0, CHUNK), slice(0, CHUNK))
+    return box, np.full((CHUNK, CHUNK, CHUNK), index % 251 + 1, np.uint8)
+
+
+def session_writer(layer: str, index: int, barrier: Any, results: Any) -> None:
+    """One independent cirrus session: write a chunk, wait for everyone, commit."""
+    try:
+        import cirrus
+        from cirrus.ledger import Ledger
+
+        box, data = _chunk(index)
+        process = cirrus.Process("bench writer", {"worker": index})
+        with cirrus.session(SOURCES, f"writer {index}", process) as s:
+            s.volume(layer, progress=False)[box] = data
+            ledger = Ledger.open(layer)
+            ledger.store.get("provenance")  # connections made before the clock starts
+            barrier.wait(timeout=300)
+            started = time.perf_counter()
+        results.put((index, time.perf_counter() - started, s.records[ledger.cloudpath]))
+    except BaseException as error:  # the parent counts it; never hang the barrier
+        barrier.abort()
+        results.put((index, None, f"{type(error).__name__}: {error}"))
+
+
+def plain_writer(layer: str, index: int, barrier: Any, results: Any) -> None:
+    """The same writer with plain CloudVolume: read `provenance`, append, `commit_provenance()`."""
+    try:
+        from cloudvolume import CloudVolume
+
+        box, data = _chunk(index)
+        vol = CloudVolume(layer, progress=False)
+        vol[box] = data
+        barrier.wait(timeout=300)
+        started = time.perf_counter()
+        vol.refresh_provenance()
+        vol.provenance.processing.append({"method": {"task": "bench writer", "worker": index}})
+        vol.commit_provenance()
+        results.put((index, time.perf_counter() - started, None))
+    except BaseException as error:
+        barrier.abort()
+        results.put((index, None, f"{type(error).__name__}: {error}"))
+
+
+def run_writers(target: Any, layer: str, count: int) -> list[tuple]:
+    ctx = _context()
+    barrier = ctx.Barrier(count)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(layer, i, barrier, results)) for i in range(count)]
+    for proc in procs:
+        proc.start()
+    done = [results.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    return done
+
+
+def surviving_plain_entries(layer: str, count: int) -> tuple[int, bool]:
+    """Writers whose processing entry is in `provenance`, and whether it was readable at all."""
+    from cloudfiles import CloudFiles
+
+    data = CloudFiles(layer).get("provenance")
+    try:
+        entries = json.loads(data)["processing"]
+    except (TypeError, ValueError, KeyError):
+        return 0, False
+    workers = {e.get("method", {}).get("worker") for e in entries if isinstance(e, dict)}
+    return len(workers & set(range(count))), True
+
+
+def contention(root: str, count: int, samples: int) -> list[dict]:
+    """p50/p99 commit latency and lost updates for `count` writers at once, in rounds."""
+    import cirrus
+
+    rounds = max(1, -(-samples // count))
+    cirrus_ms: list[float] = []
+    plain_ms: list[float] = []
+    cirrus_lost = plain_lost = plain_errors = cirrus_errors = corrupt = 0
+    for r in range(rounds):
+        layer = f"file://{root}/contention-{count}-{r}/cirrus"
+        make_layer(layer, count)
+        done = run_writers(session_writer, layer, count)
+        cirrus_ms += [t * 1000 for _, t, _ in done if t is not None]
+        cirrus_errors += sum(t is None for _, t, _ in done)
+        ids = {rid for _, t, rid in done if t is not None}
+        published = {h.id for h in cirrus.history(layer)}
+        cirrus_lost += count - len(ids & published)
+
+        layer = f"file://{root}/contention-{count}-{r}/plain"
+        make_layer(layer, count)
+        done = run_writers(plain_writer, layer, count)
+        plain_ms += [t * 1000 for _, t, _ in done if t is not None]
+        plain_errors += sum(t is None for _, t, _ in done)
+        survived, readable = surviving_plain_entries(layer, count)
+        plain_lost += count - survived
+        corrupt += not readable
+    total = rounds * count
+    _progress(
+        f"{count} writers x {rounds} round(s): cirrus lost {cirrus_lost}, plain lost "
+        f"{plain_lost} ({plain_errors} writers raised, {corrupt} round(s) left it unreadable)"
+    )
+    where = f"{count} processes commit at once on one file:// volume ({rounds} round(s))"
+    detail = {"samples": {"cirrus": len(cirrus_ms), "baseline": len(plain_ms)}}
+    return [
+        row(
+            f"commit latency p50, {where}", _pct(cirrus_ms, 50), _pct(plain_ms, 50), "ms", **detail
+        ),
+        row(
+            f"commit latency p99, {where}", _pct(cirrus_ms, 99), _pct(plain_ms, 99), "ms", **detail
+        ),
+        row(
+            f"updates lost of {total}, {where}",
+            cirrus_lost,
+            plain_lost,
+            "updates",
+            errors={"cirrus": cirrus_errors, "baseline": plain_errors},
+            baseline_unreadable_rounds=corrupt,
+        ),
+    ]
+
+
+def _pct(values: list[float], q: int) -> float | None:
+    """The q-th percentile (nearest rank) in ms, rounded; None without samples."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    if q == 50:
+        return round(statistics.median(ordered), 2)
+    rank = max(0, min(len(ordered) - 1, -(-q * len(ordered) // 100) - 1))
+    return round(ordered[rank], 2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.run import normalise, table
+
+    args = sys.argv[1:] if argv is None else argv
+    started = time.perf_counter()
+    rows = [normalise(BENCHMARK, r) for r in run(quick="--quick" in args)]
+    print(table(rows))
+    print(f"\n({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
