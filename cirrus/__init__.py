@@ -12,6 +12,7 @@ from cirrus.model import Note, Process, Record
 from cirrus.reading import history
 from cirrus.session import Session, session
 from cirrus.step import Step, StepToken, TaskSession, finish, join, step
+from cirrus.step import status as step_status
 
 __all__ = [
     "CloudVolume",
@@ -36,4 +37,5 @@ __all__ = [
     "recover",
     "session",
     "step",
+    "step_status",
 ]

@@ -49,6 +49,12 @@ STEPS = "provenance.d/steps/"
 PUBLISH_DEADLINE = 300.0
 
 
+def _age_seconds(timestamp: str) -> float:
+    import datetime as dt
+
+    return (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(timestamp)).total_seconds()
+
+
 def env_blobs(documents: Iterable[Mapping[str, Any]]) -> list[bytes]:
     """Canonical JSON of code environments, computed once however many layers get them."""
     return [canonical_json(document) for document in documents]
@@ -180,7 +186,15 @@ class Ledger:
             if record_id not in known:
                 found[record_id] = self.read_record(record_id).record.to_json()
         if found:
-            log.warning("%s: rolling forward %d orphaned record(s)", self.cloudpath, len(found))
+            # A record staged moments ago is most likely a concurrent session mid-commit.
+            stale = [rid for rid, rec in found.items() if _age_seconds(rec["ended"]) > 60]
+            log.log(
+                logging.WARNING if stale else logging.INFO,
+                "%s: rolling forward %d staged record(s) no summary named (%d older than 60 s)",
+                self.cloudpath,
+                len(found),
+                len(stale),
+            )
         return found
 
     # -- steps: a manifest per step, one fragment per task, no shared object -------------------
@@ -224,10 +238,11 @@ class Ledger:
                 return False
             return True
 
-    def fragments(self, step_id: str, workers: int = 16) -> list[dict[str, Any]]:
-        """Every task fragment of a step on this layer, read in parallel."""
+    def fragments(self, step_id: str) -> list[dict[str, Any]]:
+        """Every task fragment of a step on this layer, read in parallel (wider on the cloud)."""
         from concurrent.futures import ThreadPoolExecutor
 
+        workers = 16 if self.cloudpath.startswith(("file://", "mem://")) else 64
         keys = self.store.list(f"{STEPS}{check_digest_like(step_id)}/tasks/")
         with ThreadPoolExecutor(max_workers=workers) as pool:
             blobs = list(pool.map(self.store.get, keys))
@@ -264,11 +279,6 @@ class Ledger:
     def summary(self) -> dict[str, Any]:
         blob = self.store.get(SUMMARY_KEY)
         return parse_summary(None if blob is None else blob.data, self.cloudpath)
-
-    def history(self) -> list[StoredRecord]:
-        """Published records, oldest first, each verified against its digest."""
-        pointers = self.summary().get("cirrus", {}).get("records", [])
-        return [self.read_record(entry["id"]) for entry in pointers]
 
     # -- repair ----------------------------------------------------------------------------------
     def repair(self) -> str | None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from cirrus.errors import CirrusError, InvalidInput
 from cirrus.ledger import Ledger, StoredRecord
+from cirrus.summary import current_ids
 
 READERS = 16
 
@@ -51,7 +52,7 @@ def read_history(ledger: Ledger) -> History:
     """The published records of `ledger`'s layer, read in parallel, each verified."""
     summary = ledger.summary()
     section = summary.get("cirrus", {})
-    ids = [entry["id"] for entry in section.get("records", [])]
+    ids = current_ids(summary)
     with ThreadPoolExecutor(max_workers=max(1, min(READERS, len(ids)))) as pool:
         records = list(pool.map(ledger.read_record, ids))
     return History(records, ledger.cloudpath, section.get("open_steps"))

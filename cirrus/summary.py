@@ -105,7 +105,33 @@ def merge(summary: Mapping[str, Any], records: Mapping[str, Mapping[str, Any]]) 
     if section.get("open_steps") == {}:
         del section["open_steps"]
     pointers.sort(key=lambda entry: (entry["started"], entry["id"]))
+    _supersede_step_records(pointers)
     return merged
+
+
+def _supersede_step_records(pointers: list[dict[str, Any]]) -> None:
+    """A step finished again after late fragments has a newer record: it replaces the older.
+
+    The newest (by end time, then id) stands; the others are marked `superseded_by` it, so no
+    task is counted twice, whatever order the records were merged in.
+    """
+    latest: dict[str, tuple[str, str]] = {}
+    for entry in pointers:
+        step = entry.get("step")
+        if step and (step not in latest or (entry["ended"], entry["id"]) > latest[step]):
+            latest[step] = (entry["ended"], entry["id"])
+    for entry in pointers:
+        step = entry.get("step")
+        if step and latest[step][1] != entry["id"]:
+            entry["superseded_by"] = latest[step][1]
+        else:
+            entry.pop("superseded_by", None)
+
+
+def current_ids(summary: Mapping[str, Any]) -> list[str]:
+    """Ids of the records that stand, oldest first: published and not superseded."""
+    pointers = summary.get("cirrus", {}).get("records", [])
+    return [entry["id"] for entry in pointers if "superseded_by" not in entry]
 
 
 def _pointer(rid: str, record: Mapping[str, Any]) -> dict[str, Any]:

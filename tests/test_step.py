@@ -178,6 +178,20 @@ def test_task_delivered_twice_is_counted_once(layer: str) -> None:
     assert record.tasks["count"] == 2 and record.writes["mips"]["0"]["chunks"] == 2
 
 
+def test_a_late_task_after_finish_supersedes_the_first_record_not_doubles_it(layer: str) -> None:
+    step = open_step(layer)
+    ss.paint_fn(step.token, "x0_y0_z0", layer, [0, 0, 0])
+    first = step.finish()[layer]
+    ss.paint_fn(step.token, "x16_y0_z0", layer, [16, 0, 0])  # a late redelivery
+    second = step.finish()[layer]
+    assert first != second
+    record = one_record(layer)  # the history shows the step once, with both tasks
+    assert record.tasks["count"] == 2 and record.writes["mips"]["0"]["chunks"] == 2
+    pointers = summary_json(layer)["cirrus"]["records"]
+    assert {p["id"]: p.get("superseded_by") for p in pointers} == {first: second, second: None}
+    assert step.finish()[layer] == second  # and finishing again changes nothing
+
+
 def test_task_failed_then_succeeded_counts_as_committed(tmp_path, layer: str) -> None:
     step = open_step(layer)
     task = ss.PaintTask(step.token, "x0_y0_z0", layer, [0, 0, 0], str(tmp_path / "m"), "fail")
