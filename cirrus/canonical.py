@@ -37,6 +37,20 @@ def check_digest(value: str, what: str = "digest") -> str:
     return value
 
 
+def check_text(value: str, what: str) -> str:
+    """Refuse a string UTF-8 cannot encode (lone surrogates, as `os.fsdecode` makes of
+    undecodable bytes) when it is given, not when the commit that stores it runs."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise InvalidInput(
+                f"{what} is not valid Unicode ({err.reason}): {value[:80]!r}; decode file names "
+                "with os.fsencode(name).decode('utf-8', 'replace') or pass text"
+            ) from None
+    return value
+
+
 def normalise_json(value: Any, path: str, error: type[Exception], _depth: int = 0) -> Any:
     """Return `value` as plain JSON types (tuples become lists); raise `error(path, problem)`.
 
@@ -46,7 +60,7 @@ def normalise_json(value: Any, path: str, error: type[Exception], _depth: int = 
     """
     if _depth > MAX_DEPTH and isinstance(value, (dict, list, tuple)):
         raise error(
-            path[:200] + ("..." if len(path) > 200 else ""),
+            path if len(path) <= 80 else f"{path[:60]}...",
             f"nested more than {MAX_DEPTH} levels deep; flatten it or store it elsewhere "
             "and record its path or sha256",
         )

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-from cirrus.canonical import digest, normalise_json
+from cirrus.canonical import check_text, digest, normalise_json
 from cirrus.errors import InvalidInput, ParameterError
 
 NOTE_KINDS = ("motivation", "result", "generic")
@@ -175,6 +175,7 @@ class Note:
     def _check_text(self, _attribute: Any, value: Any) -> None:
         if not isinstance(value, str) or not value.strip():
             raise InvalidInput(f"a {self.kind} note must be a non-empty string, got {value!r}")
+        check_text(value, f"a {self.kind} note")
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "text": self.text, "time": isoformat(self.time)}
