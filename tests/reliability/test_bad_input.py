@@ -94,54 +94,234 @@ TOKEN = {"cirrus_step": 1, "id": "a" * 32, "volumes": ["LAYER"]}
 
 # id: (what is tried, expected class, message fragment)
 BAD_INPUTS = {
-    "sources-a-string": (lambda p: write(p, sources="gs://lab/aff"), InvalidInput, "sources must be a list of strings"),
-    "sources-none": (lambda p: write(p, sources=None), InvalidInput, "sources must be a list of strings"),
+    "sources-a-string": (
+        lambda p: write(p, sources="gs://lab/aff"),
+        InvalidInput,
+        "sources must be a list of strings",
+    ),
+    "sources-none": (
+        lambda p: write(p, sources=None),
+        InvalidInput,
+        "sources must be a list of strings",
+    ),
     "sources-empty": (lambda p: write(p, sources=[]), InvalidInput, "sources is empty"),
-    "sources-not-strings": (lambda p: write(p, sources=["a", 3]), InvalidInput, "sources[1] must be a non-empty string"),
-    "sources-empty-string": (lambda p: write(p, sources=[" "]), InvalidInput, "sources[0] must be a non-empty string"),
-    "sources-bad-unicode": (lambda p: write(p, sources=["\udcff.tif"]), InvalidInput, "sources[0] is not valid Unicode"),
-    "motivation-none": (lambda p: write(p, motivation=None), InvalidInput, "motivation must be a non-empty string"),
-    "motivation-empty": (lambda p: write(p, motivation=""), InvalidInput, "motivation must be a non-empty string"),
-    "motivation-not-string": (lambda p: write(p, motivation=42), InvalidInput, "motivation must be a non-empty string"),
-    "motivation-bad-unicode": (lambda p: write(p, motivation="x\udcff"), InvalidInput, "motivation is not valid Unicode"),
-    "process-a-string": (lambda p: write(p, process="watershed"), InvalidInput, "process must be a cirrus.Process"),
-    "process-a-dict": (lambda p: write(p, process={"threshold": 1}), InvalidInput, "process must be a cirrus.Process"),
-    "process-empty-description": (lambda p: cirrus.Process(""), InvalidInput, "Process description must be a non-empty string"),
-    "process-env-not-an-env": (lambda p: cirrus.Process("p", {}, "."), InvalidInput, "code environment '.' is not one"),
-    "parameters-a-list": (lambda p: cirrus.Process("p", [1, 2]), ParameterError, "process parameter parameters: a list is not supported"),
-    "parameters-set": (lambda p: cirrus.Process("p", {"ids": {1, 2}}), ParameterError, "parameters.ids: value of type set is not JSON; use a sorted list"),
-    "parameters-nan": (lambda p: cirrus.Process("p", {"t": math.nan}), ParameterError, "parameters.t: nan is not finite"),
-    "parameters-infinity": (lambda p: cirrus.Process("p", {"t": [math.inf]}), ParameterError, "parameters.t[0]: inf is not finite"),
-    "parameters-10000-levels": (lambda p: cirrus.Process("p", deep(10_000)), ParameterError, "nested more than 100 levels deep"),
-    "parameters-cycle": (lambda p: cirrus.Process("p", cyclic()), ParameterError, "nested more than 100 levels deep"),
-    "parameters-int-key": (lambda p: cirrus.Process("p", {"m": {1: "a"}}), ParameterError, "parameters.m[1]: key of type int"),
-    "parameters-bytes": (lambda p: cirrus.Process("p", {"b": b"\x00"}), ParameterError, "parameters.b: value of type bytes is not JSON"),
-    "parameters-numpy-array": (lambda p: cirrus.Process("p", {"a": np.zeros(2)}), ParameterError, "value of type ndarray is not JSON; use .tolist()"),
-    "parameters-bad-unicode": (lambda p: cirrus.Process("p", {"f": "\udcff"}), ParameterError, "parameters.f: string is not valid Unicode"),
-    "parameters-secret-key": (lambda p: cirrus.Process("p", {"aws_secret": "x"}), ParameterError, "parameters.aws_secret: looks like a secret"),
-    "note-empty": (lambda p: write_with_note(p, ""), InvalidInput, "a generic note must be a non-empty string"),
-    "note-not-string": (lambda p: write_with_note(p, {"a": 1}), InvalidInput, "a generic note must be a non-empty string"),
-    "note-bad-unicode": (lambda p: write_with_note(p, "\udcff"), InvalidInput, "a generic note is not valid Unicode"),
-    "volume-no-protocol": (lambda p: open_volume(p, "/data/layer"), InvalidInput, "has no protocol"),
-    "volume-unsupported-protocol": (lambda p: open_volume(p, "https://example.org/x"), InvalidInput, "protocol https:// is not supported"),
-    "volume-graphene": (lambda p: open_volume(p, "graphene://https://example.org/x"), InvalidInput, "is a graphene layer"),
-    "volume-no-info": (lambda p: open_volume(p, "LAYER-missing"), "cloudvolume.exceptions.InfoUnavailableError", "No info file was found"),
-    "provenance-not-json": (lambda p: break_summary(p, b"{not json"), CorruptProvenance, "provenance is not valid JSON"),
-    "provenance-truncated": (lambda p: break_summary(p, None), CorruptProvenance, "provenance is not valid JSON"),
-    "provenance-wrong-shape": (lambda p: break_summary(p, b'{"sources": "gs://x"}'), CorruptProvenance, "has 'sources' of type str, expected list"),
-    "provenance-too-deep": (lambda p: break_summary(p, b"[" * 100_000 + b"]" * 100_000), CorruptProvenance, "nested too deeply"),
-    "record-id-traversal": (lambda p: Ledger.open(p).read_record("../../x"), InvalidInput, "record id must be 64 lowercase hex characters"),
-    "env-id-traversal": (lambda p: Ledger.open(p).read_env("../envs/x"), InvalidInput, "environment id must be 64 lowercase hex"),
-    "step-id-traversal": (lambda p: Ledger.open(p).fragments("../records"), InvalidInput, "step id must be 32 lowercase hex"),
-    "token-id-traversal": (lambda p: cirrus.join({**TOKEN, "id": "../x", "volumes": [p]}), StepError, "not a cirrus step token (step id must be"),
-    "token-volume-no-protocol": (lambda p: cirrus.join({**TOKEN, "volumes": ["../../etc"]}), StepError, "'../../etc' has no protocol"),
-    "token-volumes-a-string": (lambda p: cirrus.join({**TOKEN, "volumes": p}), StepError, "volumes must be a non-empty list"),
+    "sources-not-strings": (
+        lambda p: write(p, sources=["a", 3]),
+        InvalidInput,
+        "sources[1] must be a non-empty string",
+    ),
+    "sources-empty-string": (
+        lambda p: write(p, sources=[" "]),
+        InvalidInput,
+        "sources[0] must be a non-empty string",
+    ),
+    "sources-bad-unicode": (
+        lambda p: write(p, sources=["\udcff.tif"]),
+        InvalidInput,
+        "sources[0] is not valid Unicode",
+    ),
+    "motivation-none": (
+        lambda p: write(p, motivation=None),
+        InvalidInput,
+        "motivation must be a non-empty string",
+    ),
+    "motivation-empty": (
+        lambda p: write(p, motivation=""),
+        InvalidInput,
+        "motivation must be a non-empty string",
+    ),
+    "motivation-not-string": (
+        lambda p: write(p, motivation=42),
+        InvalidInput,
+        "motivation must be a non-empty string",
+    ),
+    "motivation-bad-unicode": (
+        lambda p: write(p, motivation="x\udcff"),
+        InvalidInput,
+        "motivation is not valid Unicode",
+    ),
+    "process-a-string": (
+        lambda p: write(p, process="watershed"),
+        InvalidInput,
+        "process must be a cirrus.Process",
+    ),
+    "process-a-dict": (
+        lambda p: write(p, process={"threshold": 1}),
+        InvalidInput,
+        "process must be a cirrus.Process",
+    ),
+    "process-empty-description": (
+        lambda p: cirrus.Process(""),
+        InvalidInput,
+        "Process description must be a non-empty string",
+    ),
+    "process-env-not-an-env": (
+        lambda p: cirrus.Process("p", {}, "."),
+        InvalidInput,
+        "code environment '.' is not one",
+    ),
+    "parameters-a-list": (
+        lambda p: cirrus.Process("p", [1, 2]),
+        ParameterError,
+        "process parameter parameters: a list is not supported",
+    ),
+    "parameters-set": (
+        lambda p: cirrus.Process("p", {"ids": {1, 2}}),
+        ParameterError,
+        "parameters.ids: value of type set is not JSON; use a sorted list",
+    ),
+    "parameters-nan": (
+        lambda p: cirrus.Process("p", {"t": math.nan}),
+        ParameterError,
+        "parameters.t: nan is not finite",
+    ),
+    "parameters-infinity": (
+        lambda p: cirrus.Process("p", {"t": [math.inf]}),
+        ParameterError,
+        "parameters.t[0]: inf is not finite",
+    ),
+    "parameters-10000-levels": (
+        lambda p: cirrus.Process("p", deep(10_000)),
+        ParameterError,
+        "nested more than 100 levels deep",
+    ),
+    "parameters-cycle": (
+        lambda p: cirrus.Process("p", cyclic()),
+        ParameterError,
+        "nested more than 100 levels deep",
+    ),
+    "parameters-int-key": (
+        lambda p: cirrus.Process("p", {"m": {1: "a"}}),
+        ParameterError,
+        "parameters.m[1]: key of type int",
+    ),
+    "parameters-bytes": (
+        lambda p: cirrus.Process("p", {"b": b"\x00"}),
+        ParameterError,
+        "parameters.b: value of type bytes is not JSON",
+    ),
+    "parameters-numpy-array": (
+        lambda p: cirrus.Process("p", {"a": np.zeros(2)}),
+        ParameterError,
+        "value of type ndarray is not JSON; use .tolist()",
+    ),
+    "parameters-bad-unicode": (
+        lambda p: cirrus.Process("p", {"f": "\udcff"}),
+        ParameterError,
+        "parameters.f: string is not valid Unicode",
+    ),
+    "parameters-secret-key": (
+        lambda p: cirrus.Process("p", {"aws_secret": "x"}),
+        ParameterError,
+        "parameters.aws_secret: looks like a secret",
+    ),
+    "note-empty": (
+        lambda p: write_with_note(p, ""),
+        InvalidInput,
+        "a generic note must be a non-empty string",
+    ),
+    "note-not-string": (
+        lambda p: write_with_note(p, {"a": 1}),
+        InvalidInput,
+        "a generic note must be a non-empty string",
+    ),
+    "note-bad-unicode": (
+        lambda p: write_with_note(p, "\udcff"),
+        InvalidInput,
+        "a generic note is not valid Unicode",
+    ),
+    "volume-no-protocol": (
+        lambda p: open_volume(p, "/data/layer"),
+        InvalidInput,
+        "has no protocol",
+    ),
+    "volume-unsupported-protocol": (
+        lambda p: open_volume(p, "https://example.org/x"),
+        InvalidInput,
+        "protocol https:// is not supported",
+    ),
+    "volume-graphene": (
+        lambda p: open_volume(p, "graphene://https://example.org/x"),
+        InvalidInput,
+        "is a graphene layer",
+    ),
+    "volume-no-info": (
+        lambda p: open_volume(p, "LAYER-missing"),
+        "cloudvolume.exceptions.InfoUnavailableError",
+        "No info file was found",
+    ),
+    "provenance-not-json": (
+        lambda p: break_summary(p, b"{not json"),
+        CorruptProvenance,
+        "provenance is not valid JSON",
+    ),
+    "provenance-truncated": (
+        lambda p: break_summary(p, None),
+        CorruptProvenance,
+        "provenance is not valid JSON",
+    ),
+    "provenance-wrong-shape": (
+        lambda p: break_summary(p, b'{"sources": "gs://x"}'),
+        CorruptProvenance,
+        "has 'sources' of type str, expected list",
+    ),
+    "provenance-too-deep": (
+        lambda p: break_summary(p, b"[" * 100_000 + b"]" * 100_000),
+        CorruptProvenance,
+        "nested too deeply",
+    ),
+    "record-id-traversal": (
+        lambda p: Ledger.open(p).read_record("../../x"),
+        InvalidInput,
+        "record id must be 64 lowercase hex characters",
+    ),
+    "env-id-traversal": (
+        lambda p: Ledger.open(p).read_env("../envs/x"),
+        InvalidInput,
+        "environment id must be 64 lowercase hex",
+    ),
+    "step-id-traversal": (
+        lambda p: Ledger.open(p).fragments("../records"),
+        InvalidInput,
+        "step id must be 32 lowercase hex",
+    ),
+    "token-id-traversal": (
+        lambda p: cirrus.join({**TOKEN, "id": "../x", "volumes": [p]}),
+        StepError,
+        "not a cirrus step token (step id must be",
+    ),
+    "token-volume-no-protocol": (
+        lambda p: cirrus.join({**TOKEN, "volumes": ["../../etc"]}),
+        StepError,
+        "'../../etc' has no protocol",
+    ),
+    "token-volumes-a-string": (
+        lambda p: cirrus.join({**TOKEN, "volumes": p}),
+        StepError,
+        "volumes must be a non-empty list",
+    ),
     "token-not-json": (lambda p: cirrus.join("../x"), StepError, "not a cirrus step token"),
-    "task-id-slash": (lambda p: cirrus.join({**TOKEN, "volumes": [p]}, task="a/b"), InvalidInput, "task id 'a/b' is not usable"),
-    "task-id-dotdot": (lambda p: cirrus.join({**TOKEN, "volumes": [p]}, task=".."), InvalidInput, "task id '..' is not usable"),
-    "task-id-traversal": (lambda p: cirrus.join({**TOKEN, "volumes": [p]}, task="x/../../y"), InvalidInput, "task id 'x/../../y' is not usable"),
-    "cli-show-traversal": (lambda p: show(p, "../.."), InvalidInput, "cirrus: error: '../..' is not a record id"),
-}  # fmt: skip
+    "task-id-slash": (
+        lambda p: cirrus.join({**TOKEN, "volumes": [p]}, task="a/b"),
+        InvalidInput,
+        "task id 'a/b' is not usable",
+    ),
+    "task-id-dotdot": (
+        lambda p: cirrus.join({**TOKEN, "volumes": [p]}, task=".."),
+        InvalidInput,
+        "task id '..' is not usable",
+    ),
+    "task-id-traversal": (
+        lambda p: cirrus.join({**TOKEN, "volumes": [p]}, task="x/../../y"),
+        InvalidInput,
+        "task id 'x/../../y' is not usable",
+    ),
+    "cli-show-traversal": (
+        lambda p: show(p, "../.."),
+        InvalidInput,
+        "cirrus: error: '../..' is not a record id",
+    ),
+}
 
 
 @pytest.fixture
@@ -187,7 +367,7 @@ def test_bad_input_is_refused_clearly_and_changes_nothing(layer, tmp_path, row):
 
 def test_the_doc_lists_every_row():
     text = DOC.read_text()
-    for row, (_, kind, fragment) in BAD_INPUTS.items():
+    for row, (_, kind, _fragment) in BAD_INPUTS.items():
         assert f"`{row}`" in text, row
         assert name_of(kind).rsplit(".", 1)[-1] in text, row
 
@@ -247,7 +427,7 @@ def test_unicode_and_a_1_mb_note_are_stored_exactly(layer):
     assert len(texts[1].encode()) == 1_000_000
 
 
-# -- storage that refuses: missing bucket, no permission, read-only ---------------------------------
+# -- storage that refuses: missing bucket, no permission, read-only ----------------------------
 
 
 @pytest.mark.parametrize("protocol", ["s3", "gs"])
