@@ -255,3 +255,75 @@ def normalised_history(paths: list[str]) -> dict[str, Any]:
             else [],
         }
     return out
+
+
+# -- contention: many processes, one volume -------------------------------------------------------
+
+CONTENTION_SIZE = (8 * CHUNK, 8 * CHUNK, CHUNK)  # 64 chunks, one per writer
+
+
+def forkserver() -> Any:
+    """A forkserver whose children start with cirrus, CloudVolume and boto3 imported."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["tests.reliability.support", "cloudvolume", "boto3"])
+    return ctx
+
+
+def contention_writer(layer: str, index: int, barrier: Any, env: dict, results: Any) -> None:
+    """One independent session painting its own chunk; every writer commits at the same moment.
+
+    Reports (index, record id, commit seconds) or (index, None, error text).
+    """
+    import os
+
+    import cirrus
+    from cirrus.ledger import Ledger
+    from cirrus.storage.paths import normalise_cloudpath
+
+    os.environ.update(env)
+    try:
+        process = cirrus.Process("contention writer", {"worker": index})
+        s = cirrus.session(["noise"], f"writer {index}", process)
+        x, y, z = origin(index, CONTENTION_SIZE)
+        volume = s.volume(layer, progress=False)
+        volume[x : x + CHUNK, y : y + CHUNK, z : z + CHUNK] = np.full(
+            (CHUNK,) * 3, index % 251 + 1, np.uint8
+        )
+        Ledger.open(layer).store.get("provenance")  # clients made: all commit in one burst
+        barrier.wait(timeout=300)
+        started = time.perf_counter()
+        s.commit()
+        elapsed = time.perf_counter() - started
+        results.put((index, s.records[normalise_cloudpath(layer)], elapsed))
+    except Exception as error:  # reported, so the parent can say which writer failed and why
+        results.put((index, None, f"{type(error).__name__}: {error}"))
+
+
+def commit_together(layer: str, writers: int, env: dict, timeout: float = 300) -> list[tuple]:
+    """Start `writers` processes with independent sessions on `layer`; all commit at once."""
+    import queue as queue_module
+
+    ctx = forkserver()
+    barrier = ctx.Barrier(writers)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=contention_writer, args=(layer, i, barrier, env, results))
+        for i in range(writers)
+    ]
+    for proc in procs:
+        proc.start()
+    done = []
+    try:
+        for _ in procs:
+            done.append(results.get(timeout=timeout))
+    except queue_module.Empty:
+        pass
+    finally:
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    return done
