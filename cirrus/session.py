@@ -21,7 +21,7 @@ from typing import Any
 
 from cirrus._version import __version__
 from cirrus.canonical import check_text, digest
-from cirrus.errors import CirrusError, InvalidInput, NotPublished, SessionClosed
+from cirrus.errors import CorruptProvenance, InvalidInput, NotPublished, SessionClosed
 from cirrus.handles import RULES, Gate, track
 from cirrus.ledger import Ledger, env_blobs
 from cirrus.model import Note, Process, Record, isoformat, utcnow
@@ -136,7 +136,7 @@ class WriteScope:
         except NotPublished as problem:
             self.records = problem.staged
             self.state = "unpublished"
-            if isinstance(problem.cause, CirrusError):  # already says what to do
+            if isinstance(problem.cause, CorruptProvenance):  # its message says how to repair
                 raise problem.cause from None
             raise
         except BaseException:
