@@ -22,14 +22,10 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 
+from tests.layers import S3_TEST_ENV, environment
+
 BENCHMARK = "reliability"
 VOLUMES = 2
-S3_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -41,7 +37,7 @@ def run(quick: bool = False) -> list[dict]:
     try:
         with tempfile.TemporaryDirectory(prefix="cirrus-bench-reliability-") as root:
             rows += faults_rows("file://", f"file://{root}", sessions)
-        with _env(S3_ENV), _moto_bucket() as root:
+        with environment(S3_TEST_ENV), _moto_bucket() as root:
             rows += faults_rows("S3 (moto)", root, sessions)
     finally:
         if saved is None:
@@ -174,7 +170,7 @@ def contention_rows(writers: int) -> list[dict]:
 
             rgw = stack.enter_context(rgw_server())
             env = rgw.env()
-            stack.enter_context(_env(env))
+            stack.enter_context(environment(env))
             from cloudfiles.interfaces import reset_connection_pools
 
             reset_connection_pools()
@@ -211,27 +207,13 @@ def _contention(case: str, rgw, env: dict, writers: int) -> list[dict]:
 
 
 @contextlib.contextmanager
-def _env(values: dict[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextlib.contextmanager
 def _moto_bucket() -> Iterator[str]:
     import boto3
     from cloudfiles.interfaces import reset_connection_pools
 
     from tests.servers.moto_server import moto_server
 
-    with moto_server() as endpoint, _env({"AWS_ENDPOINT_URL_S3": endpoint}):
+    with moto_server() as endpoint, environment({"AWS_ENDPOINT_URL_S3": endpoint}):
         reset_connection_pools()  # CloudVolume (chunks) and cirrus both use plain s3:// paths
         bucket = f"bench-{uuid.uuid4().hex[:12]}"
         boto3.session.Session().client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)

@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import functools
 import importlib.metadata
-import os
 import statistics
 import sys
 import tempfile
@@ -32,11 +31,14 @@ import types
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+
+from tests import layers
+from tests.layers import environment
 
 BENCHMARK = "session"
 CHUNK = 64
@@ -124,19 +126,7 @@ def _progress(message: str) -> None:
 
 def make_layer(path: str, grid: int = GRID) -> None:
     """A new, empty image layer of grid^3 chunks of 64^3 uint8, written with plain CloudVolume."""
-    from cloudvolume import CloudVolume
-
-    info = CloudVolume.create_new_info(
-        num_channels=1,
-        layer_type="image",
-        data_type="uint8",
-        encoding="raw",
-        resolution=[4, 4, 40],
-        voxel_offset=[0, 0, 0],
-        volume_size=[grid * CHUNK] * 3,
-        chunk_size=[CHUNK] * 3,
-    )
-    CloudVolume(path, info=info, progress=False).commit_info()
+    layers.make_layer(path, [grid * CHUNK] * 3, CHUNK)
 
 
 def make_layers(paths: list[str], grid: int = GRID) -> list[str]:
@@ -217,20 +207,6 @@ def _pkg_resources_standin() -> types.ModuleType:
 
 def ptb_process(ptb: types.ModuleType) -> Any:
     return ptb.Process(DESCRIPTION, dict(PARAMETERS), ptb.DockerEnv(*IMAGE, include_packages=True))
-
-
-@contextlib.contextmanager
-def environment(values: Mapping[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 # -- 1. write overhead ---------------------------------------------------------------------------

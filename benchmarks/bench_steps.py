@@ -22,15 +22,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from tests import layers
+from tests.layers import environment
 
 BENCHMARK = "steps"
 CHUNK = 64
@@ -77,20 +78,6 @@ def row(case: str, cirrus: Any, baseline: Any = None, unit: str = "", **detail: 
 
 def _progress(message: str) -> None:
     print(f"[bench_steps] {message}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def environment(values: Mapping[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 # -- 1. finish against fragment count ------------------------------------------------------------
@@ -202,19 +189,7 @@ def _context() -> Any:
 
 
 def make_layer(path: str, writers: int) -> None:
-    from cloudvolume import CloudVolume
-
-    info = CloudVolume.create_new_info(
-        num_channels=1,
-        layer_type="image",
-        data_type="uint8",
-        encoding="raw",
-        resolution=[4, 4, 40],
-        voxel_offset=[0, 0, 0],
-        volume_size=[writers * CHUNK, CHUNK, CHUNK],
-        chunk_size=[CHUNK, CHUNK, CHUNK],
-    )
-    CloudVolume(path, info=info, progress=False).commit_info()
+    layers.make_layer(path, [writers * CHUNK, CHUNK, CHUNK], CHUNK)
 
 
 def _chunk(index: int) -> tuple[slice, Any]:

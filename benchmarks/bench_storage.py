@@ -12,7 +12,6 @@ the machine hits both sides alike.
 from __future__ import annotations
 
 import contextlib
-import os
 import statistics
 import sys
 import tempfile
@@ -20,14 +19,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
+from tests.layers import S3_TEST_ENV, environment
+
 BENCHMARK = "storage"
 PAYLOAD = b'{"note": "' + b"x" * 1000 + b'"}'  # about the size of a provenance record
-S3_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -36,7 +31,7 @@ def run(quick: bool = False) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="cirrus-bench-storage-") as root:
         rows += measure("file://", f"file://{root}/layer", iterations)
-    with _s3_env(), _moto_layer() as layer:
+    with environment(S3_TEST_ENV), _moto_layer() as layer:
         rows += measure("S3 (moto)", layer, iterations // 2)
     if not quick:
         rows += _rgw_rows(iterations // 2)
@@ -93,21 +88,6 @@ def measure(backend: str, layer: str, iterations: int) -> list[dict]:
 
 
 @contextlib.contextmanager
-def _s3_env() -> Iterator[None]:
-    """Test credentials for the local S3 servers, restored afterwards."""
-    saved = {name: os.environ.get(name) for name in S3_ENV}
-    os.environ.update(S3_ENV)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextlib.contextmanager
 def _moto_layer() -> Iterator[str]:
     import boto3
 
@@ -126,7 +106,7 @@ def _rgw_rows(iterations: int) -> list[dict]:
     try:
         with contextlib.ExitStack() as stack:
             rgw = stack.enter_context(rgw_server())
-            stack.enter_context(_s3_env())
+            stack.enter_context(environment(S3_TEST_ENV))
             bucket = rgw.make_bucket(f"bench-{uuid.uuid4().hex[:12]}")
             return measure("S3 (Ceph RGW)", f"s3://{rgw.endpoint_url}/{bucket}/layer", iterations)
     except Exception as error:  # no RGW here is a result to report, not a crash

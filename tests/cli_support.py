@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from tests.layers import make_layer as new_layer
+
 CHUNK = 64
 CIRRUS = Path(sys.executable).parent / "cirrus"
 
@@ -26,19 +28,7 @@ class StaticEnv:
 
 def make_layer(path: str, size: tuple[int, int, int] = (128, 64, 64)) -> None:
     """An empty uint8 precomputed layer (info only), written with plain CloudVolume."""
-    from cloudvolume import CloudVolume
-
-    info = CloudVolume.create_new_info(
-        num_channels=1,
-        layer_type="image",
-        data_type="uint8",
-        encoding="raw",
-        resolution=[4, 4, 40],
-        voxel_offset=[0, 0, 0],
-        volume_size=list(size),
-        chunk_size=[CHUNK, CHUNK, CHUNK],
-    )
-    CloudVolume(path, info=info, progress=False).commit_info()
+    new_layer(path, size, CHUNK)
 
 
 def write(

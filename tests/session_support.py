@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from tests import layers
+
 CHUNK = 64
 
 
@@ -20,24 +22,7 @@ def make_layer(
     dtype: str = "uint8",
 ) -> Any:
     """A new, empty precomputed layer (info only), written with plain CloudVolume."""
-    from cloudvolume import CloudVolume
-
-    segmentation = layer_type == "segmentation"
-    info = CloudVolume.create_new_info(
-        num_channels=1,
-        layer_type=layer_type,
-        data_type=dtype,
-        encoding="raw",
-        resolution=[4, 4, 40],
-        voxel_offset=[0, 0, 0],
-        volume_size=list(size),
-        chunk_size=[CHUNK, CHUNK, CHUNK],
-        mesh="mesh" if segmentation else None,
-        skeletons="skeletons" if segmentation else None,
-    )
-    volume = CloudVolume(path, info=info, progress=False)
-    volume.commit_info()
-    return volume
+    return layers.make_layer(path, size, CHUNK, layer_type=layer_type, dtype=dtype)
 
 
 def plain(path: str) -> Any:

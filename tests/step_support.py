@@ -20,6 +20,7 @@ from taskqueue import TaskQueue
 import cirrus
 from cirrus.ledger import Ledger
 from cirrus.taskqueue import StepTask, step_task
+from tests import layers
 
 CHUNK = 16
 GRID = (10, 10, 2)  # 200 chunks of 16^3
@@ -35,19 +36,7 @@ def context() -> Any:
 
 def make_layer(path: str, size: tuple[int, int, int] = SIZE, chunk: int = CHUNK) -> None:
     """An empty uint8 image layer on a chunk grid of `chunk`^3, written with plain CloudVolume."""
-    from cloudvolume import CloudVolume
-
-    info = CloudVolume.create_new_info(
-        num_channels=1,
-        layer_type="image",
-        data_type="uint8",
-        encoding="raw",
-        resolution=[4, 4, 40],
-        voxel_offset=[0, 0, 0],
-        volume_size=list(size),
-        chunk_size=[chunk, chunk, chunk],
-    )
-    CloudVolume(path, info=info, progress=False).commit_info()
+    layers.make_layer(path, size, chunk)
 
 
 def origins(grid: tuple[int, int, int] = GRID, chunk: int = CHUNK) -> list[list[int]]:

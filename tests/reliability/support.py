@@ -17,6 +17,7 @@ import numpy as np
 
 from cirrus.errors import TransientStorageError
 from cirrus.storage.faults import FaultyBackend
+from tests import layers
 
 CHUNK = 16
 SIZE = (4 * CHUNK, 4 * CHUNK, 2 * CHUNK)  # 32 chunks of 16^3
@@ -24,19 +25,7 @@ SIZE = (4 * CHUNK, 4 * CHUNK, 2 * CHUNK)  # 32 chunks of 16^3
 
 def make_layer(path: str, size: tuple[int, int, int] = SIZE) -> None:
     """An empty uint8 image layer with 16^3 chunks, written with plain CloudVolume."""
-    from cloudvolume import CloudVolume
-
-    info = CloudVolume.create_new_info(
-        num_channels=1,
-        layer_type="image",
-        data_type="uint8",
-        encoding="raw",
-        resolution=[4, 4, 40],
-        voxel_offset=[0, 0, 0],
-        volume_size=list(size),
-        chunk_size=[CHUNK, CHUNK, CHUNK],
-    )
-    CloudVolume(path, info=info, progress=False).commit_info()
+    layers.make_layer(path, size, CHUNK)
 
 
 def origin(index: int, size: tuple[int, int, int] = SIZE) -> tuple[int, int, int]:
