@@ -9,8 +9,7 @@ HEAVY = ["cloudvolume", "cloudfiles", "git", "docker", "boto3", "google.cloud.st
 
 def test_import_cirrus_loads_no_heavy_client():
     code = (
-        "import json, sys, cirrus; "
-        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+        f"import json, sys, cirrus; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
