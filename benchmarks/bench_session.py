@@ -75,6 +75,7 @@ def run(quick: bool = False) -> list[dict]:
         write_overhead,
         step_traffic,
         file_commit_latency,
+        cloud_latency_commit_latency,
         rgw_commit_latency,
     ]
     with tempfile.TemporaryDirectory(prefix="cirrus-bench-session-") as root:
@@ -556,6 +557,23 @@ def step_traffic(root: str, sizes: Sizes) -> list[dict]:
 # -- 3. commit latency vs volumes ----------------------------------------------------------------
 def file_commit_latency(root: str, sizes: Sizes) -> list[dict]:
     return commit_latency(f"file://{root}/commit", "file://", sizes)
+
+
+CLOUD_LATENCY = 0.05  # seconds added to every provenance request: a cloud round trip
+
+
+def cloud_latency_commit_latency(root: str, sizes: Sizes) -> list[dict]:
+    """file:// with 50 ms added to each provenance request, as on GCS or S3 from a worker.
+
+    On a local server the client's CPU is the limit; in the cloud each volume's few requests
+    are round trips that a commit overlaps across volumes.
+    """
+    from cirrus.storage import wrap_backends
+    from cirrus.storage.faults import FaultyBackend
+
+    with wrap_backends(lambda backend: FaultyBackend(backend, latency=CLOUD_LATENCY)):
+        label = f"file:// + {CLOUD_LATENCY * 1000:.0f} ms per request (cloud round trips)"
+        return commit_latency(f"file://{root}/cloud", label, sizes)
 
 
 def rgw_commit_latency(_root: str, sizes: Sizes) -> list[dict]:

@@ -207,10 +207,15 @@ class Record:
     tasks: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = attrs.asdict(self)
-        data = {k: v for k, v in data.items() if v is not None or k == "process"}
-        data["schema"] = RECORD_SCHEMA
-        return normalise_json(data, "record", ParameterError)
+        """Plain JSON types. The parts were made JSON when they were built (process, notes,
+        write set), so this is a shallow copy, not a deep walk: commits of many volumes pay
+        for it once per volume."""
+        data: dict[str, Any] = {"schema": RECORD_SCHEMA}
+        for field in attrs.fields(Record):
+            value = getattr(self, field.name)
+            if value is not None or field.name == "process":
+                data[field.name] = list(value) if isinstance(value, tuple) else value
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Record:

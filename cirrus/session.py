@@ -292,7 +292,8 @@ def commit_records(records: dict[str, Record], env_blobs: Iterable[bytes]) -> di
         except Exception as error:
             raise NotPublished(ids, error) from error
         return ids
-    with ThreadPoolExecutor(max_workers=min(32, len(records))) as pool:
+    # Each volume's staging and publishing are a few round trips: overlap them across volumes.
+    with ThreadPoolExecutor(max_workers=min(64, len(records))) as pool:
         ids = dict(zip(records, pool.map(stage, records), strict=True))
         try:
             list(pool.map(publish, ids, ids.values()))

@@ -74,11 +74,13 @@ class CrashingBackend:
             return _state["count"] == self.crash["nth"]
 
     def _write(self, key, call):
-        die = self._matches(key)
-        if die and self.crash["when"] == "before":
+        # Count a write when it is about to start ("before") or once it has landed ("after"):
+        # volumes stage in parallel, so "after the nth" must mean n writes are really applied.
+        when = (self.crash or {}).get("when")
+        if when == "before" and self._matches(key):
             _die(key)
         token = call()
-        if die:
+        if when == "after" and self._matches(key):
             _die(key)
         return token
 
