@@ -51,6 +51,17 @@ def check_text(value: str, what: str) -> str:
     return value
 
 
+def check_step_id(step_id: str) -> str:
+    """Step ids are 32 hex characters (a uuid4): nothing else may become part of a key."""
+    if not isinstance(step_id, str) or not re.fullmatch(r"[0-9a-f]{32}", step_id):
+        raise InvalidInput(f"step id must be 32 lowercase hex characters, got {step_id!r}")
+    return step_id
+
+
+def is_digest(value: str) -> bool:
+    return bool(_HEX64.match(value))
+
+
 def normalise_json(value: Any, path: str, error: type[Exception], _depth: int = 0) -> Any:
     """Return `value` as plain JSON types (tuples become lists); raise `error(path, problem)`.
 

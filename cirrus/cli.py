@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from typing import Any
 
 import click
+
+from cirrus.errors import plain_text
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 EXIT_CODES = """\b
@@ -58,7 +59,7 @@ class CirrusGroup(click.Group):
         except Exception as error:
             if _debug(ctx):
                 raise
-            text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()  # CloudFiles colours
+            text = plain_text(error)
             message = text.splitlines()[0].rstrip(": ") if text else ""
             from cirrus.errors import CirrusError
 

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
+
+def plain_text(message: object) -> str:
+    """A message without terminal colour codes (CloudFiles colours its errors)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(message)).strip()
+
 
 class CirrusError(Exception):
     """Base class of every error raised by cirrus."""

@@ -2,7 +2,8 @@
 
 Gates sit on the data sources (image, mesh, skeleton, their metadata), which every frontend
 write path goes through, so `vol[...] = x`, `upload_from_shared_memory`, `image.upload`,
-`delete`, `commit_info`, mesh and skeleton uploads are all covered once.
+`delete`, `commit_info`, mesh and skeleton uploads are all covered once. Paths that would write
+without provenance (`commit_provenance`, `transfer_to` into another layer) are refused.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 
 import attrs
 
-from cirrus.canonical import digest
-from cirrus.errors import ProvenanceRequired
+from cirrus.canonical import sha256_hex
+from cirrus.errors import InvalidInput, ProvenanceRequired
 from cirrus.writeset import WriteTracker
 
 RULES = (
@@ -23,6 +24,11 @@ RULES = (
     "made; (3) a cirrus.Process (description, parameters, code environments). Write through "
     "`with cirrus.session(sources=[...], motivation='...', process=process) as s: "
     "vol = s.volume(path)`"
+)
+PARALLEL = (
+    "cirrus write handles upload with parallel=1: CloudVolume's parallel upload pickles the "
+    "volume into child processes, where writes can be lost. Run many tasks instead "
+    "(cirrus.step / cirrus.join), each with its own handle"
 )
 
 # (attribute path on the CloudVolume, method names, operation recorded)
@@ -54,6 +60,8 @@ class Gate:
 
 def track(volume: Any, gate: Gate) -> Any:
     """Gate and track every write path of `volume` (a CloudVolumePrecomputed) in place."""
+    if volume.parallel not in (1, False, None):
+        raise InvalidInput(f"{gate.layer}: parallel={volume.parallel!r}; {PARALLEL}")
     volume.__class__ = _handle_class(type(volume))
     volume._cirrus_gate = gate
     _gate_image_upload(volume, gate)
@@ -62,6 +70,7 @@ def track(volume: Any, gate: Gate) -> Any:
         for name in names:
             if owner is not None and callable(getattr(owner, name, None)):
                 _wrap(owner, name, functools.partial(_note_operation, volume, gate, operation))
+    _wrap(volume.meta, "commit_provenance", functools.partial(_refuse_provenance, gate))
     return volume
 
 
@@ -72,35 +81,73 @@ def _resolve(volume: Any, path: str) -> Any:
     return owner
 
 
-def _wrap(owner: Any, name: str, before: Callable[..., None]) -> None:
+def _wrap(owner: Any, name: str, before: Callable[..., Callable[[], None] | None]) -> None:
+    """Run `before` ahead of the method; if it returns an undo and CloudVolume refuses the call
+    outright (nothing written), the undo takes the tally back."""
     original = getattr(owner, name)
 
     @functools.wraps(original)
     def gated(*args: Any, **kwargs: Any) -> Any:
-        before(*args, **kwargs)
-        return original(*args, **kwargs)
+        undo = before(*args, **kwargs)
+        try:
+            return original(*args, **kwargs)
+        except _refused():
+            if undo is not None:
+                undo()
+            raise
 
     setattr(owner, name, gated)
 
 
-def _note_operation(volume: Any, gate: Gate, operation: str, *_args: Any, **_kwargs: Any) -> None:
+@functools.cache
+def _refused() -> tuple[type[BaseException], ...]:
+    """CloudVolume's errors for writes it refuses before touching storage."""
+    from cloudvolume import exceptions
+
+    return (exceptions.AlignmentError, exceptions.OutOfBoundsError, exceptions.ReadOnlyException)
+
+
+def info_digest(info: Any) -> str:
+    """The sha256 of an info as CloudVolume serialises it (numpy values included)."""
+    from cloudvolume.lib import jsonify
+
+    return sha256_hex(jsonify(info, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+
+
+def _note_operation(
+    volume: Any, gate: Gate, operation: str, *_args: Any, **_kwargs: Any
+) -> Callable[[], None]:
     gate.admit()
-    gate.tracker.operation(operation)
+    tracker = gate.tracker
     if operation == "info":
-        gate.tracker.info(digest(volume.meta.info))
+        tracker.info(info_digest(volume.meta.info))
+    tracker.operation(operation)
+    return lambda: tracker.operation(operation, -1)
+
+
+def _refuse_provenance(gate: Gate, *_args: Any, **_kwargs: Any) -> None:
+    raise ProvenanceRequired(
+        f"{gate.layer}: commit_provenance() overwrites the provenance file blindly and loses "
+        "concurrent updates; cirrus writes it when the session commits. Add notes with "
+        "s.note(...) / s.result(...) instead"
+    )
 
 
 def _gate_image_upload(volume: Any, gate: Gate) -> None:
     meta = volume.meta
 
-    def before(image: Any, offset: Any, mip: int, *_args: Any, **_kwargs: Any) -> None:
+    def before(image: Any, offset: Any, mip: int, *_args: Any, **kwargs: Any) -> Callable:
         gate.admit()
+        if kwargs.get("parallel", 1) not in (1, False, None):
+            raise InvalidInput(f"{gate.layer}: parallel={kwargs['parallel']!r}; {PARALLEL}")
         tracker = gate.tracker
         if not tracker.infos:
-            tracker.info(digest(meta.info))
+            tracker.info(info_digest(meta.info))
         lo = [int(v) for v in offset]
         hi = [lo[axis] + int(image.shape[axis]) for axis in range(3)]
-        tracker.image(int(mip), (*lo, *hi), _chunks(meta, int(mip), lo, hi), int(image.nbytes))
+        box = (*lo, *hi)
+        tracker.image(int(mip), box, _chunks(meta, int(mip), lo, hi), int(image.nbytes))
+        return tracker.undo_image
 
     _wrap(volume.image, "upload", before)
 
@@ -119,22 +166,29 @@ def _chunks(meta: Any, mip: int, lo: list[int], hi: list[int]) -> int:
 
 @functools.cache
 def _handle_class(base: type) -> type:
-    """A subclass of the volume's own class that refuses blind provenance writes."""
+    """A subclass of the volume's own class that refuses writes that bypass provenance."""
 
     def commit_provenance(self: Any) -> None:
-        raise ProvenanceRequired(
-            f"{self._cirrus_gate.layer}: commit_provenance() overwrites the provenance file "
-            "blindly and loses concurrent updates; cirrus writes it when the session commits. "
-            "Add notes with s.note(...) / s.result(...) instead"
-        )
+        _refuse_provenance(self._cirrus_gate)
 
     def add_scale(self: Any, *args: Any, **kwargs: Any) -> Any:
         self._cirrus_gate.admit()
         self._cirrus_gate.tracker.operation("add_scale")
         return base.add_scale(self, *args, **kwargs)
 
+    def transfer_to(self: Any, cloudpath: str, *args: Any, **kwargs: Any) -> Any:
+        raise ProvenanceRequired(
+            f"{self._cirrus_gate.layer}: transfer_to writes {cloudpath} without provenance; "
+            "open the destination in the session (s.volume(dest)) and write the data through it"
+        )
+
     return type(
         f"Cirrus{base.__name__}",
         (base,),
-        {"commit_provenance": commit_provenance, "add_scale": add_scale, "__module__": __name__},
+        {
+            "commit_provenance": commit_provenance,
+            "add_scale": add_scale,
+            "transfer_to": transfer_to,
+            "__module__": __name__,
+        },
     )

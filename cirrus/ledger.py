@@ -11,18 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
-from cirrus.canonical import canonical_json, check_digest, sha256_hex
+from cirrus.canonical import canonical_json, check_digest, check_step_id, is_digest, sha256_hex
 from cirrus.errors import (
     CorruptProvenance,
     IntegrityError,
-    InvalidInput,
     PreconditionFailed,
     StorageError,
 )
@@ -30,10 +28,12 @@ from cirrus.model import Record
 from cirrus.storage import Store, open_store
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.summary import (
+    ENVS,
     clear_step,
     empty_summary,
     mark_step_open,
     merge,
+    open_step_info,
     parse_summary,
     published_ids,
     render_summary,
@@ -42,7 +42,6 @@ from cirrus.summary import (
 log = logging.getLogger("cirrus.ledger")
 
 SUMMARY_KEY = "provenance"
-ENVS = "provenance.d/envs/"
 RECORDS = "provenance.d/records/"
 CORRUPT = "provenance.d/corrupt/"
 STEPS = "provenance.d/steps/"
@@ -58,13 +57,6 @@ def _age_seconds(timestamp: str) -> float:
 def env_blobs(documents: Iterable[Mapping[str, Any]]) -> list[bytes]:
     """Canonical JSON of code environments, computed once however many layers get them."""
     return [canonical_json(document) for document in documents]
-
-
-def check_digest_like(step_id: str) -> str:
-    """Step ids are 32 hex characters (a uuid4): nothing else may become part of a key."""
-    if not isinstance(step_id, str) or not re.fullmatch(r"[0-9a-f]{32}", step_id):
-        raise InvalidInput(f"step id must be 32 lowercase hex characters, got {step_id!r}")
-    return step_id
 
 
 def _pretty(document: Mapping[str, Any]) -> bytes:
@@ -147,7 +139,15 @@ class Ledger:
         self.update(fold)
         siblings = {layer for rec in (orphans or {}).values() for layer in rec.get("siblings", [])}
         if follow_siblings and siblings - {self.cloudpath}:
-            _recover_layers(sorted(siblings - {self.cloudpath}), seen={self.cloudpath})
+            try:  # this layer is published; the siblings are the crashed session's business
+                _recover_layers(sorted(siblings - {self.cloudpath}), seen={self.cloudpath})
+            except Exception as error:
+                log.warning(
+                    "%s: could not complete sibling volumes of rolled-forward records (%s); "
+                    "run `cirrus recover` on them",
+                    self.cloudpath,
+                    error,
+                )
         return added
 
     def update(self, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
@@ -184,7 +184,10 @@ class Ledger:
         found = {}
         for record_id in self.record_ids():
             if record_id not in known:
-                found[record_id] = self.read_record(record_id).record.to_json()
+                try:
+                    found[record_id] = self.read_record(record_id).record.to_json()
+                except IntegrityError as error:  # `cirrus verify` reports it; commits go on
+                    log.warning("%s: damaged record not rolled forward: %s", self.cloudpath, error)
         if found:
             # A record staged moments ago is most likely a concurrent session mid-commit.
             stale = [rid for rid, rec in found.items() if _age_seconds(rec["ended"]) > 60]
@@ -199,12 +202,10 @@ class Ledger:
 
     # -- steps: a manifest per step, one fragment per task, no shared object -------------------
     def stage_step(self, manifest: Mapping[str, Any]) -> None:
-        self.store.create(
-            f"{STEPS}{check_digest_like(manifest['id'])}/step.json", _pretty(manifest)
-        )
+        self.store.create(f"{STEPS}{check_step_id(manifest['id'])}/step.json", _pretty(manifest))
 
     def read_step(self, step_id: str) -> dict[str, Any] | None:
-        blob = self.store.get(f"{STEPS}{check_digest_like(step_id)}/step.json")
+        blob = self.store.get(f"{STEPS}{check_step_id(step_id)}/step.json")
         return None if blob is None else json.loads(blob.data)
 
     def mark_step_open(self, step_id: str, info: Mapping[str, Any]) -> None:
@@ -218,7 +219,7 @@ class Ledger:
 
         Returns whether the stored fragment is this one.
         """
-        key = f"{STEPS}{check_digest_like(step_id)}/tasks/{task}.json"
+        key = f"{STEPS}{check_step_id(step_id)}/tasks/{task}.json"
         data = _pretty(fragment)
         try:
             self.store.create(key, data)
@@ -243,18 +244,21 @@ class Ledger:
         from concurrent.futures import ThreadPoolExecutor
 
         workers = 16 if self.cloudpath.startswith(("file://", "mem://")) else 64
-        keys = self.store.list(f"{STEPS}{check_digest_like(step_id)}/tasks/")
+        keys = self.store.list(f"{STEPS}{check_step_id(step_id)}/tasks/")
         with ThreadPoolExecutor(max_workers=workers) as pool:
             blobs = list(pool.map(self.store.get, keys))
         return [json.loads(blob.data) for blob in blobs if blob is not None]
 
     # -- read ----------------------------------------------------------------------------------
     def record_ids(self) -> list[str]:
+        """Ids of the staged records; anything else in the folder is skipped with a warning."""
         ids = []
         for key in self.store.list(RECORDS):
-            name = key[len(RECORDS) :]
-            if name.endswith(".json"):
-                ids.append(name[: -len(".json")])
+            name = key[len(RECORDS) :].removesuffix(".json")
+            if is_digest(name) and key.endswith(".json"):
+                ids.append(name)
+            else:
+                log.warning("%s: ignoring %s, which is not a record", self.cloudpath, key)
         return ids
 
     def read_record(self, record_id: str) -> StoredRecord:
@@ -298,6 +302,11 @@ class Ledger:
         self.store.create(kept, blob.data)
         records = {rid: self.read_record(rid).record.to_json() for rid in self.record_ids()}
         rebuilt = merge(empty_summary(), records)
+        for key in self.store.list(STEPS):  # steps still running stay marked open
+            if key.endswith("/step.json"):
+                manifest = json.loads(self.store.get(key).data)
+                info = open_step_info(manifest)
+                rebuilt = mark_step_open(rebuilt, manifest["id"], info) or rebuilt
         self.store.swap(SUMMARY_KEY, render_summary(rebuilt), blob.token)
         return kept
 
@@ -309,10 +318,19 @@ def recover(cloudpath: str) -> dict[str, list[str]]:
     a session that crashed anywhere between its publishes. Returns {layer: ids published} for
     every layer that changed.
     """
-    return _recover_layers([normalise_cloudpath(cloudpath)], seen=set())
+    layer = normalise_cloudpath(cloudpath)
+    ledger = Ledger.open(layer)
+    added = ledger.publish(follow_siblings=False)
+    done = {layer: added} if added else {}
+    # The sessions that wrote this layer may have died before publishing on their siblings.
+    pointers = ledger.summary().get("cirrus", {}).get("records", [])
+    siblings = sorted({other for entry in pointers for other in entry.get("siblings", [])})
+    done.update(_recover_layers([*_record_siblings(ledger, added), *siblings], seen={layer}))
+    return done
 
 
 def _recover_layers(layers: list[str], seen: set[str]) -> dict[str, list[str]]:
+    """Publish orphans on `layers`, then on the siblings of what that published, and so on."""
     done: dict[str, list[str]] = {}
     queue = list(layers)
     while queue:
@@ -324,6 +342,9 @@ def _recover_layers(layers: list[str], seen: set[str]) -> dict[str, list[str]]:
         added = ledger.publish(follow_siblings=False)
         if added:
             done[layer] = added
-        for pointer in ledger.summary().get("cirrus", {}).get("records", []):
-            queue.extend(pointer.get("siblings", []))
+            queue.extend(_record_siblings(ledger, added))
     return done
+
+
+def _record_siblings(ledger: Ledger, record_ids: Iterable[str]) -> list[str]:
+    return [other for rid in record_ids for other in ledger.read_record(rid).record.siblings]

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from cirrus.errors import CirrusError, InvalidInput
+from cirrus.errors import CirrusError, InvalidInput, plain_text
 from cirrus.ledger import Ledger
 from cirrus.reading import read_history
 from cirrus.storage.paths import normalise_cloudpath
@@ -113,7 +113,7 @@ def lineage(
 
 def _brief(message: str, limit: int = 160) -> str:
     """The first line of an error message, without the advice that follows `; `."""
-    message = re.sub(r"\x1b\[[0-9;]*m", "", message)  # CloudFiles colours its messages
+    message = plain_text(message)
     line = (message.strip().splitlines() or [""])[0].split("; ")[0].rstrip(": ")
     return line if len(line) <= limit else line[: limit - 3] + "..."
 

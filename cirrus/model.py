@@ -49,7 +49,8 @@ def isoformat(moment: dt.datetime) -> str:
 def parameters_as_dict(parameters: Any) -> dict[str, Any]:
     """Turn a dict, SimpleNamespace, ConfigParser, dataclass or attrs instance into a plain dict."""
     if isinstance(parameters, ConfigParser):
-        sections = {name: dict(parameters[name]) for name in parameters.sections()}
+        # raw: values are recorded as written ("%" is no interpolation error)
+        sections = {name: dict(parameters.items(name, raw=True)) for name in parameters.sections()}
         defaults = dict(parameters.defaults())
         return {"DEFAULT": defaults, **sections} if defaults else sections
     if isinstance(parameters, SimpleNamespace):

@@ -132,18 +132,21 @@ class WriteScope:
         self.state = "committing"
         try:
             self.records = self._record(status, error)
-            self.state = "committed" if status == "committed" else "failed"
         except NotPublished as problem:
             self.records = problem.staged
             self.state = "unpublished"
+            self._finalizer.detach()
             if isinstance(problem.cause, CorruptProvenance):  # its message says how to repair
                 raise problem.cause from None
             raise
         except BaseException:
-            self.state = "unrecorded"
+            # Not everything was staged: stay open so commit() or abort() can be tried again
+            # (the same records are staged again, so nothing is doubled); unrecorded writes
+            # still warn when the session is collected.
+            self.state = "open"
             raise
-        finally:
-            self._finalizer.detach()
+        self.state = "committed" if status == "committed" else "failed"
+        self._finalizer.detach()
         return self.records
 
     def _record(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
@@ -180,10 +183,16 @@ class Session(WriteScope):
         self.step = step
         self.notes.append(Note("motivation", self.motivation))
         self.records: dict[str, str] = {}
+        self._built: dict[str, dict[str, Record]] = {}  # status -> records, kept for retries
 
     def _record(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
+        if status not in self._built:
+            self._built[status] = self._build(status, error)
+        return commit_records(self._built[status], self.env_blobs)
+
+    def _build(self, status: str, error: dict[str, str] | None) -> dict[str, Record]:
         touched = self.touched
-        records = {
+        return {
             layer: make_record(
                 session=self.id,
                 layer=layer,
@@ -199,7 +208,6 @@ class Session(WriteScope):
             )
             for layer in touched
         }
-        return commit_records(records, self.env_blobs)
 
     def __repr__(self) -> str:
         return (

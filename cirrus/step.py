@@ -18,8 +18,9 @@ from typing import Any
 import attrs
 
 from cirrus._version import __version__
+from cirrus.canonical import check_step_id
 from cirrus.errors import InvalidInput, StepError
-from cirrus.ledger import Ledger, check_digest_like, env_blobs
+from cirrus.ledger import Ledger, env_blobs
 from cirrus.model import Note, Process, isoformat, utcnow
 from cirrus.session import (
     WriteScope,
@@ -32,6 +33,7 @@ from cirrus.session import (
     validate_sources,
 )
 from cirrus.storage.paths import normalise_cloudpath
+from cirrus.summary import open_step_info
 from cirrus.writeset import combine
 
 TOKEN_VERSION = 1
@@ -72,7 +74,7 @@ class StepToken:
             if not isinstance(data["volumes"], (list, tuple)) or not data["volumes"]:
                 raise ValueError(f"volumes must be a non-empty list, got {data['volumes']!r}")
             volumes = tuple(normalise_cloudpath(v) for v in data["volumes"])
-            return cls(check_digest_like(data["id"]), volumes)
+            return cls(check_step_id(data["id"]), volumes)
         except (ValueError, KeyError, TypeError) as error:
             raise StepError(
                 f"not a cirrus step token ({error}); pass the string `step.token` unchanged"
@@ -115,7 +117,7 @@ class Step:
             for blob in blobs:
                 ledger.stage_env(blob)
             ledger.stage_step(self.manifest)
-            ledger.mark_step_open(self.token_data.id, _open_info(self.manifest))
+            ledger.mark_step_open(self.token_data.id, open_step_info(self.manifest))
 
     @property
     def id(self) -> str:
@@ -133,15 +135,6 @@ class Step:
 
     def __repr__(self) -> str:
         return f"<cirrus.Step {self.id[:12]}: {len(self.token_data.volumes)} volume(s)>"
-
-
-def _open_info(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "started": manifest["started"],
-        "process": manifest["process"]["digest"],
-        "description": manifest["process"]["description"],
-        "user": manifest["user"],
-    }
 
 
 def step(sources: Sequence[str], motivation: str, process: Process, volumes: Sequence[str]) -> Step:

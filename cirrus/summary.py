@@ -17,7 +17,7 @@ from cirrus.errors import CorruptProvenance
 SUMMARY_SCHEMA = "cirrus.summary/1"
 NOTE_SEP = " \n "  # provenance-toolbox's separator between notes in `description`
 FIELD_SEP = ";"  # ... and between a note's timestamp, type and text
-ENV_PREFIX = "provenance.d/envs/"
+ENVS = "provenance.d/envs/"
 REPAIR_HINT = (
     "cirrus never overwrites it. Keep a copy, then repair it in place: "
     "`cirrus repair PATH` moves it to provenance.d/corrupt/<sha256> and starts a fresh summary, "
@@ -62,10 +62,17 @@ def _shape_problem(summary: Any) -> str | None:
     if not all(isinstance(entry, dict) for entry in summary.get("processing") or []):
         return "has a processing entry that is not an object"
     section = summary.get("cirrus")
-    if section is not None and not (
-        isinstance(section, dict) and isinstance(section.get("records", []), list)
-    ):
+    if section is None:
+        return None
+    if not isinstance(section, dict) or not isinstance(section.get("open_steps", {}), dict):
         return "has a 'cirrus' section of the wrong shape"
+    pointers = section.get("records", [])
+    pointer_keys = ("id", "started", "ended")
+    if not isinstance(pointers, list) or not all(
+        isinstance(p, dict) and all(isinstance(p.get(key), str) for key in pointer_keys)
+        for p in pointers
+    ):
+        return "has a record pointer without a string id, started and ended"
     return None
 
 
@@ -161,14 +168,17 @@ def _add_process(summary: dict[str, Any], process: Mapping[str, Any]) -> None:
     entries = summary["processing"]
     if any(entry.get("cirrus_process") == process["digest"] for entry in entries):
         return
-    entries.append(
-        {
-            "task": process["description"],
-            "parameters": process["parameters"],
-            "code_envfiles": [f"{ENV_PREFIX}{env}.json" for env in process["envs"]],
-            "cirrus_process": process["digest"],
-        }
-    )
+    entries.append(processing_entry(process))
+
+
+def processing_entry(process: Mapping[str, Any]) -> dict[str, Any]:
+    """A process as provenance-toolbox lists it (`task`, `parameters`, `code_envfiles`)."""
+    return {
+        "task": process["description"],
+        "parameters": process["parameters"],
+        "code_envfiles": [f"{ENVS}{env}.json" for env in process["envs"]],
+        "cirrus_process": process["digest"],
+    }
 
 
 def note_line(note: Mapping[str, Any]) -> str:
@@ -183,20 +193,30 @@ def note_line(note: Mapping[str, Any]) -> str:
 
 def _add_notes(summary: dict[str, Any], notes: Iterable[Mapping[str, Any]]) -> None:
     description = summary["description"]
-    present = {_note_key(chunk) for chunk in description.split(NOTE_SEP)}
+    present = {note_key(chunk) for chunk in description.split(NOTE_SEP)}
     for note in notes:
         line = note_line(note)
-        if _note_key(line) in present:
+        if note_key(line) in present:
             continue
-        present.add(_note_key(line))
+        present.add(note_key(line))
         description = f"{description}{NOTE_SEP}{line}" if description else line
     summary["description"] = description
 
 
-def _note_key(chunk: str) -> tuple[str, ...]:
+def note_key(chunk: str) -> tuple[str, ...]:
     """(TYPE, text) of a note line, so one motivation is shown once however often it recurs."""
     parts = chunk.split(FIELD_SEP, 2)
     return tuple(parts[1:]) if len(parts) == 3 else (chunk,)
+
+
+def open_step_info(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """What the summary says of a step that is open: enough to find who runs it."""
+    return {
+        "started": manifest["started"],
+        "process": manifest["process"]["digest"],
+        "description": manifest["process"]["description"],
+        "user": manifest["user"],
+    }
 
 
 def mark_step_open(summary: Mapping[str, Any], step: str, info: Mapping[str, Any]) -> dict | None:

@@ -22,7 +22,7 @@ import attrs
 from cirrus.canonical import digest
 from cirrus.errors import CorruptProvenance, IntegrityError, InvalidInput
 from cirrus.ledger import ENVS, Ledger
-from cirrus.summary import ENV_PREFIX, FIELD_SEP, NOTE_SEP, note_line
+from cirrus.summary import NOTE_SEP, note_key, note_line, processing_entry
 
 READERS = 16
 POINTER_FIELDS = ("session", "status", "started", "ended", "step")
@@ -206,12 +206,7 @@ def _check_processing(
                 f"{str(process_digest)[:12]}, which no published record has"
             )
             continue
-        expected = {
-            "task": process["description"],
-            "parameters": process["parameters"],
-            "code_envfiles": [f"{ENV_PREFIX}{env}.json" for env in process["envs"]],
-        }
-        for key, value in expected.items():
+        for key, value in processing_entry(process).items():
             if entry.get(key) != value:
                 report.problems.append(
                     f"summary: processing entry for process {process_digest[:12]} has "
@@ -231,16 +226,11 @@ def _check_sources_and_notes(
     missing = sorted({s for rec in published for s in rec.get("sources", [])} - sources)
     for source in missing:
         report.problems.append(f"summary: source {source!r} of a published record is missing")
-    present = {_note_key(chunk) for chunk in summary.get("description", "").split(NOTE_SEP)}
+    present = {note_key(chunk) for chunk in summary.get("description", "").split(NOTE_SEP)}
     for rec in published:
         for note in rec.get("notes", []):
-            if _note_key(note_line(note)) not in present:
+            if note_key(note_line(note)) not in present:
                 report.problems.append(
                     f"summary: {note['kind']} note {note['text']!r} of record "
                     f"{rec['id'][:12]} is missing from `description`"
                 )
-
-
-def _note_key(chunk: str) -> tuple[str, ...]:
-    parts = chunk.split(FIELD_SEP, 2)
-    return tuple(parts[1:]) if len(parts) == 3 else (chunk,)

@@ -28,8 +28,13 @@ class WriteTracker:
         self.boxes.append((mip, box, chunks, nbytes))
         self.operations["upload"] += 1
 
-    def operation(self, kind: str) -> None:
-        self.operations[kind] += 1
+    def undo_image(self) -> None:
+        """Take back the last image write: CloudVolume refused it before writing anything."""
+        self.boxes.pop()
+        self.operations["upload"] -= 1
+
+    def operation(self, kind: str, count: int = 1) -> None:
+        self.operations[kind] += count
 
     def info(self, info_digest: str) -> None:
         if info_digest not in self.infos:
@@ -38,7 +43,7 @@ class WriteTracker:
     @property
     def touched(self) -> bool:
         """Whether anything was written (reads never count)."""
-        return bool(self.operations)
+        return any(count > 0 for count in self.operations.values())
 
     def to_json(self) -> dict[str, Any]:
         mips: dict[int, dict[str, Any]] = {}
@@ -49,7 +54,7 @@ class WriteTracker:
             entry["bytes"] += nbytes
         return {
             "mips": {str(mip): _finish(entry) for mip, entry in sorted(mips.items())},
-            "operations": dict(sorted(self.operations.items())),
+            "operations": {kind: n for kind, n in sorted(self.operations.items()) if n > 0},
             "info": list(self.infos),
         }
 

@@ -7,15 +7,12 @@ the read-back-and-compare rule for ambiguous creates on top of any backend.
 
 from __future__ import annotations
 
-import logging
 from typing import Protocol
 
 import attrs
 
 from cirrus.errors import PreconditionFailed
 from cirrus.storage.retry import RetryPolicy
-
-log = logging.getLogger("cirrus.storage")
 
 
 @attrs.frozen

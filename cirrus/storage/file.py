@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
 import secrets
 import threading
 from collections.abc import Iterator
 
+from cirrus.canonical import sha256_hex
 from cirrus.errors import PermanentStorageError, PreconditionFailed, TransientStorageError
 from cirrus.storage.base import Blob
 
@@ -29,9 +29,8 @@ _THREAD_LOCKS: dict[str, threading.Lock] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
 
 
-def _token(data: bytes) -> str:
-    """The version token: the content hash, so a token never matches different bytes."""
-    return hashlib.sha256(data).hexdigest()
+# The version token is the content's sha256, so a token never matches different bytes.
+_token = sha256_hex
 
 
 class FileBackend:

@@ -76,9 +76,14 @@ class GCSBackend:
 
     def _put(self, key: str, data: bytes, generation: int) -> str:
         blob = self._bucket.blob(self._key(key))
+        blob.cache_control = "no-cache"  # as CloudVolume writes `provenance`: readers see it now
         try:
             blob.upload_from_string(
-                data, if_generation_match=generation, retry=None, timeout=_TIMEOUT
+                data,
+                content_type="application/json",
+                if_generation_match=generation,
+                retry=None,
+                timeout=_TIMEOUT,
             )
         except Exception as error:
             raise self._classify(error, key) from error

@@ -6,18 +6,18 @@ token is the content's sha256, so a write by anyone else (CloudVolume included) 
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import threading
 
+from cirrus.canonical import sha256_hex
 from cirrus.errors import PreconditionFailed
 from cirrus.storage.base import Blob
 
 _LOCK = threading.Lock()
 
 
-def _token(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+# The version token is the content's sha256, so a token never matches different bytes.
+_token = sha256_hex
 
 
 class MemBackend:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import attrs
 
-from cirrus.errors import InvalidInput
+from cirrus.errors import InvalidInput, plain_text
 from cirrus.storage.base import Backend, Store
 
 _WRAPPERS: list[Callable[[Backend], Backend]] = []
@@ -64,8 +64,9 @@ def _parse_with_cloudfiles(cloudpath: str) -> LayerPath:
     try:
         parts = paths.extract(cloudpath)
     except Exception as error:  # cloudfiles raises its own UnsupportedProtocolError
+        reason = " ".join(plain_text(error).split())
         raise InvalidInput(
-            f"{cloudpath!r} is not a cloudpath CloudVolume accepts: {_plain(error)}"
+            f"{cloudpath!r} is not a cloudpath CloudVolume accepts: {reason}"
         ) from None
     if parts.format not in (None, "precomputed"):
         raise InvalidInput(
@@ -82,11 +83,6 @@ def _parse_with_cloudfiles(cloudpath: str) -> LayerPath:
     return LayerPath(
         parts.protocol, parts.bucket, parts.path.rstrip("/"), (parts.host or "").rstrip("/")
     )
-
-
-def _plain(error: Exception) -> str:
-    """CloudFiles colours its messages for terminals; keep ours plain."""
-    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split())
 
 
 def normalise_cloudpath(cloudpath: str) -> str:

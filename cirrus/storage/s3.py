@@ -81,7 +81,12 @@ class S3Backend:
     def _put(self, key: str, data: bytes, **condition: str) -> str:
         try:
             response = self._client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=data, **condition
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Body=data,
+                ContentType="application/json",
+                CacheControl="no-cache",  # as CloudVolume writes `provenance`
+                **condition,
             )
         except Exception as error:
             # If-Match on a missing key: 404 NoSuchKey on AWS and moto, 412 on RGW. Both: conflict.

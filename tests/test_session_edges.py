@@ -1,0 +1,148 @@
+"""Edges of the write path found in review: refused writes, odd files, retries, odd infos."""
+
+from __future__ import annotations
+
+from configparser import ConfigParser
+
+import numpy as np
+import pytest
+
+import cirrus
+from cirrus.errors import CorruptProvenance, InvalidInput, ProvenanceRequired, StorageError
+from cirrus.ledger import Ledger
+from cirrus.storage import wrap_backends
+from cirrus.storage.paths import normalise_cloudpath
+from tests.session_support import (
+    chunk_of,
+    make_layer,
+    plain,
+    process,
+    provenance_keys,
+    put_raw,
+    raw_summary,
+    summary_json,
+)
+
+
+@pytest.fixture
+def layer(tmp_path) -> str:
+    path = f"file://{tmp_path}/layer"
+    make_layer(path)
+    return path
+
+
+def test_parallel_uploads_are_refused_before_anything_is_written(layer):
+    """CloudVolume's parallel upload pickles the volume into children, where writes got lost."""
+    with cirrus.session(["src"], "why", process()) as s:
+        with pytest.raises(InvalidInput, match="parallel=2"):
+            s.volume(layer, parallel=2)
+        handle = s.volume(layer)
+        handle.parallel = 2
+        with pytest.raises(InvalidInput, match="parallel=2"):
+            handle[0:64, 0:64, 0:64] = chunk_of(1)
+    assert s.records == {}
+    assert (plain(layer)[0:64, 0:64, 0:64] == 0).all()
+
+
+def test_a_write_cloudvolume_refuses_is_not_recorded(layer):
+    with cirrus.session(["src"], "why", process()) as s:
+        handle = s.volume(layer)
+        with pytest.raises(Exception, match="Non-Aligned"):
+            handle[0:10, 0:10, 0:10] = np.ones((10, 10, 10), np.uint8)
+        handle[0:64, 0:64, 0:64] = chunk_of(2)
+    (record,) = [h.record for h in cirrus.history(layer)]
+    assert record.writes["operations"] == {"upload": 1}
+    assert record.writes["mips"]["0"]["chunks"] == 1
+
+
+def test_info_with_numpy_values_commits_like_cloudvolume(layer):
+    with cirrus.session(["src"], "rescale", process()) as s:
+        handle = s.volume(layer)
+        handle.info["scales"][0]["resolution"] = np.array([8, 8, 40])
+        handle.commit_info()
+    (record,) = [h.record for h in cirrus.history(layer)]
+    assert record.writes["operations"] == {"info": 1}
+    assert list(plain(layer).info["scales"][0]["resolution"]) == [8, 8, 40]
+
+
+def test_transfer_to_and_meta_commit_provenance_are_refused(layer, tmp_path):
+    with cirrus.session(["src"], "why", process()) as s:
+        handle = s.volume(layer)
+        with pytest.raises(ProvenanceRequired, match="transfer_to"):
+            handle.transfer_to(f"file://{tmp_path}/copy", handle.bounds)
+        with pytest.raises(ProvenanceRequired, match="commit_provenance"):
+            handle.meta.commit_provenance()
+    assert not (tmp_path / "copy").exists()
+
+
+def test_a_stray_file_among_the_records_does_not_block_commits(layer, caplog):
+    put_raw(layer, "provenance.d/records/README.json", b"notes by hand")
+    with cirrus.session(["src"], "why", process()) as s:
+        s.volume(layer)[0:64, 0:64, 0:64] = chunk_of(3)
+    assert [h.id for h in cirrus.history(layer)] == [s.records[layer]]
+    assert "README.json, which is not a record" in caplog.text
+
+
+def test_a_damaged_staged_record_does_not_block_commits(layer):
+    with cirrus.session(["src"], "first", process()) as first:
+        first.volume(layer)[0:64, 0:64, 0:64] = chunk_of(1)
+    damaged = "provenance.d/records/" + "0" * 64 + ".json"
+    put_raw(layer, damaged, b"{}")  # an orphan whose bytes do not match its name
+    with cirrus.session(["src"], "second", process()) as second:
+        second.volume(layer)[64:128, 0:64, 0:64] = chunk_of(2)
+    assert [h.id for h in cirrus.history(layer)] == [first.records[layer], second.records[layer]]
+
+
+def test_a_commit_that_fails_while_staging_stays_open_and_retries_without_doubling(tmp_path):
+    paths = [f"file://{tmp_path}/a", f"file://{tmp_path}/b"]
+    for path in paths:
+        make_layer(path)
+    s = cirrus.session(["src"], "why", process())
+    for path in paths:
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(4)
+
+    class RefuseRecordsOnB:
+        def __init__(self, backend):
+            self.backend, self.cloudpath = backend, backend.cloudpath
+
+        def __getattr__(self, name):
+            return getattr(self.backend, name)
+
+        def put_new(self, key, data):
+            if self.cloudpath.endswith("/b") and key.startswith("provenance.d/records/"):
+                raise StorageError("refused by the test", cloudpath=self.cloudpath, key=key)
+            return self.backend.put_new(key, data)
+
+    with wrap_backends(RefuseRecordsOnB), pytest.raises(StorageError, match="refused"):
+        s.commit()
+    assert s.state == "open"
+    ids = s.commit()  # the same records again: a's staged record is not doubled
+    assert s.state == "committed"
+    for path in paths:
+        assert [h.id for h in cirrus.history(path)] == [ids[normalise_cloudpath(path)]]
+
+
+def test_record_pointers_of_the_wrong_shape_are_refused_when_a_volume_opens(layer):
+    bad = (
+        b'{"description": "", "owners": [], "processing": [], "sources": [],'
+        b' "cirrus": {"records": [{"id": 1}]}}'
+    )
+    put_raw(layer, "provenance", bad)
+    with cirrus.session(["src"], "why", process()) as s, pytest.raises(CorruptProvenance):
+        s.volume(layer)
+    assert raw_summary(layer) == bad
+
+
+def test_configparser_values_are_recorded_raw():
+    config = ConfigParser()
+    config.read_string("[watershed]\nthreshold = 50%\nlabel = %(threshold)s\n")
+    proc = cirrus.Process("p", config)
+    assert proc.parameters == {"watershed": {"threshold": "50%", "label": "%(threshold)s"}}
+
+
+def test_repair_keeps_steps_that_are_still_open(layer):
+    step = cirrus.step(["src"], "why", process(), volumes=[layer])
+    put_raw(layer, "provenance", b"{broken")
+    kept = Ledger.open(layer).repair()
+    assert kept in provenance_keys(layer)
+    assert step.id in summary_json(layer)["cirrus"]["open_steps"]
