@@ -6,7 +6,9 @@ so starting 16 of them is cheap and safe even while server threads run in the te
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
+import os
 from collections.abc import Callable
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
@@ -37,6 +39,16 @@ def _create(cloudpath: str, i: int, barrier: Barrier, results: Queue) -> None:
         results.put((i, False))
 
 
+def _create_without_links(cloudpath: str, i: int, barrier: Barrier, results: Queue) -> None:
+    """As `_create`, on a file system that refuses hard links (some FUSE and SMB mounts)."""
+
+    def refuse(*_args: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    os.link = refuse  # this child process only
+    _create(cloudpath, i, barrier, results)
+
+
 def _increment(cloudpath: str, i: int, barrier: Barrier, results: Queue) -> None:
     store = open_store(cloudpath)
     barrier.wait()
@@ -65,6 +77,15 @@ def test_create_only_across_processes_has_one_winner(tmp_path) -> None:
     assert wins.count(True) == 1
     data = open_store(cloudpath).get("race").data
     assert data == f"process {wins.index(True)}".encode() * 1000
+
+
+def test_create_only_without_hard_links_still_has_one_winner(tmp_path) -> None:
+    cloudpath = f"file://{tmp_path}/layer"
+    wins = _run(_create_without_links, cloudpath)
+    assert wins.count(True) == 1
+    data = open_store(cloudpath).get("race").data
+    assert data == f"process {wins.index(True)}".encode() * 1000
+    assert open_store(cloudpath).list("") == ["race"]  # no temp file left behind
 
 
 def test_compare_and_swap_across_processes_loses_nothing(tmp_path) -> None:

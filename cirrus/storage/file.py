@@ -21,6 +21,7 @@ from cirrus.errors import PermanentStorageError, PreconditionFailed, TransientSt
 from cirrus.storage.base import Blob
 
 _HIDDEN = ".cirrus-"  # temp and lock files start with this and are never listed
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}
 _TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT, errno.ESTALE}
 
 # flock excludes other open file descriptions, but on NFS Linux emulates it with per-process
@@ -56,16 +57,30 @@ class FileBackend:
         try:
             temp = self._write_temp(path, data)
             try:
-                os.link(temp, path)  # atomic, and fails if the name exists
-            except FileExistsError:
-                raise PreconditionFailed(
-                    "already exists", cloudpath=self.cloudpath, key=key
-                ) from None
+                self._publish_new(temp, path, key)
             finally:
-                os.unlink(temp)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
         except OSError as error:
             raise self._error(error, key, "create") from error
         return _token(data)
+
+    def _publish_new(self, temp: str, path: str, key: str) -> None:
+        """Give the written temp file its final name, only if that name is free."""
+        try:
+            os.link(temp, path)  # atomic, and fails if the name exists
+            return
+        except FileExistsError:
+            raise PreconditionFailed("already exists", cloudpath=self.cloudpath, key=key) from None
+        except OSError as error:
+            if error.errno not in _NO_HARD_LINKS:
+                raise
+        # No hard links on this file system (some FUSE and SMB mounts): check and rename
+        # under the key's lock instead, which every writer of this file system takes.
+        with self._locked(path):
+            if os.path.exists(path):
+                raise PreconditionFailed("already exists", cloudpath=self.cloudpath, key=key)
+            os.replace(temp, path)
 
     def put_if_match(self, key: str, data: bytes, token: str) -> str:
         path = self._path(key)
