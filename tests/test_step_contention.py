@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue as queue_module
 from typing import Any
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 import cirrus
 from cirrus.storage.paths import normalise_cloudpath
 from tests import step_support as ss
+from tests.processes import run_together
 from tests.session_support import summary_json
 
 WRITERS = 32
@@ -18,26 +18,8 @@ SIZE = (8 * ss.CHUNK, 4 * ss.CHUNK, ss.CHUNK)  # one chunk per writer
 
 def commit_together(layer: str, env: dict[str, str], timeout: float = 120) -> list[tuple]:
     """Start WRITERS processes, each with its own session; they commit past one barrier."""
-    ctx = ss.context()
-    barrier = ctx.Barrier(WRITERS)
-    results = ctx.Queue()
-    procs = [
-        ctx.Process(target=ss.independent_session, args=(layer, i, barrier, env, results))
-        for i in range(WRITERS)
-    ]
-    for proc in procs:
-        proc.start()
-    done = []
-    try:
-        for _ in procs:
-            done.append(results.get(timeout=timeout))
-    except queue_module.Empty:
-        pytest.fail(f"only {len(done)} of {WRITERS} writers reported")
-    finally:
-        for proc in procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
+    done, procs = run_together(ss.context(), ss.independent_session, layer, WRITERS, env, timeout)
+    assert len(done) == WRITERS, f"only {len(done)} of {WRITERS} writers reported"
     assert [proc.exitcode for proc in procs] == [0] * WRITERS
     return done
 

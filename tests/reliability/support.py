@@ -18,6 +18,7 @@ import numpy as np
 from cirrus.errors import TransientStorageError
 from cirrus.storage.faults import FaultyBackend
 from tests import layers
+from tests.processes import run_together
 
 CHUNK = 16
 SIZE = (4 * CHUNK, 4 * CHUNK, 2 * CHUNK)  # 32 chunks of 16^3
@@ -292,27 +293,5 @@ def contention_writer(layer: str, index: int, barrier: Any, env: dict, results: 
 
 def commit_together(layer: str, writers: int, env: dict, timeout: float = 300) -> list[tuple]:
     """Start `writers` processes with independent sessions on `layer`; all commit at once."""
-    import queue as queue_module
-
-    ctx = forkserver()
-    barrier = ctx.Barrier(writers)
-    results = ctx.Queue()
-    procs = [
-        ctx.Process(target=contention_writer, args=(layer, i, barrier, env, results))
-        for i in range(writers)
-    ]
-    for proc in procs:
-        proc.start()
-    done = []
-    try:
-        for _ in procs:
-            done.append(results.get(timeout=timeout))
-    except queue_module.Empty:
-        pass
-    finally:
-        for proc in procs:
-            proc.join(30)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+    done, _ = run_together(forkserver(), contention_writer, layer, writers, env, timeout)
     return done
