@@ -192,7 +192,7 @@ def env_lines(env_id: str, document: Mapping[str, Any] | None, error: str | None
         "image",
         "tag",
         "image_id",
-        "repo_digest",
+        "repo_digests",
     )
     keys += tuple(sorted(set(document) - set(keys) - HIDDEN_ENV_KEYS))
     for key in keys:

@@ -69,7 +69,9 @@ def track(volume: Any, gate: Gate) -> Any:
         owner = _resolve(volume, path)
         for name in names:
             if owner is not None and callable(getattr(owner, name, None)):
-                _wrap(owner, name, functools.partial(_note_operation, volume, gate, operation))
+                # the meta, not the volume: a volume -> wrapper -> volume cycle would keep
+                # compat volumes alive until cyclic GC, delaying their commit
+                _wrap(owner, name, functools.partial(_note_operation, volume.meta, gate, operation))
     _wrap(volume.meta, "commit_provenance", functools.partial(_refuse_provenance, gate))
     return volume
 
@@ -115,12 +117,12 @@ def info_digest(info: Any) -> str:
 
 
 def _note_operation(
-    volume: Any, gate: Gate, operation: str, *_args: Any, **_kwargs: Any
+    meta: Any, gate: Gate, operation: str, *_args: Any, **_kwargs: Any
 ) -> Callable[[], None]:
     gate.admit()
     tracker = gate.tracker
     if operation == "info":
-        tracker.info(info_digest(volume.meta.info))
+        tracker.info(info_digest(meta.info))
     tracker.operation(operation)
     return lambda: tracker.operation(operation, -1)
 

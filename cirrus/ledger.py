@@ -24,7 +24,7 @@ from cirrus.errors import (
     PreconditionFailed,
     StorageError,
 )
-from cirrus.model import Record
+from cirrus.model import Record, parse_time, utcnow
 from cirrus.storage import Store, open_store
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.summary import (
@@ -46,12 +46,6 @@ RECORDS = "provenance.d/records/"
 CORRUPT = "provenance.d/corrupt/"
 STEPS = "provenance.d/steps/"
 PUBLISH_DEADLINE = 300.0
-
-
-def _age_seconds(timestamp: str) -> float:
-    import datetime as dt
-
-    return (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(timestamp)).total_seconds()
 
 
 def env_blobs(documents: Iterable[Mapping[str, Any]]) -> list[bytes]:
@@ -103,11 +97,13 @@ class Ledger:
         return cls(name, open_store(name))
 
     # -- stage: write-once, content-addressed, idempotent -------------------------------------
-    def stage_env(self, data: bytes) -> str:
-        """Store a code environment's canonical JSON (see `env_blobs`) under its sha256."""
-        env_id = sha256_hex(data)
-        self.store.create(f"{ENVS}{env_id}.json", data, addressed=True)
-        return env_id
+    def stage_envs(self, blobs: Iterable[bytes]) -> list[str]:
+        """Store code environments' canonical JSON (see `env_blobs`), each under its sha256."""
+        ids = []
+        for data in blobs:
+            ids.append(sha256_hex(data))
+            self.store.create(f"{ENVS}{ids[-1]}.json", data, addressed=True)
+        return ids
 
     def stage_record(self, record: Record) -> str:
         data = canonical_json(record.to_json())
@@ -190,7 +186,11 @@ class Ledger:
                     log.warning("%s: damaged record not rolled forward: %s", self.cloudpath, error)
         if found:
             # A record staged moments ago is most likely a concurrent session mid-commit.
-            stale = [rid for rid, rec in found.items() if _age_seconds(rec["ended"]) > 60]
+            stale = [
+                rid
+                for rid, rec in found.items()
+                if (utcnow() - parse_time(rec["ended"])).total_seconds() > 60
+            ]
             log.log(
                 logging.WARNING if stale else logging.INFO,
                 "%s: rolling forward %d staged record(s) no summary named (%d older than 60 s)",
@@ -217,7 +217,7 @@ class Ledger:
     def put_fragment(self, step_id: str, task: str, fragment: Mapping[str, Any]) -> bool:
         """Create the task's fragment; a re-run replaces it only if the earlier attempt failed.
 
-        Returns whether the stored fragment is this one.
+        Returns whether this call stored it (False: an earlier attempt stands).
         """
         key = f"{STEPS}{check_step_id(step_id)}/tasks/{task}.json"
         data = _pretty(fragment)

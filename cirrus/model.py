@@ -46,6 +46,11 @@ def isoformat(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).isoformat(timespec="microseconds")
 
 
+def parse_time(text: str) -> dt.datetime:
+    """A timestamp as `isoformat` writes it, back as an aware datetime."""
+    return dt.datetime.fromisoformat(text)
+
+
 def parameters_as_dict(parameters: Any) -> dict[str, Any]:
     """Turn a dict, SimpleNamespace, ConfigParser, dataclass or attrs instance into a plain dict."""
     if isinstance(parameters, ConfigParser):
@@ -183,7 +188,7 @@ class Note:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Note:
-        return cls(data["kind"], data["text"], dt.datetime.fromisoformat(data["time"]))
+        return cls(data["kind"], data["text"], parse_time(data["time"]))
 
 
 @attrs.frozen

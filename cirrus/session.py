@@ -285,8 +285,7 @@ def commit_records(records: dict[str, Record], env_blobs: Iterable[bytes]) -> di
     blobs = list(env_blobs)
 
     def stage(layer: str) -> str:
-        for blob in blobs:
-            ledgers[layer].stage_env(blob)
+        ledgers[layer].stage_envs(blobs)
         return ledgers[layer].stage_record(records[layer])
 
     def publish(layer: str, record_id: str) -> None:

@@ -21,7 +21,7 @@ from cirrus._version import __version__
 from cirrus.canonical import check_step_id
 from cirrus.errors import InvalidInput, StepError
 from cirrus.ledger import Ledger, env_blobs
-from cirrus.model import Note, Process, isoformat, utcnow
+from cirrus.model import Note, Process, isoformat, parse_time, utcnow
 from cirrus.session import (
     WriteScope,
     commit_records,
@@ -114,8 +114,7 @@ class Step:
         blobs = env_blobs(process.env_documents())
         for layer in layers:
             ledger = Ledger.open(layer)
-            for blob in blobs:
-                ledger.stage_env(blob)
+            ledger.stage_envs(blobs)
             ledger.stage_step(self.manifest)
             ledger.mark_step_open(self.token_data.id, open_step_info(self.manifest))
 
@@ -229,7 +228,7 @@ def _step_record(
         process=manifest["process"],
         sources=manifest["sources"],
         notes=notes,
-        started=_parse_time(manifest["started"]),
+        started=parse_time(manifest["started"]),
         status="failed" if failures else "committed",
         writes=combine(f["writes"] for f in fragments),
         siblings=tuple(other for other in written if other != layer),
@@ -255,12 +254,6 @@ def _task_summary(fragments: list[dict], failures: list[dict]) -> dict[str, Any]
         "failures": [{"task": f["task"], "error": f["error"]} for f in listed],
         "hosts": len({f["host"] for f in fragments}),
     }
-
-
-def _parse_time(text: str) -> Any:
-    import datetime as dt
-
-    return dt.datetime.fromisoformat(text)
 
 
 def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:

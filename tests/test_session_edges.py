@@ -146,3 +146,17 @@ def test_repair_keeps_steps_that_are_still_open(layer):
     kept = Ledger.open(layer).repair()
     assert kept in provenance_keys(layer)
     assert step.id in summary_json(layer)["cirrus"]["open_steps"]
+
+
+def test_a_compat_volume_commits_when_it_is_deleted(layer):
+    """cirrus-volume had no explicit end: dropping the volume records its writes, at once."""
+    import gc
+
+    gc.disable()  # no cyclic collection: the handle must not keep itself alive
+    try:
+        vol = cirrus.CloudVolume(layer, sources=["src"], motivation="why", process=process())
+        vol[0:64, 0:64, 0:64] = chunk_of(5)
+        del vol
+        assert len(cirrus.history(layer)) == 1
+    finally:
+        gc.enable()

@@ -187,8 +187,7 @@ def test_staged_but_unpublished_records_via_the_ledger_are_rolled_forward(tmp_pa
             siblings=tuple(p for p in paths if p != path),
         )
         ledger = Ledger.open(path)
-        for blob in env_blobs(proc.env_documents()):
-            ledger.stage_env(blob)
+        ledger.stage_envs(env_blobs(proc.env_documents()))
         ids[path] = ledger.stage_record(record)
         assert ledger.stage_record(record) == ids[path]  # staging is idempotent
     assert cirrus.recover(paths[0]) == {path: [ids[path]] for path in paths}

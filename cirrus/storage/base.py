@@ -63,7 +63,8 @@ class Store:
 
         A create whose response was lost and was retried lands here as a conflict; reading the
         object back and comparing bytes tells success from a real collision. A key `addressed`
-        by the sha256 of its bytes needs no read-back: the name already says what it holds.
+        by the sha256 of its bytes is taken as holding them without a read-back (a damaged
+        copy is `cirrus verify`'s to find), and returns False.
         """
         try:
             self.policy.call(self.backend.put_new, key, data)
