@@ -12,7 +12,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -26,6 +26,7 @@ from cirrus.errors import (
 )
 from cirrus.model import Record, parse_time, utcnow
 from cirrus.storage import Store, open_store
+from cirrus.storage.base import Blob
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.summary import (
     ENVS,
@@ -46,6 +47,7 @@ RECORDS = "provenance.d/records/"
 CORRUPT = "provenance.d/corrupt/"
 STEPS = "provenance.d/steps/"
 PUBLISH_DEADLINE = 300.0
+NOT_READ = object()  # `publish`/`update`: the summary has not been read yet
 
 
 def env_blobs(documents: Iterable[Mapping[str, Any]]) -> list[bytes]:
@@ -55,6 +57,31 @@ def env_blobs(documents: Iterable[Mapping[str, Any]]) -> list[bytes]:
 
 def _pretty(document: Mapping[str, Any]) -> bytes:
     return json.dumps(document, sort_keys=True, indent=1, ensure_ascii=False).encode("utf-8")
+
+
+@attrs.frozen
+class Staged:
+    """A record staged on a layer, and the summary as read just before (None: no summary)."""
+
+    record_id: str
+    summary: Blob | None
+
+
+def _named_envs(summary: Blob | None) -> set[str]:
+    """Digests of the environments a summary's cirrus processes name: staged before it was."""
+    if summary is None:
+        return set()
+    try:
+        entries = parse_summary(summary.data, "").get("processing", [])
+    except CorruptProvenance:  # publishing reports it; staging goes on
+        return set()
+    return {
+        path[len(ENVS) : -len(".json")]
+        for entry in entries
+        if entry.get("cirrus_process")
+        for path in entry.get("code_envfiles") or []
+        if isinstance(path, str) and path.startswith(ENVS) and path.endswith(".json")
+    }
 
 
 @attrs.frozen(repr=False)
@@ -111,14 +138,30 @@ class Ledger:
         self.store.create(f"{RECORDS}{record_id}.json", data, addressed=True)
         return record_id
 
+    def stage(self, record: Record, blobs: Sequence[bytes]) -> Staged:
+        """Stage a record and the environments the summary does not name yet, reading it once.
+
+        The summary read here is where publishing starts, so a volume costs one read, the
+        creates and one compare-and-swap when nobody else commits in between.
+        """
+        summary = self.store.get(SUMMARY_KEY)
+        named = _named_envs(summary)
+        self.stage_envs(blob for blob in blobs if sha256_hex(blob) not in named)
+        return Staged(self.stage_record(record), summary)
+
     # -- publish: compare-and-swap the summary, re-merge on conflict ---------------------------
     def publish(
-        self, records: Mapping[str, Record] | None = None, *, follow_siblings: bool = True
+        self,
+        records: Mapping[str, Record] | None = None,
+        *,
+        follow_siblings: bool = True,
+        read: Blob | None | object = NOT_READ,
     ) -> list[str]:
         """Point the summary at `records` and at any staged record it does not point to yet.
 
         Returns the ids this call added. Orphans are looked for once, not on every retry; when
-        some are found, their sessions' sibling layers are recovered too.
+        some are found, their sessions' sibling layers are recovered too. `read` is the summary
+        as last read (see `stage`), tried first instead of reading it again.
         """
         pending = {rid: rec.to_json() for rid, rec in (records or {}).items()}
         orphans: dict[str, dict] | None = None
@@ -132,7 +175,7 @@ class Ledger:
             added = sorted(set(pending) - published_ids(summary))
             return merge(summary, pending) if added else None
 
-        self.update(fold)
+        self.update(fold, read=read)
         siblings = {layer for rec in (orphans or {}).values() for layer in rec.get("siblings", [])}
         if follow_siblings and siblings - {self.cloudpath}:
             try:  # this layer is published; the siblings are the crashed session's business
@@ -146,16 +189,23 @@ class Ledger:
                 )
         return added
 
-    def update(self, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
+    def update(
+        self,
+        change: Callable[[dict[str, Any]], dict[str, Any] | None],
+        *,
+        read: Blob | None | object = NOT_READ,
+    ) -> None:
         """Compare-and-swap the summary through `change` (None: nothing to write).
 
-        On a conflict the summary is read again and `change` re-applied, with jittered backoff;
-        the summary is never written blindly.
+        Starts from `read` when given (a stale one only costs a conflict). On a conflict the
+        summary is read again and `change` re-applied, with jittered backoff; the summary is
+        never written blindly.
         """
         deadline = time.monotonic() + PUBLISH_DEADLINE
         attempt = 0
         while True:
-            blob = self.store.get(SUMMARY_KEY)
+            blob = self.store.get(SUMMARY_KEY) if read is NOT_READ else read
+            read = NOT_READ
             changed = change(parse_summary(None if blob is None else blob.data, self.cloudpath))
             if changed is None:
                 return

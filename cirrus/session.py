@@ -7,6 +7,7 @@ the two leaves staged records that the next commit or `cirrus.recover` rolls for
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import os
@@ -15,7 +16,7 @@ import sys
 import uuid
 import warnings
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,12 +24,13 @@ from cirrus._version import __version__
 from cirrus.canonical import check_text, digest
 from cirrus.errors import CorruptProvenance, InvalidInput, NotPublished, SessionClosed
 from cirrus.handles import RULES, Gate, track
-from cirrus.ledger import Ledger, env_blobs
+from cirrus.ledger import Ledger, Staged, env_blobs
 from cirrus.model import Note, Process, Record, isoformat, utcnow
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.writeset import WriteTracker
 
 log = logging.getLogger("cirrus.session")
+THREADS = 64  # volumes committed at once: their round trips overlap
 
 
 def validate_sources(sources: Any) -> tuple[str, ...]:
@@ -284,29 +286,36 @@ def commit_records(records: dict[str, Record], env_blobs: Iterable[bytes]) -> di
     ledgers = {layer: Ledger.open(layer) for layer in records}
     blobs = list(env_blobs)
 
-    def stage(layer: str) -> str:
-        ledgers[layer].stage_envs(blobs)
-        return ledgers[layer].stage_record(records[layer])
+    def stage(layer: str) -> Staged:
+        return ledgers[layer].stage(records[layer], blobs)
 
-    def publish(layer: str, record_id: str) -> None:
-        ledgers[layer].publish({record_id: records[layer]})
+    def publish(layer: str, staged: Staged) -> None:
+        ledgers[layer].publish({staged.record_id: records[layer]}, read=staged.summary)
 
-    if len(records) == 1:  # no pool: this also runs from finalizers at interpreter exit
-        (layer,) = records
-        ids = {layer: stage(layer)}
+    with _overlapped(records) as run:
+        staged = dict(zip(records, run(stage, records), strict=True))
+        ids = {layer: done.record_id for layer, done in staged.items()}
         try:
-            publish(layer, ids[layer])
-        except Exception as error:
-            raise NotPublished(ids, error) from error
-        return ids
-    # Each volume's staging and publishing are a few round trips: overlap them across volumes.
-    with ThreadPoolExecutor(max_workers=min(64, len(records))) as pool:
-        ids = dict(zip(records, pool.map(stage, records), strict=True))
-        try:
-            list(pool.map(publish, ids, ids.values()))
+            run(publish, staged, staged.values())
         except Exception as error:
             raise NotPublished(ids, error) from error
     return ids
+
+
+@contextlib.contextmanager
+def _overlapped(layers: Iterable[str]) -> Iterator[Callable[..., list]]:
+    """A `map` that overlaps each volume's few round trips with the other volumes'.
+
+    One volume runs inline: this also runs from finalizers at interpreter exit, where no new
+    thread may start. file:// is often a network file system, so it gets as many threads as
+    the cloud.
+    """
+    layers = list(layers)
+    if len(layers) == 1:
+        yield lambda function, *columns: list(map(function, *columns))
+        return
+    with ThreadPoolExecutor(max_workers=min(THREADS, len(layers))) as pool:
+        yield lambda function, *columns: list(pool.map(function, *columns))
 
 
 def _warn_unrecorded(trackers: dict[str, WriteTracker], session_id: str) -> None:

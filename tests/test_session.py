@@ -127,6 +127,36 @@ def test_three_volumes_hundreds_of_chunks_one_record_and_one_publish_each(layer_
             assert (block == (v * 100 + i) % 251).all(), (path, x, y, z)
 
 
+def test_a_repeat_session_costs_four_requests_per_volume(layer_path):
+    """One read of the summary, the record's create, the orphan scan and one swap: the code
+    environment is not written again once the summary names it."""
+    paths = three_layers(layer_path)
+    proc = cirrus.Process("fill", {"value": 1}, StaticEnv())
+    for round_ in range(2):
+        keys = KeyCounter()
+        with cirrus.session(["src"], f"round {round_}", proc) as s:
+            handles = [s.volume(path, progress=False) for path in paths]
+            with wrap_backends(lambda backend: KeyCountingBackend(backend, keys)):
+                for handle in handles:
+                    handle[0:CHUNK, 0:CHUNK, 0:CHUNK] = chunk_of(round_)
+                s.commit()
+        for path in paths:
+            assert keys.count(path, "put_new", "envs") == (1 if round_ == 0 else 0)
+            assert keys.count(path, "get", "summary") == 1, keys.calls
+            assert keys.count(path, "put_new", "records") == 1
+            assert keys.count(path, "list") == 1
+            swaps = keys.count(path, "put_if_match", "summary") + keys.count(
+                path, "put_new", "summary"
+            )
+            assert swaps == 1
+            assert keys.count(path) == (5 if round_ == 0 else 4), keys.calls
+    for path in paths:
+        history = cirrus.history(path)
+        assert [r.record.notes[0]["text"] for r in history] == ["round 0", "round 1"]
+        env = history[1].record.process["envs"][0]
+        assert cirrus.ledger.Ledger.open(path).read_env(env)  # named, stored, verified
+
+
 def test_write_set_of_disjoint_regions_and_two_mips(tmp_path):
     path = normalise_cloudpath(f"file://{tmp_path}/layer")
     make_layer(path, size=(256, 256, 128))
