@@ -612,13 +612,19 @@ def _commit_case(count: int, label: str) -> str:
 
 
 def commit_latency(base: str, label: str, sizes: Sizes) -> list[dict]:
-    """Median time of `s.commit()` for sessions that wrote one chunk to each of N volumes."""
+    """Median time of `s.commit()` for sessions that wrote one chunk to each of N volumes.
+
+    Beside it, in the same rounds, the storage's floor for the same N volumes: the two durable
+    writes any layout with provenance on each volume needs (a create and a compare-and-swap per
+    volume), made with cirrus's own backend and overlapped the way a commit overlaps volumes.
+    """
     import cirrus
 
     process = cirrus_process()
     data = chunk_data()
     box = positions(1)[0]
     paths = make_layers([f"{base}/v{i:03d}" for i in range(max(sizes.volumes))], grid=1)
+    floor = StorageFloor(paths)
 
     def once(count: int) -> float:
         s = cirrus.session(SOURCES, MOTIVATION, process)
@@ -629,14 +635,18 @@ def commit_latency(base: str, label: str, sizes: Sizes) -> list[dict]:
         return time.perf_counter() - start
 
     once(1)  # warm-up: clients, connection pools
+    floor.once(1)
     times: dict[int, list[float]] = {count: [] for count in sizes.volumes}
+    floors: dict[int, list[float]] = {count: [] for count in sizes.volumes}
     for index in range(sizes.commit_rounds):
         order = sizes.volumes if index % 2 == 0 else tuple(reversed(sizes.volumes))
         for count in order:
             times[count].append(once(count))
+            floors[count].append(floor.once(count))
     median = {count: statistics.median(t) * 1000 for count, t in times.items()}
-    one = sizes.volumes[0]
-    return [
+    least = {count: statistics.median(t) * 1000 for count, t in floors.items()}
+    one, most = sizes.volumes[0], sizes.volumes[-1]
+    rows = [
         row(
             _commit_case(count, label),
             median[count],
@@ -647,6 +657,61 @@ def commit_latency(base: str, label: str, sizes: Sizes) -> list[dict]:
         )
         for count in sizes.volumes[1:]
     ]
+    rows.append(
+        row(
+            f"storage floor (a create + a swap per volume), {most} volumes vs 1, {label}",
+            least[most],
+            least[one],
+            "ms",
+            "info: no per-volume layout beats this",
+            rounds_ms={str(c): [round(t * 1000, 2) for t in floors[c]] for c in (one, most)},
+        )
+    )
+    rows.append(
+        row(
+            f"commit of {most} volumes vs the storage floor for {most}, {label}",
+            median[most],
+            least[most],
+            "ms",
+            "info",
+        )
+    )
+    return rows
+
+
+class StorageFloor:
+    """Per volume, one create-only write of a record's size and one swap of a summary's size."""
+
+    RECORD = b"r" * 2_000
+    SUMMARY = b"s" * 4_000
+
+    def __init__(self, paths: list[str]):
+        from cirrus.session import THREADS
+        from cirrus.storage.paths import open_backend
+
+        self.backends = [open_backend(path) for path in paths]
+        self.keys = [f"floor/summary-{uuid.uuid4().hex}" for _ in paths]
+        self.tokens = [
+            backend.put_new(key, self.SUMMARY)
+            for backend, key in zip(self.backends, self.keys, strict=True)
+        ]
+        self.threads = THREADS
+
+    def once(self, count: int) -> float:
+        def volume(index: int) -> None:
+            backend = self.backends[index]
+            backend.put_new(f"floor/record-{uuid.uuid4().hex}", self.RECORD)
+            self.tokens[index] = backend.put_if_match(
+                self.keys[index], self.SUMMARY, self.tokens[index]
+            )
+
+        start = time.perf_counter()
+        if count == 1:
+            volume(0)
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.threads, count)) as pool:
+                list(pool.map(volume, range(count)))
+        return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
