@@ -277,17 +277,28 @@ def lineage_command(path: str, depth: int, fmt: str) -> None:
 def recover_command(path: str) -> None:
     """Publish records of PATH (and its sibling volumes) that an interrupted commit staged.
 
-    Safe to run at any time: records already published are left alone.
+    A volume such a session wrote to but never staged a record on gets an `interrupted` record
+    (status failed, writes unknown) once the session is 10 minutes old. Safe to run at any
+    time: records already published are left alone.
     """
-    from cirrus.ledger import recover
+    from cirrus.ledger import Ledger
+    from cirrus.rollforward import is_interrupted, recover
 
     done = recover(path)
     if not done:
         click.echo(f"{path}: nothing to recover; every staged record is published")
+    interrupted = 0
     for layer, ids in done.items():
         click.echo(f"{layer}: published {len(ids)} record(s)")
-        for record_id in ids:
-            click.echo(f"  {record_id}")
+        for rid in ids:
+            cut = is_interrupted(Ledger.open(layer).read_record(rid).to_json())
+            interrupted += cut
+            click.echo(f"  {rid} (interrupted)" if cut else f"  {rid}")
+    if interrupted:
+        click.echo(
+            f"{interrupted} interrupted record(s): a session died before recording its writes "
+            "on that volume (status failed, writes unknown); re-run it to record them"
+        )
 
 
 @cli.command("repair", epilog=EXIT_CODES)

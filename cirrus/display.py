@@ -63,6 +63,16 @@ def writes_lines(writes: Mapping[str, Any] | None, tasks: Mapping[str, Any] | No
     return lines or ["nothing written"]
 
 
+def record_writes(record: Mapping[str, Any]) -> list:
+    """A record's write lines; an interrupted record's writes are unknown, not absent."""
+    writes = record.get("writes") or {}
+    if (record.get("error") or {}).get("type") == "Interrupted" and not (
+        writes.get("mips") or writes.get("operations")
+    ):  # written by `cirrus recover` (cirrus/rollforward.py) for a session that died
+        return ["unknown: the session died before tallying its writes here"]
+    return writes_lines(writes, record.get("tasks"))
+
+
 def motivation(record: Mapping[str, Any]) -> str:
     texts = [n["text"] for n in record.get("notes", []) if n.get("kind") == "motivation"]
     return "; ".join(texts) or "-"
@@ -92,7 +102,7 @@ def row(record: Mapping[str, Any]) -> dict[str, str]:
             if n["kind"] != "motivation"
         ),
         "sources": "\n".join(record.get("sources", [])),
-        "writes": "\n".join(writes_lines(record.get("writes"), record.get("tasks"))),
+        "writes": "\n".join(record_writes(record)),
         "who": f"{record.get('user', '?')}@{record.get('host', '?')}",
         "step": short(record.get("step")) if record.get("step") else "",
     }
@@ -254,7 +264,7 @@ def record_text(
         f"{when(n.get('time'))} {n.get('kind', '?')}: {n['text']}" for n in record.get("notes", [])
     ]
     out += _field("notes", notes)
-    writes = writes_lines(record.get("writes"), record.get("tasks"))
+    writes = record_writes(record)
     for failure in (record.get("tasks") or {}).get("failures") or []:
         error = failure.get("error") or {}
         writes.append(f"failed task {failure['task']}: {error.get('type')}: {error.get('message')}")

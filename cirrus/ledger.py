@@ -1,4 +1,7 @@
-"""One layer's provenance on storage: stage write-once objects, publish into the summary, recover.
+"""One layer's provenance on storage: stage write-once objects, publish into the summary.
+
+Publishing also rolls forward the layer's orphans (records staged by a commit that died before
+publishing them); completing their sessions on the sibling volumes is `cirrus.rollforward`'s.
 
 Layout under the layer:
     provenance                          the summary (CloudVolume's shape), compare-and-swap only
@@ -84,6 +87,15 @@ def _named_envs(summary: Blob | None) -> set[str]:
     }
 
 
+@attrs.frozen
+class Published:
+    """What `Ledger.publish` did: the ids it added, the orphans it found, the summary it left."""
+
+    added: list[str]
+    rolled_forward: dict[str, dict[str, Any]]  # orphans found: id -> record JSON
+    summary: dict[str, Any]  # as stored when the call returned
+
+
 @attrs.frozen(repr=False)
 class StoredRecord:
     """A record as read back from storage, verified against the digest it is filed under."""
@@ -154,40 +166,30 @@ class Ledger:
         self,
         records: Mapping[str, Record] | None = None,
         *,
-        follow_siblings: bool = True,
         read: Blob | None | object = NOT_READ,
-    ) -> list[str]:
+    ) -> Published:
         """Point the summary at `records` and at any staged record it does not point to yet.
 
-        Returns the ids this call added. Orphans are looked for once, not on every retry; when
-        some are found, their sessions' sibling layers are recovered too. `read` is the summary
-        as last read (see `stage`), tried first instead of reading it again.
+        Orphans are looked for once, not on every retry; the caller completes their sessions
+        on the sibling layers (`cirrus.rollforward`). `read` is the summary as last read (see
+        `stage`), tried first instead of reading it again.
         """
         pending = {rid: rec.to_json() for rid, rec in (records or {}).items()}
         orphans: dict[str, dict] | None = None
         added: list[str] = []
+        final: dict[str, Any] = {}
 
         def fold(summary: dict[str, Any]) -> dict[str, Any] | None:
-            nonlocal added, orphans
+            nonlocal added, orphans, final
             if orphans is None:
                 orphans = self._orphans(summary, exclude=pending)
                 pending.update(orphans)
             added = sorted(set(pending) - published_ids(summary))
-            return merge(summary, pending) if added else None
+            final = merge(summary, pending) if added else summary
+            return final if added else None
 
         self.update(fold, read=read)
-        siblings = {layer for rec in (orphans or {}).values() for layer in rec.get("siblings", [])}
-        if follow_siblings and siblings - {self.cloudpath}:
-            try:  # this layer is published; the siblings are the crashed session's business
-                _recover_layers(sorted(siblings - {self.cloudpath}), seen={self.cloudpath})
-            except Exception as error:
-                log.warning(
-                    "%s: could not complete sibling volumes of rolled-forward records (%s); "
-                    "run `cirrus recover` on them",
-                    self.cloudpath,
-                    error,
-                )
-        return added
+        return Published(added, orphans or {}, final)
 
     def update(
         self,
@@ -359,42 +361,3 @@ class Ledger:
                 rebuilt = mark_step_open(rebuilt, manifest["id"], info) or rebuilt
         self.store.swap(SUMMARY_KEY, render_summary(rebuilt), blob.token)
         return kept
-
-
-def recover(cloudpath: str) -> dict[str, list[str]]:
-    """Roll forward staged records that no summary points to, on the layer and its siblings.
-
-    Records and summary pointers name the other layers of their session, so one call completes
-    a session that crashed anywhere between its publishes. Returns {layer: ids published} for
-    every layer that changed.
-    """
-    layer = normalise_cloudpath(cloudpath)
-    ledger = Ledger.open(layer)
-    added = ledger.publish(follow_siblings=False)
-    done = {layer: added} if added else {}
-    # The sessions that wrote this layer may have died before publishing on their siblings.
-    pointers = ledger.summary().get("cirrus", {}).get("records", [])
-    siblings = sorted({other for entry in pointers for other in entry.get("siblings", [])})
-    done.update(_recover_layers([*_record_siblings(ledger, added), *siblings], seen={layer}))
-    return done
-
-
-def _recover_layers(layers: list[str], seen: set[str]) -> dict[str, list[str]]:
-    """Publish orphans on `layers`, then on the siblings of what that published, and so on."""
-    done: dict[str, list[str]] = {}
-    queue = list(layers)
-    while queue:
-        layer = queue.pop()
-        if layer in seen:
-            continue
-        seen.add(layer)
-        ledger = Ledger.open(layer)
-        added = ledger.publish(follow_siblings=False)
-        if added:
-            done[layer] = added
-            queue.extend(_record_siblings(ledger, added))
-    return done
-
-
-def _record_siblings(ledger: Ledger, record_ids: Iterable[str]) -> list[str]:
-    return [other for rid in record_ids for other in ledger.read_record(rid).record.siblings]

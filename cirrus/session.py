@@ -2,7 +2,8 @@
 
 Commit follows DESIGN.md: stage every environment and record with create-only writes (all
 volumes, in parallel), then publish each volume's summary by compare-and-swap. A crash between
-the two leaves staged records that the next commit or `cirrus.recover` rolls forward.
+the two leaves staged records that the next commit or `cirrus.recover` rolls forward, on the
+sibling volumes too (`cirrus/rollforward.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cirrus.errors import CorruptProvenance, InvalidInput, NotPublished, Session
 from cirrus.handles import RULES, Gate, track
 from cirrus.ledger import Ledger, Staged, env_blobs
 from cirrus.model import Note, Process, Record, isoformat, utcnow
+from cirrus.rollforward import complete_sessions
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.writeset import WriteTracker
 
@@ -290,7 +292,8 @@ def commit_records(records: dict[str, Record], env_blobs: Iterable[bytes]) -> di
         return ledgers[layer].stage(records[layer], blobs)
 
     def publish(layer: str, staged: Staged) -> None:
-        ledgers[layer].publish({staged.record_id: records[layer]}, read=staged.summary)
+        done = ledgers[layer].publish({staged.record_id: records[layer]}, read=staged.summary)
+        complete_sessions(ledgers[layer].cloudpath, done)  # orphans' siblings, if any
 
     with _overlapped(records) as run:
         staged = dict(zip(records, run(stage, records), strict=True))

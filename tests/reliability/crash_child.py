@@ -5,9 +5,10 @@
 
 Clock and session ids are made deterministic (per session index), so two runs of the same
 session store byte-identical records: a crashed run, recovered, can be compared object for
-object with a run that did not crash. The crash is a real `SIGKILL` of this process at the
-`nth` storage write whose key is of `kind` ("envs", "records" or "summary"), `before` it
-reaches storage or `after` it was applied.
+object with a run that did not crash. The clock reads 2024, so these records look long dead to
+`cirrus.recover`; `"real_clock": true` keeps the real clock (records that look in flight).
+The crash is a real `SIGKILL` of this process at the `nth` storage write whose key is of
+`kind` ("envs", "records" or "summary"), `before` it reaches storage or `after` it was applied.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ class Clock(real_dt.datetime):
         return cls(2024, 1, 1, _state["session"], 0, 0, tick, tzinfo=UTC)
 
 
-def deterministic() -> None:
+def deterministic(real_clock: bool = False) -> None:
     import cirrus  # noqa: F401 - `cirrus.session` is the function; the modules are in sys.modules
 
     model, session = sys.modules["cirrus.model"], sys.modules["cirrus.session"]
-    model.dt = types.SimpleNamespace(datetime=Clock, timezone=real_dt.timezone)
+    if not real_clock:
+        model.dt = types.SimpleNamespace(datetime=Clock, timezone=real_dt.timezone)
     session.uuid = types.SimpleNamespace(
         uuid4=lambda: types.SimpleNamespace(hex=f"{_state['session'] + 1:032x}")
     )
@@ -101,7 +103,7 @@ def main(spec: dict) -> None:
     from cirrus.storage import wrap_backends
     from tests.reliability import support
 
-    deterministic()
+    deterministic(spec.get("real_clock", False))
     crash = spec.get("crash")
     paths = spec["paths"]
     with wrap_backends(lambda backend: CrashingBackend(backend, crash or {"kind": None})):

@@ -1,0 +1,195 @@
+"""Roll a crashed commit forward on every volume of its session, and explain what it left out.
+
+A commit stages one record per volume, then publishes each volume's summary (DESIGN.md, commit
+protocol). A crash in between leaves staged records no summary points to (orphans). `recover`,
+and every commit that finds orphans on a volume it publishes, roll them forward and follow the
+`siblings` each record names, so the session ends published wherever it was staged.
+
+A crash while the records were still being staged also leaves siblings with no record of the
+session at all, although it wrote data there. Once the session is evidently dead (its records
+ended more than `INTERRUPTED_AFTER` seconds ago; a live commit stages all of its records within
+seconds), each such sibling gets an interrupted record: the session's process, sources and
+notes, status `failed`, error type `Interrupted` and an empty write set, since the writes were
+never tallied. Its content is a function of the session's other records only (no clock), so
+recoveries racing each other create the same object once. Step records are left alone: their
+siblings keep the step open with its fragments until `cirrus step finish` is run again.
+
+Not covered: a commit killed before its first record was staged leaves nothing that names the
+session; and a session whose commit failed while staging and is retried after the threshold,
+once its orphans were rolled forward, ends with both its record and an interrupted one there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from cirrus.canonical import canonical_json, sha256_hex
+from cirrus.errors import IntegrityError
+from cirrus.ledger import Ledger, Published
+from cirrus.model import Record, parse_time, utcnow
+from cirrus.storage.paths import normalise_cloudpath
+from cirrus.writeset import WriteTracker
+
+log = logging.getLogger("cirrus.rollforward")
+
+INTERRUPTED_AFTER = 600.0  # seconds since a session's records ended before it counts as dead
+INTERRUPTED = "Interrupted"
+INTERRUPTED_MESSAGE = (
+    "the process died while committing (this record was recovered from the session's records on "
+    "its other volumes); its writes to this volume were not tallied, so they are unknown and the "
+    "write set is empty; re-run the step to record them"
+)
+
+
+def recover(cloudpath: str) -> dict[str, list[str]]:
+    """Roll forward staged records that no summary points to, on the layer and its siblings.
+
+    Records and summary pointers name the other layers of their session, so one call completes
+    a session that crashed anywhere between its publishes, and gives its dead sessions'
+    unrecorded siblings an interrupted record. Returns {layer: ids published} for every layer
+    that changed, interrupted records included.
+    """
+    layer = normalise_cloudpath(cloudpath)
+    walk = _Walk()
+    walk.take(layer, Ledger.open(layer).publish())
+    # The sessions that wrote this layer may have died before publishing on their siblings.
+    for pointer in walk.summaries[layer].get("cirrus", {}).get("records", []):
+        if pointer.get("siblings"):
+            walk.sessions.add(pointer["session"])
+            walk.queue.extend(pointer["siblings"])
+    walk.run()
+    walk.interrupt()
+    return walk.done
+
+
+def complete_sessions(layer: str, published: Published) -> None:
+    """After a commit published `layer`: complete the sessions of the orphans it rolled forward.
+
+    That layer is published; the siblings are the crashed session's business, so a failure
+    here is logged, not raised.
+    """
+    if not published.rolled_forward:
+        return
+    walk = _Walk()
+    walk.take(layer, published)
+    try:
+        walk.run()
+        walk.interrupt()
+    except Exception as error:
+        log.warning(
+            "%s: could not complete sibling volumes of rolled-forward records (%s); "
+            "run `cirrus recover` on them",
+            layer,
+            error,
+        )
+
+
+def is_interrupted(record: Mapping[str, Any]) -> bool:
+    """Whether a record (JSON) is one `recover` wrote for a session that died while staging."""
+    error = record.get("error") or {}
+    writes = record.get("writes") or {}
+    return (
+        record.get("status") == "failed"
+        and error.get("type") == INTERRUPTED
+        and not writes.get("mips")
+        and not writes.get("operations")
+    )
+
+
+def interrupted_record(template: Record, layer: str, siblings: list[str], ended: str) -> Record:
+    """The record of a dead session on `layer`, which its commit never reached."""
+    return attrs.evolve(
+        template,
+        volume=layer,
+        status="failed",
+        error={"type": INTERRUPTED, "message": INTERRUPTED_MESSAGE},
+        writes=WriteTracker().to_json(),
+        siblings=tuple(sorted(set(siblings) - {layer})),
+        ended=ended,
+        tasks=None,
+    )
+
+
+class _Walk:
+    """Layers visited (each published once), the sessions to complete, and what changed."""
+
+    def __init__(self) -> None:
+        self.summaries: dict[str, dict[str, Any]] = {}  # layer -> summary after publishing
+        self.sessions: set[str] = set()
+        self.queue: list[str] = []
+        self.done: dict[str, list[str]] = {}
+
+    def take(self, layer: str, published: Published) -> None:
+        self.summaries[layer] = published.summary
+        if published.added:
+            self.done.setdefault(layer, []).extend(published.added)
+        for record in published.rolled_forward.values():
+            self.sessions.add(record["session"])
+            self.queue.extend(record.get("siblings", []))
+
+    def run(self) -> None:
+        """Publish orphans on the queued layers, then on the siblings of what that found."""
+        while self.queue:
+            layer = self.queue.pop()
+            if layer not in self.summaries:
+                self.take(layer, Ledger.open(layer).publish())
+
+    def interrupt(self) -> None:
+        """Give each visited layer that a dead session named, but holds no record of it, one."""
+        holders: dict[str, dict[str, dict[str, Any]]] = {}  # session -> layer -> pointer
+        for layer, summary in sorted(self.summaries.items()):
+            for pointer in summary.get("cirrus", {}).get("records", []):
+                if pointer.get("session") in self.sessions:
+                    holders.setdefault(pointer["session"], {}).setdefault(layer, pointer)
+        for session, held in sorted(holders.items()):
+            named = set(held).union(*(p.get("siblings", []) for p in held.values()))
+            missing = sorted(layer for layer in named - set(held) if layer in self.summaries)
+            if missing and not any(p.get("step") for p in held.values()):
+                self._interrupt(session, held, sorted(named), missing)
+
+    def _interrupt(
+        self, session: str, held: dict[str, dict[str, Any]], named: list[str], missing: list[str]
+    ) -> None:
+        ended = max((p["ended"] for p in held.values()), key=parse_time)
+        age = (utcnow() - parse_time(ended)).total_seconds()
+        if age <= INTERRUPTED_AFTER:
+            log.info(
+                "session %s has no record on %s; it ended %.0f s ago and may still be "
+                "committing, so it is left alone",
+                session,
+                ", ".join(missing),
+                age,
+            )
+            return
+        first = min(held)  # any record of the session gives the same interrupted one
+        source = Ledger.open(first)
+        template = source.read_record(held[first]["id"]).record
+        blobs = _env_blobs(source, template)
+        for layer in missing:
+            ledger = Ledger.open(layer)
+            if ledger.store.get("info") is None:
+                log.warning("%s: no longer a volume; session %s is not recorded", layer, session)
+                continue
+            log.warning(
+                "%s: session %s died while committing and left no record here; recording it "
+                "as interrupted",
+                layer,
+                session,
+            )
+            record = interrupted_record(template, layer, named, ended)
+            staged = ledger.stage(record, blobs)
+            self.take(layer, ledger.publish({staged.record_id: record}, read=staged.summary))
+
+
+def _env_blobs(ledger: Ledger, record: Record) -> list[bytes]:
+    """The code environments a record's process names, as stored on `ledger`'s layer."""
+    blobs = []
+    for env_id in (record.process or {}).get("envs", []):
+        blobs.append(canonical_json(ledger.read_env(env_id)))
+        if sha256_hex(blobs[-1]) != env_id:  # stored bytes were not canonical: copy nothing
+            raise IntegrityError(f"{ledger.cloudpath}: environment {env_id} is not canonical")
+    return blobs
