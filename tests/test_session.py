@@ -136,7 +136,7 @@ def test_a_repeat_session_costs_four_requests_per_volume(layer_path):
         keys = KeyCounter()
         with cirrus.session(["src"], f"round {round_}", proc) as s:
             handles = [s.volume(path, progress=False) for path in paths]
-            with wrap_backends(lambda backend: KeyCountingBackend(backend, keys)):
+            with wrap_backends(lambda backend, keys=keys: KeyCountingBackend(backend, keys)):
                 for handle in handles:
                     handle[0:CHUNK, 0:CHUNK, 0:CHUNK] = chunk_of(round_)
                 s.commit()
