@@ -282,7 +282,8 @@ def recover_command(path: str) -> None:
     time: records already published are left alone.
     """
     from cirrus.ledger import Ledger
-    from cirrus.rollforward import is_interrupted, recover
+    from cirrus.model import is_interrupted
+    from cirrus.rollforward import recover
 
     done = recover(path)
     if not done:

@@ -12,6 +12,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from cirrus.model import is_interrupted
+
 SHORT = 12
 
 
@@ -65,12 +67,9 @@ def writes_lines(writes: Mapping[str, Any] | None, tasks: Mapping[str, Any] | No
 
 def record_writes(record: Mapping[str, Any]) -> list:
     """A record's write lines; an interrupted record's writes are unknown, not absent."""
-    writes = record.get("writes") or {}
-    if (record.get("error") or {}).get("type") == "Interrupted" and not (
-        writes.get("mips") or writes.get("operations")
-    ):  # written by `cirrus recover` (cirrus/rollforward.py) for a session that died
+    if is_interrupted(record):  # written by `cirrus recover` for a session that died
         return ["unknown: the session died before tallying its writes here"]
-    return writes_lines(writes, record.get("tasks"))
+    return writes_lines(record.get("writes"), record.get("tasks"))
 
 
 def motivation(record: Mapping[str, Any]) -> str:

@@ -35,6 +35,20 @@ class CodeEnv(Protocol):
     def to_json(self) -> dict[str, Any]: ...
 
 
+INTERRUPTED = "Interrupted"  # error type of a record `cirrus recover` wrote for a dead session
+
+
+def is_interrupted(record: Mapping[str, Any]) -> bool:
+    """Whether a record (JSON) is one `recover` wrote for a session that died while staging."""
+    writes = record.get("writes") or {}
+    return (
+        record.get("status") == "failed"
+        and (record.get("error") or {}).get("type") == INTERRUPTED
+        and not writes.get("mips")
+        and not writes.get("operations")
+    )
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 

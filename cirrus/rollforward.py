@@ -22,7 +22,6 @@ once its orphans were rolled forward, ends with both its record and an interrupt
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -30,14 +29,13 @@ import attrs
 from cirrus.canonical import canonical_json, sha256_hex
 from cirrus.errors import IntegrityError
 from cirrus.ledger import Ledger, Published
-from cirrus.model import Record, parse_time, utcnow
+from cirrus.model import INTERRUPTED, Record, parse_time, utcnow
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.writeset import WriteTracker
 
 log = logging.getLogger("cirrus.rollforward")
 
 INTERRUPTED_AFTER = 600.0  # seconds since a session's records ended before it counts as dead
-INTERRUPTED = "Interrupted"
 INTERRUPTED_MESSAGE = (
     "the process died while committing (this record was recovered from the session's records on "
     "its other volumes); its writes to this volume were not tallied, so they are unknown and the "
@@ -86,18 +84,6 @@ def complete_sessions(layer: str, published: Published) -> None:
             layer,
             error,
         )
-
-
-def is_interrupted(record: Mapping[str, Any]) -> bool:
-    """Whether a record (JSON) is one `recover` wrote for a session that died while staging."""
-    error = record.get("error") or {}
-    writes = record.get("writes") or {}
-    return (
-        record.get("status") == "failed"
-        and error.get("type") == INTERRUPTED
-        and not writes.get("mips")
-        and not writes.get("operations")
-    )
 
 
 def interrupted_record(template: Record, layer: str, siblings: list[str], ended: str) -> Record:
