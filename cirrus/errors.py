@@ -84,3 +84,20 @@ class IntegrityError(CirrusError):
 
 class StepError(CirrusError):
     """A step token is invalid, or a volume is used outside the step it was opened for."""
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived inside a `with` session: raised so its writes are recorded, then exits.
+
+    A SystemExit (status 128 + the signal, as shells report a SIGTERM death), so `except
+    Exception` in the body does not swallow it.
+    """
+
+    def __init__(self, signum: int = 15):
+        super().__init__(128 + signum)
+
+    def __str__(self) -> str:
+        return (
+            "SIGTERM: the process was asked to stop (preemption, eviction, a time limit or kill) "
+            "before the session ended; what it wrote until then is recorded as failed"
+        )

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from cirrus import termination
 from cirrus._version import __version__
 from cirrus.canonical import check_text, digest
 from cirrus.errors import CorruptProvenance, InvalidInput, NotPublished, SessionClosed
@@ -82,6 +83,7 @@ class WriteScope:
         self.state = "open"
         self.notes: list[Note] = []
         self._trackers: dict[str, WriteTracker] = {}
+        self._sigterm = False  # whether this scope took SIGTERM over (`termination.enter`)
         self._finalizer = weakref.finalize(self, _warn_unrecorded, self._trackers, self.id)
 
     def volume(self, cloudpath: str, **cloudvolume_kwargs: Any) -> Any:
@@ -133,6 +135,10 @@ class WriteScope:
 
     def _close(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
         self._require_open()
+        with termination.held():  # a SIGTERM now waits for the records to be committed
+            return self._closing(status, error)
+
+    def _closing(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
         self.state = "committing"
         try:
             self.records = self._record(status, error)
@@ -157,9 +163,18 @@ class WriteScope:
         raise NotImplementedError
 
     def __enter__(self) -> WriteScope:
+        self._sigterm = termination.enter()  # SIGTERM in the body raises Terminated
         return self
 
     def __exit__(self, kind: type | None, value: BaseException | None, _tb: Any) -> None:
+        try:
+            self._exit(kind, value)
+        finally:
+            if self._sigterm:
+                self._sigterm = False
+                termination.leave()
+
+    def _exit(self, kind: type | None, value: BaseException | None) -> None:
         if self.state != "open":
             return
         if value is None:

@@ -1,0 +1,207 @@
+"""SIGTERM (preemption, eviction, a time limit) inside a `with` session: the writes are recorded.
+
+Python's default action ends the process with no `__exit__`, leaving data without provenance.
+These tests send real SIGTERMs: to a child process (exit status and records on storage), and
+to this process from inside a storage call, to hit the commit at an exact point.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import cirrus
+from cirrus.errors import Terminated
+from cirrus.ledger import Ledger
+from cirrus.storage import wrap_backends
+from cirrus.storage.paths import normalise_cloudpath
+from tests.session_support import chunk_of, make_layer, plain, process
+
+BODY_SCRIPT = """
+import sys, time
+import numpy as np
+import cirrus
+
+paths = sys.argv[1:]
+with cirrus.session(["gs://lab/aff"], "preempted", cirrus.Process("seg", {"n": 1})) as s:
+    for i, path in enumerate(paths):
+        s.volume(path, progress=False)[0:64, 0:64, 0:64] = np.full((64, 64, 64), i + 1, np.uint8)
+    print("WRITTEN", flush=True)
+    time.sleep(60)
+print("NOT REACHED", flush=True)
+"""
+
+
+def layers_in(tmp_path, n: int) -> list[str]:
+    paths = [normalise_cloudpath(f"file://{tmp_path}/v{i}") for i in range(n)]
+    for path in paths:
+        make_layer(path)
+    return paths
+
+
+def only_record(path: str) -> cirrus.Record:
+    (stored,) = cirrus.history(path)
+    return stored.record
+
+
+def test_a_terminated_child_records_its_writes_as_failed_and_exits_143(tmp_path):
+    paths = layers_in(tmp_path, 2)
+    child = subprocess.Popen(
+        [sys.executable, "-c", BODY_SCRIPT, *paths],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "WRITTEN"
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 143, err
+    assert "NOT REACHED" not in out
+    for i, path in enumerate(paths):
+        assert (plain(path)[0:64, 0:64, 0:64] == i + 1).all()
+        record = only_record(path)
+        assert record.status == "failed"
+        assert record.error["type"] == "Terminated"
+        assert "SIGTERM" in record.error["message"]
+        assert record.writes["mips"]["0"]["chunks"] == 1  # what it wrote before the signal
+        assert sorted(record.siblings) == sorted(set(paths) - {path})
+
+
+class SignalDuringStaging:
+    """Sends this process SIGTERM `times` times from inside the first record create."""
+
+    def __init__(self, backend, times: int, sent: list[int]):
+        self.backend, self.cloudpath = backend, backend.cloudpath
+        self.times, self.sent = times, sent
+
+    def get(self, key):
+        return self.backend.get(key)
+
+    def list(self, prefix):
+        return self.backend.list(prefix)
+
+    def put_new(self, key, data):
+        token = self.backend.put_new(key, data)
+        if key.startswith("provenance.d/records/") and not self.sent:
+            self.sent.append(self.times)
+            for _ in range(self.times):
+                os.kill(os.getpid(), signal.SIGTERM)
+        return token
+
+    def put_if_match(self, key, data, token):
+        return self.backend.put_if_match(key, data, token)
+
+
+def signalling(times: int):
+    sent: list[int] = []
+    return wrap_backends(lambda backend: SignalDuringStaging(backend, times, sent))
+
+
+def test_sigterm_while_committing_waits_for_the_commit_then_raises(tmp_path):
+    paths = layers_in(tmp_path, 3)
+    session = cirrus.session(["src"], "commit under SIGTERM", process())
+    with signalling(1), pytest.raises(Terminated) as raised, session as s:
+        for path in paths:
+            s.volume(path)[0:64, 0:64, 0:64] = chunk_of(3)
+    assert raised.value.code == 143
+    assert s.state == "committed"
+    for path in paths:  # the whole commit went through: every volume published
+        record = only_record(path)
+        assert record.status == "committed"
+        assert s.records[path] == cirrus.history(path)[0].id
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_second_sigterm_stops_the_commit_and_a_retry_publishes_what_was_staged(tmp_path):
+    # One volume commits in this (the main) thread, so each SIGTERM is handled as it is sent;
+    # signals sent from other threads before the main thread runs its handler count once.
+    (path,) = layers_in(tmp_path, 1)
+    session = cirrus.session(["src"], "killed twice", process())
+    with signalling(2), pytest.raises(Terminated), session as s:
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(4)
+    assert s.state == "open"  # stopped between stage and publish: commit() could run again
+    assert len(Ledger.open(path).record_ids()) == 1 and cirrus.history(path) == []
+    staged = Ledger.open(path).record_ids()
+    assert s.commit() == {path: staged[0]}  # the same record, now published
+    assert only_record(path).status == "committed"  # the data is not left unexplained
+    assert cirrus.recover(path) == {}
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_sigterm_in_the_body_of_this_process_records_a_failure(tmp_path):
+    (path,) = layers_in(tmp_path, 1)
+    with pytest.raises(Terminated), cirrus.session(["src"], "body", process()) as s:
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(5)
+        os.kill(os.getpid(), signal.SIGTERM)
+    record = only_record(path)
+    assert (record.status, record.error["type"]) == ("failed", "Terminated")
+    assert s.state == "failed"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_handler_the_program_set_is_left_alone(tmp_path):
+    (path,) = layers_in(tmp_path, 1)
+    seen = []
+
+    def own(signum, _frame):
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        with cirrus.session(["src"], "own handler", process()) as s:
+            assert signal.getsignal(signal.SIGTERM) is own
+            s.volume(path)[0:64, 0:64, 0:64] = chunk_of(6)
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert only_record(path).status == "committed"
+
+
+def test_nested_sessions_and_other_threads_leave_the_default_in_place_afterwards(tmp_path):
+    outer_path, inner_path, thread_path = layers_in(tmp_path, 3)
+    handlers = []
+
+    def in_a_thread():
+        with cirrus.session(["src"], "thread", process()) as s:
+            handlers.append(signal.getsignal(signal.SIGTERM))
+            s.volume(thread_path)[0:64, 0:64, 0:64] = chunk_of(7)
+
+    with cirrus.session(["src"], "outer", process()) as outer:
+        with cirrus.session(["src"], "inner", process()) as inner:
+            inner.volume(inner_path)[0:64, 0:64, 0:64] = chunk_of(8)
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # the outer is still open
+        outer.volume(outer_path)[0:64, 0:64, 0:64] = chunk_of(9)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join()
+    assert handlers == [signal.SIG_DFL]  # only the main thread can take a signal over
+    for path in (outer_path, inner_path, thread_path):
+        assert only_record(path).status == "committed"
+
+
+def test_a_terminated_task_files_a_failed_fragment_and_a_rerun_replaces_it(tmp_path):
+    (path,) = layers_in(tmp_path, 1)
+    step = cirrus.step(["src"], "tasks under SIGTERM", process(), [path])
+    with pytest.raises(Terminated), cirrus.join(step.token, task="t0") as task:
+        task.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+    (fragment,) = Ledger.open(path).fragments(step.id)
+    assert (fragment["status"], fragment["error"]["type"]) == ("failed", "Terminated")
+    with cirrus.join(step.token, task="t0") as task:  # the queue runs the task again
+        task.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
+    (fragment,) = Ledger.open(path).fragments(step.id)
+    assert fragment["status"] == "committed"
+    step.finish()
+    assert only_record(path).status == "committed"
