@@ -105,17 +105,20 @@ def print_log(path: str, as_json: bool = False, limit: int | None = None) -> Non
 
     plain = [record.to_json() for record in reversed(records)]  # history_text wants oldest first
     if not _terminal():
-        click.echo(history_text(plain, found.volume, found.open_steps, len(found)))
-        if not found and not found.open_steps:
+        text = history_text(plain, found.volume, found.open_steps, len(found), found.open_sessions)
+        click.echo(text)
+        if not found and not found.open_steps and not found.open_sessions:
             click.echo("no provenance recorded here")
         return
-    _log_table(plain, found.volume, found.open_steps, total=len(found))
+    _log_table(plain, found, total=len(found))
 
 
-def _log_table(records: list[dict], volume: str, open_steps: dict, total: int) -> None:
+def _log_table(records: list[dict], found: Any, total: int) -> None:
     from rich.table import Table
 
-    from cirrus.display import COLUMNS, open_step_lines, row
+    from cirrus.display import COLUMNS, open_lines, row
+
+    volume = found.volume
 
     console = _console()
     shown = f", newest {len(records)} shown" if len(records) != total else ""
@@ -126,7 +129,7 @@ def _log_table(records: list[dict], volume: str, open_steps: dict, total: int) -
         cells = row(record)
         style = "red" if record["status"] != "committed" else None
         table.add_row(*(cells[c] for c in COLUMNS), style=style)
-    for line in open_step_lines(open_steps):
+    for line in open_lines(found.open_steps, found.open_sessions):
         console.print(f"[yellow]{line}[/yellow]")
     console.print(table)
 

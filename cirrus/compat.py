@@ -9,10 +9,11 @@ import uuid
 import weakref
 from typing import Any
 
+from cirrus.commit import commit_records
 from cirrus.handles import RULES, Gate, track
 from cirrus.ledger import Ledger, env_blobs
 from cirrus.model import Note, Process, utcnow
-from cirrus.session import Session, commit_records, make_record, validate_process
+from cirrus.session import Session, make_record, validate_process
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.writeset import WriteTracker
 
@@ -25,7 +26,7 @@ class _Documentation:
         self.layer = layer
         self.session: Session | None = None
         self.key: tuple | None = None
-        self.gate = Gate(layer, WriteTracker(), self.refusal)
+        self.gate = Gate(layer, WriteTracker(), self.refusal, self.writing)
 
     def refusal(self) -> str | None:
         volume = self.volume
@@ -44,6 +45,9 @@ class _Documentation:
             self.gate.tracker = self.session._trackers.setdefault(self.layer, WriteTracker())
             self.key = key
         return None
+
+    def writing(self, layer: str) -> None:
+        self.session.writing(layer)  # `refusal` has just opened it
 
     def commit(self) -> dict[str, str]:
         session, self.session, self.key = self.session, None, None

@@ -1,8 +1,8 @@
 """Rendering provenance for people: plain text for terminals and logs, HTML tables for Jupyter.
 
 Everything here works on plain JSON (a record as `StoredRecord.to_json()` gives it, a summary's
-`open_steps`) or on duck-typed objects, and imports nothing else from cirrus, so any module may
-delegate its `__str__` or `_repr_html_` here without creating an import cycle.
+`open_steps` and `open_sessions`) or on duck-typed objects, and imports nothing else from
+cirrus, so any module may delegate its `__str__` or `_repr_html_` here without an import cycle.
 """
 
 from __future__ import annotations
@@ -110,20 +110,34 @@ def row(record: Mapping[str, Any]) -> dict[str, str]:
 COLUMNS = ("time", "status", "record", "process", "motivation", "notes", "sources", "writes", "who")
 
 
-def open_step_lines(open_steps: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
-    return [
+Open = Mapping[str, Mapping[str, Any]]  # id -> what the summary says of an open step or session
+
+
+def open_lines(open_steps: Open | None, open_sessions: Open | None = None) -> list[str]:
+    """Steps still running, and sessions that wrote and did not commit (running, or dead)."""
+    steps = [
         f"OPEN STEP {short(step_id)}: {info.get('description', '?')} "
         f"[{short(info.get('process'))}] since {when(info.get('started'))} "
         f"by {info.get('user', '?')}"
         for step_id, info in (open_steps or {}).items()
     ]
+    sessions = [
+        f"OPEN SESSION {short(session)}: {info.get('description', '?')} "
+        f"[{short(info.get('process'))}] writing since {when(info.get('started'))} "
+        f"by {info.get('user', '?')}@{info.get('host', '?')} pid {info.get('pid', '?')}; "
+        f"motivation: {info.get('motivation', '?')}; if that process is gone, these writes "
+        "were never committed"
+        for session, info in (open_sessions or {}).items()
+    ]
+    return steps + sessions
 
 
 def history_text(
     records: Iterable[Mapping[str, Any]],
     volume: str = "",
-    open_steps: Mapping[str, Mapping[str, Any]] | None = None,
+    open_steps: Open | None = None,
     total: int | None = None,
+    open_sessions: Open | None = None,
 ) -> str:
     """Newest first, one block per record, like `git log`; `total` when only some are given."""
     records = list(records)
@@ -131,7 +145,7 @@ def history_text(
     if total is not None and total != len(records):
         count = f"{total} record(s), newest {len(records)} shown"
     out = [f"{volume}: {count}" if volume else count]
-    out += open_step_lines(open_steps)
+    out += open_lines(open_steps, open_sessions)
     for record in reversed(records):
         cells = row(record)
         out.append("")
@@ -161,7 +175,8 @@ def _cell(text: str) -> str:
 def history_html(
     records: Iterable[Mapping[str, Any]],
     volume: str = "",
-    open_steps: Mapping[str, Mapping[str, Any]] | None = None,
+    open_steps: Open | None = None,
+    open_sessions: Open | None = None,
 ) -> str:
     """An HTML table, newest first, for Jupyter."""
     records = list(records)
@@ -171,7 +186,8 @@ def history_html(
         cells = row(record)
         body.append("<tr>" + "".join(f"<td>{_cell(cells[c])}</td>" for c in COLUMNS) + "</tr>")
     caption = html.escape(f"{volume}: {len(records)} record(s)" if volume else "history")
-    steps = "".join(f"<p><b>{html.escape(line)}</b></p>" for line in open_step_lines(open_steps))
+    lines = open_lines(open_steps, open_sessions)
+    steps = "".join(f"<p><b>{html.escape(line)}</b></p>" for line in lines)
     return (
         f'<div class="cirrus-history">{steps}<table><caption>{caption}</caption>'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"

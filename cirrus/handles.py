@@ -51,11 +51,13 @@ class Gate:
     layer: str
     tracker: WriteTracker
     refusal: Callable[[], str | None]  # None while writes are allowed, else the reason
+    writing: Callable[[str], None]  # told before each admitted write (a session marks itself open)
 
     def admit(self) -> None:
         reason = self.refusal()
         if reason is not None:
             raise ProvenanceRequired(f"{self.layer}: {reason}")
+        self.writing(self.layer)
 
 
 def track(volume: Any, gate: Gate) -> Any:

@@ -33,8 +33,10 @@ from cirrus.storage.base import Blob
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.summary import (
     ENVS,
+    clear_session,
     clear_step,
     empty_summary,
+    mark_session_open,
     mark_step_open,
     merge,
     open_step_info,
@@ -150,13 +152,16 @@ class Ledger:
         self.store.create(f"{RECORDS}{record_id}.json", data, addressed=True)
         return record_id
 
-    def stage(self, record: Record, blobs: Sequence[bytes]) -> Staged:
-        """Stage a record and the environments the summary does not name yet, reading it once.
+    def stage(
+        self, record: Record, blobs: Sequence[bytes], *, read: Blob | None | object = NOT_READ
+    ) -> Staged:
+        """Stage a record and the environments the summary does not name yet.
 
-        The summary read here is where publishing starts, so a volume costs one read, the
-        creates and one compare-and-swap when nobody else commits in between.
+        The summary (`read`, the one a session stored when it marked itself open, or read here)
+        is where publishing starts, so a volume costs the creates and one compare-and-swap when
+        nobody else commits in between.
         """
-        summary = self.store.get(SUMMARY_KEY)
+        summary = self.store.get(SUMMARY_KEY) if read is NOT_READ else read
         named = _named_envs(summary)
         self.stage_envs(blob for blob in blobs if sha256_hex(blob) not in named)
         return Staged(self.stage_record(record), summary)
@@ -196,12 +201,12 @@ class Ledger:
         change: Callable[[dict[str, Any]], dict[str, Any] | None],
         *,
         read: Blob | None | object = NOT_READ,
-    ) -> None:
+    ) -> Blob | None:
         """Compare-and-swap the summary through `change` (None: nothing to write).
 
         Starts from `read` when given (a stale one only costs a conflict). On a conflict the
         summary is read again and `change` re-applied, with jittered backoff; the summary is
-        never written blindly.
+        never written blindly. Returns the summary as stored when it returned.
         """
         deadline = time.monotonic() + PUBLISH_DEADLINE
         attempt = 0
@@ -210,11 +215,11 @@ class Ledger:
             read = NOT_READ
             changed = change(parse_summary(None if blob is None else blob.data, self.cloudpath))
             if changed is None:
-                return
+                return blob
             token = None if blob is None else blob.token
+            data = render_summary(changed)
             try:
-                self.store.swap(SUMMARY_KEY, render_summary(changed), token)
-                return
+                return Blob(data, self.store.swap(SUMMARY_KEY, data, token))
             except PreconditionFailed:
                 attempt += 1
                 if time.monotonic() > deadline:
@@ -265,6 +270,17 @@ class Ledger:
 
     def clear_step(self, step_id: str) -> None:
         self.update(lambda summary: clear_step(summary, step_id))
+
+    # -- sessions: listed as open on a layer from their first write until their record --------
+    def mark_session_open(
+        self, session: str, info: Mapping[str, Any], *, read: Blob | None | object = NOT_READ
+    ) -> Blob | None:
+        """List `session` as writing here; returns the summary stored (where its commit starts)."""
+        return self.update(lambda summary: mark_session_open(summary, session, info), read=read)
+
+    def clear_session(self, session: str) -> None:
+        """Unlist a session that ends with no record here (every write it tried was refused)."""
+        self.update(lambda summary: clear_session(summary, session))
 
     def put_fragment(self, step_id: str, task: str, fragment: Mapping[str, Any]) -> bool:
         """Create the task's fragment; a re-run replaces it only if the earlier attempt failed.

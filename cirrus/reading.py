@@ -23,29 +23,34 @@ class History(list):
         records: list[StoredRecord] = (),  # type: ignore[assignment]
         volume: str = "",
         open_steps: dict[str, Any] | None = None,
+        open_sessions: dict[str, Any] | None = None,
     ):
         super().__init__(records)
         self.volume = volume
         self.open_steps = dict(open_steps or {})
+        self.open_sessions = dict(open_sessions or {})  # wrote here, not committed (or died)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "volume": self.volume,
             "records": [record.to_json() for record in self],
             "open_steps": self.open_steps,
+            "open_sessions": self.open_sessions,
         }
 
     def __str__(self) -> str:
         from cirrus.display import history_text
 
-        return history_text([r.to_json() for r in self], self.volume, self.open_steps)
+        records = [r.to_json() for r in self]
+        return history_text(records, self.volume, self.open_steps, None, self.open_sessions)
 
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
         from cirrus.display import history_html
 
-        return history_html([r.to_json() for r in self], self.volume, self.open_steps)
+        records = [r.to_json() for r in self]
+        return history_html(records, self.volume, self.open_steps, self.open_sessions)
 
 
 def read_history(ledger: Ledger) -> History:
@@ -55,7 +60,9 @@ def read_history(ledger: Ledger) -> History:
     ids = current_ids(summary)
     with ThreadPoolExecutor(max_workers=max(1, min(READERS, len(ids)))) as pool:
         records = list(pool.map(ledger.read_record, ids))
-    return History(records, ledger.cloudpath, section.get("open_steps"))
+    return History(
+        records, ledger.cloudpath, section.get("open_steps"), section.get("open_sessions")
+    )
 
 
 def history(cloudpath: str) -> History:

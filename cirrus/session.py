@@ -1,39 +1,38 @@
 """`cirrus.session`: write handles to many volumes, one record per volume, committed once.
 
-Commit follows DESIGN.md: stage every environment and record with create-only writes (all
-volumes, in parallel), then publish each volume's summary by compare-and-swap. A crash between
-the two leaves staged records that the next commit or `cirrus.recover` rolls forward, on the
-sibling volumes too (`cirrus/rollforward.py`).
+Before its first write to a volume, a session lists itself there as writing (in the summary), so
+a process killed before it commits still leaves its writes explained. Closing builds one record
+per touched volume and commits them all (`cirrus/commit.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import logging
 import os
 import socket
 import sys
+import threading
 import uuid
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from cirrus import termination
 from cirrus._version import __version__
 from cirrus.canonical import check_text, digest
+from cirrus.commit import commit_records
 from cirrus.errors import CorruptProvenance, InvalidInput, NotPublished, SessionClosed
 from cirrus.handles import RULES, Gate, track
-from cirrus.ledger import Ledger, Staged, env_blobs
+from cirrus.ledger import NOT_READ, SUMMARY_KEY, Ledger, env_blobs
 from cirrus.model import Note, Process, Record, isoformat, utcnow
-from cirrus.rollforward import complete_sessions
+from cirrus.storage.base import Blob
 from cirrus.storage.paths import normalise_cloudpath
+from cirrus.summary import open_session_info, parse_summary
 from cirrus.writeset import WriteTracker
 
 log = logging.getLogger("cirrus.session")
-THREADS = 64  # volumes committed at once: their round trips overlap
 
 
 def validate_sources(sources: Any) -> tuple[str, ...]:
@@ -84,6 +83,7 @@ class WriteScope:
         self.notes: list[Note] = []
         self._trackers: dict[str, WriteTracker] = {}
         self._sigterm = False  # whether this scope took SIGTERM over (`termination.enter`)
+        self._summaries: dict[str, Blob | None] = {}  # layer -> summary as last read or stored
         self._finalizer = weakref.finalize(self, _warn_unrecorded, self._trackers, self.id)
 
     def volume(self, cloudpath: str, **cloudvolume_kwargs: Any) -> Any:
@@ -93,13 +93,16 @@ class WriteScope:
         self._require_open()
         layer = normalise_cloudpath(cloudpath)
         self._check_layer(layer)
-        Ledger.open(layer).summary()  # a malformed summary is refused before any data is written
+        self._summaries[layer] = read_summary(Ledger.open(layer))  # refuses a malformed one now
         volume = CloudVolume(cloudpath, **cloudvolume_kwargs)
         tracker = self._trackers.setdefault(layer, WriteTracker())
-        return track(volume, Gate(layer, tracker, self._refusal))
+        return track(volume, Gate(layer, tracker, self._refusal, self.writing))
 
     def _check_layer(self, layer: str) -> None:
         """Hook for step tasks, which admit only their step's volumes."""
+
+    def writing(self, layer: str) -> None:
+        """Called before each write to `layer`; tasks need nothing (their step is listed open)."""
 
     def result(self, text: str) -> None:
         """A result note, recorded with the writes."""
@@ -203,11 +206,39 @@ class Session(WriteScope):
         self.notes.append(Note("motivation", self.motivation))
         self.records: dict[str, str] = {}
         self._built: dict[str, dict[str, Record]] = {}  # status -> records, kept for retries
+        self._open: set[str] = set()  # layers whose summary lists this session as writing
+        self._opening = threading.Lock()
+
+    def writing(self, layer: str) -> None:
+        """Before the first write to `layer`: list this session there as writing.
+
+        If the process dies before committing (SIGKILL, the OOM killer, a lost machine), the
+        layer's summary still says which process, sources and motivation wrote there, by whom.
+        """
+        if layer in self._open:
+            return
+        with self._opening:
+            if layer in self._open:
+                return
+            info = open_session_info(
+                process=self.process_record,
+                sources=self.sources,
+                motivation=self.motivation,
+                started=isoformat(self.started),
+                user=current_user(),
+                host=socket.gethostname(),
+                pid=os.getpid(),
+            )
+            read = self._summaries.get(layer, NOT_READ)
+            self._summaries[layer] = Ledger.open(layer).mark_session_open(self.id, info, read=read)
+            self._open.add(layer)
 
     def _record(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
         if status not in self._built:
             self._built[status] = self._build(status, error)
-        return commit_records(self._built[status], self.env_blobs)
+        for layer in sorted(self._open - set(self._built[status])):
+            Ledger.open(layer).clear_session(self.id)  # every write there was refused
+        return commit_records(self._built[status], self.env_blobs, self._summaries)
 
     def _build(self, status: str, error: dict[str, str] | None) -> dict[str, Record]:
         touched = self.touched
@@ -243,6 +274,13 @@ class Session(WriteScope):
         from cirrus.display import session_html
 
         return session_html(self)
+
+
+def read_summary(ledger: Ledger) -> Blob | None:
+    """A layer's summary as stored, refused if malformed: before any data is written there."""
+    blob = ledger.store.get(SUMMARY_KEY)
+    parse_summary(None if blob is None else blob.data, ledger.cloudpath)
+    return blob
 
 
 def current_user() -> str:
@@ -294,46 +332,6 @@ def process_json(process: Process | Mapping[str, Any] | None) -> dict[str, Any] 
         return None if process is None else dict(process)
     body = process.to_json()
     return {**body, "digest": digest(body)}
-
-
-def commit_records(records: dict[str, Record], env_blobs: Iterable[bytes]) -> dict[str, str]:
-    """Stage everything on every volume, then publish each volume; returns {layer: record id}."""
-    if not records:
-        return {}
-    ledgers = {layer: Ledger.open(layer) for layer in records}
-    blobs = list(env_blobs)
-
-    def stage(layer: str) -> Staged:
-        return ledgers[layer].stage(records[layer], blobs)
-
-    def publish(layer: str, staged: Staged) -> None:
-        done = ledgers[layer].publish({staged.record_id: records[layer]}, read=staged.summary)
-        complete_sessions(ledgers[layer].cloudpath, done)  # orphans' siblings, if any
-
-    with _overlapped(records) as run:
-        staged = dict(zip(records, run(stage, records), strict=True))
-        ids = {layer: done.record_id for layer, done in staged.items()}
-        try:
-            run(publish, staged, staged.values())
-        except Exception as error:
-            raise NotPublished(ids, error) from error
-    return ids
-
-
-@contextlib.contextmanager
-def _overlapped(layers: Iterable[str]) -> Iterator[Callable[..., list]]:
-    """A `map` that overlaps each volume's few round trips with the other volumes'.
-
-    One volume runs inline: this also runs from finalizers at interpreter exit, where no new
-    thread may start. file:// is often a network file system, so it gets as many threads as
-    the cloud.
-    """
-    layers = list(layers)
-    if len(layers) == 1:
-        yield lambda function, *columns: list(map(function, *columns))
-        return
-    with ThreadPoolExecutor(max_workers=min(THREADS, len(layers))) as pool:
-        yield lambda function, *columns: list(pool.map(function, *columns))
 
 
 def _warn_unrecorded(trackers: dict[str, WriteTracker], session_id: str) -> None:

@@ -19,12 +19,12 @@ import attrs
 
 from cirrus._version import __version__
 from cirrus.canonical import check_step_id
+from cirrus.commit import commit_records
 from cirrus.errors import InvalidInput, StepError
 from cirrus.ledger import Ledger, env_blobs
 from cirrus.model import Note, Process, isoformat, parse_time, utcnow
 from cirrus.session import (
     WriteScope,
-    commit_records,
     current_user,
     make_record,
     process_json,

@@ -7,7 +7,6 @@ that points to its records. Everything here is pure: no storage, no clocks.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -18,6 +17,9 @@ SUMMARY_SCHEMA = "cirrus.summary/1"
 NOTE_SEP = " \n "  # provenance-toolbox's separator between notes in `description`
 FIELD_SEP = ";"  # ... and between a note's timestamp, type and text
 ENVS = "provenance.d/envs/"
+OPEN_STEPS = "open_steps"  # steps whose tasks may still be writing: id -> who and what
+OPEN_SESSIONS = "open_sessions"  # sessions that wrote and have not committed yet: id -> info
+OPEN = (OPEN_STEPS, OPEN_SESSIONS)
 REPAIR_HINT = (
     "cirrus never overwrites it. Keep a copy, then repair it in place: "
     "`cirrus repair PATH` moves it to provenance.d/corrupt/<sha256> and starts a fresh summary, "
@@ -64,7 +66,9 @@ def _shape_problem(summary: Any) -> str | None:
     section = summary.get("cirrus")
     if section is None:
         return None
-    if not isinstance(section, dict) or not isinstance(section.get("open_steps", {}), dict):
+    if not isinstance(section, dict) or not all(
+        isinstance(section.get(key, {}), dict) for key in OPEN
+    ):
         return "has a 'cirrus' section of the wrong shape"
     pointers = section.get("records", [])
     pointer_keys = ("id", "started", "ended")
@@ -108,9 +112,11 @@ def merge(summary: Mapping[str, Any], records: Mapping[str, Mapping[str, Any]]) 
         _add_notes(merged, record["notes"])
         pointers.append(_pointer(rid, record))
         if record.get("step"):
-            section.get("open_steps", {}).pop(record["step"], None)
-    if section.get("open_steps") == {}:
-        del section["open_steps"]
+            section.get(OPEN_STEPS, {}).pop(record["step"], None)
+        section.get(OPEN_SESSIONS, {}).pop(record["session"], None)
+    for key in OPEN:
+        if section.get(key) == {}:
+            del section[key]
     pointers.sort(key=lambda entry: (entry["started"], entry["id"]))
     _supersede_step_records(pointers)
     return merged
@@ -125,8 +131,9 @@ def _editable(summary: Mapping[str, Any]) -> dict[str, Any]:
     }
     section = dict(summary.get("cirrus", {}))
     section["records"] = [dict(pointer) for pointer in section.get("records", [])]
-    if "open_steps" in section:
-        section["open_steps"] = dict(section["open_steps"])
+    for key in OPEN:
+        if key in section:
+            section[key] = dict(section[key])
     merged["cirrus"] = section
     return merged
 
@@ -234,24 +241,60 @@ def open_step_info(manifest: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def open_session_info(
+    *, process: Mapping[str, Any], sources: Iterable[str], motivation: str, **who: Any
+) -> dict[str, Any]:
+    """What the summary says of a session that has written and not committed yet.
+
+    `who`: started, user, host and pid. If the process dies, this is what explains its writes.
+    """
+    return {
+        **who,
+        "process": process["digest"],
+        "description": process["description"],
+        "parameters": process["parameters"],
+        "sources": list(sources),
+        "motivation": motivation,
+    }
+
+
 def mark_step_open(summary: Mapping[str, Any], step: str, info: Mapping[str, Any]) -> dict | None:
     """A copy of the summary listing `step` as open (None if it already does, or finished)."""
-    section = summary.get("cirrus", {})
-    finished = any(entry.get("step") == step for entry in section.get("records", []))
-    if finished or step in section.get("open_steps", {}):
-        return None
-    marked = copy.deepcopy(dict(summary))
-    marked.setdefault("cirrus", {"schema": SUMMARY_SCHEMA, "records": []})
-    marked["cirrus"].setdefault("open_steps", {})[step] = dict(info)
-    return marked
+    return _mark_open(summary, OPEN_STEPS, "step", step, info)
+
+
+def mark_session_open(
+    summary: Mapping[str, Any], session: str, info: Mapping[str, Any]
+) -> dict | None:
+    """A copy of the summary listing `session` as writing (None if it already does, or ended)."""
+    return _mark_open(summary, OPEN_SESSIONS, "session", session, info)
 
 
 def clear_step(summary: Mapping[str, Any], step: str) -> dict | None:
     """A copy of the summary without `step` among the open ones (None if it is not there)."""
-    if step not in summary.get("cirrus", {}).get("open_steps", {}):
+    return _clear_open(summary, OPEN_STEPS, step)
+
+
+def clear_session(summary: Mapping[str, Any], session: str) -> dict | None:
+    """A copy of the summary without `session` among the open ones (None if it is not there)."""
+    return _clear_open(summary, OPEN_SESSIONS, session)
+
+
+def _mark_open(
+    summary: Mapping[str, Any], key: str, field: str, ident: str, info: Mapping[str, Any]
+) -> dict | None:
+    section = summary.get("cirrus", {"schema": SUMMARY_SCHEMA, "records": []})
+    ended = any(entry.get(field) == ident for entry in section.get("records", []))
+    if ended or ident in section.get(key, {}):
         return None
-    cleared = copy.deepcopy(dict(summary))
-    del cleared["cirrus"]["open_steps"][step]
-    if not cleared["cirrus"]["open_steps"]:
-        del cleared["cirrus"]["open_steps"]
-    return cleared
+    # shallow copies: only the open list changes, the rest is shared with `summary`
+    return {**summary, "cirrus": {**section, key: {**section.get(key, {}), ident: dict(info)}}}
+
+
+def _clear_open(summary: Mapping[str, Any], key: str, ident: str) -> dict | None:
+    section = summary.get("cirrus", {})
+    if ident not in section.get(key, {}):
+        return None
+    rest = {other: info for other, info in section[key].items() if other != ident}
+    cleared = {name: value for name, value in section.items() if name != key}
+    return {**summary, "cirrus": {**cleared, **({key: rest} if rest else {})}}

@@ -8,7 +8,8 @@ Checks, each reported as a problem (verification fails) or a remark (information
   step) are the record's; every record is pointed to (else it is an orphan: `cirrus recover`);
 - every processing entry that names a cirrus process matches a record's process, and the sources
   and notes of every published record appear in the summary;
-- open steps are listed as remarks.
+- open steps, and sessions that wrote and have not committed (still running, or dead), are
+  listed as remarks.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Report:
     remarks: list[str] = attrs.field(factory=list)
     orphans: list[str] = attrs.field(factory=list)
     open_steps: dict[str, Any] = attrs.field(factory=dict)
+    open_sessions: dict[str, Any] = attrs.field(factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -141,6 +143,7 @@ def _check_summary(
     section = summary.get("cirrus", {})
     pointers = section.get("records", [])
     report.open_steps = dict(section.get("open_steps", {}))
+    report.open_sessions = dict(section.get("open_sessions", {}))
     seen: set[str] = set()
     for pointer in pointers:
         rid = pointer.get("id")
@@ -182,6 +185,13 @@ def _check_summary(
         report.remarks.append(
             f"step {step_id[:12]} is open since {info.get('started')} "
             f"({info.get('description')}); `cirrus step status` / `cirrus step finish`"
+        )
+    for session, info in report.open_sessions.items():
+        report.remarks.append(
+            f"session {session[:12]} has written here since {info.get('started')} "
+            f"({info.get('description')}, {info.get('user')}@{info.get('host')} pid "
+            f"{info.get('pid')}) and not committed: still running, or it died and these "
+            "writes have only this listing as provenance"
         )
 
 

@@ -36,9 +36,10 @@ from cirrus.storage import wrap_backends
 
 *paths, mode = sys.argv[1:]
 published = threading.Semaphore(0)
+staged = set()  # layers whose record is staged: their next summary write publishes it
 
 class CrashOnPublish:
-    # mode "all": die at the first summary write; "last": let the others publish first
+    # mode "all": die at the first publish; "last": let the others publish first
     def __init__(self, backend):
         self.backend, self.cloudpath = backend, backend.cloudpath
     def get(self, key):
@@ -46,8 +47,10 @@ class CrashOnPublish:
     def list(self, prefix):
         return self.backend.list(prefix)
     def _before(self, key):
-        if key != "provenance":
-            return
+        if key.startswith("provenance.d/records/"):
+            staged.add(self.cloudpath)
+        if key != "provenance" or self.cloudpath not in staged:
+            return  # the session listing itself as writing, before its first chunk
         if mode == "all" or self.cloudpath == paths[-1]:
             if mode == "last":
                 for _ in paths[:-1]:
@@ -55,7 +58,7 @@ class CrashOnPublish:
             print("CRASH", self.cloudpath, flush=True)
             os._exit(17)
     def _after(self, key):
-        if key == "provenance":
+        if key == "provenance" and self.cloudpath in staged:
             published.release()
     def put_new(self, key, data):
         self._before(key)
@@ -95,6 +98,16 @@ def crashed_session(tmp_path, mode: str, n: int = 3) -> list[str]:
     return paths
 
 
+def only_session(paths: list[str]) -> str:
+    """The session of the one record staged on `paths` (all the same)."""
+    (session,) = {
+        Ledger.open(path).read_record(rid).record.session
+        for path in paths
+        for rid in Ledger.open(path).record_ids()
+    }
+    return session
+
+
 def published(path: str) -> list[str]:
     return [stored.id for stored in cirrus.history(path)]
 
@@ -118,11 +131,13 @@ def check_completed(paths: list[str]) -> None:
 def test_recover_rolls_a_crashed_session_forward_on_every_volume(tmp_path):
     paths = crashed_session(tmp_path, "all")
     for path in paths:
-        assert raw_summary(path) is None
         assert published(path) == []
+        assert list(cirrus.history(path).open_sessions) == [only_session(paths)]
     done = cirrus.recover(paths[1])
     assert {layer: len(ids) for layer, ids in done.items()} == {path: 1 for path in paths}
     check_completed(paths)
+    for path in paths:  # the records replaced the open listing
+        assert cirrus.history(path).open_sessions == {}
     before = {path: raw_summary(path) for path in paths}
     # nothing doubled: a second recover, from any volume, changes nothing
     assert cirrus.recover(paths[1]) == {}

@@ -67,6 +67,7 @@ def check_explained(paths: list[str], holders: list[str]) -> dict[str, str]:
     for path in paths:
         history = cirrus.history(path)
         assert Counter(h.record.session for h in history) == {SESSION_0: 1, SESSION_1: 1}, path
+        assert history.open_sessions == {}, path  # each record ended its session's listing
         assert sorted(Ledger.open(path).record_ids()) == sorted(h.id for h in history), path
     real = {path: session_records(path, SESSION_1)[0].record for path in holders}
     template = real[holders[0]]
@@ -121,11 +122,12 @@ def test_recover_gives_volumes_never_staged_on_an_interrupted_record(tmp_path, p
     want_gap = point in ("after-one-record", "after-two-records")  # some records, not all
     paths, holders = crash_while_staging(tmp_path, point, want_gap)
     if not holders:
-        # killed before any record of session 1 existed: nothing names it, nothing to recover
-        # (the limit left in CHANGELOG.md); its data stays as after any crash before commit
+        # killed before any record of session 1 existed: no record names it, nothing to
+        # recover; each volume's summary still lists it as writing there since its first write
         for path in paths:
             assert cirrus.recover(path) == {}
-        assert all(not session_records(path, SESSION_1) for path in paths)
+            assert not session_records(path, SESSION_1)
+            assert list(cirrus.history(path).open_sessions) == [SESSION_1]
         return
     shutil.copytree(tmp_path / "layers", tmp_path / "crashed")
 

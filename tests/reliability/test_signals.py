@@ -1,14 +1,16 @@
-"""SIGTERM (preemption, eviction, a time limit) inside a `with` session: the writes are recorded.
+"""Signals inside a session. SIGTERM (preemption, eviction, a time limit): the writes are
+recorded. SIGKILL (the OOM killer, a lost machine): the volume still says who was writing.
 
-Python's default action ends the process with no `__exit__`, leaving data without provenance.
-These tests send real SIGTERMs: to a child process (exit status and records on storage), and
-to this process from inside a storage call, to hit the commit at an exact point.
+Python's default SIGTERM action ends the process with no `__exit__`, leaving data without
+provenance. These tests send real signals: to a child process (exit status, what storage holds
+afterwards), and to this process from inside a storage call, to hit the commit at an exact point.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +22,7 @@ from cirrus.errors import Terminated
 from cirrus.ledger import Ledger
 from cirrus.storage import wrap_backends
 from cirrus.storage.paths import normalise_cloudpath
+from tests.cli_support import invoke
 from tests.session_support import chunk_of, make_layer, plain, process
 
 BODY_SCRIPT = """
@@ -73,6 +76,43 @@ def test_a_terminated_child_records_its_writes_as_failed_and_exits_143(tmp_path)
         assert "SIGTERM" in record.error["message"]
         assert record.writes["mips"]["0"]["chunks"] == 1  # what it wrote before the signal
         assert sorted(record.siblings) == sorted(set(paths) - {path})
+
+
+def test_a_killed_child_leaves_each_volume_saying_who_was_writing(tmp_path):
+    paths = layers_in(tmp_path, 2)
+    child = subprocess.Popen(
+        [sys.executable, "-c", BODY_SCRIPT, *paths],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "WRITTEN"
+        child.kill()  # SIGKILL: no handler, no __exit__, no commit
+        child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == -signal.SIGKILL
+    sessions = set()
+    for i, path in enumerate(paths):
+        assert (plain(path)[0:64, 0:64, 0:64] == i + 1).all()
+        history = cirrus.history(path)
+        assert list(history) == []  # nothing was committed...
+        ((session, info),) = history.open_sessions.items()  # ...but the writer is named
+        sessions.add(session)
+        assert (info["description"], info["parameters"]) == ("seg", {"n": 1})
+        assert (info["sources"], info["motivation"]) == (["gs://lab/aff"], "preempted")
+        assert (info["pid"], info["host"]) == (child.pid, socket.gethostname())
+        assert f"OPEN SESSION {session[:12]}: seg" in invoke("log", path).output
+        assert "and not committed" in invoke("verify", path).output  # a remark, exit 0
+    assert len(sessions) == 1
+
+    # later sessions commit as usual; the dead one stays listed until someone deals with it
+    with cirrus.session(["src"], "after the crash", process()) as s:
+        s.volume(paths[0])[64:128, 0:64, 0:64] = chunk_of(2)
+    history = cirrus.history(paths[0])
+    assert [stored.record.session for stored in history] == [s.id]
+    assert set(history.open_sessions) == sessions
 
 
 class SignalDuringStaging:
