@@ -193,7 +193,8 @@ def verify_command(paths: tuple[str, ...], as_json: bool) -> None:
 
     Finds tampered or missing objects, summary entries that do not match their records (a
     summary edited by hand), orphaned records (publish them with `cirrus recover`), and lists
-    open steps. Exits 1 if anything does not match.
+    open steps and sessions that wrote without committing (yet). Exits 1 if anything does not
+    match.
     """
     from cirrus.verify import verify
 

@@ -66,5 +66,10 @@ def _overlapped(layers: Iterable[str]) -> Iterator[Callable[..., list]]:
     if len(layers) == 1:
         yield lambda function, *columns: list(map(function, *columns))
         return
-    with ThreadPoolExecutor(max_workers=min(THREADS, len(layers))) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(THREADS, len(layers)))
+    try:
         yield lambda function, *columns: list(pool.map(function, *columns))
+    except BaseException:  # a second SIGTERM, Ctrl-C: volumes not started yet are not started
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()

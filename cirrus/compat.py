@@ -47,7 +47,7 @@ class _Documentation:
         return None
 
     def writing(self, layer: str) -> None:
-        self.session.writing(layer)  # `refusal` has just opened it
+        self.session._writing(layer)  # `refusal` has just opened it
 
     def commit(self) -> dict[str, str]:
         session, self.session, self.key = self.session, None, None

@@ -123,7 +123,7 @@ def open_lines(open_steps: Open | None, open_sessions: Open | None = None) -> li
     ]
     sessions = [
         f"OPEN SESSION {short(session)}: {info.get('description', '?')} "
-        f"[{short(info.get('process'))}] writing since {when(info.get('started'))} "
+        f"[{short(info.get('process'))}] started {when(info.get('started'))} "
         f"by {info.get('user', '?')}@{info.get('host', '?')} pid {info.get('pid', '?')}; "
         f"motivation: {info.get('motivation', '?')}; if that process is gone, these writes "
         "were never committed"
@@ -187,9 +187,9 @@ def history_html(
         body.append("<tr>" + "".join(f"<td>{_cell(cells[c])}</td>" for c in COLUMNS) + "</tr>")
     caption = html.escape(f"{volume}: {len(records)} record(s)" if volume else "history")
     lines = open_lines(open_steps, open_sessions)
-    steps = "".join(f"<p><b>{html.escape(line)}</b></p>" for line in lines)
+    opened = "".join(f"<p><b>{html.escape(line)}</b></p>" for line in lines)
     return (
-        f'<div class="cirrus-history">{steps}<table><caption>{caption}</caption>'
+        f'<div class="cirrus-history">{opened}<table><caption>{caption}</caption>'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
     )
 

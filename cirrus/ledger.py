@@ -206,7 +206,9 @@ class Ledger:
 
         Starts from `read` when given (a stale one only costs a conflict). On a conflict the
         summary is read again and `change` re-applied, with jittered backoff; the summary is
-        never written blindly. Returns the summary as stored when it returned.
+        never written blindly. Returns the summary it stored, or, when `change` had nothing
+        to write, the one it read (`read` itself if given: possibly stale, which later only
+        costs a conflict).
         """
         deadline = time.monotonic() + PUBLISH_DEADLINE
         attempt = 0

@@ -14,9 +14,10 @@ never tallied. Its content is a function of the session's other records only (no
 recoveries racing each other create the same object once. Step records are left alone: their
 siblings keep the step open with its fragments until `cirrus step finish` is run again.
 
-Not covered: a commit killed before its first record was staged leaves nothing that names the
-session; and a session whose commit failed while staging and is retried after the threshold,
-once its orphans were rolled forward, ends with both its record and an interrupted one there.
+Not covered: a commit killed before its first record was staged leaves no record that names the
+session (each volume's summary still lists it as writing there, see `cirrus.session`); and a
+session whose commit failed while staging and is retried after the threshold, once its orphans
+were rolled forward, ends with both its record and an interrupted one there.
 """
 
 from __future__ import annotations

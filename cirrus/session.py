@@ -23,7 +23,13 @@ from cirrus import termination
 from cirrus._version import __version__
 from cirrus.canonical import check_text, digest
 from cirrus.commit import commit_records
-from cirrus.errors import CorruptProvenance, InvalidInput, NotPublished, SessionClosed
+from cirrus.errors import (
+    CorruptProvenance,
+    InvalidInput,
+    NotPublished,
+    ProvenanceRequired,
+    SessionClosed,
+)
 from cirrus.handles import RULES, Gate, track
 from cirrus.ledger import NOT_READ, SUMMARY_KEY, Ledger, env_blobs
 from cirrus.model import Note, Process, Record, isoformat, utcnow
@@ -82,7 +88,7 @@ class WriteScope:
         self.state = "open"
         self.notes: list[Note] = []
         self._trackers: dict[str, WriteTracker] = {}
-        self._sigterm = False  # whether this scope took SIGTERM over (`termination.enter`)
+        self._sigterm = 0  # `with` blocks on this scope that took SIGTERM over
         self._summaries: dict[str, Blob | None] = {}  # layer -> summary as last read or stored
         self._finalizer = weakref.finalize(self, _warn_unrecorded, self._trackers, self.id)
 
@@ -96,12 +102,12 @@ class WriteScope:
         self._summaries[layer] = read_summary(Ledger.open(layer))  # refuses a malformed one now
         volume = CloudVolume(cloudpath, **cloudvolume_kwargs)
         tracker = self._trackers.setdefault(layer, WriteTracker())
-        return track(volume, Gate(layer, tracker, self._refusal, self.writing))
+        return track(volume, Gate(layer, tracker, self._refusal, self._writing))
 
     def _check_layer(self, layer: str) -> None:
         """Hook for step tasks, which admit only their step's volumes."""
 
-    def writing(self, layer: str) -> None:
+    def _writing(self, layer: str) -> None:
         """Called before each write to `layer`; tasks need nothing (their step is listed open)."""
 
     def result(self, text: str) -> None:
@@ -166,16 +172,17 @@ class WriteScope:
         raise NotImplementedError
 
     def __enter__(self) -> WriteScope:
-        self._sigterm = termination.enter()  # SIGTERM in the body raises Terminated
+        self._sigterm += termination.enter()  # SIGTERM in the body raises Terminated
         return self
 
     def __exit__(self, kind: type | None, value: BaseException | None, _tb: Any) -> None:
         try:
-            self._exit(kind, value)
+            with termination.held():  # from here on a SIGTERM waits for the records
+                self._exit(kind, value)
         finally:
             if self._sigterm:
-                self._sigterm = False
                 termination.leave()
+                self._sigterm -= 1
 
     def _exit(self, kind: type | None, value: BaseException | None) -> None:
         if self.state != "open":
@@ -206,10 +213,10 @@ class Session(WriteScope):
         self.notes.append(Note("motivation", self.motivation))
         self.records: dict[str, str] = {}
         self._built: dict[str, dict[str, Record]] = {}  # status -> records, kept for retries
-        self._open: set[str] = set()  # layers whose summary lists this session as writing
-        self._opening = threading.Lock()
+        self._open: set[str] = set()  # layers whose summary may list this session as writing
+        self._opening: dict[str, threading.Lock] = {}  # per layer, held while listing there
 
-    def writing(self, layer: str) -> None:
+    def _writing(self, layer: str) -> None:
         """Before the first write to `layer`: list this session there as writing.
 
         If the process dies before committing (SIGKILL, the OOM killer, a lost machine), the
@@ -217,9 +224,12 @@ class Session(WriteScope):
         """
         if layer in self._open:
             return
-        with self._opening:
+        with self._opening.setdefault(layer, threading.Lock()):
             if layer in self._open:
                 return
+            reason = self._refusal()  # closing started since the gate let this write in
+            if reason is not None:
+                raise ProvenanceRequired(f"{layer}: {reason}")
             info = open_session_info(
                 process=self.process_record,
                 sources=self.sources,
@@ -230,15 +240,24 @@ class Session(WriteScope):
                 pid=os.getpid(),
             )
             read = self._summaries.get(layer, NOT_READ)
+            self._open.add(layer)  # before the swap: its response may be lost after it landed
             self._summaries[layer] = Ledger.open(layer).mark_session_open(self.id, info, read=read)
-            self._open.add(layer)
 
     def _record(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
+        for lock in list(self._opening.values()):  # let listings in flight finish first
+            with lock:
+                pass
         if status not in self._built:
             self._built[status] = self._build(status, error)
+        ids = commit_records(self._built[status], self.env_blobs, self._summaries)
         for layer in sorted(self._open - set(self._built[status])):
-            Ledger.open(layer).clear_session(self.id)  # every write there was refused
-        return commit_records(self._built[status], self.env_blobs, self._summaries)
+            try:  # listed, but every write there was refused: nothing to record
+                Ledger.open(layer).clear_session(self.id)
+            except Exception as problem:  # the records are published; this is only a listing
+                log.warning(
+                    "%s: session %s is still listed as writing (%s)", layer, self.id, problem
+                )
+        return ids
 
     def _build(self, status: str, error: dict[str, str] | None) -> dict[str, Record]:
         touched = self.touched

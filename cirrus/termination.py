@@ -23,15 +23,15 @@ from cirrus.errors import Terminated
 
 log = logging.getLogger("cirrus.termination")
 
-_lock = threading.Lock()
-_state = {"scopes": 0, "holds": 0, "held": False, "pid": 0}
+# Touched only from the main thread (where Python runs signal handlers), so no lock is needed.
+_state = {"scopes": 0, "holds": 0, "held": False}
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _handle(signum: int, _frame: Any) -> None:
-    if os.getpid() != _state["pid"]:  # a forked child inherited this: it has no session
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        return
     if _state["holds"] and not _state["held"]:
         _state["held"] = True
         log.warning("SIGTERM: finishing the commit first (send SIGTERM again to stop at once)")
@@ -42,37 +42,53 @@ def _handle(signum: int, _frame: Any) -> None:
 
 def enter() -> bool:
     """Take SIGTERM over for an open scope; False when this thread or handler does not allow it."""
-    if threading.current_thread() is not threading.main_thread():
+    if not _main_thread():
         return False
-    with _lock:
-        if _state["scopes"] == 0:
-            if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-                return False
-            signal.signal(signal.SIGTERM, _handle)
-            _state["pid"] = os.getpid()
-        _state["scopes"] += 1
+    if _state["scopes"] == 0:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return False
+        signal.signal(signal.SIGTERM, _handle)
+    _state["scopes"] += 1
     return True
 
 
 def leave() -> None:
-    """End a scope `enter` admitted; the last one gives SIGTERM its default action back."""
-    with _lock:
-        _state["scopes"] -= 1
-        if _state["scopes"] == 0:
+    """End a scope `enter` admitted; the last one gives SIGTERM its default action back.
+
+    Unless the program installed a handler of its own meanwhile: that one stays.
+    """
+    _state["scopes"] -= 1
+    if _state["scopes"] == 0:
+        _state["held"] = False
+        if signal.getsignal(signal.SIGTERM) is _handle:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            _state["held"] = False
 
 
 @contextlib.contextmanager
 def held() -> Iterator[None]:
-    """Hold SIGTERM while records are committed; one that arrived is raised when this ends."""
-    with _lock:
-        _state["holds"] += 1
+    """Hold SIGTERM while records are committed; one that arrived is raised when this ends.
+
+    Only the main thread holds it: a commit in another thread must not delay the main thread's.
+    """
+    if not _main_thread():
+        yield
+        return
+    _state["holds"] += 1
     try:
         yield
     finally:
-        with _lock:
-            _state["holds"] -= 1
-            deliver = _state["holds"] == 0 and _state["held"]
-        if deliver:
-            signal.raise_signal(signal.SIGTERM)  # runs `_handle` in the main thread, now
+        _state["holds"] -= 1
+        if _state["holds"] == 0 and _state["held"]:
+            signal.raise_signal(signal.SIGTERM)  # runs `_handle`, which raises Terminated
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of its parent's scopes: SIGTERM gets its default action back."""
+    _state.update(scopes=0, holds=0, held=False)
+    with contextlib.suppress(ValueError):  # forked from a thread CPython does not make main
+        if signal.getsignal(signal.SIGTERM) is _handle:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -188,7 +188,7 @@ def _check_summary(
         )
     for session, info in report.open_sessions.items():
         report.remarks.append(
-            f"session {session[:12]} has written here since {info.get('started')} "
+            f"session {session[:12]} (started {info.get('started')}) has written here "
             f"({info.get('description')}, {info.get('user')}@{info.get('host')} pid "
             f"{info.get('pid')}) and not committed: still running, or it died and these "
             "writes have only this listing as provenance"

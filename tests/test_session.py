@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import cirrus
-from cirrus.errors import InvalidInput, ParameterError, SessionClosed
+from cirrus.errors import InvalidInput, ParameterError, PermanentStorageError, SessionClosed
 from cirrus.storage import wrap_backends
 from cirrus.storage.paths import normalise_cloudpath
 from tests.session_support import (
@@ -301,6 +301,46 @@ def test_a_session_whose_every_write_was_refused_is_not_left_listed_as_writing(t
     assert s.records == {} and s.touched == []
     history = cirrus.history(path)
     assert list(history) == [] and history.open_sessions == {}
+
+
+class LandsThenFails:
+    """Applies the first summary write, then fails it for good: the listing may exist or not."""
+
+    def __init__(self, backend, failed: list[str]):
+        self.backend, self.cloudpath, self.failed = backend, backend.cloudpath, failed
+
+    def get(self, key):
+        return self.backend.get(key)
+
+    def list(self, prefix):
+        return self.backend.list(prefix)
+
+    def put_new(self, key, data):
+        token = self.backend.put_new(key, data)
+        if key == "provenance" and not self.failed:
+            self.failed.append(key)
+            raise PermanentStorageError("connection reset", cloudpath=self.cloudpath, key=key)
+        return token
+
+    def put_if_match(self, key, data, token):
+        return self.backend.put_if_match(key, data, token)
+
+
+def test_a_listing_whose_response_was_lost_is_cleared_when_nothing_was_written(tmp_path):
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path)
+    failed: list[str] = []
+    with (
+        wrap_backends(lambda backend: LandsThenFails(backend, failed)),
+        cirrus.session(["src"], "lost response", process()) as s,
+    ):
+        vol = s.volume(path)
+        with pytest.raises(PermanentStorageError):  # the write is refused: no data goes out
+            vol[0:64, 0:64, 0:64] = chunk_of(1)
+        assert list(cirrus.history(path).open_sessions) == [s.id]  # but the listing landed
+    assert failed and s.records == {}
+    assert cirrus.history(path).open_sessions == {}
+    assert (plain(path)[0:64, 0:64, 0:64] == 0).all()
 
 
 def test_notebook_style_abort_writes_a_failed_record(tmp_path):

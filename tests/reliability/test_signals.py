@@ -245,3 +245,31 @@ def test_a_terminated_task_files_a_failed_fragment_and_a_rerun_replaces_it(tmp_p
     assert fragment["status"] == "committed"
     step.finish()
     assert only_record(path).status == "committed"
+
+
+def test_a_handler_installed_inside_the_body_outlives_the_session(tmp_path):
+    (path,) = layers_in(tmp_path, 1)
+
+    def own(_signum, _frame):
+        pass
+
+    try:
+        with cirrus.session(["src"], "handler set inside", process()) as s:
+            s.volume(path)[0:64, 0:64, 0:64] = chunk_of(2)
+            signal.signal(signal.SIGTERM, own)
+        assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_a_child_forked_inside_a_session_gets_the_default_action(tmp_path):
+    (path,) = layers_in(tmp_path, 1)
+    with cirrus.session(["src"], "fork", process()) as s:
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        pid = os.fork()
+        if pid == 0:  # the child has no session of its own: SIGTERM must end it as usual
+            os._exit(0 if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL else 1)
+        _, status = os.waitpid(pid, 0)
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(3)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert only_record(path).status == "committed"
