@@ -9,7 +9,7 @@ from cirrus.codeenv import DockerEnv, PythonGithubEnv
 from cirrus.compat import CloudVolume, add_motivation, add_note, add_result, log_process
 from cirrus.model import Note, Process, Record
 from cirrus.reading import history
-from cirrus.rollforward import recover
+from cirrus.rollforward import abandon, recover
 from cirrus.session import Session, session
 from cirrus.step import Step, StepToken, TaskSession, finish, join, step
 from cirrus.step import status as step_status
@@ -26,6 +26,7 @@ __all__ = [
     "StepToken",
     "TaskSession",
     "__version__",
+    "abandon",
     "add_motivation",
     "add_note",
     "add_result",

@@ -161,10 +161,17 @@ class Ledger:
         is where publishing starts, so a volume costs the creates and one compare-and-swap when
         nobody else commits in between.
         """
+        summary = self.stage_envs_for(blobs, read)
+        return Staged(self.stage_record(record), summary)
+
+    def stage_envs_for(
+        self, blobs: Sequence[bytes], read: Blob | None | object = NOT_READ
+    ) -> Blob | None:
+        """Stage the environments the summary (`read`, or read now) does not name; returns it."""
         summary = self.store.get(SUMMARY_KEY) if read is NOT_READ else read
         named = _named_envs(summary)
         self.stage_envs(blob for blob in blobs if sha256_hex(blob) not in named)
-        return Staged(self.stage_record(record), summary)
+        return summary
 
     # -- publish: compare-and-swap the summary, re-merge on conflict ---------------------------
     def publish(

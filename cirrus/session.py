@@ -233,15 +233,18 @@ class Session(WriteScope):
             info = open_session_info(
                 process=self.process_record,
                 sources=self.sources,
-                motivation=self.motivation,
+                notes=[note.to_json() for note in self.notes[:1]],  # the motivation
                 started=isoformat(self.started),
                 user=current_user(),
                 host=socket.gethostname(),
                 pid=os.getpid(),
+                cirrus_version=__version__,
             )
+            ledger = Ledger.open(layer)
             read = self._summaries.get(layer, NOT_READ)
+            read = ledger.stage_envs_for(self.env_blobs, read)  # the listing names them
             self._open.add(layer)  # before the swap: its response may be lost after it landed
-            self._summaries[layer] = Ledger.open(layer).mark_session_open(self.id, info, read=read)
+            self._summaries[layer] = ledger.mark_session_open(self.id, info, read=read)
 
     def _record(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
         for lock in list(self._opening.values()):  # let listings in flight finish first
@@ -249,7 +252,8 @@ class Session(WriteScope):
                 pass
         if status not in self._built:
             self._built[status] = self._build(status, error)
-        ids = commit_records(self._built[status], self.env_blobs, self._summaries)
+        # every touched volume was listed, and its environments staged with the listing
+        ids = commit_records(self._built[status], (), self._summaries)
         for layer in sorted(self._open - set(self._built[status])):
             try:  # listed, but every write there was refused: nothing to record
                 Ledger.open(layer).clear_session(self.id)

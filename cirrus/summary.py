@@ -254,19 +254,28 @@ def open_step_info(manifest: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def open_session_info(
-    *, process: Mapping[str, Any], sources: Iterable[str], motivation: str, **who: Any
+    *,
+    process: Mapping[str, Any],
+    sources: Iterable[str],
+    notes: Iterable[Mapping[str, Any]],
+    **who: Any,
 ) -> dict[str, Any]:
     """What the summary says of a session that has written and not committed yet.
 
-    `who`: started, user, host and pid. If the process dies, this is what explains its writes.
+    `who`: started, user, host, pid and cirrus_version. If the process dies, this explains its
+    writes, and is all `cirrus.rollforward.abandon` needs to record it as interrupted.
     """
+    notes = [dict(note) for note in notes]
+    motivation = next((n["text"] for n in notes if n["kind"] == "motivation"), "")
     return {
         **who,
         "process": process["digest"],
         "description": process["description"],
         "parameters": process["parameters"],
+        "envs": list(process["envs"]),
         "sources": list(sources),
         "motivation": motivation,
+        "notes": notes,
     }
 
 

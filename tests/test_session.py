@@ -71,9 +71,12 @@ def test_three_volumes_hundreds_of_chunks_one_record_and_one_publish_each(layer_
             for i, (x, y, z) in enumerate(origins):
                 handle[x : x + CHUNK, y : y + CHUNK, z : z + CHUNK] = chunk_of(v * 100 + i)
         s.result("300 chunks written")
-        # 300 chunk writes cost one provenance request per volume: before the first, the
-        # summary lists the session as writing there (created here: the layers are fresh)
-        assert keys.calls == {(path, "put_new", "summary"): 1 for path in paths}
+        # 300 chunk writes cost two provenance requests per volume, before the first: the code
+        # environment, and the summary listing the session as writing there (both created
+        # here: the layers are fresh); none after
+        assert keys.calls == {
+            (path, "put_new", kind): 1 for path in paths for kind in ("envs", "summary")
+        }
         for path in paths:
             assert list(summary_json(path)["cirrus"]["open_sessions"]) == [s.id]
 

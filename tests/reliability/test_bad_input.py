@@ -321,6 +321,16 @@ BAD_INPUTS = {
         InvalidInput,
         "cirrus: error: '../..' is not a record id",
     ),
+    "abandon-not-listed": (
+        lambda p: cirrus.abandon(p, "0123abcd"),
+        InvalidInput,
+        "'0123abcd' is not one of the sessions",
+    ),
+    "abandon-empty-id": (
+        lambda p: cirrus.abandon(p, ""),
+        InvalidInput,
+        "'' is not one of the sessions",
+    ),
 }
 
 

@@ -18,10 +18,11 @@ import threading
 import pytest
 
 import cirrus
-from cirrus.errors import Terminated
+from cirrus.errors import InvalidInput, Terminated
 from cirrus.ledger import Ledger
 from cirrus.storage import wrap_backends
 from cirrus.storage.paths import normalise_cloudpath
+from cirrus.writeset import WriteTracker
 from tests.cli_support import invoke
 from tests.session_support import chunk_of, make_layer, plain, process
 
@@ -113,6 +114,35 @@ def test_a_killed_child_leaves_each_volume_saying_who_was_writing(tmp_path):
     history = cirrus.history(paths[0])
     assert [stored.record.session for stored in history] == [s.id]
     assert set(history.open_sessions) == sessions
+
+    # once known dead, the listing becomes an interrupted record made from it alone
+    (dead,) = sessions
+    for path in paths:
+        done = invoke("recover", path, "--abandon", dead[:8]).output
+        assert "recorded as interrupted" in done
+        history = cirrus.history(path)
+        assert history.open_sessions == {}
+        (stored,) = [h for h in history if h.record.session == dead]
+        record = stored.record
+        assert (record.status, record.error["type"]) == ("failed", "Interrupted")
+        assert record.writes == WriteTracker().to_json()  # never tallied: unknown
+        assert record.process["description"] == "seg" and record.sources == ("gs://lab/aff",)
+        assert [n["text"] for n in record.notes] == ["preempted"]
+        assert (record.user, record.host) == (info["user"], info["host"])
+        assert "ok" in invoke("verify", path).output  # its process and environments check out
+        invoke("recover", path, "--abandon", dead[:8], code=2)  # not listed any more
+        assert cirrus.history(path) == history  # nothing doubled
+
+
+def test_a_session_still_running_here_cannot_be_abandoned(tmp_path):
+    (path,) = layers_in(tmp_path, 1)
+    with cirrus.session(["src"], "alive", process()) as s:
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
+        with pytest.raises(InvalidInput, match=f"still running here as pid {os.getpid()}"):
+            cirrus.abandon(path, s.id)
+        assert "still running here" in invoke("recover", path, "--abandon", s.id, code=2).output
+    assert only_record(path).status == "committed"
+    assert cirrus.history(path).open_sessions == {}
 
 
 class SignalDuringStaging:

@@ -1,0 +1,161 @@
+"""`cirrus recover | repair | step | demo`: finish what crashed, repair, run steps, try it out."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from cirrus.cli.common import EXIT_CODES, CirrusGroup
+from cirrus.cli.volumes import print_log
+
+
+# -- recover / repair -----------------------------------------------------------------------------
+@click.command("recover", epilog=EXIT_CODES)
+@click.argument("path")
+@click.option(
+    "--abandon",
+    metavar="SESSION",
+    help="Record a dead session PATH still lists as writing (`cirrus log`) as interrupted.",
+)
+@click.option("--force", is_flag=True, help="With --abandon: even if its pid runs here.")
+def recover_command(path: str, abandon: str | None, force: bool) -> None:
+    """Publish records of PATH (and its sibling volumes) that an interrupted commit staged.
+
+    A volume such a session wrote to but never staged a record on gets an `interrupted` record
+    (status failed, writes unknown) once the session is 10 minutes old. Safe to run at any
+    time: records already published are left alone. A session killed before it committed
+    stays listed as writing; `--abandon SESSION` (an id or its prefix) records it as
+    interrupted from that listing.
+    """
+    from cirrus.ledger import Ledger
+    from cirrus.model import is_interrupted
+    from cirrus.rollforward import abandon as abandon_session
+    from cirrus.rollforward import recover
+
+    if abandon is not None:
+        rid = abandon_session(path, abandon, force=force)
+        click.echo(f"{path}: session {abandon} recorded as interrupted")
+        click.echo(f"  {rid} (interrupted: its writes were never tallied; re-run to record them)")
+        return
+    if force:
+        raise click.UsageError("--force only applies to --abandon")
+    done = recover(path)
+    if not done:
+        click.echo(f"{path}: nothing to recover; every staged record is published")
+    interrupted = 0
+    for layer, ids in done.items():
+        click.echo(f"{layer}: published {len(ids)} record(s)")
+        for rid in ids:
+            cut = is_interrupted(Ledger.open(layer).read_record(rid).to_json())
+            interrupted += cut
+            click.echo(f"  {rid} (interrupted)" if cut else f"  {rid}")
+    if interrupted:
+        click.echo(
+            f"{interrupted} interrupted record(s): a session died before recording its writes "
+            "on that volume (status failed, writes unknown); re-run it to record them"
+        )
+
+
+@click.command("repair", epilog=EXIT_CODES)
+@click.argument("path")
+def repair_command(path: str) -> None:
+    """Set a malformed `provenance` summary of PATH aside and rebuild it from the records.
+
+    The original is kept under provenance.d/corrupt/<sha256>; a summary that parses is left
+    untouched.
+    """
+    from cirrus.ledger import Ledger
+
+    ledger = Ledger.open(path)
+    kept = ledger.repair()
+    if kept is None:
+        click.echo(f"{ledger.cloudpath}: the summary is well-formed; nothing to repair")
+        return
+    published = len(ledger.summary().get("cirrus", {}).get("records", []))
+    click.echo(f"{ledger.cloudpath}: kept the malformed summary as {kept}")
+    click.echo(f"  rebuilt the summary from {published} record(s); check it with `cirrus verify`")
+
+
+# -- step -----------------------------------------------------------------------------------------
+@click.group("step", cls=CirrusGroup, epilog=EXIT_CODES)
+def step_group() -> None:
+    """Steps run as many tasks: check progress, or finish one.
+
+    TOKEN is the step's token as `step.token` gives it (JSON), `@FILE` to read it from a file,
+    or `-` to read it from stdin.
+    """
+
+
+def _token(token: str) -> str:
+    if token == "-":
+        return sys.stdin.read().strip()
+    if token.startswith("@"):
+        from cirrus.errors import InvalidInput
+
+        try:
+            with open(token[1:], encoding="utf-8") as handle:
+                return handle.read().strip()
+        except OSError as error:
+            raise InvalidInput(f"cannot read the step token from {token[1:]}: {error}") from None
+    return token
+
+
+@step_group.command("status", epilog=EXIT_CODES)
+@click.argument("token")
+@click.option("--json", "as_json", is_flag=True)
+def step_status_command(token: str, as_json: bool) -> None:
+    """Tasks recorded so far on each volume of the step, failures, open or finished."""
+    from cirrus.step import status
+
+    report = status(_token(token))
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    click.echo(f"step {report['step']}")
+    for layer, info in report["volumes"].items():
+        state = "finished" if info["finished"] else "open" if info["open"] else "not open"
+        click.echo(
+            f"  {layer}: {info['tasks']} task(s) recorded, {len(info['failed'])} failed, {state}"
+        )
+        for task in info["failed"][:20]:
+            click.echo(f"    failed: {task}")
+
+
+@step_group.command("finish", epilog=EXIT_CODES)
+@click.argument("token")
+def step_finish_command(token: str) -> None:
+    """Fold the tasks' fragments into one record per volume and publish. Safe to repeat."""
+    from cirrus.step import StepToken, finish
+
+    parsed = StepToken.loads(_token(token))
+    ids = finish(parsed)
+    click.echo(f"step {parsed.id} finished")
+    for layer in parsed.volumes:
+        if layer in ids:
+            click.echo(f"  {layer}: record {ids[layer]}")
+        else:
+            click.echo(f"  {layer}: no task wrote here; nothing recorded")
+
+
+# -- demo -----------------------------------------------------------------------------------------
+@click.command("demo", epilog=EXIT_CODES)
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+def demo_command(directory: str | None) -> None:
+    """Run the README example for real on small file:// volumes under DIRECTORY.
+
+    A new temporary directory is used when none is given. Prints `cirrus log` of the
+    segmentation, then commands to try next.
+    """
+    from cirrus.demo import run
+
+    paths = run(directory)
+    for name, path in paths.items():
+        click.echo(f"{name:<13} {path}")
+    click.echo(f"\n$ cirrus log {paths['segmentation']}")
+    print_log(paths["segmentation"])
+    click.echo("\nTry next:")
+    for command in ("verify", "lineage", "export"):
+        click.echo(f"  cirrus {command} {paths['segmentation']}")
+    click.echo(f"  cirrus show {paths['segmentation']} <record id from the log>")

@@ -1,0 +1,195 @@
+"""`cirrus log | show | verify | lineage | export`: read and check a layer's provenance."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from cirrus.cli.common import EXIT_CODES, EXIT_PROBLEMS, ProgressBar, is_terminal, rich_console
+
+
+# -- log ------------------------------------------------------------------------------------------
+def print_log(path: str, as_json: bool = False, limit: int | None = None) -> None:
+    """Print a volume's history, newest first (what `cirrus log` and `cirrus demo` show)."""
+    from cirrus.reading import history
+
+    found = history(path)
+    records = list(reversed(found))[:limit] if limit else list(reversed(found))
+    if as_json:
+        data = found.to_json()
+        data["records"] = [record.to_json() for record in records]
+        click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
+        return
+    from cirrus.display import history_text
+
+    plain = [record.to_json() for record in reversed(records)]  # history_text wants oldest first
+    if not is_terminal():
+        text = history_text(plain, found.volume, found.open_steps, len(found), found.open_sessions)
+        click.echo(text)
+        if not found and not found.open_steps and not found.open_sessions:
+            click.echo("no provenance recorded here")
+        return
+    _log_table(plain, found, total=len(found))
+
+
+def _log_table(records: list[dict], found: Any, total: int) -> None:
+    from rich.table import Table
+
+    from cirrus.display import COLUMNS, open_lines, row
+
+    volume = found.volume
+
+    console = rich_console()
+    shown = f", newest {len(records)} shown" if len(records) != total else ""
+    table = Table(title=f"{volume}: {total} record(s){shown}", show_lines=True)
+    for column in COLUMNS:
+        table.add_column(column, overflow="fold")
+    for record in reversed(records):
+        cells = row(record)
+        style = "red" if record["status"] != "committed" else None
+        table.add_row(*(cells[c] for c in COLUMNS), style=style)
+    for line in open_lines(found.open_steps, found.open_sessions):
+        console.print(f"[yellow]{line}[/yellow]")
+    console.print(table)
+
+
+@click.command("log", epilog=EXIT_CODES)
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Records as JSON (newest first).")
+@click.option("--limit", "-n", type=click.IntRange(min=1), help="Show only the newest N records.")
+def log_command(path: str, as_json: bool, limit: int | None) -> None:
+    """History of PATH, newest first: time, status, process, motivation, sources, writes, who.
+
+    Open steps (opened, not finished yet) are listed first.
+    """
+    print_log(path, as_json, limit)
+
+
+# -- show -----------------------------------------------------------------------------------------
+@click.command("show", epilog=EXIT_CODES)
+@click.argument("path")
+@click.argument("digest")
+@click.option("--json", "as_json", is_flag=True, help="The record and its environments as JSON.")
+def show_command(path: str, digest: str, as_json: bool) -> None:
+    """One record of PATH in full, with its code environments (and their git diffs).
+
+    DIGEST is a record id or a unique prefix of one (as `cirrus log` shows).
+    """
+    from cirrus.display import env_diff, record_text
+    from cirrus.ledger import Ledger
+    from cirrus.reading import record_envs, resolve_record_id
+
+    ledger = Ledger.open(path)
+    stored = ledger.read_record(resolve_record_id(ledger, digest))
+    envs = record_envs(ledger, stored)
+    if as_json:
+        data = {
+            "record": stored.to_json(),
+            "envs": {eid: doc if doc is not None else {"error": err} for eid, doc, err in envs},
+        }
+        click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
+        return
+    if not is_terminal():
+        click.echo(record_text(stored.to_json(), envs, diffs=True))
+        return
+    from rich.syntax import Syntax
+
+    console = rich_console()
+    console.print(record_text(stored.to_json(), envs, diffs=False), markup=False)
+    for env_id, document, _error in envs:
+        diff = env_diff(document)
+        if diff:
+            console.print(f"\n[bold]diff of env {env_id[:12]}[/bold]")
+            console.print(Syntax(diff, "diff", theme="ansi_dark", word_wrap=True))
+
+
+# -- verify ---------------------------------------------------------------------------------------
+@click.command("verify", epilog=EXIT_CODES)
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="The findings as JSON.")
+def verify_command(paths: tuple[str, ...], as_json: bool) -> None:
+    """Re-hash every record and environment file of PATH and check the summary agrees.
+
+    Finds tampered or missing objects, summary entries that do not match their records (a
+    summary edited by hand), orphaned records (publish them with `cirrus recover`), and lists
+    open steps and sessions that wrote without committing (yet). Exits 1 if anything does not
+    match.
+    """
+    from cirrus.verify import verify
+
+    reports = []
+    for path in paths:
+        with ProgressBar(f"verifying {path}") as progress:
+            reports.append(verify(path, progress=progress))
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in reports], indent=2, sort_keys=True))
+    else:
+        for report in reports:
+            click.echo(
+                f"{report.volume}: {report.records} record(s), {report.envs} environment "
+                "file(s) re-hashed"
+            )
+            for problem in report.problems:
+                click.echo(f"  PROBLEM: {problem}")
+            for remark in report.remarks:
+                click.echo(f"  note: {remark}")
+            verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+            click.echo(f"  {verdict}")
+    if not all(report.ok for report in reports):
+        click.get_current_context().exit(EXIT_PROBLEMS)
+
+
+# -- lineage --------------------------------------------------------------------------------------
+@click.command("lineage", epilog=EXIT_CODES)
+@click.argument("path")
+@click.option("--depth", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "dot", "mermaid", "json"]),
+    default="text",
+    show_default=True,
+)
+def lineage_command(path: str, depth: int, fmt: str) -> None:
+    """Where PATH came from: its sources, and theirs, following cloudpath sources.
+
+    Free-text sources, unreadable volumes, cycles and the depth limit end a branch and are
+    shown as such; they are not errors.
+    """
+    from cirrus.lineage import RENDERERS, lineage
+
+    root = lineage(path, depth=depth)
+    if fmt == "json":
+        click.echo(json.dumps(root.to_json(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(RENDERERS[fmt](root))
+
+
+# -- export ---------------------------------------------------------------------------------------
+@click.command("export", epilog=EXIT_CODES)
+@click.argument("path")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["prov-json", "prov-jsonld"]),
+    default="prov-json",
+    show_default=True,
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="File.")
+def export_command(path: str, fmt: str, output: str | None) -> None:
+    """PATH's history as W3C PROV: the volume and sources as entities, sessions and steps as
+    activities, processes as plans, users as agents, sources via wasDerivedFrom.
+
+    Written to stdout unless -o FILE is given.
+    """
+    from cirrus.export import serialize
+    from cirrus.reading import history
+
+    text = serialize(history(path), fmt)
+    if output:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    else:
+        click.echo(text)
