@@ -614,6 +614,9 @@ def _commit_case(count: int, label: str) -> str:
 def commit_latency(base: str, label: str, sizes: Sizes) -> list[dict]:
     """Median time of `s.commit()` for sessions that wrote one chunk to each of N volumes.
 
+    The session's listing of itself on each volume (a swap before its first write there) is
+    part of the writes, not of this time; the commit starts from the summary it stored.
+
     Beside it, in the same rounds, the storage's floor for the same N volumes: the two durable
     writes any layout with provenance on each volume needs (a create and a compare-and-swap per
     volume), made with cirrus's own backend and overlapped the way a commit overlaps volumes.
