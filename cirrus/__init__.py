@@ -5,11 +5,12 @@
 
 from cirrus import errors
 from cirrus._version import __version__
+from cirrus.abandon import abandon
 from cirrus.codeenv import DockerEnv, PythonGithubEnv
 from cirrus.compat import CloudVolume, add_motivation, add_note, add_result, log_process
 from cirrus.model import Note, Process, Record
 from cirrus.reading import history
-from cirrus.rollforward import abandon, recover
+from cirrus.rollforward import recover
 from cirrus.session import Session, session
 from cirrus.step import Step, StepToken, TaskSession, finish, join, step
 from cirrus.step import status as step_status

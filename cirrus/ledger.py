@@ -27,7 +27,7 @@ from cirrus.errors import (
     PreconditionFailed,
     StorageError,
 )
-from cirrus.model import Record, parse_time, utcnow
+from cirrus.model import Record, is_interrupted, parse_time, utcnow
 from cirrus.storage import Store, open_store
 from cirrus.storage.base import Blob
 from cirrus.storage.paths import normalise_cloudpath
@@ -42,6 +42,7 @@ from cirrus.summary import (
     open_step_info,
     parse_summary,
     published_ids,
+    recorded_sessions,
     render_summary,
 )
 
@@ -194,7 +195,7 @@ class Ledger:
         def fold(summary: dict[str, Any]) -> dict[str, Any] | None:
             nonlocal added, orphans, final
             if orphans is None:
-                orphans = self._orphans(summary, exclude=pending)
+                orphans = self._orphans(summary, pending)
                 pending.update(orphans)
             added = sorted(set(pending) - published_ids(summary))
             final = merge(summary, pending) if added else summary
@@ -240,16 +241,27 @@ class Ledger:
                     ) from None
                 time.sleep(random.uniform(0, min(2.0, 0.01 * 2 ** min(attempt, 8))))
 
-    def _orphans(self, summary: Mapping[str, Any], exclude: Iterable[str]) -> dict[str, dict]:
-        """Staged records the summary does not point to (a commit that crashed before publish)."""
-        known = published_ids(summary) | set(exclude)
+    def _orphans(
+        self, summary: Mapping[str, Any], pending: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, dict]:
+        """Staged records the summary does not point to (a commit that crashed before publish).
+
+        An interrupted record of a session that has a record here already, or is publishing one
+        (`pending`), is not one: it lost a race to the session's own record (`cirrus.abandon`),
+        and stays unpublished.
+        """
+        known = published_ids(summary) | set(pending)
+        recorded = recorded_sessions(summary) | {record["session"] for record in pending.values()}
         found = {}
         for record_id in self.record_ids():
             if record_id not in known:
                 try:
-                    found[record_id] = self.read_record(record_id).record.to_json()
+                    record = self.read_record(record_id).record.to_json()
                 except IntegrityError as error:  # `cirrus verify` reports it; commits go on
                     log.warning("%s: damaged record not rolled forward: %s", self.cloudpath, error)
+                    continue
+                if not (is_interrupted(record) and record["session"] in recorded):
+                    found[record_id] = record
         if found:
             # A record staged moments ago is most likely a concurrent session mid-commit.
             stale = [

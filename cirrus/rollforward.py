@@ -23,14 +23,12 @@ were rolled forward, ends with both its record and an interrupted one there.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from typing import Any
 
 import attrs
 
 from cirrus.canonical import canonical_json, sha256_hex
-from cirrus.errors import IntegrityError, InvalidInput
+from cirrus.errors import IntegrityError
 from cirrus.ledger import Ledger, Published
 from cirrus.model import INTERRUPTED, Record, parse_time, utcnow
 from cirrus.storage.paths import normalise_cloudpath
@@ -39,11 +37,6 @@ from cirrus.writeset import WriteTracker
 log = logging.getLogger("cirrus.rollforward")
 
 INTERRUPTED_AFTER = 600.0  # seconds since a session's records ended before it counts as dead
-ABANDONED_MESSAGE = (
-    "the process died before committing (it was still listed as writing here, and its session "
-    "was closed with `cirrus recover --abandon`); its writes to this volume were never tallied, "
-    "so they are unknown and the write set is empty; re-run the work to record them"
-)
 INTERRUPTED_MESSAGE = (
     "the process died while committing (this record was recovered from the session's records on "
     "its other volumes); its writes to this volume were not tallied, so they are unknown and the "
@@ -92,73 +85,6 @@ def complete_sessions(layer: str, published: Published) -> None:
             layer,
             error,
         )
-
-
-def abandon(cloudpath: str, session: str, *, force: bool = False) -> str:
-    """Record a dead session that a layer still lists as writing as interrupted; returns its id.
-
-    The listing (`cirrus.open_sessions` in the summary, written before the session's first write
-    there) holds its process, sources, motivation and who ran it: the record is made from that
-    alone, with an empty write set (the writes were never tallied), so two people abandoning the
-    same session store one record. Refused while that process still runs on this host, unless
-    `force` (its pid now belongs to another program).
-    """
-    layer = normalise_cloudpath(cloudpath)
-    ledger = Ledger.open(layer)
-    listed = ledger.summary().get("cirrus", {}).get("open_sessions", {})
-    matches = sorted(sid for sid in listed if sid.startswith(session)) if session else []
-    if len(matches) != 1:
-        known = ", ".join(sid[:12] for sid in listed) or "none"
-        problem = "matches several" if matches else "is not one"
-        raise InvalidInput(
-            f"{session!r} {problem} of the sessions {layer} lists as writing (listed: {known})"
-        )
-    (sid,) = matches
-    info = listed[sid]
-    if not force and _running_here(info):
-        raise InvalidInput(
-            f"session {sid[:12]} is still running here as pid {info['pid']}: let it commit or "
-            "stop it first (pass force=True, `--force`, if that pid now belongs to another "
-            "program)"
-        )
-    record = abandoned_record(sid, layer, info)
-    staged = ledger.stage(record, [])  # the listing's environments were staged with it
-    ledger.publish({staged.record_id: record}, read=staged.summary)  # ends the listing
-    log.warning("%s: session %s recorded as interrupted (abandoned)", layer, sid)
-    return staged.record_id
-
-
-def abandoned_record(session: str, layer: str, info: dict[str, Any]) -> Record:
-    """The interrupted record of a listed session: a function of the listing only."""
-    process = {key: info[key] for key in ("description", "parameters", "envs")}
-    return Record(
-        session=session,
-        volume=layer,
-        process={**process, "digest": info["process"]},
-        sources=tuple(info["sources"]),
-        notes=tuple(info["notes"]),
-        status="failed",
-        started=info["started"],
-        ended=info["started"],  # unknown: the process died without saying
-        user=info["user"],
-        host=info["host"],
-        cirrus_version=info["cirrus_version"],
-        writes=WriteTracker().to_json(),
-        error={"type": INTERRUPTED, "message": ABANDONED_MESSAGE},
-    )
-
-
-def _running_here(info: dict[str, Any]) -> bool:
-    """Whether the listed process is alive on this host (a pid elsewhere cannot be checked)."""
-    if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
-        return False
-    try:
-        os.kill(info["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def interrupted_record(template: Record, layer: str, siblings: list[str], ended: str) -> Record:

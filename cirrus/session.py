@@ -214,6 +214,7 @@ class Session(WriteScope):
         self.records: dict[str, str] = {}
         self._built: dict[str, dict[str, Record]] = {}  # status -> records, kept for retries
         self._open: set[str] = set()  # layers whose summary may list this session as writing
+        self._listed: set[str] = set()  # ... and those where the listing is known to be stored
         self._opening: dict[str, threading.Lock] = {}  # per layer, held while listing there
 
     def _writing(self, layer: str) -> None:
@@ -222,10 +223,10 @@ class Session(WriteScope):
         If the process dies before committing (SIGKILL, the OOM killer, a lost machine), the
         layer's summary still says which process, sources and motivation wrote there, by whom.
         """
-        if layer in self._open:
+        if layer in self._listed:
             return
         with self._opening.setdefault(layer, threading.Lock()):
-            if layer in self._open:
+            if layer in self._listed:
                 return
             reason = self._refusal()  # closing started since the gate let this write in
             if reason is not None:
@@ -245,6 +246,7 @@ class Session(WriteScope):
             read = ledger.stage_envs_for(self.env_blobs, read)  # the listing names them
             self._open.add(layer)  # before the swap: its response may be lost after it landed
             self._summaries[layer] = ledger.mark_session_open(self.id, info, read=read)
+            self._listed.add(layer)
 
     def _record(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
         for lock in list(self._opening.values()):  # let listings in flight finish first

@@ -31,12 +31,17 @@ def empty_summary() -> dict[str, Any]:
     return {"description": "", "owners": [], "sources": [], "processing": []}
 
 
+class _Constant(float):
+    """NaN or Infinity as another tool wrote it: orjson refuses these, so `json` writes them back
+    as they were (orjson would write null)."""
+
+
 def parse_summary(data: bytes | None, cloudpath: str) -> dict[str, Any]:
     """The summary as a dict; an absent object is an empty summary; a malformed one raises."""
     if data is None:
         return empty_summary()
     try:
-        summary = json.loads(data.decode("utf-8"))
+        summary = json.loads(data.decode("utf-8"), parse_constant=_Constant)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         if isinstance(error, RecursionError):
             error = "nested too deeply"
@@ -87,7 +92,7 @@ def render_summary(summary: Mapping[str, Any]) -> bytes:
 
     orjson (CloudVolume's own JSON library) writes it ~25x faster than `json`, whose indented
     output is pure Python: that was a tenth of a 100-volume commit's CPU. `json` takes over for
-    what orjson refuses (integers beyond 64 bits).
+    what orjson refuses (integers beyond 64 bits, NaN and Infinity as read by `parse_summary`).
     """
     import orjson
 
@@ -100,6 +105,11 @@ def render_summary(summary: Mapping[str, Any]) -> bytes:
 def published_ids(summary: Mapping[str, Any]) -> set[str]:
     """Ids of the records the summary already points to."""
     return {entry["id"] for entry in summary.get("cirrus", {}).get("records", [])}
+
+
+def recorded_sessions(summary: Mapping[str, Any]) -> set[str]:
+    """Sessions with a record the summary points to."""
+    return {entry.get("session") for entry in summary.get("cirrus", {}).get("records", [])}
 
 
 def merge(summary: Mapping[str, Any], records: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

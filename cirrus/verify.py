@@ -23,7 +23,8 @@ import attrs
 from cirrus.canonical import digest
 from cirrus.errors import CorruptProvenance, IntegrityError, InvalidInput
 from cirrus.ledger import ENVS, Ledger
-from cirrus.summary import NOTE_SEP, note_key, note_line, processing_entry
+from cirrus.model import is_interrupted
+from cirrus.summary import NOTE_SEP, note_key, note_line, processing_entry, recorded_sessions
 
 READERS = 16
 POINTER_FIELDS = ("session", "status", "started", "ended", "step")
@@ -170,8 +171,17 @@ def _check_summary(
                 f"summary: record {rid[:12]} has process {pointer.get('process')!r} in the "
                 "summary but a different one in the record"
             )
-    report.orphans = sorted(stored - seen)
-    for rid in report.orphans:
+    recorded = recorded_sessions(summary)
+    unpublished = sorted(stored - seen)
+    for rid in unpublished:
+        record = records.get(rid) or {}
+        if is_interrupted(record) and record.get("session") in recorded:
+            report.remarks.append(
+                f"record {rid[:12]} is an interrupted record of session "
+                f"{record['session'][:12]}, which has its own record here: left unpublished"
+            )
+            continue
+        report.orphans.append(rid)
         report.problems.append(
             f"record {rid[:12]} is stored but the summary does not point to it (an orphan from "
             "an interrupted commit: `cirrus recover PATH` publishes it)"

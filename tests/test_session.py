@@ -346,6 +346,45 @@ def test_a_listing_whose_response_was_lost_is_cleared_when_nothing_was_written(t
     assert (plain(path)[0:64, 0:64, 0:64] == 0).all()
 
 
+class RefusesFirstSummaryWrite:
+    """The first write of the summary fails before reaching storage, for good."""
+
+    def __init__(self, backend, failed: list[str]):
+        self.backend, self.cloudpath, self.failed = backend, backend.cloudpath, failed
+
+    def get(self, key):
+        return self.backend.get(key)
+
+    def list(self, prefix):
+        return self.backend.list(prefix)
+
+    def put_new(self, key, data):
+        if key == "provenance" and not self.failed:
+            self.failed.append(key)
+            raise PermanentStorageError("service unavailable", cloudpath=self.cloudpath, key=key)
+        return self.backend.put_new(key, data)
+
+    def put_if_match(self, key, data, token):
+        return self.backend.put_if_match(key, data, token)
+
+
+def test_a_listing_that_failed_is_tried_again_before_the_next_write(tmp_path):
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path)
+    failed: list[str] = []
+    with (
+        wrap_backends(lambda backend: RefusesFirstSummaryWrite(backend, failed)),
+        cirrus.session(["src"], "listing retried", process()) as s,
+    ):
+        vol = s.volume(path)
+        with pytest.raises(PermanentStorageError):
+            vol[0:64, 0:64, 0:64] = chunk_of(1)  # refused: not listed, so not written
+        assert cirrus.history(path).open_sessions == {}
+        vol[0:64, 0:64, 0:64] = chunk_of(2)
+        assert list(cirrus.history(path).open_sessions) == [s.id]  # listed this time
+    assert failed and cirrus.history(path)[0].record.writes["operations"] == {"upload": 1}
+
+
 def test_notebook_style_abort_writes_a_failed_record(tmp_path):
     path = normalise_cloudpath(f"file://{tmp_path}/layer")
     untouched = normalise_cloudpath(f"file://{tmp_path}/untouched")

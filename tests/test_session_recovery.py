@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import cirrus
-from cirrus.errors import CorruptProvenance
+from cirrus.errors import CorruptProvenance, InvalidInput
 from cirrus.ledger import Ledger, env_blobs
+from cirrus.storage import wrap_backends
 from cirrus.storage.paths import normalise_cloudpath
 from tests.session_support import (
     chunk_of,
@@ -180,6 +181,62 @@ def test_recover_from_the_unpublished_volume_completes_a_partly_published_sessio
     check_completed(paths)
     assert {path: raw_summary(path) for path in paths[:-1]} == before  # nothing doubled
     assert cirrus.recover(paths[-1]) == {}
+
+
+def test_abandoning_a_session_that_died_while_committing_completes_it_instead(tmp_path):
+    paths = crashed_session(tmp_path, "all")
+    session = only_session(paths)
+    assert all(list(cirrus.history(p).open_sessions) == [session] for p in paths)
+    with pytest.raises(InvalidInput, match="just published 1 staged record"):
+        cirrus.abandon(paths[0], session[:8])
+    check_completed(paths)  # its own records, everywhere: no interrupted one
+    assert all(cirrus.history(p).open_sessions == {} for p in paths)
+
+
+class CommitsDuringAbandon:
+    """Commits the session `target` just as `cirrus.abandon` stages its interrupted record."""
+
+    def __init__(self, backend, target: list):
+        self.backend, self.cloudpath, self.target = backend, backend.cloudpath, target
+
+    def get(self, key):
+        return self.backend.get(key)
+
+    def list(self, prefix):
+        return self.backend.list(prefix)
+
+    def put_new(self, key, data):
+        token = self.backend.put_new(key, data)
+        if key.startswith("provenance.d/records/") and self.target:
+            self.target.pop().commit()  # the session was alive after all
+        return token
+
+    def put_if_match(self, key, data, token):
+        return self.backend.put_if_match(key, data, token)
+
+
+def test_abandon_loses_to_a_session_that_commits_meanwhile_and_nothing_is_doubled(tmp_path):
+    from cirrus.verify import verify
+
+    path = normalise_cloudpath(f"file://{tmp_path}/v")
+    make_layer(path)
+    s = cirrus.session(["src"], "alive after all", process())
+    s.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
+    target = [s]
+    with (
+        wrap_backends(lambda backend: CommitsDuringAbandon(backend, target)),
+        pytest.raises(InvalidInput, match="stopped being listed"),
+    ):
+        cirrus.abandon(path, s.id, force=True)  # force: its pid (ours) runs here
+    (stored,) = cirrus.history(path)
+    assert stored.id == s.records[path] and stored.record.status == "committed"
+    assert len(Ledger.open(path).record_ids()) == 2  # the interrupted one stays unpublished...
+    assert cirrus.recover(path) == {}  # ...by recover and by later commits alike
+    with cirrus.session(["src"], "later", process()) as later:
+        later.volume(path)[64:128, 0:64, 0:64] = chunk_of(2)
+    assert [h.record.session for h in cirrus.history(path)] == [s.id, later.id]
+    report = verify(path)
+    assert report.ok and any("left unpublished" in remark for remark in report.remarks)
 
 
 def test_staged_but_unpublished_records_via_the_ledger_are_rolled_forward(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -156,3 +157,20 @@ def test_each_process_is_listed_once_and_every_record_is_pointed_to(summary, rec
         for note_json in record["notes"]:
             shown = note_json["text"].replace(";", "\uff1b").replace("\n", "\u21b5")
             assert f"{note_json['kind'].upper()};{shown}" in merged["description"]
+
+
+def test_non_finite_numbers_another_tool_wrote_are_written_back_as_they_were():
+    # Python's json writes NaN and Infinity by default; orjson would turn them into null
+    foreign = b'{"processing": [{"task": "igneous", "parameters": {"a": NaN, "b": -Infinity}}]}'
+    summary = parse_summary(foreign, "mem://x")
+    rendered = render_summary(merge(summary, {}))
+    assert b'"a": NaN' in rendered and b'"b": -Infinity' in rendered
+    again = parse_summary(rendered, "mem://x")["processing"][0]["parameters"]
+    assert again["a"] != again["a"] and again["b"] == float("-inf")
+
+
+def test_summaries_render_as_cloudvolume_writes_them():
+    summary = {"sources": ["é"], "processing": [{"parameters": {"x": 0.25, "n": 2**70}}]}
+    assert render_summary(summary) == json.dumps(
+        summary, sort_keys=True, indent=2, ensure_ascii=False
+    ).encode("utf-8")

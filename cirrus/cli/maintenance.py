@@ -31,12 +31,14 @@ def recover_command(path: str, abandon: str | None, force: bool) -> None:
     """
     from cirrus.ledger import Ledger
     from cirrus.model import is_interrupted
-    from cirrus.rollforward import abandon as abandon_session
     from cirrus.rollforward import recover
 
     if abandon is not None:
+        from cirrus.abandon import abandon as abandon_session
+
         rid = abandon_session(path, abandon, force=force)
-        click.echo(f"{path}: session {abandon} recorded as interrupted")
+        session = Ledger.open(path).read_record(rid).record.session
+        click.echo(f"{path}: session {session} recorded as interrupted")
         click.echo(f"  {rid} (interrupted: its writes were never tallied; re-run to record them)")
         return
     if force:
