@@ -116,6 +116,42 @@ class KeyCountingBackend:
         return self.backend.put_if_match(key, data, token)
 
 
+class WriteHook:
+    """A pass-through backend that calls `before(cloudpath, key)` ahead of every write and
+    `after(cloudpath, key)` once it has landed: to fail, signal or commit at an exact point."""
+
+    def __init__(self, backend: Any, before: Any = None, after: Any = None):
+        self.backend = backend
+        self.cloudpath = backend.cloudpath
+        self.before = before or (lambda _cloudpath, _key: None)
+        self.after = after or (lambda _cloudpath, _key: None)
+
+    def get(self, key: str) -> Any:
+        return self.backend.get(key)
+
+    def list(self, prefix: str) -> list[str]:
+        return self.backend.list(prefix)
+
+    def put_new(self, key: str, data: bytes) -> str:
+        self.before(self.cloudpath, key)
+        token = self.backend.put_new(key, data)
+        self.after(self.cloudpath, key)
+        return token
+
+    def put_if_match(self, key: str, data: bytes, token: str) -> str:
+        self.before(self.cloudpath, key)
+        token = self.backend.put_if_match(key, data, token)
+        self.after(self.cloudpath, key)
+        return token
+
+
+def hooked(before: Any = None, after: Any = None) -> Any:
+    """`wrap_backends` with a WriteHook on every backend opened in the block."""
+    from cirrus.storage import wrap_backends
+
+    return wrap_backends(lambda backend: WriteHook(backend, before, after))
+
+
 def provenance_keys(path: str) -> list[str]:
     """Every provenance object of a layer (through cirrus's own store, unwrapped)."""
     from cirrus.storage import open_store

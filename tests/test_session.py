@@ -25,6 +25,7 @@ from tests.session_support import (
     chunk_files,
     chunk_of,
     chunk_origins,
+    hooked,
     make_layer,
     plain,
     process,
@@ -306,27 +307,15 @@ def test_a_session_whose_every_write_was_refused_is_not_left_listed_as_writing(t
     assert list(history) == [] and history.open_sessions == {}
 
 
-class LandsThenFails:
-    """Applies the first summary write, then fails it for good: the listing may exist or not."""
+def fail_first_summary_write(failed: list[str]):
+    """A hook that fails the first write of a summary for good (recording that it did)."""
 
-    def __init__(self, backend, failed: list[str]):
-        self.backend, self.cloudpath, self.failed = backend, backend.cloudpath, failed
+    def hook(cloudpath: str, key: str) -> None:
+        if key == "provenance" and not failed:
+            failed.append(key)
+            raise PermanentStorageError("connection reset", cloudpath=cloudpath, key=key)
 
-    def get(self, key):
-        return self.backend.get(key)
-
-    def list(self, prefix):
-        return self.backend.list(prefix)
-
-    def put_new(self, key, data):
-        token = self.backend.put_new(key, data)
-        if key == "provenance" and not self.failed:
-            self.failed.append(key)
-            raise PermanentStorageError("connection reset", cloudpath=self.cloudpath, key=key)
-        return token
-
-    def put_if_match(self, key, data, token):
-        return self.backend.put_if_match(key, data, token)
+    return hook
 
 
 def test_a_listing_whose_response_was_lost_is_cleared_when_nothing_was_written(tmp_path):
@@ -334,7 +323,7 @@ def test_a_listing_whose_response_was_lost_is_cleared_when_nothing_was_written(t
     make_layer(path)
     failed: list[str] = []
     with (
-        wrap_backends(lambda backend: LandsThenFails(backend, failed)),
+        hooked(after=fail_first_summary_write(failed)),  # it lands, then the caller is told no
         cirrus.session(["src"], "lost response", process()) as s,
     ):
         vol = s.volume(path)
@@ -346,34 +335,12 @@ def test_a_listing_whose_response_was_lost_is_cleared_when_nothing_was_written(t
     assert (plain(path)[0:64, 0:64, 0:64] == 0).all()
 
 
-class RefusesFirstSummaryWrite:
-    """The first write of the summary fails before reaching storage, for good."""
-
-    def __init__(self, backend, failed: list[str]):
-        self.backend, self.cloudpath, self.failed = backend, backend.cloudpath, failed
-
-    def get(self, key):
-        return self.backend.get(key)
-
-    def list(self, prefix):
-        return self.backend.list(prefix)
-
-    def put_new(self, key, data):
-        if key == "provenance" and not self.failed:
-            self.failed.append(key)
-            raise PermanentStorageError("service unavailable", cloudpath=self.cloudpath, key=key)
-        return self.backend.put_new(key, data)
-
-    def put_if_match(self, key, data, token):
-        return self.backend.put_if_match(key, data, token)
-
-
 def test_a_listing_that_failed_is_tried_again_before_the_next_write(tmp_path):
     path = normalise_cloudpath(f"file://{tmp_path}/layer")
     make_layer(path)
     failed: list[str] = []
     with (
-        wrap_backends(lambda backend: RefusesFirstSummaryWrite(backend, failed)),
+        hooked(before=fail_first_summary_write(failed)),  # refused before it lands
         cirrus.session(["src"], "listing retried", process()) as s,
     ):
         vol = s.volume(path)

@@ -20,11 +20,10 @@ import pytest
 import cirrus
 from cirrus.errors import InvalidInput, Terminated
 from cirrus.ledger import Ledger
-from cirrus.storage import wrap_backends
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.writeset import WriteTracker
 from tests.cli_support import invoke
-from tests.session_support import chunk_of, make_layer, plain, process
+from tests.session_support import chunk_of, hooked, make_layer, plain, process
 
 BODY_SCRIPT = """
 import sys, time
@@ -48,13 +47,8 @@ def layers_in(tmp_path, n: int) -> list[str]:
     return paths
 
 
-def only_record(path: str) -> cirrus.Record:
-    (stored,) = cirrus.history(path)
-    return stored.record
-
-
-def test_a_terminated_child_records_its_writes_as_failed_and_exits_143(tmp_path):
-    paths = layers_in(tmp_path, 2)
+def signal_after_writing(paths: list[str], signum: int) -> tuple[subprocess.Popen, str, str]:
+    """Run BODY_SCRIPT over `paths`; once it has written, send it `signum`; wait for it."""
     child = subprocess.Popen(
         [sys.executable, "-c", BODY_SCRIPT, *paths],
         stdout=subprocess.PIPE,
@@ -63,10 +57,21 @@ def test_a_terminated_child_records_its_writes_as_failed_and_exits_143(tmp_path)
     )
     try:
         assert child.stdout.readline().strip() == "WRITTEN"
-        child.send_signal(signal.SIGTERM)
+        child.send_signal(signum)
         out, err = child.communicate(timeout=60)
     finally:
         child.kill()
+    return child, out, err
+
+
+def only_record(path: str) -> cirrus.Record:
+    (stored,) = cirrus.history(path)
+    return stored.record
+
+
+def test_a_terminated_child_records_its_writes_as_failed_and_exits_143(tmp_path):
+    paths = layers_in(tmp_path, 2)
+    child, out, err = signal_after_writing(paths, signal.SIGTERM)
     assert child.returncode == 143, err
     assert "NOT REACHED" not in out
     for i, path in enumerate(paths):
@@ -81,18 +86,7 @@ def test_a_terminated_child_records_its_writes_as_failed_and_exits_143(tmp_path)
 
 def test_a_killed_child_leaves_each_volume_saying_who_was_writing(tmp_path):
     paths = layers_in(tmp_path, 2)
-    child = subprocess.Popen(
-        [sys.executable, "-c", BODY_SCRIPT, *paths],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout.readline().strip() == "WRITTEN"
-        child.kill()  # SIGKILL: no handler, no __exit__, no commit
-        child.communicate(timeout=60)
-    finally:
-        child.kill()
+    child, _, _ = signal_after_writing(paths, signal.SIGKILL)  # no handler, no __exit__
     assert child.returncode == -signal.SIGKILL
     sessions = set()
     for i, path in enumerate(paths):
@@ -145,34 +139,17 @@ def test_a_session_still_running_here_cannot_be_abandoned(tmp_path):
     assert cirrus.history(path).open_sessions == {}
 
 
-class SignalDuringStaging:
-    """Sends this process SIGTERM `times` times from inside the first record create."""
-
-    def __init__(self, backend, times: int, sent: list[int]):
-        self.backend, self.cloudpath = backend, backend.cloudpath
-        self.times, self.sent = times, sent
-
-    def get(self, key):
-        return self.backend.get(key)
-
-    def list(self, prefix):
-        return self.backend.list(prefix)
-
-    def put_new(self, key, data):
-        token = self.backend.put_new(key, data)
-        if key.startswith("provenance.d/records/") and not self.sent:
-            self.sent.append(self.times)
-            for _ in range(self.times):
-                os.kill(os.getpid(), signal.SIGTERM)
-        return token
-
-    def put_if_match(self, key, data, token):
-        return self.backend.put_if_match(key, data, token)
-
-
 def signalling(times: int):
+    """Send this process SIGTERM `times` times once the first record is staged."""
     sent: list[int] = []
-    return wrap_backends(lambda backend: SignalDuringStaging(backend, times, sent))
+
+    def signal_once(_cloudpath: str, key: str) -> None:
+        if key.startswith("provenance.d/records/") and not sent:
+            sent.append(times)
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return hooked(after=signal_once)
 
 
 def test_sigterm_while_committing_waits_for_the_commit_then_raises(tmp_path):
