@@ -23,7 +23,7 @@ from cirrus.ledger import Ledger
 from cirrus.model import INTERRUPTED, Record
 from cirrus.rollforward import recover
 from cirrus.storage.paths import normalise_cloudpath
-from cirrus.summary import OPEN_SESSIONS, merge
+from cirrus.summary import OPEN_SESSIONS, merge, recorded_sessions
 from cirrus.writeset import WriteTracker
 
 log = logging.getLogger("cirrus.abandon")
@@ -61,9 +61,8 @@ def abandon(cloudpath: str, session: str, *, force: bool = False) -> str:
 
     def close(summary: dict[str, Any]) -> dict[str, Any] | None:
         closed.clear()
-        section = summary.get("cirrus", {})
-        ended = any(p.get("session") == sid for p in section.get("records", []))
-        if ended or sid not in section.get(OPEN_SESSIONS, {}):
+        listed = summary.get("cirrus", {}).get(OPEN_SESSIONS, {})
+        if sid in recorded_sessions(summary) or sid not in listed:
             return None  # it committed, or was closed, since: checked inside the swap
         closed.append(record_id)
         return merge(summary, pending)

@@ -27,7 +27,7 @@ from cirrus.errors import (
     PreconditionFailed,
     StorageError,
 )
-from cirrus.model import Record, is_interrupted, parse_time, utcnow
+from cirrus.model import Record, parse_time, superseded_interrupted, utcnow
 from cirrus.storage import Store, open_store
 from cirrus.storage.base import Blob
 from cirrus.storage.paths import normalise_cloudpath
@@ -260,7 +260,7 @@ class Ledger:
                 except IntegrityError as error:  # `cirrus verify` reports it; commits go on
                     log.warning("%s: damaged record not rolled forward: %s", self.cloudpath, error)
                     continue
-                if not (is_interrupted(record) and record["session"] in recorded):
+                if not superseded_interrupted(record, recorded):
                     found[record_id] = record
         if found:
             # A record staged moments ago is most likely a concurrent session mid-commit.
@@ -372,6 +372,12 @@ class Ledger:
     def summary(self) -> dict[str, Any]:
         blob = self.store.get(SUMMARY_KEY)
         return parse_summary(None if blob is None else blob.data, self.cloudpath)
+
+    def summary_blob(self) -> Blob | None:
+        """The summary as stored (bytes and version token), refused if malformed."""
+        blob = self.store.get(SUMMARY_KEY)
+        parse_summary(None if blob is None else blob.data, self.cloudpath)
+        return blob
 
     # -- repair ----------------------------------------------------------------------------------
     def repair(self) -> str | None:

@@ -49,6 +49,12 @@ def is_interrupted(record: Mapping[str, Any]) -> bool:
     )
 
 
+def superseded_interrupted(record: Mapping[str, Any], recorded: set[str]) -> bool:
+    """An interrupted record of a session that has a record of its own on the same volume: it
+    lost a race to it (`cirrus.abandon`), so it stays unpublished."""
+    return is_interrupted(record) and record.get("session") in recorded
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 

@@ -7,6 +7,7 @@ per touched volume and commits them all (`cirrus/commit.py`).
 
 from __future__ import annotations
 
+import functools
 import getpass
 import logging
 import os
@@ -31,11 +32,11 @@ from cirrus.errors import (
     SessionClosed,
 )
 from cirrus.handles import RULES, Gate, track
-from cirrus.ledger import NOT_READ, SUMMARY_KEY, Ledger, env_blobs
+from cirrus.ledger import NOT_READ, Ledger, env_blobs
 from cirrus.model import Note, Process, Record, isoformat, utcnow
 from cirrus.storage.base import Blob
 from cirrus.storage.paths import normalise_cloudpath
-from cirrus.summary import open_session_info, parse_summary
+from cirrus.summary import open_session_info
 from cirrus.writeset import WriteTracker
 
 log = logging.getLogger("cirrus.session")
@@ -99,7 +100,7 @@ class WriteScope:
         self._require_open()
         layer = normalise_cloudpath(cloudpath)
         self._check_layer(layer)
-        self._summaries[layer] = read_summary(Ledger.open(layer))  # refuses a malformed one now
+        self._summaries[layer] = Ledger.open(layer).summary_blob()  # refuses a malformed one now
         volume = CloudVolume(cloudpath, **cloudvolume_kwargs)
         tracker = self._trackers.setdefault(layer, WriteTracker())
         return track(volume, Gate(layer, tracker, self._refusal, self._writing))
@@ -231,22 +232,26 @@ class Session(WriteScope):
             reason = self._refusal()  # closing started since the gate let this write in
             if reason is not None:
                 raise ProvenanceRequired(f"{layer}: {reason}")
-            info = open_session_info(
-                process=self.process_record,
-                sources=self.sources,
-                notes=[note.to_json() for note in self.notes[:1]],  # the motivation
-                started=isoformat(self.started),
-                user=current_user(),
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                cirrus_version=__version__,
-            )
             ledger = Ledger.open(layer)
             read = self._summaries.get(layer, NOT_READ)
             read = ledger.stage_envs_for(self.env_blobs, read)  # the listing names them
             self._open.add(layer)  # before the swap: its response may be lost after it landed
-            self._summaries[layer] = ledger.mark_session_open(self.id, info, read=read)
+            self._summaries[layer] = ledger.mark_session_open(self.id, self._listing, read=read)
             self._listed.add(layer)
+
+    @functools.cached_property
+    def _listing(self) -> dict[str, Any]:
+        """What each volume's summary says of this session while it writes there."""
+        return open_session_info(
+            process=self.process_record,
+            sources=self.sources,
+            notes=[note.to_json() for note in self.notes[:1]],  # the motivation
+            started=isoformat(self.started),
+            user=current_user(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            cirrus_version=__version__,
+        )
 
     def _record(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
         for lock in list(self._opening.values()):  # let listings in flight finish first
@@ -299,13 +304,6 @@ class Session(WriteScope):
         from cirrus.display import session_html
 
         return session_html(self)
-
-
-def read_summary(ledger: Ledger) -> Blob | None:
-    """A layer's summary as stored, refused if malformed: before any data is written there."""
-    blob = ledger.store.get(SUMMARY_KEY)
-    parse_summary(None if blob is None else blob.data, ledger.cloudpath)
-    return blob
 
 
 def current_user() -> str:

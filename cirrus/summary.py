@@ -273,7 +273,7 @@ def open_session_info(
     """What the summary says of a session that has written and not committed yet.
 
     `who`: started, user, host, pid and cirrus_version. If the process dies, this explains its
-    writes, and is all `cirrus.rollforward.abandon` needs to record it as interrupted.
+    writes, and is all `cirrus.abandon` needs to record it as interrupted.
     """
     notes = [dict(note) for note in notes]
     motivation = next((n["text"] for n in notes if n["kind"] == "motivation"), "")

@@ -23,7 +23,7 @@ import attrs
 from cirrus.canonical import digest
 from cirrus.errors import CorruptProvenance, IntegrityError, InvalidInput
 from cirrus.ledger import ENVS, Ledger
-from cirrus.model import is_interrupted
+from cirrus.model import superseded_interrupted
 from cirrus.summary import NOTE_SEP, note_key, note_line, processing_entry, recorded_sessions
 
 READERS = 16
@@ -175,7 +175,7 @@ def _check_summary(
     unpublished = sorted(stored - seen)
     for rid in unpublished:
         record = records.get(rid) or {}
-        if is_interrupted(record) and record.get("session") in recorded:
+        if superseded_interrupted(record, recorded):
             report.remarks.append(
                 f"record {rid[:12]} is an interrupted record of session "
                 f"{record['session'][:12]}, which has its own record here: left unpublished"
