@@ -24,6 +24,7 @@ import types
 UTC = real_dt.timezone.utc
 _state = {"session": 0, "tick": 0, "armed": False, "count": 0}
 _lock = threading.Lock()
+_serial = threading.Lock()  # armed writes of the crash's kind, one at a time
 
 
 class Clock(real_dt.datetime):
@@ -76,15 +77,19 @@ class CrashingBackend:
             return _state["count"] == self.crash["nth"]
 
     def _write(self, key, call):
-        # Count a write when it is about to start ("before") or once it has landed ("after"):
-        # volumes stage in parallel, so "after the nth" must mean n writes are really applied.
-        when = (self.crash or {}).get("when")
-        if when == "before" and self._matches(key):
-            _die(key)
-        token = call()
-        if when == "after" and self._matches(key):
-            _die(key)
-        return token
+        # Volumes stage in parallel: armed writes of the crash's kind go one at a time, so
+        # "after the nth" means exactly n of them landed and "before the nth" exactly n - 1
+        # (the process dies holding the lock, before any other can land).
+        if not _state["armed"] or kind_of(key) != self.crash["kind"]:
+            return call()
+        with _serial:
+            when = self.crash.get("when")
+            if when == "before" and self._matches(key):
+                _die(key)
+            token = call()
+            if when == "after" and self._matches(key):
+                _die(key)
+            return token
 
     def put_new(self, key, data):
         return self._write(key, lambda: self.backend.put_new(key, data))
