@@ -36,6 +36,8 @@ from cirrus.summary import (
     clear_session,
     clear_step,
     empty_summary,
+    listed,
+    listed_for,
     mark_session_open,
     mark_step_open,
     merge,
@@ -183,23 +185,32 @@ class Ledger:
     ) -> Published:
         """Point the summary at `records` and at any staged record it does not point to yet.
 
-        Orphans are looked for once, not on every retry; the caller completes their sessions
-        on the sibling layers (`cirrus.rollforward`). `read` is the summary as last read (see
-        `stage`), tried first instead of reading it again.
+        Orphans are looked for at most once, not on every retry, and only where one can be: with no
+        `records` (`cirrus recover`), or when the summary lists a session or step other than
+        those of `records` as open. Every session and step is listed on a layer before it
+        stages a record there, until that record is published, so a commit on a layer nobody
+        else is writing skips the LIST of all its records. The caller completes the orphans'
+        sessions on the sibling layers (`cirrus.rollforward`). `read` is the summary as last
+        read (see `stage`), tried first instead of reading it again.
         """
         pending = {rid: rec.to_json() for rid, rec in (records or {}).items()}
-        orphans: dict[str, dict] | None = None
+        ours = listed_for(pending.values())
+        orphans: dict[str, dict] | None = None  # None: not looked for yet
         added: list[str] = []
         final: dict[str, Any] = {}
 
         def fold(summary: dict[str, Any]) -> dict[str, Any] | None:
             nonlocal added, orphans, final
-            if orphans is None:
+            listings = listed(summary)
+            if orphans is None and (not ours or listings - ours):
                 orphans = self._orphans(summary, pending)
                 pending.update(orphans)
             added = sorted(set(pending) - published_ids(summary))
-            final = merge(summary, pending) if added else summary
-            return final if added else None
+            final = summary
+            if added or listings & listed_for(pending.values()):
+                final = merge(summary, pending)
+                return final
+            return None
 
         self.update(fold, read=read)
         return Published(added, orphans or {}, final)
@@ -286,8 +297,9 @@ class Ledger:
         blob = self.store.get(f"{STEPS}{check_step_id(step_id)}/step.json")
         return None if blob is None else json.loads(blob.data)
 
-    def mark_step_open(self, step_id: str, info: Mapping[str, Any]) -> None:
-        self.update(lambda summary: mark_step_open(summary, step_id, info))
+    def mark_step_open(self, step_id: str, info: Mapping[str, Any]) -> Blob | None:
+        """List the step as open; returns the summary stored (where its finish starts)."""
+        return self.update(lambda summary: mark_step_open(summary, step_id, info))
 
     def clear_step(self, step_id: str) -> None:
         self.update(lambda summary: clear_step(summary, step_id))
@@ -397,8 +409,9 @@ class Ledger:
         self.store.create(kept, blob.data)
         records = {rid: self.read_record(rid).record.to_json() for rid in self.record_ids()}
         rebuilt = merge(empty_summary(), records)
+        finished = {record.get("step") for record in records.values()}
         for key in self.store.list(STEPS):  # steps still running stay marked open
-            if key.endswith("/step.json"):
+            if key.endswith("/step.json") and key[len(STEPS) :].split("/")[0] not in finished:
                 manifest = json.loads(self.store.get(key).data)
                 info = open_step_info(manifest)
                 rebuilt = mark_step_open(rebuilt, manifest["id"], info) or rebuilt

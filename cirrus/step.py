@@ -201,7 +201,11 @@ def finish(token: str | Mapping[str, Any] | StepToken) -> dict[str, str]:
     fragments = {layer: Ledger.open(layer).fragments(token.id) for layer in token.volumes}
     written = [layer for layer, found in fragments.items() if found]
     records = {layer: _step_record(manifest, layer, fragments[layer], written) for layer in written}
-    ids = commit_records(records, [])
+    info = open_step_info(manifest)
+    # Listed until published, also when finished before, so a finish that dies in between is
+    # rolled forward by the next commit there; the commit starts from the summary stored.
+    summaries = {layer: Ledger.open(layer).mark_step_open(token.id, info) for layer in written}
+    ids = commit_records(records, [], summaries)
     for layer in token.volumes:
         if layer not in written:
             Ledger.open(layer).clear_step(token.id)

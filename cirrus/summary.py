@@ -107,6 +107,18 @@ def published_ids(summary: Mapping[str, Any]) -> set[str]:
     return {entry["id"] for entry in summary.get("cirrus", {}).get("records", [])}
 
 
+def listed(summary: Mapping[str, Any]) -> set[str]:
+    """Sessions and steps the summary lists as open (writing, or not finished yet)."""
+    section = summary.get("cirrus", {})
+    return {*section.get(OPEN_SESSIONS, {}), *section.get(OPEN_STEPS, {})}
+
+
+def listed_for(records: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The listings that publishing `records` ends: their sessions' and steps'."""
+    records = list(records)
+    return {r["session"] for r in records} | {r["step"] for r in records if r.get("step")}
+
+
 def recorded_sessions(summary: Mapping[str, Any]) -> set[str]:
     """Sessions with a record the summary points to."""
     return {entry.get("session") for entry in summary.get("cirrus", {}).get("records", [])}
@@ -133,6 +145,7 @@ def merge(summary: Mapping[str, Any], records: Mapping[str, Mapping[str, Any]]) 
             _add_process(merged, record["process"])
         _add_notes(merged, record["notes"])
         pointers.append(_pointer(rid, record))
+    for record in records.values():  # published before too: a step finished again is relisted
         if record.get("step"):
             section.get(OPEN_STEPS, {}).pop(record["step"], None)
         section.get(OPEN_SESSIONS, {}).pop(record["session"], None)
@@ -290,15 +303,22 @@ def open_session_info(
 
 
 def mark_step_open(summary: Mapping[str, Any], step: str, info: Mapping[str, Any]) -> dict | None:
-    """A copy of the summary listing `step` as open (None if it already does, or finished)."""
-    return _mark_open(summary, OPEN_STEPS, "step", step, info)
+    """A copy of the summary listing `step` as open (None if it already does).
+
+    A finished step is listed again while it is finished again (late fragments), so a commit
+    that finds the listing rolls its new record forward if that finish dies before publishing.
+    """
+    return _mark_open(summary, OPEN_STEPS, step, info)
 
 
 def mark_session_open(
     summary: Mapping[str, Any], session: str, info: Mapping[str, Any]
 ) -> dict | None:
     """A copy of the summary listing `session` as writing (None if it already does, or ended)."""
-    return _mark_open(summary, OPEN_SESSIONS, "session", session, info)
+    section = summary.get("cirrus", {})
+    if any(entry.get("session") == session for entry in section.get("records", [])):
+        return None
+    return _mark_open(summary, OPEN_SESSIONS, session, info)
 
 
 def clear_step(summary: Mapping[str, Any], step: str) -> dict | None:
@@ -312,11 +332,10 @@ def clear_session(summary: Mapping[str, Any], session: str) -> dict | None:
 
 
 def _mark_open(
-    summary: Mapping[str, Any], key: str, field: str, ident: str, info: Mapping[str, Any]
+    summary: Mapping[str, Any], key: str, ident: str, info: Mapping[str, Any]
 ) -> dict | None:
     section = summary.get("cirrus", {"schema": SUMMARY_SCHEMA, "records": []})
-    ended = any(entry.get(field) == ident for entry in section.get("records", []))
-    if ended or ident in section.get(key, {}):
+    if ident in section.get(key, {}):
         return None
     # shallow copies: only the open list changes, the rest is shared with `summary`
     return {**summary, "cirrus": {**section, key: {**section.get(key, {}), ident: dict(info)}}}

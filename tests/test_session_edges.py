@@ -75,22 +75,34 @@ def test_transfer_to_and_meta_commit_provenance_are_refused(layer, tmp_path):
     assert not (tmp_path / "copy").exists()
 
 
+def writing_beside(layer: str) -> cirrus.Session:
+    """A session listed as writing on `layer`, so commits there look for orphans."""
+    other = cirrus.session(["src"], "still writing", process("other"))
+    other.volume(layer)[64:128, 64:128, 0:64] = chunk_of(9)
+    return other
+
+
 def test_a_stray_file_among_the_records_does_not_block_commits(layer, caplog):
     put_raw(layer, "provenance.d/records/README.json", b"notes by hand")
+    other = writing_beside(layer)
     with cirrus.session(["src"], "why", process()) as s:
         s.volume(layer)[0:64, 0:64, 0:64] = chunk_of(3)
     assert [h.id for h in cirrus.history(layer)] == [s.records[layer]]
     assert "README.json, which is not a record" in caplog.text
+    other.commit()
 
 
-def test_a_damaged_staged_record_does_not_block_commits(layer):
+def test_a_damaged_staged_record_does_not_block_commits(layer, caplog):
     with cirrus.session(["src"], "first", process()) as first:
         first.volume(layer)[0:64, 0:64, 0:64] = chunk_of(1)
     damaged = "provenance.d/records/" + "0" * 64 + ".json"
     put_raw(layer, damaged, b"{}")  # an orphan whose bytes do not match its name
+    other = writing_beside(layer)
     with cirrus.session(["src"], "second", process()) as second:
         second.volume(layer)[64:128, 0:64, 0:64] = chunk_of(2)
     assert [h.id for h in cirrus.history(layer)] == [first.records[layer], second.records[layer]]
+    assert "damaged record not rolled forward" in caplog.text
+    other.commit()
 
 
 def test_a_commit_that_fails_while_staging_stays_open_and_retries_without_doubling(tmp_path):

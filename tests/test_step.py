@@ -15,7 +15,7 @@ from cirrus.errors import InvalidInput, StepError
 from cirrus.ledger import Ledger
 from cirrus.step import status as step_status
 from tests import step_support as ss
-from tests.session_support import summary_json
+from tests.session_support import hooked, summary_json
 
 
 def open_step(*layers: str, description: str = "paint chunks") -> cirrus.Step:
@@ -190,6 +190,37 @@ def test_a_late_task_after_finish_supersedes_the_first_record_not_doubles_it(lay
     pointers = summary_json(layer)["cirrus"]["records"]
     assert {p["id"]: p.get("superseded_by") for p in pointers} == {first: second, second: None}
     assert step.finish()[layer] == second  # and finishing again changes nothing
+    assert "open_steps" not in summary_json(layer)["cirrus"]  # nor leaves the step listed
+
+
+def test_a_second_finish_that_dies_before_publishing_is_rolled_forward_by_the_next_commit(
+    layer: str,
+) -> None:
+    """Finishing again lists the step again until its new record is published, so the next
+    commit on the volume looks for the record a dead finish staged, and publishes it."""
+    step = open_step(layer)
+    ss.paint_fn(step.token, "x0_y0_z0", layer, [0, 0, 0])
+    first = step.finish()[layer]
+    ss.paint_fn(step.token, "x16_y0_z0", layer, [16, 0, 0])  # a late redelivery
+    staged = []
+
+    def die_at_publish(_cloudpath: str, key: str) -> None:
+        if key.startswith("provenance.d/records/"):
+            staged.append(key)
+        elif key == "provenance" and staged:
+            raise KeyboardInterrupt("the finish dies between staging and publishing")
+
+    with hooked(before=die_at_publish), pytest.raises(KeyboardInterrupt):
+        step.finish()
+    assert [h.id for h in cirrus.history(layer)] == [first]
+    assert list(summary_json(layer)["cirrus"]["open_steps"]) == [step.id]
+
+    with cirrus.session(["src"], "next", cirrus.Process("other step", {})) as s:
+        s.volume(layer)[0:16, 0:16, 0:16] = 1
+    history = cirrus.history(layer)
+    assert history[0].record.step == step.id and history[0].record.tasks["count"] == 2
+    assert [h.record.step for h in history] == [step.id, None]
+    assert "open_steps" not in summary_json(layer)["cirrus"]
 
 
 def test_task_failed_then_succeeded_counts_as_committed(tmp_path, layer: str) -> None:
