@@ -17,9 +17,9 @@ from cirrus.errors import NotPublished
 from cirrus.ledger import NOT_READ, Ledger, Staged
 from cirrus.model import Record
 from cirrus.rollforward import complete_sessions
-from cirrus.storage.base import Blob
+from cirrus.storage.base import CONNECTIONS, Blob
 
-THREADS = 64  # volumes committed at once: their round trips overlap
+THREADS = CONNECTIONS  # volumes committed at once: their round trips overlap
 
 
 def commit_records(

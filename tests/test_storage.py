@@ -17,6 +17,7 @@ import pytest
 
 from cirrus.errors import PermanentStorageError, PreconditionFailed, TransientStorageError
 from cirrus.storage import Store, open_backend, open_store, wrap_backends
+from cirrus.storage.base import CONNECTIONS
 from cirrus.storage.faults import CountingBackend, FaultyBackend
 from cirrus.storage.retry import RetryPolicy
 from tests.servers.moto_server import authentication, free_port
@@ -276,3 +277,31 @@ def test_rgw_compare_and_swap_is_atomic(
     assert sorted(counter_ops(store)) == expected_ops(WRITERS, INCREMENTS)
     with pytest.raises(PreconditionFailed):  # RGW answers 412 where AWS answers 404
         store.swap("missing", b"x", "0123456789abcdef0123456789abcdef")
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_a_commits_overlapped_requests_keep_their_connections(
+    scheme: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A commit overlaps `CONNECTIONS` volumes of one bucket: the process's client keeps a
+    connection for each, instead of opening and discarding them ("Connection pool is full")."""
+    bucket = request.getfixturevalue("s3_bucket" if scheme == "s3" else "gcs_bucket")
+    backend = open_backend(f"{scheme}://{bucket}/layer")
+    together = threading.Barrier(CONNECTIONS)
+
+    def create(key: str) -> None:
+        together.wait(timeout=30)
+        backend.put_new(key, b"{}")
+
+    with caplog.at_level(logging.WARNING, logger="urllib3.connectionpool"):
+        for round_ in range(3):
+            threads = [
+                threading.Thread(target=create, args=(f"r{round_}/k{i}",))
+                for i in range(CONNECTIONS)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    assert len(backend.list("r")) == 3 * CONNECTIONS
+    assert [r.getMessage() for r in caplog.records if "pool is full" in r.getMessage()] == []

@@ -14,6 +14,10 @@ import attrs
 from cirrus.errors import PreconditionFailed
 from cirrus.storage.retry import RetryPolicy
 
+# Requests to one endpoint that a process's client keeps connections open for: a commit
+# overlaps this many volumes, so none of its requests waits for, or discards, a connection.
+CONNECTIONS = 64
+
 
 @attrs.frozen
 class Blob:

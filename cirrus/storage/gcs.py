@@ -17,7 +17,7 @@ from cirrus.errors import (
     StorageError,
     TransientStorageError,
 )
-from cirrus.storage.base import Blob
+from cirrus.storage.base import CONNECTIONS, Blob
 
 _CLIENTS: dict[tuple[Any, ...], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
@@ -151,6 +151,10 @@ def _secret_file(bucket: str) -> str | None:
 
 
 def _new_client(bucket: str, emulator: str | None, secret: str | None) -> Any:
+    return _pooled(_authorised_client(bucket, emulator, secret))
+
+
+def _authorised_client(bucket: str, emulator: str | None, secret: str | None) -> Any:
     from google.cloud import storage
 
     if emulator:
@@ -169,3 +173,14 @@ def _new_client(bucket: str, emulator: str | None, secret: str | None) -> Any:
             f"cannot create a Google Cloud Storage client: {error}; {_CREDENTIALS_HELP}",
             cloudpath=f"gs://{bucket}",
         ) from error
+
+
+def _pooled(client: Any) -> Any:
+    """Keep `CONNECTIONS` connections per host open, not requests' 10: a commit's overlapped
+    volumes otherwise open a connection each and discard it ("Connection pool is full")."""
+    from requests.adapters import HTTPAdapter
+
+    adapter = HTTPAdapter(pool_maxsize=CONNECTIONS)
+    for scheme in ("https://", "http://"):
+        client._http.mount(scheme, adapter)
+    return client

@@ -17,7 +17,7 @@ from cirrus.errors import (
     StorageError,
     TransientStorageError,
 )
-from cirrus.storage.base import Blob
+from cirrus.storage.base import CONNECTIONS, Blob
 
 _CLIENTS: dict[tuple[Any, ...], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
@@ -178,7 +178,7 @@ def _new_client(
         retries={"max_attempts": 1, "mode": "standard"},
         connect_timeout=5,
         read_timeout=20,
-        max_pool_connections=32,
+        max_pool_connections=CONNECTIONS,
         # S3-compatible servers (RGW, moto) may not know the newer default checksums.
         request_checksum_calculation="when_required" if endpoint else "when_supported",
     )
