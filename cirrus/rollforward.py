@@ -23,6 +23,8 @@ were rolled forward, ends with both its record and an interrupted one there.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import attrs
@@ -31,6 +33,7 @@ from cirrus.canonical import canonical_json, sha256_hex
 from cirrus.errors import IntegrityError
 from cirrus.ledger import Ledger, Published
 from cirrus.model import INTERRUPTED, Record, parse_time, utcnow
+from cirrus.storage.base import CONNECTIONS
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.writeset import WriteTracker
 
@@ -47,19 +50,22 @@ INTERRUPTED_MESSAGE = (
 def recover(cloudpath: str) -> dict[str, list[str]]:
     """Roll forward staged records that no summary points to, on the layer and its siblings.
 
-    Records and summary pointers name the other layers of their session, so one call completes
-    a session that crashed anywhere between its publishes, and gives its dead sessions'
-    unrecorded siblings an interrupted record. Returns {layer: ids published} for every layer
-    that changed, interrupted records included.
+    Records name the other layers of their session, so one call completes a session that
+    crashed anywhere between its publishes, and gives its dead sessions' unrecorded siblings an
+    interrupted record. Reads every record the layer's summary points to, to follow them.
+    Returns {layer: ids published} for every layer that changed, interrupted records included.
     """
     layer = normalise_cloudpath(cloudpath)
     walk = _Walk()
     walk.take(layer, Ledger.open(layer).publish())
     # The sessions that wrote this layer may have died before publishing on their siblings.
-    for pointer in walk.summaries[layer].get("cirrus", {}).get("records", []):
-        if pointer.get("siblings"):
-            walk.sessions.add(pointer["session"])
-            walk.queue.extend(pointer["siblings"])
+    pointers = walk.summaries[layer].get("cirrus", {}).get("records", [])
+    with ThreadPoolExecutor(max_workers=CONNECTIONS) as pool:
+        named = pool.map(lambda pointer: siblings_of(layer, pointer), pointers)
+        for pointer, siblings in zip(pointers, named, strict=True):
+            if siblings:
+                walk.sessions.add(pointer["session"])
+                walk.queue.extend(siblings)
     walk.run()
     walk.interrupt()
     return walk.done
@@ -85,6 +91,16 @@ def complete_sessions(layer: str, published: Published) -> None:
             layer,
             error,
         )
+
+
+def siblings_of(layer: str, pointer: Mapping[str, Any]) -> list[str]:
+    """The other layers of a published record's session, read from the record: summary
+    pointers leave them out, or a session over 100 volumes would add ~6 KB to each summary."""
+    try:
+        return list(Ledger.open(layer).read_record(pointer["id"]).record.siblings)
+    except IntegrityError as error:  # `cirrus verify` reports it
+        log.warning("%s: cannot follow the siblings of a damaged record: %s", layer, error)
+        return []
 
 
 def interrupted_record(template: Record, layer: str, siblings: list[str], ended: str) -> Record:
@@ -133,7 +149,7 @@ class _Walk:
                 if pointer.get("session") in self.sessions:
                     holders.setdefault(pointer["session"], {}).setdefault(layer, pointer)
         for session, held in sorted(holders.items()):
-            named = set(held).union(*(p.get("siblings", []) for p in held.values()))
+            named = set(held).union(*(siblings_of(lay, p) for lay, p in held.items()))
             missing = sorted(layer for layer in named - set(held) if layer in self.summaries)
             if missing and not any(p.get("step") for p in held.values()):
                 self._interrupt(session, held, sorted(named), missing)

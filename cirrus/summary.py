@@ -209,8 +209,6 @@ def _pointer(rid: str, record: Mapping[str, Any]) -> dict[str, Any]:
     }
     if record.get("step"):
         pointer["step"] = record["step"]
-    if record.get("siblings"):
-        pointer["siblings"] = list(record["siblings"])
     return pointer
 
 

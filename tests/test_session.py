@@ -192,6 +192,22 @@ def test_a_commit_looks_for_orphans_while_another_session_is_listed(layer_path):
     assert notes == ["still writing", "beside a listed session", "alone again"]
 
 
+def test_a_summary_pointer_does_not_grow_with_the_volumes_of_its_session(tmp_path):
+    """The record names the session's other volumes; the summary, which every commit on the
+    volume reads and rewrites, points to it with a few fixed fields only."""
+    paths = [normalise_cloudpath(f"file://{tmp_path}/v{i:02d}") for i in range(12)]
+    for path in paths:
+        make_layer(path, size=(64, 64, 64))
+    with cirrus.session(["src"], "wide", process()) as s:
+        for path in paths:
+            s.volume(path, progress=False)[0:CHUNK, 0:CHUNK, 0:CHUNK] = chunk_of(1)
+    for path in paths:
+        (pointer,) = summary_json(path)["cirrus"]["records"]
+        assert set(pointer) == {"id", "session", "status", "started", "ended", "process"}
+        (stored,) = cirrus.history(path)
+        assert sorted(stored.record.siblings) == sorted(set(paths) - {path})
+
+
 def test_write_set_of_disjoint_regions_and_two_mips(tmp_path):
     path = normalise_cloudpath(f"file://{tmp_path}/layer")
     make_layer(path, size=(256, 256, 128))
