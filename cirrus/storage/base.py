@@ -16,7 +16,7 @@ from cirrus.storage.retry import RetryPolicy
 
 # Requests to one endpoint that a process's client keeps connections open for: a commit
 # overlaps this many volumes, so none of its requests waits for, or discards, a connection.
-CONNECTIONS = 64
+CONNECTIONS = 128
 
 
 @attrs.frozen
