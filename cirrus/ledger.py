@@ -27,7 +27,7 @@ from cirrus.errors import (
     PreconditionFailed,
     StorageError,
 )
-from cirrus.model import Record, parse_time, superseded_interrupted, utcnow
+from cirrus.model import Record, parse_time, superseded_unpublished, utcnow
 from cirrus.storage import Store, open_store
 from cirrus.storage.base import Blob
 from cirrus.storage.paths import normalise_cloudpath
@@ -61,6 +61,11 @@ NOT_READ = object()  # `publish`/`update`: the summary has not been read yet
 def env_blobs(documents: Iterable[Mapping[str, Any]]) -> list[bytes]:
     """Canonical JSON of code environments, computed once however many layers get them."""
     return [canonical_json(document) for document in documents]
+
+
+def record_id(record: Record) -> str:
+    """The id a record is stored under: the sha256 of its canonical JSON."""
+    return sha256_hex(canonical_json(record.to_json()))
 
 
 def _pretty(document: Mapping[str, Any]) -> bytes:
@@ -151,9 +156,9 @@ class Ledger:
 
     def stage_record(self, record: Record) -> str:
         data = canonical_json(record.to_json())
-        record_id = sha256_hex(data)
-        self.store.create(f"{RECORDS}{record_id}.json", data, addressed=True)
-        return record_id
+        stored_as = sha256_hex(data)
+        self.store.create(f"{RECORDS}{stored_as}.json", data, addressed=True)
+        return stored_as
 
     def stage(
         self, record: Record, blobs: Sequence[bytes], *, read: Blob | None | object = NOT_READ
@@ -193,8 +198,9 @@ class Ledger:
         sessions on the sibling layers (`cirrus.rollforward`). `read` is the summary as last
         read (see `stage`), tried first instead of reading it again.
         """
-        pending = {rid: rec.to_json() for rid, rec in (records or {}).items()}
-        ours = listed_for(pending.values())
+        own = {rid: rec.to_json() for rid, rec in (records or {}).items()}
+        ours = listed_for(own.values())
+        pending = dict(own)
         orphans: dict[str, dict] | None = None  # None: not looked for yet
         added: list[str] = []
         final: dict[str, Any] = {}
@@ -207,8 +213,8 @@ class Ledger:
                 pending.update(orphans)
             added = sorted(set(pending) - published_ids(summary))
             final = summary
-            if added or listings & listed_for(pending.values()):
-                final = merge(summary, pending)
+            if added or listings & ours:  # ours may be published already, and listed again
+                final = merge(summary, {**{rid: pending[rid] for rid in added}, **own})
                 return final
             return None
 
@@ -257,9 +263,8 @@ class Ledger:
     ) -> dict[str, dict]:
         """Staged records the summary does not point to (a commit that crashed before publish).
 
-        An interrupted record of a session that has a record here already, or is publishing one
-        (`pending`), is not one: it lost a race to the session's own record (`cirrus.abandon`),
-        and stays unpublished.
+        A record of a session that has a record here already, or is publishing one (`pending`),
+        is not one: it stays unpublished (`model.superseded_unpublished`).
         """
         known = published_ids(summary) | set(pending)
         recorded = recorded_sessions(summary) | {record["session"] for record in pending.values()}
@@ -271,7 +276,7 @@ class Ledger:
                 except IntegrityError as error:  # `cirrus verify` reports it; commits go on
                     log.warning("%s: damaged record not rolled forward: %s", self.cloudpath, error)
                     continue
-                if not superseded_interrupted(record, recorded):
+                if not superseded_unpublished(record, recorded):
                     found[record_id] = record
         if found:
             # A record staged moments ago is most likely a concurrent session mid-commit.
@@ -297,9 +302,8 @@ class Ledger:
         blob = self.store.get(f"{STEPS}{check_step_id(step_id)}/step.json")
         return None if blob is None else json.loads(blob.data)
 
-    def mark_step_open(self, step_id: str, info: Mapping[str, Any]) -> Blob | None:
-        """List the step as open; returns the summary stored (where its finish starts)."""
-        return self.update(lambda summary: mark_step_open(summary, step_id, info))
+    def mark_step_open(self, step_id: str, info: Mapping[str, Any]) -> None:
+        self.update(lambda summary: mark_step_open(summary, step_id, info))
 
     def clear_step(self, step_id: str) -> None:
         self.update(lambda summary: clear_step(summary, step_id))

@@ -49,10 +49,13 @@ def is_interrupted(record: Mapping[str, Any]) -> bool:
     )
 
 
-def superseded_interrupted(record: Mapping[str, Any], recorded: set[str]) -> bool:
-    """An interrupted record of a session that has a record of its own on the same volume: it
-    lost a race to it (`cirrus.abandon`), so it stays unpublished."""
-    return is_interrupted(record) and record.get("session") in recorded
+def superseded_unpublished(record: Mapping[str, Any], recorded: set[str]) -> bool:
+    """A staged record of a session that already has a record on the same volume stays
+    unpublished: a session ends once per volume. It is an interrupted record that lost a race
+    to the session's own (`cirrus.abandon`), or a record staged by a commit that failed before
+    the session ended otherwise (`abort()` after a failed commit). Step records are exempt: a
+    step finished again after late fragments supersedes its earlier record."""
+    return not record.get("step") and record.get("session") in recorded
 
 
 def utcnow() -> dt.datetime:

@@ -13,6 +13,7 @@ import re
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import attrs
@@ -21,7 +22,7 @@ from cirrus._version import __version__
 from cirrus.canonical import check_step_id
 from cirrus.commit import commit_records
 from cirrus.errors import InvalidInput, StepError
-from cirrus.ledger import Ledger, env_blobs
+from cirrus.ledger import Ledger, env_blobs, record_id
 from cirrus.model import Note, Process, isoformat, parse_time, utcnow
 from cirrus.session import (
     WriteScope,
@@ -32,8 +33,9 @@ from cirrus.session import (
     validate_process,
     validate_sources,
 )
+from cirrus.storage.base import CONNECTIONS
 from cirrus.storage.paths import normalise_cloudpath
-from cirrus.summary import open_step_info
+from cirrus.summary import mark_step_open, open_step_info, published_ids
 from cirrus.writeset import combine
 
 TOKEN_VERSION = 1
@@ -194,6 +196,9 @@ def _manifest(token: StepToken) -> dict[str, Any]:
     raise StepError(f"step {token.id} has no manifest on {', '.join(token.volumes)}")
 
 
+DONE = object()  # `_list_again`: the layer's summary already points to the record
+
+
 def finish(token: str | Mapping[str, Any] | StepToken) -> dict[str, str]:
     """Fold every task's fragments into one record per volume and publish. Safe to repeat."""
     token = StepToken.loads(token)
@@ -202,14 +207,34 @@ def finish(token: str | Mapping[str, Any] | StepToken) -> dict[str, str]:
     written = [layer for layer, found in fragments.items() if found]
     records = {layer: _step_record(manifest, layer, fragments[layer], written) for layer in written}
     info = open_step_info(manifest)
-    # Listed until published, also when finished before, so a finish that dies in between is
-    # rolled forward by the next commit there; the commit starts from the summary stored.
-    summaries = {layer: Ledger.open(layer).mark_step_open(token.id, info) for layer in written}
-    ids = commit_records(records, [], summaries)
+
+    def list_again(layer: str) -> Any:
+        return _list_again(layer, token.id, info, records[layer])
+
+    with ThreadPoolExecutor(max_workers=min(CONNECTIONS, max(1, len(written)))) as pool:
+        summaries = dict(zip(written, pool.map(list_again, written), strict=True))
+    done = {layer: record_id(records[layer]) for layer, blob in summaries.items() if blob is DONE}
+    todo = {layer: record for layer, record in records.items() if layer not in done}
+    ids = {**done, **commit_records(todo, [], {layer: summaries[layer] for layer in todo})}
     for layer in token.volumes:
         if layer not in written:
             Ledger.open(layer).clear_step(token.id)
     return ids
+
+
+def _list_again(layer: str, step_id: str, info: Mapping[str, Any], record: Any) -> Any:
+    """List the step on `layer` until `record` is published there, also when it was finished
+    before (late fragments), so a finish that dies in between is rolled forward by the next
+    commit there. Returns the summary stored, where the commit starts, or DONE."""
+    published = False
+
+    def change(summary: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal published
+        published = record_id(record) in published_ids(summary)
+        return None if published else mark_step_open(summary, step_id, info)
+
+    stored = Ledger.open(layer).update(change)
+    return DONE if published else stored
 
 
 def _step_record(

@@ -23,8 +23,8 @@ import attrs
 from cirrus.canonical import digest
 from cirrus.errors import CorruptProvenance, IntegrityError, InvalidInput
 from cirrus.ledger import ENVS, Ledger
-from cirrus.model import superseded_interrupted
-from cirrus.summary import NOTE_SEP, note_key, note_line, processing_entry, recorded_sessions
+from cirrus.model import superseded_unpublished
+from cirrus.summary import NOTE_SEP, note_key, note_line, processing_entry
 
 READERS = 16
 POINTER_FIELDS = ("session", "status", "started", "ended", "step")
@@ -171,14 +171,15 @@ def _check_summary(
                 f"summary: record {rid[:12]} has process {pointer.get('process')!r} in the "
                 "summary but a different one in the record"
             )
-    recorded = recorded_sessions(summary)
+    # sessions that really ended here: a pointer to a record that is not stored does not count
+    recorded = {records[rid]["session"] for rid in seen & stored if rid in records}
     unpublished = sorted(stored - seen)
     for rid in unpublished:
         record = records.get(rid) or {}
-        if superseded_interrupted(record, recorded):
+        if superseded_unpublished(record, recorded):
             report.remarks.append(
-                f"record {rid[:12]} is an interrupted record of session "
-                f"{record['session'][:12]}, which has its own record here: left unpublished"
+                f"record {rid[:12]} of session {record['session'][:12]}, which ended here with "
+                "another record, is left unpublished"
             )
             continue
         report.orphans.append(rid)

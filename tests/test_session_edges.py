@@ -12,6 +12,7 @@ from cirrus.errors import CorruptProvenance, InvalidInput, ProvenanceRequired, S
 from cirrus.ledger import Ledger
 from cirrus.storage import wrap_backends
 from cirrus.storage.paths import normalise_cloudpath
+from cirrus.verify import verify
 from tests.session_support import (
     chunk_of,
     make_layer,
@@ -105,7 +106,8 @@ def test_a_damaged_staged_record_does_not_block_commits(layer, caplog):
     other.commit()
 
 
-def test_a_commit_that_fails_while_staging_stays_open_and_retries_without_doubling(tmp_path):
+def failed_commit(tmp_path) -> tuple[cirrus.Session, list[str]]:
+    """A session over volumes a and b whose commit failed while staging b: it stays open."""
     paths = [f"file://{tmp_path}/a", f"file://{tmp_path}/b"]
     for path in paths:
         make_layer(path)
@@ -128,10 +130,28 @@ def test_a_commit_that_fails_while_staging_stays_open_and_retries_without_doubli
     with wrap_backends(RefuseRecordsOnB), pytest.raises(StorageError, match="refused"):
         s.commit()
     assert s.state == "open"
+    return s, paths
+
+
+def test_a_commit_that_fails_while_staging_stays_open_and_retries_without_doubling(tmp_path):
+    s, paths = failed_commit(tmp_path)
     ids = s.commit()  # the same records again: a's staged record is not doubled
     assert s.state == "committed"
     for path in paths:
         assert [h.id for h in cirrus.history(path)] == [ids[normalise_cloudpath(path)]]
+
+
+def test_an_abort_after_a_failed_commit_ends_the_session_once_on_every_volume(tmp_path):
+    """The committed record staged on a before the commit failed stays unpublished: the
+    session ended there with its failed record, whoever recovers the volume later."""
+    s, paths = failed_commit(tmp_path)
+    ids = s.abort("gave up after the storage error")
+    for path in paths + paths:  # and again after a recover
+        (stored,) = cirrus.history(path)
+        assert stored.id == ids[normalise_cloudpath(path)] and stored.record.status == "failed"
+        cirrus.recover(path)
+    report = verify(paths[0])
+    assert report.ok and any("left unpublished" in remark for remark in report.remarks)
 
 
 def test_record_pointers_of_the_wrong_shape_are_refused_when_a_volume_opens(layer):

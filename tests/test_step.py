@@ -14,8 +14,9 @@ import cirrus
 from cirrus.errors import InvalidInput, StepError
 from cirrus.ledger import Ledger
 from cirrus.step import status as step_status
+from cirrus.storage import wrap_backends
 from tests import step_support as ss
-from tests.session_support import hooked, summary_json
+from tests.session_support import KeyCounter, KeyCountingBackend, hooked, summary_json
 
 
 def open_step(*layers: str, description: str = "paint chunks") -> cirrus.Step:
@@ -189,8 +190,11 @@ def test_a_late_task_after_finish_supersedes_the_first_record_not_doubles_it(lay
     assert record.tasks["count"] == 2 and record.writes["mips"]["0"]["chunks"] == 2
     pointers = summary_json(layer)["cirrus"]["records"]
     assert {p["id"]: p.get("superseded_by") for p in pointers} == {first: second, second: None}
-    assert step.finish()[layer] == second  # and finishing again changes nothing
-    assert "open_steps" not in summary_json(layer)["cirrus"]  # nor leaves the step listed
+    keys = KeyCounter()
+    with wrap_backends(lambda backend: KeyCountingBackend(backend, keys)):
+        assert step.finish()[layer] == second  # and finishing again changes nothing
+    assert keys.count(method="put_new") == keys.count(method="put_if_match") == 0, keys.calls
+    assert "open_steps" not in summary_json(layer)["cirrus"]
 
 
 def test_a_second_finish_that_dies_before_publishing_is_rolled_forward_by_the_next_commit(
