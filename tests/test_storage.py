@@ -305,3 +305,24 @@ def test_a_commits_overlapped_requests_keep_their_connections(
                 thread.join()
     assert len(backend.list("r")) == 3 * CONNECTIONS
     assert [r.getMessage() for r in caplog.records if "pool is full" in r.getMessage()] == []
+
+
+def test_the_gs_pool_leaves_an_adapter_google_auth_mounted_for_mutual_tls() -> None:
+    """google-auth mounts its own adapter on https:// when client certificates are in use:
+    replacing it with a bigger pool would silently drop mutual TLS."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+    from requests.adapters import HTTPAdapter
+
+    from cirrus.storage.gcs import _pooled
+
+    class MutualTlsAdapter(HTTPAdapter):  # stands in for google-auth's _MutualTlsAdapter
+        pass
+
+    client = storage.Client(credentials=AnonymousCredentials(), project="cirrus-test")
+    mutual = MutualTlsAdapter()
+    client._http.mount("https://", mutual)
+    _pooled(client)
+    assert client._http.get_adapter("https://storage.googleapis.com") is mutual
+    plain = client._http.get_adapter("http://localhost")
+    assert type(plain) is HTTPAdapter and plain._pool_maxsize == CONNECTIONS

@@ -177,10 +177,12 @@ def _authorised_client(bucket: str, emulator: str | None, secret: str | None) ->
 
 def _pooled(client: Any) -> Any:
     """Keep `CONNECTIONS` connections per host open, not requests' 10: a commit's overlapped
-    volumes otherwise open a connection each and discard it ("Connection pool is full")."""
+    volumes otherwise open a connection each and discard it ("Connection pool is full").
+    Only requests' own adapters are replaced: google-auth mounts its own for mutual TLS."""
     from requests.adapters import HTTPAdapter
 
     adapter = HTTPAdapter(pool_maxsize=CONNECTIONS)
     for scheme in ("https://", "http://"):
-        client._http.mount(scheme, adapter)
+        if type(client._http.get_adapter(scheme)) is HTTPAdapter:
+            client._http.mount(scheme, adapter)
     return client
