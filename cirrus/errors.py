@@ -70,7 +70,7 @@ class NotPublished(CirrusError):
         layers = ", ".join(staged)
         super().__init__(
             f"records are staged on {layers} but not all are published ({cause}); nothing is "
-            "lost: the next commit there, or `cirrus recover PATH`, publishes them"
+            "lost: `cirrus recover PATH` publishes them"
         )
 
 
