@@ -11,6 +11,7 @@ Layout under the layer:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -35,16 +36,13 @@ from cirrus.summary import (
     ENVS,
     clear_session,
     clear_step,
-    empty_summary,
     listed,
     listed_for,
     mark_session_open,
     mark_step_open,
     merge,
-    open_step_info,
     parse_summary,
     published_ids,
-    recorded_sessions,
     render_summary,
 )
 
@@ -263,20 +261,27 @@ class Ledger:
     ) -> dict[str, dict]:
         """Staged records the summary does not point to (a commit that crashed before publish).
 
-        A record of a session that has a record here already, or is publishing one (`pending`),
-        is not one: it stays unpublished (`model.superseded_unpublished`).
+        A record of a session that ended here already, with a record published or being
+        published (`pending`), may not be one (`model.superseded_unpublished`).
         """
+        stored = self.record_ids()
         known = published_ids(summary) | set(pending)
-        recorded = recorded_sessions(summary) | {record["session"] for record in pending.values()}
+        readable = set(stored) - set(pending)
+        ended: dict[str, list[str]] = {}  # session -> its published records that are stored
+        for pointer in summary.get("cirrus", {}).get("records", []):
+            if pointer["id"] in readable:
+                ended.setdefault(pointer["session"], []).append(pointer["id"])
         found = {}
-        for record_id in self.record_ids():
+        for record_id in stored:
             if record_id not in known:
                 try:
                     record = self.read_record(record_id).record.to_json()
                 except IntegrityError as error:  # `cirrus verify` reports it; commits go on
                     log.warning("%s: damaged record not rolled forward: %s", self.cloudpath, error)
                     continue
-                if not superseded_unpublished(record, recorded):
+                ended_with = [r for r in pending.values() if r["session"] == record["session"]]
+                ended_with += self._readable(ended.get(record["session"], []))
+                if not superseded_unpublished(record, ended_with):
                     found[record_id] = record
         if found:
             # A record staged moments ago is most likely a concurrent session mid-commit.
@@ -292,6 +297,14 @@ class Ledger:
                 len(found),
                 len(stale),
             )
+        return found
+
+    def _readable(self, record_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """The records stored under `record_ids`, skipping damaged ones (`verify` reports them)."""
+        found = []
+        for rid in record_ids:
+            with contextlib.suppress(IntegrityError):
+                found.append(self.read_record(rid).record.to_json())
         return found
 
     # -- steps: a manifest per step, one fragment per task, no shared object -------------------
@@ -394,30 +407,3 @@ class Ledger:
         blob = self.store.get(SUMMARY_KEY)
         parse_summary(None if blob is None else blob.data, self.cloudpath)
         return blob
-
-    # -- repair ----------------------------------------------------------------------------------
-    def repair(self) -> str | None:
-        """Set a malformed summary aside (kept under provenance.d/corrupt/) and rebuild it.
-
-        Returns the key the original was kept under, or None when the summary was fine.
-        """
-        blob = self.store.get(SUMMARY_KEY)
-        if blob is None:
-            return None
-        try:
-            parse_summary(blob.data, self.cloudpath)
-            return None
-        except CorruptProvenance:
-            pass
-        kept = f"{CORRUPT}{sha256_hex(blob.data)}"
-        self.store.create(kept, blob.data)
-        records = {rid: self.read_record(rid).record.to_json() for rid in self.record_ids()}
-        rebuilt = merge(empty_summary(), records)
-        finished = {record.get("step") for record in records.values()}
-        for key in self.store.list(STEPS):  # steps still running stay marked open
-            if key.endswith("/step.json") and key[len(STEPS) :].split("/")[0] not in finished:
-                manifest = json.loads(self.store.get(key).data)
-                info = open_step_info(manifest)
-                rebuilt = mark_step_open(rebuilt, manifest["id"], info) or rebuilt
-        self.store.swap(SUMMARY_KEY, render_summary(rebuilt), blob.token)
-        return kept

@@ -49,13 +49,19 @@ def is_interrupted(record: Mapping[str, Any]) -> bool:
     )
 
 
-def superseded_unpublished(record: Mapping[str, Any], recorded: set[str]) -> bool:
-    """A staged record of a session that already has a record on the same volume stays
-    unpublished: a session ends once per volume. It is an interrupted record that lost a race
-    to the session's own (`cirrus.abandon`), or a record staged by a commit that failed before
-    the session ended otherwise (`abort()` after a failed commit). Step records are exempt: a
-    step finished again after late fragments supersedes its earlier record."""
-    return not record.get("step") and record.get("session") in recorded
+def superseded_unpublished(record: Mapping[str, Any], ended_with: list[Mapping[str, Any]]) -> bool:
+    """Whether a staged record stays unpublished because its session already ended on the same
+    volume with `ended_with` (its records published there, or being published).
+
+    A session ends once per volume: a record staged by a commit that failed before the session
+    was aborted stays unpublished beside the `failed` one, and so does an interrupted record
+    that lost a race to the session's own (`cirrus.abandon`). A real record is still published
+    beside an interrupted one, made without the session: it carries the writes. Step records
+    are exempt: a step finished again after late fragments supersedes its earlier record.
+    """
+    if record.get("step") or not ended_with:
+        return False
+    return is_interrupted(record) or not all(map(is_interrupted, ended_with))
 
 
 def utcnow() -> dt.datetime:

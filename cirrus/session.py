@@ -239,6 +239,15 @@ class Session(WriteScope):
             self._summaries[layer] = ledger.mark_session_open(self.id, self._listing, read=read)
             self._listed.add(layer)
 
+    def _refusal(self) -> str | None:
+        if self.state == "open" and self._built:  # a commit failed after building the records
+            return (
+                f"this session's {'/'.join(self._built)} commit failed and will record the "
+                "writes made before it: call commit() or abort() again, then write in a new "
+                "session"
+            )
+        return super()._refusal()
+
     @functools.cached_property
     def _listing(self) -> dict[str, Any]:
         """What each volume's summary says of this session while it writes there."""

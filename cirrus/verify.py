@@ -171,12 +171,14 @@ def _check_summary(
                 f"summary: record {rid[:12]} has process {pointer.get('process')!r} in the "
                 "summary but a different one in the record"
             )
-    # sessions that really ended here: a pointer to a record that is not stored does not count
-    recorded = {records[rid]["session"] for rid in seen & stored if rid in records}
+    # how sessions ended here: a pointer to a record that is not stored does not count
+    ended: dict[str, list[dict[str, Any]]] = {}
+    for rid in sorted(seen & stored & set(records)):
+        ended.setdefault(records[rid]["session"], []).append(records[rid])
     unpublished = sorted(stored - seen)
     for rid in unpublished:
         record = records.get(rid) or {}
-        if superseded_unpublished(record, recorded):
+        if superseded_unpublished(record, ended.get(record.get("session"), [])):
             report.remarks.append(
                 f"record {rid[:12]} of session {record['session'][:12]}, which ended here with "
                 "another record, is left unpublished"

@@ -9,7 +9,7 @@ import pytest
 
 import cirrus
 from cirrus.errors import CorruptProvenance, InvalidInput, ProvenanceRequired, StorageError
-from cirrus.ledger import Ledger
+from cirrus.repair import repair_summary
 from cirrus.storage import wrap_backends
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.verify import verify
@@ -141,6 +141,20 @@ def test_a_commit_that_fails_while_staging_stays_open_and_retries_without_doubli
         assert [h.id for h in cirrus.history(path)] == [ids[normalise_cloudpath(path)]]
 
 
+def test_after_a_failed_commit_new_writes_are_refused_until_it_is_retried(tmp_path):
+    """The records are built when the commit starts: a write after a failed commit would be in
+    none of them, so it is refused before any data is written."""
+    s, paths = failed_commit(tmp_path)
+    late = f"file://{tmp_path}/c"
+    make_layer(late)
+    with pytest.raises(ProvenanceRequired, match=r"commit failed .* call commit\(\) or abort"):
+        s.volume(late)[0:64, 0:64, 0:64] = chunk_of(5)
+    assert (plain(late)[0:64, 0:64, 0:64] == 0).all()
+    ids = s.commit()
+    assert sorted(ids) == sorted(normalise_cloudpath(p) for p in paths)
+    assert cirrus.history(late) == [] and cirrus.history(late).open_sessions == {}
+
+
 def test_an_abort_after_a_failed_commit_ends_the_session_once_on_every_volume(tmp_path):
     """The committed record staged on a before the commit failed stays unpublished: the
     session ended there with its failed record, whoever recovers the volume later."""
@@ -175,7 +189,7 @@ def test_configparser_values_are_recorded_raw():
 def test_repair_keeps_steps_that_are_still_open(layer):
     step = cirrus.step(["src"], "why", process(), volumes=[layer])
     put_raw(layer, "provenance", b"{broken")
-    kept = Ledger.open(layer).repair()
+    kept = repair_summary(layer)
     assert kept in provenance_keys(layer)
     assert step.id in summary_json(layer)["cirrus"]["open_steps"]
 

@@ -16,6 +16,7 @@ import pytest
 import cirrus
 from cirrus.errors import CorruptProvenance, InvalidInput
 from cirrus.ledger import Ledger, env_blobs
+from cirrus.repair import repair_summary
 from cirrus.storage.paths import normalise_cloudpath
 from tests.session_support import (
     chunk_of,
@@ -193,6 +194,34 @@ def test_abandoning_a_session_that_died_while_committing_completes_it_instead(tm
     assert all(cirrus.history(p).open_sessions == {} for p in paths)
 
 
+def test_a_session_abandoned_while_alive_keeps_its_real_record_beside_the_interrupted_one(
+    tmp_path,
+):
+    """A forced abandon of a live session, whose commit then dies between staging and
+    publishing: recover publishes its record, which carries the writes the interrupted one
+    could not know."""
+    from cirrus.verify import verify
+
+    path = normalise_cloudpath(f"file://{tmp_path}/v")
+    make_layer(path)
+    s = cirrus.session(["src"], "alive after all", process())
+    s.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
+    interrupted = cirrus.abandon(path, s.id, force=True)  # force: its pid (ours) runs here
+
+    def die_at_publish(_cloudpath: str, key: str) -> None:
+        if key == "provenance":
+            raise KeyboardInterrupt("killed between staging and publishing")
+
+    with hooked(before=die_at_publish), pytest.raises(KeyboardInterrupt):
+        s.commit()
+    assert [h.id for h in cirrus.history(path)] == [interrupted]
+    (published,) = cirrus.recover(path)[path]
+    history = {h.id: h.record for h in cirrus.history(path)}  # same start: ordered by id
+    assert sorted(history) == sorted([interrupted, published])
+    assert history[published].status == "committed" and history[published].writes["mips"]
+    assert verify(path).ok
+
+
 def test_abandon_loses_to_a_session_that_commits_meanwhile_and_nothing_is_doubled(tmp_path):
     from cirrus.verify import verify
 
@@ -290,7 +319,7 @@ def test_malformed_provenance_is_never_overwritten_and_repair_keeps_it(tmp_path,
         cirrus.add_note(path, "a note")
     assert raw_summary(path) == bad
 
-    kept = Ledger.open(path).repair()
+    kept = repair_summary(path)
     assert kept is not None and kept.startswith("provenance.d/corrupt/")
     assert kept in provenance_keys(path)
     from cirrus.storage import open_store
@@ -301,7 +330,7 @@ def test_malformed_provenance_is_never_overwritten_and_repair_keeps_it(tmp_path,
     history = cirrus.history(path)
     assert [h.record.notes[0]["text"] for h in history] == ["before", "during"]
     assert summary_json(path)["sources"] == ["src", "src2"]
-    assert Ledger.open(path).repair() is None  # now fine
+    assert repair_summary(path) is None  # now fine
     # CloudVolume opens the layer again, and the data written meanwhile is there
     assert plain(path).provenance.sources == ["src", "src2"]
     assert (plain(path)[64:128, 0:64, 0:64] == 2).all()

@@ -69,9 +69,10 @@ def repair_command(path: str) -> None:
     untouched.
     """
     from cirrus.ledger import Ledger
+    from cirrus.repair import repair_summary
 
     ledger = Ledger.open(path)
-    kept = ledger.repair()
+    kept = repair_summary(path)
     if kept is None:
         click.echo(f"{ledger.cloudpath}: the summary is well-formed; nothing to repair")
         return
