@@ -5,7 +5,7 @@
 
 from cirrus import errors
 from cirrus._version import __version__
-from cirrus.abandon import abandon
+from cirrus.abandon import abandon, abandon_dead
 from cirrus.codeenv import DockerEnv, PythonGithubEnv
 from cirrus.compat import CloudVolume, add_motivation, add_note, add_result, log_process
 from cirrus.model import Note, Process, Record
@@ -28,6 +28,7 @@ __all__ = [
     "TaskSession",
     "__version__",
     "abandon",
+    "abandon_dead",
     "add_motivation",
     "add_note",
     "add_result",

@@ -7,7 +7,8 @@ a lost machine) leaves the listing behind. Nothing can tell on its own that such
 dead (a pid on another host cannot be checked, and sessions may stay open for hours), so a
 person says so: `abandon` turns the listing into an interrupted record made from the listing
 alone (status failed, an empty write set since the writes were never tallied), so two people
-abandoning the same session store one record.
+abandoning the same session store one record. `abandon_dead` does it for every session listed
+from this host whose pid no longer runs.
 """
 
 from __future__ import annotations
@@ -79,6 +80,25 @@ def abandon(cloudpath: str, session: str, *, force: bool = False) -> str:
     return record_id
 
 
+def abandon_dead(cloudpath: str) -> dict[str, str]:
+    """`abandon` every session the layer lists as writing whose process is gone from this host
+    (the OOM killer, a killed notebook kernel); returns {session: its interrupted record's id}.
+
+    Sessions listed from other hosts are left listed: their pids cannot be checked from here.
+    """
+    layer = normalise_cloudpath(cloudpath)
+    listed = Ledger.open(layer).summary().get("cirrus", {}).get(OPEN_SESSIONS, {})
+    done = {}
+    for sid, info in sorted(listed.items()):
+        if not _dead_here(info):
+            continue
+        try:
+            done[sid] = abandon(layer, sid)
+        except InvalidInput as error:  # it ended meanwhile, or its listing cannot be recorded
+            log.warning("%s: session %s not abandoned: %s", layer, sid, error)
+    return done
+
+
 def _listed(ledger: Ledger, session: str, recovered: list[str]) -> tuple[str, dict[str, Any]]:
     """The one listed session `session` names (an id or a prefix), and its listing."""
     listed = ledger.summary().get("cirrus", {}).get(OPEN_SESSIONS, {})
@@ -124,6 +144,14 @@ def abandoned_record(session: str, layer: str, info: dict[str, Any]) -> Record:
         writes=WriteTracker().to_json(),
         error={"type": INTERRUPTED, "message": ABANDONED_MESSAGE},
     )
+
+
+def _dead_here(info: dict[str, Any]) -> bool:
+    """Whether the listing names a process of this host that no longer runs."""
+    pid = info.get("pid")
+    valid = isinstance(pid, int) and not isinstance(pid, bool) and pid > 0
+    here = info.get("host") == socket.gethostname() and os.name != "nt"
+    return valid and here and not _running_here(info)
 
 
 def _running_here(info: dict[str, Any]) -> bool:

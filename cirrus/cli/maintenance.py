@@ -19,20 +19,29 @@ from cirrus.cli.volumes import print_log
     metavar="SESSION",
     help="Record a dead session PATH still lists as writing (`cirrus log`) as interrupted.",
 )
+@click.option(
+    "--abandon-dead",
+    is_flag=True,
+    help="Record as interrupted every session PATH lists as writing from this host whose pid "
+    "no longer runs.",
+)
 @click.option("--force", is_flag=True, help="With --abandon: even if its pid runs here.")
-def recover_command(path: str, abandon: str | None, force: bool) -> None:
+def recover_command(path: str, abandon: str | None, abandon_dead: bool, force: bool) -> None:
     """Publish records of PATH (and its sibling volumes) that an interrupted commit staged.
 
     A volume such a session wrote to but never staged a record on gets an `interrupted` record
     (status failed, writes unknown) once the session is 10 minutes old. Safe to run at any
     time: records already published are left alone. A session killed before it committed
     stays listed as writing; `--abandon SESSION` (an id or its prefix) records it as
-    interrupted from that listing.
+    interrupted from that listing, and `--abandon-dead` every one listed from this host whose
+    process is gone.
     """
     from cirrus.ledger import Ledger
     from cirrus.model import is_interrupted
     from cirrus.rollforward import recover
 
+    if abandon is not None and abandon_dead:
+        raise click.UsageError("--abandon names one session, --abandon-dead finds them: use one")
     if abandon is not None:
         from cirrus.abandon import abandon as abandon_session
 
@@ -43,6 +52,18 @@ def recover_command(path: str, abandon: str | None, force: bool) -> None:
         return
     if force:
         raise click.UsageError("--force only applies to --abandon")
+    if abandon_dead:
+        from cirrus.abandon import abandon_dead as abandon_all_dead
+
+        dead = abandon_all_dead(path)
+        for session, rid in dead.items():
+            click.echo(f"{path}: session {session} recorded as interrupted ({rid})")
+        left = Ledger.open(path).summary().get("cirrus", {}).get("open_sessions", {})
+        click.echo(
+            f"{path}: {len(dead)} dead session(s) of this host recorded as interrupted; "
+            f"{len(left)} still listed as writing (alive, or on another host: `cirrus log`)"
+        )
+        return
     done = recover(path)
     if not done:
         click.echo(f"{path}: nothing to recover; every staged record is published")

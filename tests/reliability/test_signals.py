@@ -128,6 +128,31 @@ def test_a_killed_child_leaves_each_volume_saying_who_was_writing(tmp_path):
         assert cirrus.history(path) == history  # nothing doubled
 
 
+def test_abandon_dead_closes_the_sessions_of_killed_processes_here_and_no_live_one(tmp_path):
+    """A notebook kernel killed by the OOM killer: its listings are found by pid, not by id."""
+    paths = layers_in(tmp_path, 2)
+    with cirrus.session(["src"], "alive", process()) as alive:
+        alive.volume(paths[0])[64:128, 0:64, 0:64] = chunk_of(3)
+        child, _, _ = signal_after_writing(paths, signal.SIGKILL)
+        (dead,) = set(cirrus.history(paths[1]).open_sessions)
+        assert cirrus.abandon_dead(paths[1]).keys() == {dead}
+        out = invoke("recover", paths[0], "--abandon-dead").output
+        assert f"session {dead} recorded as interrupted" in out
+        assert "1 still listed as writing" in out  # this process's session: alive
+        assert set(cirrus.history(paths[0]).open_sessions) == {alive.id}
+        assert invoke("recover", paths[0], "--abandon-dead").output.startswith(
+            f"{paths[0]}: 0 dead session(s)"
+        )
+        invoke("recover", paths[0], "--abandon", dead, "--abandon-dead", code=2)
+    for path in paths:
+        history = cirrus.history(path)
+        assert history.open_sessions == {}
+        assert {h.record.session: h.record.error and h.record.error["type"] for h in history} == {
+            dead: "Interrupted",
+            **({alive.id: None} if path == paths[0] else {}),
+        }
+
+
 def test_a_session_still_running_here_cannot_be_abandoned(tmp_path):
     (path,) = layers_in(tmp_path, 1)
     with cirrus.session(["src"], "alive", process()) as s:
