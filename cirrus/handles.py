@@ -147,19 +147,24 @@ def _gate_image_upload(volume: Any, gate: Gate) -> None:
         tracker = gate.tracker
         if not tracker.infos:
             tracker.info(info_digest(meta.info))
-        lo = [int(v) for v in offset]
-        hi = [lo[axis] + int(image.shape[axis]) for axis in range(3)]
-        box = (*lo, *hi)
-        tracker.image(int(mip), box, _chunks(meta, int(mip), lo, hi), int(image.nbytes))
+        # lean: this runs on every chunk written (tuples of ints; zip stops before channels)
+        lo = tuple(map(int, offset))
+        hi = tuple(start + int(extent) for start, extent in zip(lo, image.shape, strict=False))
+        mip = int(mip)
+        tracker.image(mip, lo + hi, _chunks(meta, mip, lo, hi), int(image.nbytes))
         return tracker.undo_image
 
     _wrap(volume.image, "upload", before)
 
 
-def _chunks(meta: Any, mip: int, lo: list[int], hi: list[int]) -> int:
-    """How many chunk files a write of [lo, hi) touches on the layer's chunk grid."""
-    size = meta.chunk_size(mip)
-    origin = meta.voxel_offset(mip)
+def _chunks(meta: Any, mip: int, lo: tuple[int, ...], hi: tuple[int, ...]) -> int:
+    """How many chunk files a write of [lo, hi) touches on the layer's chunk grid.
+
+    Read from the info's scale directly: `meta.chunk_size` builds a Vec on every call, and this
+    runs on every write.
+    """
+    scale = meta.info["scales"][mip]
+    size, origin = scale["chunk_sizes"][0], scale["voxel_offset"]
     count = 1
     for axis in range(3):
         first = (lo[axis] - origin[axis]) // size[axis]
