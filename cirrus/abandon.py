@@ -148,10 +148,8 @@ def abandoned_record(session: str, layer: str, info: dict[str, Any]) -> Record:
 
 def _dead_here(info: dict[str, Any]) -> bool:
     """Whether the listing names a process of this host that no longer runs."""
-    pid = info.get("pid")
-    valid = isinstance(pid, int) and not isinstance(pid, bool) and pid > 0
-    here = info.get("host") == socket.gethostname() and os.name != "nt"
-    return valid and here and not _running_here(info)
+    pid = _pid_here(info)
+    return pid is not None and not _alive(pid)
 
 
 def _running_here(info: dict[str, Any]) -> bool:
@@ -159,11 +157,21 @@ def _running_here(info: dict[str, Any]) -> bool:
 
     Containers that share a host name but not a pid namespace can answer wrongly: `force`.
     """
+    pid = _pid_here(info)
+    return pid is not None and _alive(pid)
+
+
+def _pid_here(info: dict[str, Any]) -> int | None:
+    """The listing's pid, if it is one of this host's (None: another host, or no valid pid)."""
     pid = info.get("pid")
     if info.get("host") != socket.gethostname() or os.name == "nt":
-        return False
+        return None
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-        return False
+        return None
+    return pid
+
+
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, OverflowError):

@@ -313,8 +313,7 @@ def mark_session_open(
     summary: Mapping[str, Any], session: str, info: Mapping[str, Any]
 ) -> dict | None:
     """A copy of the summary listing `session` as writing (None if it already does, or ended)."""
-    section = summary.get("cirrus", {})
-    if any(entry.get("session") == session for entry in section.get("records", [])):
+    if session in recorded_sessions(summary):
         return None
     return _mark_open(summary, OPEN_SESSIONS, session, info)
 
