@@ -689,7 +689,7 @@ class StorageFloor:
     SUMMARY = b"s" * 4_000
 
     def __init__(self, paths: list[str]):
-        from cirrus.commit import THREADS
+        from cirrus.overlap import THREADS
         from cirrus.storage.paths import open_backend
 
         self.backends = [open_backend(path) for path in paths]

@@ -8,18 +8,15 @@ leaves staged records that the next commit or `cirrus.recover` rolls forward
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping
 
 from cirrus import termination
 from cirrus.errors import NotPublished
 from cirrus.ledger import NOT_READ, Ledger, Staged
 from cirrus.model import Record
+from cirrus.overlap import overlapped
 from cirrus.rollforward import complete_sessions
-from cirrus.storage.base import CONNECTIONS, Blob
-
-THREADS = CONNECTIONS  # volumes committed at once: their round trips overlap
+from cirrus.storage.base import Blob
 
 
 def commit_records(
@@ -44,7 +41,7 @@ def commit_records(
         done = ledgers[layer].publish({staged.record_id: records[layer]}, read=staged.summary)
         complete_sessions(ledgers[layer].cloudpath, done)  # orphans' siblings, if any
 
-    with termination.held(), _overlapped(records) as run:  # SIGTERM waits for the commit
+    with termination.held(), overlapped(len(records)) as run:  # SIGTERM waits for the commit
         staged = dict(zip(records, run(stage, records), strict=True))
         ids = {layer: done.record_id for layer, done in staged.items()}
         try:
@@ -52,24 +49,3 @@ def commit_records(
         except Exception as error:
             raise NotPublished(ids, error) from error
     return ids
-
-
-@contextlib.contextmanager
-def _overlapped(layers: Iterable[str]) -> Iterator[Callable[..., list]]:
-    """A `map` that overlaps each volume's few round trips with the other volumes'.
-
-    One volume runs inline: this also runs from finalizers at interpreter exit, where no new
-    thread may start. file:// is often a network file system, so it gets as many threads as
-    the cloud.
-    """
-    layers = list(layers)
-    if len(layers) == 1:
-        yield lambda function, *columns: list(map(function, *columns))
-        return
-    pool = ThreadPoolExecutor(max_workers=min(THREADS, len(layers)))
-    try:
-        yield lambda function, *columns: list(pool.map(function, *columns))
-    except BaseException:  # a second SIGTERM, Ctrl-C: volumes not started yet are not started
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import attrs
@@ -33,7 +32,7 @@ from cirrus.canonical import canonical_json, sha256_hex
 from cirrus.errors import IntegrityError
 from cirrus.ledger import Ledger, Published
 from cirrus.model import INTERRUPTED, Record, parse_time, utcnow
-from cirrus.storage.base import CONNECTIONS
+from cirrus.overlap import overlapped
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.writeset import WriteTracker
 
@@ -60,7 +59,9 @@ def recover(cloudpath: str) -> dict[str, list[str]]:
     walk.take(layer, Ledger.open(layer).publish())
     # The sessions that wrote this layer may have died before publishing on their siblings.
     pointers = walk.summaries[layer].get("cirrus", {}).get("records", [])
-    for pointer, siblings in zip(pointers, _siblings_of_all(layer, pointers), strict=True):
+    with overlapped(len(pointers)) as run:
+        named = run(lambda pointer: siblings_of(layer, pointer), pointers)
+    for pointer, siblings in zip(pointers, named, strict=True):
         if siblings:
             walk.sessions.add(pointer["session"])
             walk.queue.extend(siblings)
@@ -99,22 +100,6 @@ def siblings_of(layer: str, pointer: Mapping[str, Any]) -> list[str]:
     except IntegrityError as error:  # `cirrus verify` reports it
         log.warning("%s: cannot follow the siblings of a damaged record: %s", layer, error)
         return []
-
-
-def _siblings_of_all(layer: str, pointers: list[dict[str, Any]]) -> list[list[str]]:
-    """`siblings_of` each pointer, read in parallel; inline where no thread may start."""
-    if len(pointers) <= 1:
-        return [siblings_of(layer, pointer) for pointer in pointers]
-    pool = ThreadPoolExecutor(max_workers=min(CONNECTIONS, len(pointers)))
-    try:
-        futures = [pool.submit(siblings_of, layer, pointer) for pointer in pointers]
-    except RuntimeError:  # the interpreter is shutting down (recover called from atexit)
-        pool.shutdown(cancel_futures=True)
-        return [siblings_of(layer, pointer) for pointer in pointers]
-    try:
-        return [future.result() for future in futures]
-    finally:  # on a storage error, the reads not started yet are not started
-        pool.shutdown(cancel_futures=True)
 
 
 def interrupted_record(template: Record, layer: str, siblings: list[str], ended: str) -> Record:

@@ -246,7 +246,7 @@ class Session(WriteScope):
                 "writes made before it: call commit() or abort() again, then write in a new "
                 "session"
             )
-        return None if self.state == "open" else super()._refusal()
+        return super()._refusal()
 
     @functools.cached_property
     def _listing(self) -> dict[str, Any]:

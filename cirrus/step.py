@@ -13,7 +13,6 @@ import re
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import attrs
@@ -24,6 +23,7 @@ from cirrus.commit import commit_records
 from cirrus.errors import InvalidInput, StepError
 from cirrus.ledger import Ledger, env_blobs, record_id
 from cirrus.model import Note, Process, isoformat, parse_time, utcnow
+from cirrus.overlap import overlapped
 from cirrus.session import (
     WriteScope,
     current_user,
@@ -33,7 +33,6 @@ from cirrus.session import (
     validate_process,
     validate_sources,
 )
-from cirrus.storage.base import CONNECTIONS
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.summary import mark_step_open, open_step_info, published_ids
 from cirrus.writeset import combine
@@ -211,8 +210,8 @@ def finish(token: str | Mapping[str, Any] | StepToken) -> dict[str, str]:
     def list_again(layer: str) -> Any:
         return _list_again(layer, token.id, info, records[layer])
 
-    with ThreadPoolExecutor(max_workers=min(CONNECTIONS, max(1, len(written)))) as pool:
-        summaries = dict(zip(written, pool.map(list_again, written), strict=True))
+    with overlapped(len(written)) as run:
+        summaries = dict(zip(written, run(list_again, written), strict=True))
     done = {layer: record_id(records[layer]) for layer, blob in summaries.items() if blob is DONE}
     todo = {layer: record for layer, record in records.items() if layer not in done}
     ids = {**done, **commit_records(todo, [], {layer: summaries[layer] for layer in todo})}

@@ -507,3 +507,31 @@ def test_exception_before_any_write_records_nothing(tmp_path):
         raise KeyError("early")
     assert s.records == {}
     assert provenance_keys(path) == []
+
+
+ATEXIT_SCRIPT = """
+import atexit, sys
+import numpy as np
+import cirrus
+
+s = cirrus.session(["src"], "committed at exit", cirrus.Process("late", {}))
+for path in sys.argv[1:]:
+    s.volume(path)[0:64, 0:64, 0:64] = np.full((64, 64, 64), 3, np.uint8)
+atexit.register(s.commit)  # runs after threading's shutdown: no new thread may start
+"""
+
+
+def test_a_commit_over_several_volumes_at_interpreter_exit_runs_without_threads(tmp_path):
+    """Frameworks commit from atexit handlers; by then the thread pool refuses new work, so the
+    volumes are committed one after another instead of failing."""
+    paths = [normalise_cloudpath(f"file://{tmp_path}/v{i}") for i in range(3)]
+    for path in paths:
+        make_layer(path)
+    done = subprocess.run(
+        [sys.executable, "-c", ATEXIT_SCRIPT, *paths], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    for path in paths:
+        (stored,) = cirrus.history(path)
+        assert stored.record.status == "committed"
+        assert sorted(stored.record.siblings) == sorted(set(paths) - {path})
