@@ -107,7 +107,7 @@ def finish_time(layer: str, count: int) -> float:
     import cirrus
     from cirrus.ledger import Ledger
     from cirrus.model import isoformat, utcnow
-    from cirrus.writeset import WriteTracker
+    from cirrus.writeset import writes_json
 
     process = cirrus.Process("bench step", {"chunk": CHUNK})
     step = cirrus.step(SOURCES, MOTIVATION, process, [layer])
@@ -116,8 +116,7 @@ def finish_time(layer: str, count: int) -> float:
 
     def put(index: int) -> None:
         x, y = index % side * CHUNK, index // side * CHUNK
-        tracker = WriteTracker()
-        tracker.image(0, (x, y, 0, x + CHUNK, y + CHUNK, CHUNK), 1, CHUNK**3)
+        box = (x, y, 0, x + CHUNK, y + CHUNK, CHUNK)
         now = isoformat(utcnow())
         task = f"x{x}_y{y}_z0"
         fragment = {
@@ -130,7 +129,7 @@ def finish_time(layer: str, count: int) -> float:
             "ended": now,
             "user": "bench",
             "host": f"worker-{index % 50}",
-            "writes": tracker.to_json(),
+            "writes": writes_json([(0, box, 1, CHUNK**3)], {"upload": 1}, []),
             "notes": [],
         }
         ledger.put_fragment(step.id, task, fragment)

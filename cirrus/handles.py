@@ -141,36 +141,22 @@ def _gate_image_upload(volume: Any, gate: Gate) -> None:
     meta = volume.meta
 
     def before(image: Any, offset: Any, mip: int, *_args: Any, **kwargs: Any) -> Callable:
+        # lean: this runs on every chunk written, between writes that evict the CPU's caches,
+        # so it only appends what CloudVolume passed (the tracker works out boxes at commit)
         gate.admit()
         if kwargs.get("parallel", 1) not in (1, False, None):
             raise InvalidInput(f"{gate.layer}: parallel={kwargs['parallel']!r}; {PARALLEL}")
         tracker = gate.tracker
         if not tracker.infos:
             tracker.info(info_digest(meta.info))
-        # lean: this runs on every chunk written (tuples of ints; zip stops before channels)
-        lo = tuple(map(int, offset))
-        hi = tuple(start + int(extent) for start, extent in zip(lo, image.shape, strict=False))
-        mip = int(mip)
-        tracker.image(mip, lo + hi, _chunks(meta, mip, lo, hi), int(image.nbytes))
+        try:
+            offset = offset.tolist()  # a Vec: a copy in plain ints
+        except AttributeError:
+            offset = list(offset)
+        tracker.image(mip, offset, image.shape, image.nbytes, meta.info["scales"][mip])
         return tracker.undo_image
 
     _wrap(volume.image, "upload", before)
-
-
-def _chunks(meta: Any, mip: int, lo: tuple[int, ...], hi: tuple[int, ...]) -> int:
-    """How many chunk files a write of [lo, hi) touches on the layer's chunk grid.
-
-    Read from the info's scale directly: `meta.chunk_size` builds a Vec on every call, and this
-    runs on every write.
-    """
-    scale = meta.info["scales"][mip]
-    size, origin = scale["chunk_sizes"][0], scale["voxel_offset"]
-    count = 1
-    for axis in range(3):
-        first = (lo[axis] - origin[axis]) // size[axis]
-        last = -(-(hi[axis] - origin[axis]) // size[axis])
-        count *= max(0, int(last - first))
-    return count
 
 
 @functools.cache

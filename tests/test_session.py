@@ -235,6 +235,35 @@ def test_write_set_of_disjoint_regions_and_two_mips(tmp_path):
     assert (plain(f"{path}")[0:128, 0:64, 0:64] == 1).all()
 
 
+def test_write_set_counts_chunks_on_an_offset_grid_for_unaligned_multichannel_writes(tmp_path):
+    from cloudvolume import CloudVolume
+
+    path = normalise_cloudpath(f"file://{tmp_path}/offset")
+    info = CloudVolume.create_new_info(
+        num_channels=2,
+        layer_type="image",
+        data_type="uint8",
+        encoding="raw",
+        resolution=[4, 4, 40],
+        voxel_offset=[10, 20, 30],
+        volume_size=[192, 128, 64],
+        chunk_size=[64, 64, 64],
+    )
+    CloudVolume(path, info=info, progress=False).commit_info()
+    with cirrus.session(["src"], "offset grid", process()) as s:
+        vol = s.volume(path, progress=False, non_aligned_writes=True, fill_missing=True)
+        vol[10:74, 20:84, 30:94] = np.ones((64, 64, 64, 2), np.uint8)  # one chunk of the grid
+        vol[100:150, 20:84, 30:94] = np.full((50, 64, 64, 2), 2, np.uint8)  # across two
+    writes = cirrus.history(path)[0].record.writes
+    assert writes["mips"]["0"] == {
+        "bounds": [10, 20, 30, 150, 84, 94],
+        "boxes": [[10, 20, 30, 74, 84, 94], [100, 20, 30, 150, 84, 94]],
+        "chunks": 3,
+        "bytes": (64 + 50) * 64 * 64 * 2,
+    }
+    assert (plain(path)[100:150, 20:84, 30:94] == 2).all()
+
+
 # -- validation, before anything is written ----------------------------------------------------
 
 
