@@ -2,7 +2,7 @@
 
 1. Finish time against the number of task fragments (100, 1,000, 10,000) on file:// and on a real
    S3 server (Ceph RGW, started here through tests/servers/rgw.py). Fragments are filed directly
-   with `Ledger.put_fragment` from a thread pool (as that many tasks would), then `cirrus.finish`
+   with `StepFiles.put_fragment` from a thread pool (as that many tasks would), then `cirrus.finish`
    is timed: list, read every fragment, fold, stage one record, publish once. The baseline is the
    same backend's 100-fragment finish, so the ratio shows how finish scales.
 2. Independent sessions under contention: N processes (8, 32, 64) on one file:// volume each write
@@ -107,6 +107,7 @@ def finish_time(layer: str, count: int) -> float:
     import cirrus
     from cirrus.ledger import Ledger
     from cirrus.model import isoformat, utcnow
+    from cirrus.stepfiles import StepFiles
     from cirrus.writeset import writes_json
 
     process = cirrus.Process("bench step", {"chunk": CHUNK})
@@ -132,7 +133,7 @@ def finish_time(layer: str, count: int) -> float:
             "writes": writes_json([(0, box, 1, CHUNK**3)], {"upload": 1}, []),
             "notes": [],
         }
-        ledger.put_fragment(step.id, task, fragment)
+        StepFiles(ledger.cloudpath, ledger.store).put_fragment(step.id, task, fragment)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=32) as pool:

@@ -51,9 +51,13 @@ def check_text(value: str, what: str) -> str:
     return value
 
 
+def is_step_id(value: Any) -> bool:
+    return isinstance(value, str) and bool(re.fullmatch(r"[0-9a-f]{32}", value))
+
+
 def check_step_id(step_id: str) -> str:
     """Step ids are 32 hex characters (a uuid4): nothing else may become part of a key."""
-    if not isinstance(step_id, str) or not re.fullmatch(r"[0-9a-f]{32}", step_id):
+    if not is_step_id(step_id):
         raise InvalidInput(f"step id must be 32 lowercase hex characters, got {step_id!r}")
     return step_id
 

@@ -7,6 +7,7 @@ Layout under the layer:
     provenance                          the summary (CloudVolume's shape), compare-and-swap only
     provenance.d/envs/<sha256>.json     code environments, write-once
     provenance.d/records/<sha256>.json  one record per session per layer, write-once
+    provenance.d/steps/                 steps' manifests and task fragments (`cirrus.stepfiles`)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from cirrus.canonical import canonical_json, check_digest, check_step_id, is_digest, sha256_hex
+from cirrus.canonical import canonical_json, check_digest, is_digest, sha256_hex
 from cirrus.errors import (
     CorruptProvenance,
     IntegrityError,
@@ -51,7 +52,6 @@ log = logging.getLogger("cirrus.ledger")
 SUMMARY_KEY = "provenance"
 RECORDS = "provenance.d/records/"
 CORRUPT = "provenance.d/corrupt/"
-STEPS = "provenance.d/steps/"
 PUBLISH_DEADLINE = 300.0
 NOT_READ = object()  # `publish`/`update`: the summary has not been read yet
 
@@ -64,10 +64,6 @@ def env_blobs(documents: Iterable[Mapping[str, Any]]) -> list[bytes]:
 def record_id(record: Record) -> str:
     """The id a record is stored under: the sha256 of its canonical JSON."""
     return sha256_hex(canonical_json(record.to_json()))
-
-
-def _pretty(document: Mapping[str, Any]) -> bytes:
-    return json.dumps(document, sort_keys=True, indent=1, ensure_ascii=False).encode("utf-8")
 
 
 @attrs.frozen
@@ -307,14 +303,7 @@ class Ledger:
                 found.append(self.read_record(rid).record.to_json())
         return found
 
-    # -- steps: a manifest per step, one fragment per task, no shared object -------------------
-    def stage_step(self, manifest: Mapping[str, Any]) -> None:
-        self.store.create(f"{STEPS}{check_step_id(manifest['id'])}/step.json", _pretty(manifest))
-
-    def read_step(self, step_id: str) -> dict[str, Any] | None:
-        blob = self.store.get(f"{STEPS}{check_step_id(step_id)}/step.json")
-        return None if blob is None else json.loads(blob.data)
-
+    # -- steps: listed as open on a layer until their record (their files: `cirrus.stepfiles`) --
     def mark_step_open(self, step_id: str, info: Mapping[str, Any]) -> None:
         self.update(lambda summary: mark_step_open(summary, step_id, info))
 
@@ -331,41 +320,6 @@ class Ledger:
     def clear_session(self, session: str) -> None:
         """Unlist a session that ends with no record here (every write it tried was refused)."""
         self.update(lambda summary: clear_session(summary, session))
-
-    def put_fragment(self, step_id: str, task: str, fragment: Mapping[str, Any]) -> bool:
-        """Create the task's fragment; a re-run replaces it only if the earlier attempt failed.
-
-        Returns whether this call stored it (False: an earlier attempt stands).
-        """
-        key = f"{STEPS}{check_step_id(step_id)}/tasks/{task}.json"
-        data = _pretty(fragment)
-        try:
-            self.store.create(key, data)
-            return True
-        except PreconditionFailed:
-            existing = self.store.get(key)
-            if existing is None or json.loads(existing.data).get("status") == "committed":
-                log.info(
-                    "%s: task %s of step %s is already recorded", self.cloudpath, task, step_id
-                )
-                return False
-            if fragment.get("status") != "committed":
-                return False
-            try:
-                self.store.swap(key, data, existing.token)
-            except PreconditionFailed:  # another attempt of the same task got there first
-                return False
-            return True
-
-    def fragments(self, step_id: str) -> list[dict[str, Any]]:
-        """Every task fragment of a step on this layer, read in parallel (wider on the cloud)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        workers = 16 if self.cloudpath.startswith(("file://", "mem://")) else 64
-        keys = self.store.list(f"{STEPS}{check_step_id(step_id)}/tasks/")
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            blobs = list(pool.map(self.store.get, keys))
-        return [json.loads(blob.data) for blob in blobs if blob is not None]
 
     # -- read ----------------------------------------------------------------------------------
     def record_ids(self) -> list[str]:

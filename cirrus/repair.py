@@ -7,13 +7,13 @@ overwritten.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from cirrus.canonical import sha256_hex
 from cirrus.errors import CorruptProvenance
-from cirrus.ledger import CORRUPT, STEPS, SUMMARY_KEY, Ledger
+from cirrus.ledger import CORRUPT, SUMMARY_KEY, Ledger
 from cirrus.model import is_interrupted
+from cirrus.stepfiles import StepFiles
 from cirrus.summary import (
     empty_summary,
     mark_step_open,
@@ -43,10 +43,10 @@ def repair_summary(cloudpath: str) -> str | None:
     )
     rebuilt = merge(empty_summary(), records)
     finished = {record.get("step") for record in records.values()}
-    for key in ledger.store.list(STEPS):  # steps still running stay marked open
-        if key.endswith("/step.json") and key[len(STEPS) :].split("/")[0] not in finished:
-            manifest = json.loads(ledger.store.get(key).data)
-            rebuilt = mark_step_open(rebuilt, manifest["id"], open_step_info(manifest)) or rebuilt
+    steps = StepFiles(ledger.cloudpath, ledger.store)
+    for step_id in sorted(steps.step_ids() - finished):  # steps still running stay listed open
+        manifest = steps.manifest(step_id)
+        rebuilt = mark_step_open(rebuilt, manifest["id"], open_step_info(manifest)) or rebuilt
     ledger.store.swap(SUMMARY_KEY, render_summary(rebuilt), blob.token)
     return kept
 

@@ -33,6 +33,7 @@ from cirrus.session import (
     validate_process,
     validate_sources,
 )
+from cirrus.stepfiles import StepFiles
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.summary import mark_step_open, open_step_info, published_ids
 from cirrus.writeset import combine
@@ -116,7 +117,7 @@ class Step:
         for layer in layers:
             ledger = Ledger.open(layer)
             ledger.stage_envs(blobs)
-            ledger.stage_step(self.manifest)
+            StepFiles(ledger.cloudpath, ledger.store).put_manifest(self.manifest)
             ledger.mark_step_open(self.token_data.id, open_step_info(self.manifest))
 
     @property
@@ -177,7 +178,7 @@ class TaskSession(WriteScope):
                 "writes": self._trackers[layer].to_json(),
                 "notes": [note.to_json() for note in self.notes],
             }
-            Ledger.open(layer).put_fragment(self.token.id, self.task, fragment)
+            StepFiles.open(layer).put_fragment(self.token.id, self.task, fragment)
             stored[layer] = self.task
         return stored
 
@@ -189,7 +190,7 @@ def join(token: str | Mapping[str, Any] | StepToken, task: str | None = None) ->
 
 def _manifest(token: StepToken) -> dict[str, Any]:
     for layer in token.volumes:
-        manifest = Ledger.open(layer).read_step(token.id)
+        manifest = StepFiles.open(layer).manifest(token.id)
         if manifest is not None:
             return manifest
     raise StepError(f"step {token.id} has no manifest on {', '.join(token.volumes)}")
@@ -202,7 +203,7 @@ def finish(token: str | Mapping[str, Any] | StepToken) -> dict[str, str]:
     """Fold every task's fragments into one record per volume and publish. Safe to repeat."""
     token = StepToken.loads(token)
     manifest = _manifest(token)
-    fragments = {layer: Ledger.open(layer).fragments(token.id) for layer in token.volumes}
+    fragments = {layer: StepFiles.open(layer).fragments(token.id) for layer in token.volumes}
     written = [layer for layer, found in fragments.items() if found]
     records = {layer: _step_record(manifest, layer, fragments[layer], written) for layer in written}
     info = open_step_info(manifest)
@@ -290,7 +291,7 @@ def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
     report: dict[str, Any] = {"step": token.id, "volumes": {}}
     for layer in token.volumes:
         ledger = Ledger.open(layer)
-        fragments = ledger.fragments(token.id)
+        fragments = StepFiles(ledger.cloudpath, ledger.store).fragments(token.id)
         section = ledger.summary().get("cirrus", {})
         report["volumes"][layer] = {
             "tasks": len(fragments),

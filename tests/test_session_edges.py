@@ -186,12 +186,18 @@ def test_configparser_values_are_recorded_raw():
     assert proc.parameters == {"watershed": {"threshold": "50%", "label": "%(threshold)s"}}
 
 
-def test_repair_keeps_steps_that_are_still_open(layer):
+def test_repair_keeps_steps_that_are_still_open(layer, caplog):
     step = cirrus.step(["src"], "why", process(), volumes=[layer])
+    done = cirrus.step(["src"], "finished", process(), volumes=[layer])
+    with cirrus.join(done.token, task="t0") as task:
+        task.volume(layer, progress=False)[0:64, 0:64, 0:64] = chunk_of(1)
+    cirrus.finish(done.token)
+    put_raw(layer, "provenance.d/steps/not-a-step/step.json", b"{}")
     put_raw(layer, "provenance", b"{broken")
     kept = repair_summary(layer)
     assert kept in provenance_keys(layer)
-    assert step.id in summary_json(layer)["cirrus"]["open_steps"]
+    assert set(summary_json(layer)["cirrus"]["open_steps"]) == {step.id}
+    assert "not-a-step/step.json, which is not a step manifest" in caplog.text
 
 
 def test_a_compat_volume_commits_when_it_is_deleted(layer):

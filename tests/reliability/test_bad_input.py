@@ -27,6 +27,7 @@ from cirrus.errors import (
     StepError,
 )
 from cirrus.ledger import Ledger
+from cirrus.stepfiles import StepFiles
 from cirrus.storage.paths import normalise_cloudpath
 from tests.reliability import support
 from tests.session_support import put_raw
@@ -281,7 +282,7 @@ BAD_INPUTS = {
         "environment id must be 64 lowercase hex",
     ),
     "step-id-traversal": (
-        lambda p: Ledger.open(p).fragments("../records"),
+        lambda p: StepFiles.open(p).fragments("../records"),
         InvalidInput,
         "step id must be 32 lowercase hex",
     ),

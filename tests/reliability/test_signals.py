@@ -20,6 +20,7 @@ import pytest
 import cirrus
 from cirrus.errors import InvalidInput, Terminated
 from cirrus.ledger import Ledger
+from cirrus.stepfiles import StepFiles
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.writeset import WriteTracker
 from tests.cli_support import invoke
@@ -269,11 +270,11 @@ def test_a_terminated_task_files_a_failed_fragment_and_a_rerun_replaces_it(tmp_p
     with pytest.raises(Terminated), cirrus.join(step.token, task="t0") as task:
         task.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
         os.kill(os.getpid(), signal.SIGTERM)
-    (fragment,) = Ledger.open(path).fragments(step.id)
+    (fragment,) = StepFiles.open(path).fragments(step.id)
     assert (fragment["status"], fragment["error"]["type"]) == ("failed", "Terminated")
     with cirrus.join(step.token, task="t0") as task:  # the queue runs the task again
         task.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
-    (fragment,) = Ledger.open(path).fragments(step.id)
+    (fragment,) = StepFiles.open(path).fragments(step.id)
     assert fragment["status"] == "committed"
     step.finish()
     assert only_record(path).status == "committed"

@@ -1,0 +1,100 @@
+"""A step's files on one layer: its manifest and one fragment per task, write-once.
+
+Tasks never touch a shared object: each creates its own fragment, keyed by its task id, so
+thousands of them write at once and a re-run is not counted twice. The summary side of a step
+(listing it open, publishing its record) is `cirrus.ledger`'s.
+
+Layout under the layer:
+    provenance.d/steps/<id>/step.json          the manifest, written when the step opens
+    provenance.d/steps/<id>/tasks/<task>.json  a task's fragment
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from cirrus.canonical import check_step_id, is_step_id
+from cirrus.errors import PreconditionFailed
+from cirrus.storage import Store, open_store
+from cirrus.storage.paths import normalise_cloudpath
+
+log = logging.getLogger("cirrus.stepfiles")
+
+STEPS = "provenance.d/steps/"
+
+
+def _pretty(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, indent=1, ensure_ascii=False).encode("utf-8")
+
+
+@attrs.define
+class StepFiles:
+    """The manifests and task fragments of the steps on one layer."""
+
+    cloudpath: str
+    store: Store
+
+    @classmethod
+    def open(cls, cloudpath: str) -> StepFiles:
+        name = normalise_cloudpath(cloudpath)
+        return cls(name, open_store(name))
+
+    def put_manifest(self, manifest: Mapping[str, Any]) -> None:
+        self.store.create(f"{STEPS}{check_step_id(manifest['id'])}/step.json", _pretty(manifest))
+
+    def manifest(self, step_id: str) -> dict[str, Any] | None:
+        blob = self.store.get(f"{STEPS}{check_step_id(step_id)}/step.json")
+        return None if blob is None else json.loads(blob.data)
+
+    def put_fragment(self, step_id: str, task: str, fragment: Mapping[str, Any]) -> bool:
+        """Create the task's fragment; a re-run replaces it only if the earlier attempt failed.
+
+        Returns whether this call stored it (False: an earlier attempt stands).
+        """
+        key = f"{STEPS}{check_step_id(step_id)}/tasks/{task}.json"
+        data = _pretty(fragment)
+        try:
+            self.store.create(key, data)
+            return True
+        except PreconditionFailed:
+            existing = self.store.get(key)
+            if existing is None or json.loads(existing.data).get("status") == "committed":
+                log.info(
+                    "%s: task %s of step %s is already recorded", self.cloudpath, task, step_id
+                )
+                return False
+            if fragment.get("status") != "committed":
+                return False
+            try:
+                self.store.swap(key, data, existing.token)
+            except PreconditionFailed:  # another attempt of the same task got there first
+                return False
+            return True
+
+    def fragments(self, step_id: str) -> list[dict[str, Any]]:
+        """Every task fragment of a step on this layer, read in parallel (wider on the cloud)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = 16 if self.cloudpath.startswith(("file://", "mem://")) else 64
+        keys = self.store.list(f"{STEPS}{check_step_id(step_id)}/tasks/")
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            blobs = list(pool.map(self.store.get, keys))
+        return [json.loads(blob.data) for blob in blobs if blob is not None]
+
+    def step_ids(self) -> set[str]:
+        """Ids of the steps with a manifest here; anything else is skipped, with a warning."""
+        ids = set()
+        for key in self.store.list(STEPS):
+            if not key.endswith("/step.json"):
+                continue
+            name = key[len(STEPS) : -len("/step.json")]
+            if is_step_id(name):
+                ids.add(name)
+            else:
+                log.warning("%s: ignoring %s, which is not a step manifest", self.cloudpath, key)
+        return ids
