@@ -61,10 +61,11 @@ class Sizes:
     volumes: tuple[int, ...]  # sessions of this many volumes, for commit latency
     commit_rounds: int
     rgw: bool
+    bookkept: int  # chunk writes in the bookkeeping-at-scale row
 
 
-FULL = Sizes(1000, 7, 1000, 100, 1000, (1, 10, 100), 5, True)
-QUICK = Sizes(100, 2, 40, 10, 40, (1, 10, 30), 2, False)
+FULL = Sizes(1000, 7, 1000, 100, 1000, (1, 10, 100), 5, True, 1_000_000)
+QUICK = Sizes(100, 2, 40, 10, 40, (1, 10, 30), 2, False, 20_000)
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -73,6 +74,7 @@ def run(quick: bool = False) -> list[dict]:
     rows: list[dict] = []
     sections: list[Callable[[str, Sizes], list[dict]]] = [
         write_overhead,
+        bookkeeping_at_scale,
         step_traffic,
         file_commit_latency,
         cloud_latency_commit_latency,
@@ -297,6 +299,49 @@ def _forget_mem_bucket(bucket: str) -> None:
         with interfaces.MEM_BUCKET_POOL_LOCK:
             pool = interfaces.MEM_POOL[interfaces.MemoryPoolParams(bucket)]
         pool.get_connection(None, None).clear()
+
+
+def bookkeeping_at_scale(root: str, sizes: Sizes) -> list[dict]:
+    """What a session keeps per chunk written, and the time to build its record's write set,
+    for a long session: `sizes.bookkept` chunk writes in shuffled order over a cube of chunks,
+    fed to a handle's tracker exactly as its write hook feeds it (no chunk data is written)."""
+    import gc
+    import random
+    import tracemalloc
+
+    from cloudvolume.lib import Vec
+
+    from cirrus.writeset import WriteTracker
+
+    side = round(sizes.bookkept ** (1 / 3))
+    cells = [(x, y, z) for x in range(side) for y in range(side) for z in range(side)]
+    random.Random(0).shuffle(cells)
+    scale = {"chunk_sizes": [[CHUNK] * 3], "voxel_offset": [0, 0, 0]}
+    shape, nbytes = (CHUNK, CHUNK, CHUNK), CHUNK**3
+    tracker = WriteTracker()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for x, y, z in cells:
+            tracker.image(0, Vec(x * CHUNK, y * CHUNK, z * CHUNK).tolist(), shape, nbytes, scale)
+        kept = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    start = time.perf_counter()
+    writes = tracker.to_json()
+    built = time.perf_counter() - start
+    assert writes["mips"]["0"]["boxes"] == [[0, 0, 0, *[side * CHUNK] * 3]]
+    return [
+        row(
+            f"session bookkeeping for {len(cells):,} chunk writes: record write set built in",
+            built * 1000,
+            None,
+            "ms",
+            "info",
+            bytes_kept_per_write=round(kept / len(cells)),
+            merged_into_boxes=len(writes["mips"]["0"]["boxes"]),
+        )
+    ]
 
 
 # -- 2. requests and bytes per step --------------------------------------------------------------

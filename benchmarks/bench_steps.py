@@ -30,6 +30,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from tests import layers
 from tests.layers import environment
 
@@ -108,7 +110,7 @@ def finish_time(layer: str, count: int) -> float:
     from cirrus.ledger import Ledger
     from cirrus.model import isoformat, utcnow
     from cirrus.stepfiles import StepFiles
-    from cirrus.writeset import writes_json
+    from cirrus.writeset import MipWrites, writes_json
 
     process = cirrus.Process("bench step", {"chunk": CHUNK})
     step = cirrus.step(SOURCES, MOTIVATION, process, [layer])
@@ -130,7 +132,7 @@ def finish_time(layer: str, count: int) -> float:
             "ended": now,
             "user": "bench",
             "host": f"worker-{index % 50}",
-            "writes": writes_json([(0, box, 1, CHUNK**3)], {"upload": 1}, []),
+            "writes": writes_json([MipWrites(0, np.array([box]), 1, CHUNK**3)], {"upload": 1}, []),
             "notes": [],
         }
         StepFiles(ledger.cloudpath, ledger.store).put_fragment(step.id, task, fragment)

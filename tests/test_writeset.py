@@ -1,0 +1,137 @@
+"""Write sets: a record's boxes cover exactly the voxels written, merged as far as they go."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from cirrus.writeset import MAX_BOXES, WriteTracker, coalesce, combine
+
+SCALE = {"chunk_sizes": [[4, 4, 4]], "voxel_offset": [0, 0, 0]}
+GRID = 12
+
+
+def voxels(boxes) -> np.ndarray:
+    covered = np.zeros((GRID, GRID, GRID), dtype=bool)
+    for x0, y0, z0, x1, y1, z1 in np.asarray(boxes).reshape(-1, 6).tolist():
+        covered[x0:x1, y0:y1, z0:z1] = True
+    return covered
+
+
+def mergeable(a, b) -> bool:
+    """Whether two boxes match on two axes and touch or overlap on the third."""
+    for axis in range(3):
+        others = [i for j in range(3) if j != axis for i in (j, j + 3)]
+        if all(a[i] == b[i] for i in others) and a[axis] <= b[axis + 3] and b[axis] <= a[axis + 3]:
+            return True
+    return False
+
+
+def random_box(rng: random.Random, max_side: int = 5) -> tuple[int, ...]:
+    lo = [rng.randrange(GRID - 1) for _ in range(3)]
+    hi = [min(GRID, start + rng.randint(1, max_side)) for start in lo]
+    return (*lo, *hi)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_coalesce_keeps_exactly_the_voxels_and_leaves_nothing_mergeable(seed):
+    rng = random.Random(seed)
+    boxes = [random_box(rng) for _ in range(rng.randint(1, 60))]
+    merged = coalesce(boxes).tolist()
+    assert (voxels(merged) == voxels(boxes)).all()
+    assert merged == sorted(merged)
+    assert len(merged) == len({tuple(box) for box in merged})
+    for i, a in enumerate(merged):
+        for b in merged[i + 1 :]:
+            assert not mergeable(a, b), (a, b)
+
+
+def test_coalesce_merges_a_filled_grid_written_in_any_order_into_one_box():
+    cells = [
+        (x, y, z, x + 4, y + 4, z + 4)
+        for x in range(0, GRID, 4)
+        for y in range(0, GRID, 4)
+        for z in range(0, GRID, 4)
+    ]
+    random.Random(1).shuffle(cells)
+    assert coalesce(cells).tolist() == [[0, 0, 0, GRID, GRID, GRID]]
+    assert coalesce(cells + cells[:5]).tolist() == [[0, 0, 0, GRID, GRID, GRID]]
+
+
+def test_tracker_counts_chunks_and_bytes_and_takes_back_a_refused_write():
+    tracker = WriteTracker()
+    tracker.image(0, [0, 0, 0], (4, 4, 4), 64, SCALE)
+    tracker.image(0, np.array([2, 0, 0]), (4, 4, 4, 1), 64, SCALE)  # a Vec, a channel axis
+    tracker.image(1, [0, 0, 0], (4, 4, 4), 64, SCALE)
+    tracker.image(1, [8, 8, 8], (4, 4, 4), 64, SCALE)
+    tracker.undo_image()
+    writes = tracker.to_json()
+    assert writes["operations"] == {"upload": 3}
+    assert writes["mips"]["0"] == {
+        "bounds": [0, 0, 0, 6, 4, 4],
+        "boxes": [[0, 0, 0, 6, 4, 4]],
+        "chunks": 3,  # the second write straddles two chunks
+        "bytes": 128,
+    }
+    assert writes["mips"]["1"]["boxes"] == [[0, 0, 0, 4, 4, 4]]
+
+
+def test_beyond_max_boxes_a_record_keeps_bounds_and_counts():
+    tracker = WriteTracker()
+    for i in range(MAX_BOXES + 1):  # every other cell of a row: nothing merges
+        tracker.image(0, [i * 8, 0, 0], (4, 4, 4), 64, SCALE)
+    (mip,) = tracker.to_json()["mips"].values()
+    assert mip == {
+        "bounds": [0, 0, 0, MAX_BOXES * 8 + 4, 4, 4],
+        "chunks": MAX_BOXES + 1,
+        "bytes": 64 * (MAX_BOXES + 1),
+        "boxes_truncated": MAX_BOXES + 1,
+    }
+
+
+def test_combine_merges_tasks_write_sets_including_truncated_ones():
+    left, right = WriteTracker(), WriteTracker()
+    left.image(0, [0, 0, 0], (4, 4, 4), 64, SCALE)
+    right.image(0, [4, 0, 0], (4, 4, 4), 64, SCALE)
+    right.info("abc")
+    truncated = {
+        "mips": {"0": {"bounds": [0, 4, 0, 8, 8, 4], "chunks": 2, "bytes": 128}},
+        "operations": {"upload": 2},
+        "info": ["abc"],
+    }
+    combined = combine([left.to_json(), right.to_json(), truncated])
+    assert combined == {
+        "mips": {
+            "0": {
+                "bounds": [0, 0, 0, 8, 8, 4],
+                "boxes": [[0, 0, 0, 8, 8, 4]],
+                "chunks": 4,
+                "bytes": 256,
+            }
+        },
+        "operations": {"upload": 4},
+        "info": ["abc"],
+    }
+
+
+def test_packing_a_long_session_changes_nothing_in_the_record(monkeypatch):
+    from cirrus import writeset
+
+    rng = random.Random(7)
+    writes = [(rng.randrange(2), [rng.randrange(0, GRID, 2) for _ in range(3)]) for _ in range(49)]
+
+    def record(pack_every: int) -> tuple[dict, WriteTracker]:
+        monkeypatch.setattr(writeset, "PACK_EVERY", pack_every)
+        tracker = WriteTracker()
+        for mip, offset in writes:
+            tracker.image(mip, offset, (2, 2, 2), 8, SCALE)
+        tracker.image(0, [0, 0, 0], (GRID, GRID, GRID), 0, SCALE)  # refused by CloudVolume:
+        assert len(tracker.writes) == 1 or pack_every > 49  # a pack came just before it
+        tracker.undo_image()  # taken back, even right after a pack
+        return tracker.to_json(), tracker
+
+    unpacked, _ = record(10_000)
+    packed, tracker = record(7)
+    assert packed == unpacked and tracker.packed and unpacked["operations"] == {"upload": 49}
