@@ -53,6 +53,8 @@ SUMMARY_KEY = "provenance"
 RECORDS = "provenance.d/records/"
 CORRUPT = "provenance.d/corrupt/"
 PUBLISH_DEADLINE = 300.0
+LARGE_SUMMARY = 1 << 20  # bytes; every commit on the layer reads and rewrites the summary
+_warned_large: set[str] = set()  # layers warned about, once per process
 NOT_READ = object()  # `publish`/`update`: the summary has not been read yet
 
 
@@ -239,6 +241,15 @@ class Ledger:
                 return blob
             token = None if blob is None else blob.token
             data = render_summary(changed)
+            if len(data) > LARGE_SUMMARY and self.cloudpath not in _warned_large:
+                _warned_large.add(self.cloudpath)
+                log.warning(
+                    "%s: the provenance summary is %.1f MB and every commit here reads and "
+                    "rewrites it (it grows ~0.3 KB per session); run many small writers as one "
+                    "step (cirrus.step / cirrus.join), which adds one entry per step",
+                    self.cloudpath,
+                    len(data) / 1e6,
+                )
             try:
                 return Blob(data, self.store.swap(SUMMARY_KEY, data, token))
             except PreconditionFailed:

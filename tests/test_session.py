@@ -6,6 +6,7 @@ counted with a pass-through backend wrapper, never mocked.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -30,6 +31,7 @@ from tests.session_support import (
     plain,
     process,
     provenance_keys,
+    put_raw,
     summary_json,
 )
 
@@ -564,3 +566,17 @@ def test_a_commit_over_several_volumes_at_interpreter_exit_runs_without_threads(
         (stored,) = cirrus.history(path)
         assert stored.record.status == "committed"
         assert sorted(stored.record.siblings) == sorted(set(paths) - {path})
+
+
+def test_a_summary_past_a_megabyte_warns_once_to_use_a_step(layer_path, caplog):
+    path = normalise_cloudpath(layer_path)
+    make_layer(path, size=(64, 64, 64))
+    big = {"description": "x" * (1 << 20), "owners": [], "sources": [], "processing": []}
+    put_raw(path, "provenance", json.dumps(big).encode())
+    for motivation in ("first", "second"):
+        with cirrus.session(["src"], motivation, process()) as s:
+            s.volume(path, progress=False)[0:CHUNK, 0:CHUNK, 0:CHUNK] = chunk_of(1)
+    warnings = [r.getMessage() for r in caplog.records if "MB and every commit" in r.message]
+    assert len(warnings) == 1 and "cirrus.step" in warnings[0]
+    assert summary_json(path)["description"].startswith("x" * 100)
+    assert len(cirrus.history(path)) == 2
