@@ -204,7 +204,9 @@ def _check_summary(
             f"session {session[:12]} (started {info.get('started')}) has written here "
             f"({info.get('description')}, {info.get('user')}@{info.get('host')} pid "
             f"{info.get('pid')}) and not committed: still running, or it died and these "
-            "writes have only this listing as provenance"
+            "writes have only this listing as provenance (once you know it is dead: "
+            f"`cirrus recover {report.volume} --abandon {session[:12]}`; "
+            "`--abandon-dead` on its host)"
         )
 
 

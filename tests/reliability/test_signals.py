@@ -100,7 +100,9 @@ def test_a_killed_child_leaves_each_volume_saying_who_was_writing(tmp_path):
         assert (info["sources"], info["motivation"]) == (["gs://lab/aff"], "preempted")
         assert (info["pid"], info["host"]) == (child.pid, socket.gethostname())
         assert f"OPEN SESSION {session[:12]}: seg" in invoke("log", path).output
-        assert "and not committed" in invoke("verify", path).output  # a remark, exit 0
+        remark = invoke("verify", path).output  # a remark, exit 0
+        assert "and not committed" in remark
+        assert f"cirrus recover {path} --abandon {session[:12]}" in remark
     assert len(sessions) == 1
 
     # later sessions commit as usual; the dead one stays listed until someone deals with it
