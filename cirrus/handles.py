@@ -153,8 +153,13 @@ def _gate_image_upload(volume: Any, gate: Gate) -> None:
             offset = offset.tolist()  # a Vec: a copy in plain ints
         except AttributeError:
             offset = list(offset)
-        tracker.image(mip, offset, image.shape, image.nbytes, meta.info["scales"][mip])
-        return tracker.undo_image
+        shape = image.shape
+        if len(offset) < 3 or len(shape) < 3:
+            raise InvalidInput(
+                f"{gate.layer}: an image upload needs an x, y, z offset and an image of 3 or 4 "
+                f"axes, got offset {offset} and shape {shape}"
+            )
+        return tracker.image(mip, offset, shape, image.nbytes, meta.info["scales"][mip])
 
     _wrap(volume.image, "upload", before)
 

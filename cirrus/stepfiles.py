@@ -90,11 +90,11 @@ class StepFiles:
         """Ids of the steps with a manifest here; anything else is skipped, with a warning."""
         ids = set()
         for key in self.store.list(STEPS):
-            if not key.endswith("/step.json"):
-                continue
-            name = key[len(STEPS) : -len("/step.json")]
-            if is_step_id(name):
-                ids.add(name)
+            parts = key[len(STEPS) :].split("/")
+            if len(parts) != 2 or parts[1] != "step.json":
+                continue  # a task's fragment, or something else
+            if is_step_id(parts[0]):
+                ids.add(parts[0])
             else:
                 log.warning("%s: ignoring %s, which is not a step manifest", self.cloudpath, key)
         return ids

@@ -8,15 +8,16 @@ fraction of a second.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
 Box = tuple[int, int, int, int, int, int]  # x0, y0, z0, x1, y1, z1 (end exclusive)
 MAX_BOXES = 1000  # beyond this a record keeps only each mip's bounds
-PACK_EVERY = 65536  # raw writes kept before they are packed into merged int64 boxes
+PACK_EVERY = 65536  # raw writes kept before they are packed into int64 boxes
 Write = tuple[int, Any, tuple[int, ...], int, Mapping[str, Any]]  # as CloudVolume passed it
 
 
@@ -31,51 +32,75 @@ class MipWrites:
 
 
 @attrs.define
-class WriteTracker:
-    """Collects writes to one layer as they happen."""
+class _ThreadWrites:
+    """One thread's image writes. Only that thread appends or packs, so the write path takes
+    no lock, and the write a refusal takes back is always that thread's last."""
 
-    # image writes: mip, offset, shape, bytes and the info's scale, kept as CloudVolume passed
-    # them; boxes and chunk counts are worked out in `to_json`, or every PACK_EVERY writes
-    writes: list[Write] = attrs.field(factory=list)
-    operations: Counter = attrs.field(factory=Counter)
-    infos: list[str] = attrs.field(factory=list)
-    packed: list[MipWrites] = attrs.field(factory=list)
+    raw: list[Write] = attrs.field(factory=list)
+    packed: list[MipWrites] = attrs.field(factory=list)  # boxes not merged: one row per write
 
-    def image(
-        self, mip: int, offset: Any, shape: tuple[int, ...], nbytes: int, scale: Mapping[str, Any]
-    ) -> None:
-        if len(self.writes) >= PACK_EVERY:
-            self._pack()
-        self.writes.append((mip, offset, shape, nbytes, scale))
-        self.operations["upload"] += 1
-
-    def _pack(self) -> None:
+    def pack(self) -> None:
         """Turn the raw writes into int64 boxes (~260 bytes a write down to 48), so a session
         of millions of chunk writes keeps tens of MB, not hundreds. Merging waits for
         `to_json`: merging parts first could leave pieces that no longer merge."""
-        self.packed += _image_writes(self.writes)
-        self.writes = []
+        self.packed += _image_writes(self.raw)
+        self.raw = []
 
-    def undo_image(self) -> None:
-        """Take back the last image write: CloudVolume refused it before writing anything."""
-        self.writes.pop()
-        self.operations["upload"] -= 1
+
+@attrs.define(eq=False)
+class WriteTracker:
+    """Collects writes to one layer as they happen, from any number of threads."""
+
+    operations: Counter = attrs.field(factory=Counter)  # besides image uploads
+    infos: list[str] = attrs.field(factory=list)
+    # image writes per writing thread: mip, offset, shape, bytes and the info's scale, as
+    # CloudVolume passed them; boxes and chunk counts are worked out in `to_json`
+    _threads: list[_ThreadWrites] = attrs.field(factory=list, repr=False)
+    _local: threading.local = attrs.field(factory=threading.local, repr=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
+
+    def image(
+        self, mip: int, offset: Any, shape: tuple[int, ...], nbytes: int, scale: Mapping[str, Any]
+    ) -> Callable[[], Any]:
+        """Tally an image write before it is made; returns what takes it back if CloudVolume
+        refuses it (nothing written)."""
+        try:
+            mine = self._local.writes
+        except AttributeError:
+            mine = self._local.writes = _ThreadWrites()
+            with self._lock:
+                self._threads.append(mine)
+        if len(mine.raw) >= PACK_EVERY:
+            with self._lock:  # `to_json` must not see the writes both raw and packed
+                mine.pack()
+        mine.raw.append((mip, offset, shape, nbytes, scale))
+        return mine.raw.pop
 
     def operation(self, kind: str, count: int = 1) -> None:
-        self.operations[kind] += count
+        with self._lock:
+            self.operations[kind] += count
 
     def info(self, info_digest: str) -> None:
-        if info_digest not in self.infos:
-            self.infos.append(info_digest)
+        with self._lock:
+            if info_digest not in self.infos:
+                self.infos.append(info_digest)
 
     @property
     def touched(self) -> bool:
         """Whether anything was written (reads never count)."""
-        return any(count > 0 for count in self.operations.values())
+        with self._lock:
+            threads = list(self._threads)
+        return any(t.raw or t.packed for t in threads) or any(
+            count > 0 for count in self.operations.values()
+        )
 
     def to_json(self) -> dict[str, Any]:
-        batches = [*self.packed, *_image_writes(self.writes)]
-        return writes_json(batches, self.operations, self.infos)
+        with self._lock:
+            raw = [write for thread in self._threads for write in list(thread.raw)]
+            packed = [batch for thread in self._threads for batch in thread.packed]
+            operations, infos = Counter(self.operations), list(self.infos)
+        operations["upload"] += len(raw) + sum(len(batch.boxes) for batch in packed)
+        return writes_json([*packed, *_image_writes(raw)], operations, infos)
 
 
 def _image_writes(writes: list[Write]) -> list[MipWrites]:
@@ -91,7 +116,7 @@ def _image_writes(writes: list[Write]) -> list[MipWrites]:
         hi = lo + _first_three([write[2] for write in batch])
         scale = batch[0][4]
         size = np.array(scale["chunk_sizes"][0][:3], dtype=np.int64)
-        origin = np.array(scale["voxel_offset"][:3], dtype=np.int64)
+        origin = np.array(scale.get("voxel_offset", (0, 0, 0))[:3], dtype=np.int64)
         first, last = (lo - origin) // size, -(-(hi - origin) // size)
         chunks = int(np.prod(np.maximum(last - first, 0), axis=1).sum())
         nbytes = sum(int(write[3]) for write in batch)

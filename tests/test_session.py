@@ -580,3 +580,36 @@ def test_a_summary_past_a_megabyte_warns_once_to_use_a_step(layer_path, caplog):
     assert len(warnings) == 1 and "cirrus.step" in warnings[0]
     assert summary_json(path)["description"].startswith("x" * 100)
     assert len(cirrus.history(path)) == 2
+
+
+def test_a_malformed_direct_upload_is_refused_before_writing_and_the_session_commits(tmp_path):
+    from cloudvolume.lib import Vec
+
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path, size=(128, 128, 64))
+    with cirrus.session(["src"], "direct uploads", process()) as s:
+        vol = s.volume(path, progress=False)
+        with pytest.raises(InvalidInput, match="offset and an image of 3 or 4 axes"):
+            vol.image.upload(np.ones((64, 64), np.uint8), Vec(0, 0, 0), 0)
+        with pytest.raises(InvalidInput, match="got offset \\[0, 0\\]"):
+            vol.image.upload(np.ones((64, 64, 64), np.uint8), [0, 0], 0)
+        vol[0:64, 0:64, 0:64] = chunk_of(3)
+    assert [key for key in chunk_files(path) if not key.startswith(".")] == [
+        "4_4_40/0-64_0-64_0-64"
+    ]
+    (stored,) = cirrus.history(path)
+    assert stored.record.writes["mips"]["0"]["chunks"] == 1
+
+
+def test_a_scale_without_voxel_offset_counts_from_zero(tmp_path):
+    from cloudvolume import CloudVolume
+
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    volume = make_layer(path, size=(128, 64, 64))
+    del volume.info["scales"][0]["voxel_offset"]
+    volume.commit_info()
+    with cirrus.session(["src"], "no offset", process()) as s:
+        s.volume(path, progress=False)[0:128, 0:64, 0:64] = np.ones((128, 64, 64), np.uint8)
+    (stored,) = cirrus.history(path)
+    assert stored.record.writes["mips"]["0"]["chunks"] == 2
+    assert (CloudVolume(path, progress=False)[0:128, 0:64, 0:64] == 1).all()

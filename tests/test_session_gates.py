@@ -143,7 +143,7 @@ def test_every_write_path_is_tracked_then_refused_after_close(tmp_path, seg_laye
         for name, operation, write in paths:
             write(vol)
             expected[operation] = expected.get(operation, 0) + 1
-            operations = s._trackers[path].operations
+            operations = s._trackers[path].to_json()["operations"]
             assert operations[operation] == expected[operation], name
         with pytest.raises(ProvenanceRequired, match="commit_provenance"):
             vol.commit_provenance()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -65,17 +67,18 @@ def test_tracker_counts_chunks_and_bytes_and_takes_back_a_refused_write():
     tracker.image(0, [0, 0, 0], (4, 4, 4), 64, SCALE)
     tracker.image(0, np.array([2, 0, 0]), (4, 4, 4, 1), 64, SCALE)  # a Vec, a channel axis
     tracker.image(1, [0, 0, 0], (4, 4, 4), 64, SCALE)
-    tracker.image(1, [8, 8, 8], (4, 4, 4), 64, SCALE)
-    tracker.undo_image()
+    tracker.image(1, [4, 0, 0], (4, 4, 4), 64, SCALE)
+    refused = tracker.image(1, [8, 8, 8], (4, 4, 4), 64, SCALE)
+    refused()
     writes = tracker.to_json()
-    assert writes["operations"] == {"upload": 3}
+    assert writes["operations"] == {"upload": 4}
     assert writes["mips"]["0"] == {
         "bounds": [0, 0, 0, 6, 4, 4],
         "boxes": [[0, 0, 0, 6, 4, 4]],
         "chunks": 3,  # the second write straddles two chunks
         "bytes": 128,
     }
-    assert writes["mips"]["1"]["boxes"] == [[0, 0, 0, 4, 4, 4]]
+    assert writes["mips"]["1"]["boxes"] == [[0, 0, 0, 8, 4, 4]]
 
 
 def test_beyond_max_boxes_a_record_keeps_bounds_and_counts():
@@ -127,11 +130,61 @@ def test_packing_a_long_session_changes_nothing_in_the_record(monkeypatch):
         tracker = WriteTracker()
         for mip, offset in writes:
             tracker.image(mip, offset, (2, 2, 2), 8, SCALE)
-        tracker.image(0, [0, 0, 0], (GRID, GRID, GRID), 0, SCALE)  # refused by CloudVolume:
-        assert len(tracker.writes) == 1 or pack_every > 49  # a pack came just before it
-        tracker.undo_image()  # taken back, even right after a pack
+        refused = tracker.image(0, [0, 0, 0], (GRID, GRID, GRID), 0, SCALE)
+        (mine,) = tracker._threads
+        assert len(mine.raw) == 1 or pack_every > 49  # a pack came just before it
+        refused()  # taken back, even right after a pack
         return tracker.to_json(), tracker
 
     unpacked, _ = record(10_000)
     packed, tracker = record(7)
-    assert packed == unpacked and tracker.packed and unpacked["operations"] == {"upload": 49}
+    assert packed == unpacked and tracker._threads[0].packed
+    assert unpacked["operations"] == {"upload": 49}
+
+
+def test_threads_writing_through_one_tracker_lose_and_double_nothing(monkeypatch):
+    from cirrus import writeset
+
+    monkeypatch.setattr(writeset, "PACK_EVERY", 64)
+    tracker = WriteTracker()
+    per_thread, threads = 3000, 4
+
+    def write(row: int) -> None:
+        for i in range(per_thread):
+            undo = tracker.image(0, [i * 4, row * 4, 0], (4, 4, 4), 64, SCALE)
+            if i % 10 == 9:
+                undo()  # refused: CloudVolume wrote nothing
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(write, range(threads)))
+    kept = per_thread * threads - per_thread // 10 * threads
+    (mip,) = tracker.to_json()["mips"].values()
+    assert (mip["chunks"], mip["bytes"]) == (kept, 64 * kept)
+    assert tracker.to_json()["operations"] == {"upload": kept}
+    assert mip["bounds"] == [0, 0, 0, (per_thread - 1) * 4, threads * 4, 4]  # the last refused
+    assert len(mip["boxes"]) == per_thread // 10  # rows merge; a gap at each refused write
+
+
+def test_a_refusal_takes_back_its_own_threads_write_not_the_latest():
+    tracker = WriteTracker()
+    tallied, other_wrote = threading.Event(), threading.Event()
+
+    def refused_writer() -> None:
+        undo = tracker.image(0, [0, 0, 0], (4, 4, 4), 64, SCALE)
+        tallied.set()
+        other_wrote.wait(5)
+        undo()  # CloudVolume refused it after another thread's write was tallied
+
+    def other_writer() -> None:
+        tallied.wait(5)
+        tracker.image(0, [8, 0, 0], (4, 4, 4), 64, SCALE)
+        other_wrote.set()
+
+    threads = [threading.Thread(target=refused_writer), threading.Thread(target=other_writer)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    writes = tracker.to_json()
+    assert writes["mips"]["0"]["boxes"] == [[8, 0, 0, 12, 4, 4]]
+    assert writes["operations"] == {"upload": 1} and tracker.touched
