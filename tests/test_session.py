@@ -613,3 +613,34 @@ def test_a_scale_without_voxel_offset_counts_from_zero(tmp_path):
     (stored,) = cirrus.history(path)
     assert stored.record.writes["mips"]["0"]["chunks"] == 2
     assert (CloudVolume(path, progress=False)[0:128, 0:64, 0:64] == 1).all()
+
+
+def test_threads_writing_through_one_session_are_all_recorded(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cloudvolume.exceptions import AlignmentError
+
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path, size=(256, 256, 64))
+    with cirrus.session(["src"], "threaded", process()) as s:
+        shared = s.volume(path, progress=False)
+
+        def write(row: int) -> None:
+            own = s.volume(path, progress=False) if row % 2 else shared
+            for x in range(0, 256, CHUNK):
+                own[x : x + CHUNK, row * CHUNK : (row + 1) * CHUNK, 0:CHUNK] = chunk_of(row + 1)
+            with pytest.raises(AlignmentError):  # refused by CloudVolume: taken back
+                own[0:10, 0:CHUNK, 0:CHUNK] = np.zeros((10, CHUNK, CHUNK), np.uint8)
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(write, range(4)))
+    (stored,) = cirrus.history(path)
+    writes = stored.record.writes
+    assert writes["operations"]["upload"] == 16
+    assert writes["mips"]["0"] == {
+        "bounds": [0, 0, 0, 256, 256, 64],
+        "boxes": [[0, 0, 0, 256, 256, 64]],
+        "chunks": 16,
+        "bytes": 16 * CHUNK**3,
+    }
+    assert all((plain(path)[:, r * CHUNK : (r + 1) * CHUNK, :] == r + 1).all() for r in range(4))
