@@ -30,9 +30,8 @@ from cirrus.errors import (
     StorageError,
 )
 from cirrus.model import Record, parse_time, superseded_unpublished, utcnow
-from cirrus.storage import Store, open_store
 from cirrus.storage.base import Blob
-from cirrus.storage.paths import normalise_cloudpath
+from cirrus.storage.paths import OnLayer
 from cirrus.summary import (
     ENVS,
     clear_session,
@@ -130,16 +129,8 @@ class StoredRecord:
 
 
 @attrs.define
-class Ledger:
+class Ledger(OnLayer):
     """The provenance objects of one layer."""
-
-    cloudpath: str
-    store: Store
-
-    @classmethod
-    def open(cls, cloudpath: str) -> Ledger:
-        name = normalise_cloudpath(cloudpath)
-        return cls(name, open_store(name))
 
     # -- stage: write-once, content-addressed, idempotent -------------------------------------
     def stage_envs(self, blobs: Iterable[bytes]) -> list[str]:

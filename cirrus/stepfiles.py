@@ -20,8 +20,7 @@ import attrs
 
 from cirrus.canonical import check_step_id, is_step_id
 from cirrus.errors import PreconditionFailed
-from cirrus.storage import Store, open_store
-from cirrus.storage.paths import normalise_cloudpath
+from cirrus.storage.paths import OnLayer
 
 log = logging.getLogger("cirrus.stepfiles")
 
@@ -33,16 +32,8 @@ def _pretty(document: Mapping[str, Any]) -> bytes:
 
 
 @attrs.define
-class StepFiles:
+class StepFiles(OnLayer):
     """The manifests and task fragments of the steps on one layer."""
-
-    cloudpath: str
-    store: Store
-
-    @classmethod
-    def open(cls, cloudpath: str) -> StepFiles:
-        name = normalise_cloudpath(cloudpath)
-        return cls(name, open_store(name))
 
     def put_manifest(self, manifest: Mapping[str, Any]) -> None:
         self.store.create(f"{STEPS}{check_step_id(manifest['id'])}/step.json", _pretty(manifest))

@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import attrs
 
@@ -118,6 +119,22 @@ def open_backend(cloudpath: str) -> Backend:
 def open_store(cloudpath: str) -> Store:
     """The retrying conditional store rooted at a layer."""
     return Store(open_backend(cloudpath))
+
+
+_OnLayer = TypeVar("_OnLayer", bound="OnLayer")
+
+
+@attrs.define
+class OnLayer:
+    """Objects under one layer: its normalised cloudpath and the store that reaches them."""
+
+    cloudpath: str
+    store: Store
+
+    @classmethod
+    def open(cls: type[_OnLayer], cloudpath: str) -> _OnLayer:
+        name = normalise_cloudpath(cloudpath)
+        return cls(name, open_store(name))
 
 
 @contextlib.contextmanager
