@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cirrus.errors import CirrusError, InvalidInput
 from cirrus.ledger import Ledger, StoredRecord
+from cirrus.overlap import overlapped
 from cirrus.summary import current_ids
-
-READERS = 16
 
 
 class History(list):
     """A volume's published records, oldest first (a plain list of StoredRecord).
 
-    Shows as a table in Jupyter and as `cirrus log` text elsewhere, newest first.
+    Shows as a table in Jupyter and as `cirrus log` text elsewhere, newest first. `total` is how
+    many records stand on the volume: more than the list holds when only the newest were read.
     """
 
     def __init__(
@@ -24,16 +23,19 @@ class History(list):
         volume: str = "",
         open_steps: dict[str, Any] | None = None,
         open_sessions: dict[str, Any] | None = None,
+        total: int | None = None,
     ):
         super().__init__(records)
         self.volume = volume
         self.open_steps = dict(open_steps or {})
         self.open_sessions = dict(open_sessions or {})  # wrote here, not committed (or died)
+        self.total = len(self) if total is None else total
 
     def to_json(self) -> dict[str, Any]:
         return {
             "volume": self.volume,
             "records": [record.to_json() for record in self],
+            "total": self.total,
             "open_steps": self.open_steps,
             "open_sessions": self.open_sessions,
         }
@@ -42,7 +44,7 @@ class History(list):
         from cirrus.display import history_text
 
         records = [r.to_json() for r in self]
-        return history_text(records, self.volume, self.open_steps, None, self.open_sessions)
+        return history_text(records, self.volume, self.open_steps, self.total, self.open_sessions)
 
     __repr__ = __str__
 
@@ -53,21 +55,32 @@ class History(list):
         return history_html(records, self.volume, self.open_steps, self.open_sessions)
 
 
-def read_history(ledger: Ledger) -> History:
-    """The published records of `ledger`'s layer, read in parallel, each verified."""
+def read_history(ledger: Ledger, newest: int | None = None) -> History:
+    """The published records of `ledger`'s layer (only the `newest` N if given), each verified,
+    read `overlap.THREADS` at a time: 10,000 records are 10,000 GETs."""
     summary = ledger.summary()
     section = summary.get("cirrus", {})
     ids = current_ids(summary)
-    with ThreadPoolExecutor(max_workers=max(1, min(READERS, len(ids)))) as pool:
-        records = list(pool.map(ledger.read_record, ids))
+    wanted = ids if newest is None else ids[len(ids) - min(newest, len(ids)) :]
+    with overlapped(len(wanted)) as run:
+        records = run(ledger.read_record, wanted)
     return History(
-        records, ledger.cloudpath, section.get("open_steps"), section.get("open_sessions")
+        records,
+        ledger.cloudpath,
+        section.get("open_steps"),
+        section.get("open_sessions"),
+        total=len(ids),
     )
 
 
-def history(cloudpath: str) -> History:
-    """The volume's published records, oldest first, each verified against its digest."""
-    return read_history(Ledger.open(cloudpath))
+def history(cloudpath: str, *, newest: int | None = None) -> History:
+    """The volume's published records, oldest first, each verified against its digest.
+
+    `newest`: read only the newest N (by start time) of a long history.
+    """
+    if newest is not None and (not isinstance(newest, int) or newest < 0):
+        raise InvalidInput(f"newest must be a whole number of records, got {newest!r}")
+    return read_history(Ledger.open(cloudpath), newest)
 
 
 def resolve_record_id(ledger: Ledger, prefix: str) -> str:

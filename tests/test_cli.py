@@ -62,6 +62,23 @@ def test_log_json_and_limit(chain: dict[str, str]) -> None:
     text = invoke("log", chain["a"], "-n", "1").output
     assert "retrace" in text and "first tracing" not in text
     assert "2 record(s), newest 1 shown" in text
+    assert (data["total"], limited["total"]) == (2, 2)
+
+
+def test_log_limit_reads_only_the_newest_records(chain: dict[str, str]) -> None:
+    import cirrus
+    from cirrus.storage import wrap_backends
+    from tests.session_support import KeyCounter, KeyCountingBackend
+
+    keys = KeyCounter()
+    with wrap_backends(lambda backend: KeyCountingBackend(backend, keys)):
+        newest = cirrus.history(chain["a"], newest=1)
+        assert keys.count(method="get", kind="records") == 1
+        assert [r.record.process["description"] for r in newest] == ["retrace"]
+        assert newest.total == 2 and len(cirrus.history(chain["a"], newest=0)) == 0
+    assert cirrus.history(chain["a"], newest=5) == cirrus.history(chain["a"])
+    with pytest.raises(cirrus.errors.InvalidInput, match="whole number"):
+        cirrus.history(chain["a"], newest=-1)
 
 
 def test_show_by_prefix_with_environment(chain: dict[str, str]) -> None:

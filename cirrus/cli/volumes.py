@@ -15,23 +15,22 @@ def print_log(path: str, as_json: bool = False, limit: int | None = None) -> Non
     """Print a volume's history, newest first (what `cirrus log` and `cirrus demo` show)."""
     from cirrus.reading import history
 
-    found = history(path)
-    records = list(reversed(found))[:limit] if limit else list(reversed(found))
+    found = history(path, newest=limit)  # a long history: only the newest are read
     if as_json:
         data = found.to_json()
-        data["records"] = [record.to_json() for record in records]
+        data["records"].reverse()  # newest first, as shown
         click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
         return
     from cirrus.display import history_text
 
-    plain = [record.to_json() for record in reversed(records)]  # history_text wants oldest first
+    plain = [record.to_json() for record in found]  # history_text wants oldest first
     if not is_terminal():
-        text = history_text(plain, found.volume, found.open_steps, len(found), found.open_sessions)
+        text = history_text(plain, found.volume, found.open_steps, found.total, found.open_sessions)
         click.echo(text)
         if not found and not found.open_steps and not found.open_sessions:
             click.echo("no provenance recorded here")
         return
-    _log_table(plain, found, total=len(found))
+    _log_table(plain, found, total=found.total)
 
 
 def _log_table(records: list[dict], found: Any, total: int) -> None:
