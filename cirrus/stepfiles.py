@@ -20,6 +20,7 @@ import attrs
 
 from cirrus.canonical import check_step_id, is_step_id
 from cirrus.errors import PreconditionFailed
+from cirrus.overlap import overlapped
 from cirrus.storage.paths import OnLayer
 
 log = logging.getLogger("cirrus.stepfiles")
@@ -68,13 +69,10 @@ class StepFiles(OnLayer):
             return True
 
     def fragments(self, step_id: str) -> list[dict[str, Any]]:
-        """Every task fragment of a step on this layer, read in parallel (wider on the cloud)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        workers = 16 if self.cloudpath.startswith(("file://", "mem://")) else 64
+        """Every task fragment of a step on this layer, `overlap.THREADS` GETs at a time."""
         keys = self.store.list(f"{STEPS}{check_step_id(step_id)}/tasks/")
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            blobs = list(pool.map(self.store.get, keys))
+        with overlapped(len(keys)) as run:
+            blobs = run(self.store.get, keys)
         return [json.loads(blob.data) for blob in blobs if blob is not None]
 
     def step_ids(self) -> set[str]:
