@@ -141,9 +141,7 @@ def history_text(
 ) -> str:
     """Newest first, one block per record, like `git log`; `total` when only some are given."""
     records = list(records)
-    count = f"{len(records)} record(s)"
-    if total is not None and total != len(records):
-        count = f"{total} record(s), newest {len(records)} shown"
+    count = record_count(len(records), total)
     out = [f"{volume}: {count}" if volume else count]
     out += open_lines(open_steps, open_sessions)
     for record in reversed(records):
@@ -163,6 +161,12 @@ def history_text(
     return "\n".join(out)
 
 
+def record_count(shown: int, total: int | None) -> str:
+    if total is not None and total != shown:
+        return f"{total} record(s), newest {shown} shown"
+    return f"{shown} record(s)"
+
+
 def _labelled(label: str, lines: Sequence[str]) -> list[str]:
     head = f"  {label + ':':<12}"
     return [f"{head if i == 0 else ' ' * len(head)}{line}" for i, line in enumerate(lines)]
@@ -177,15 +181,17 @@ def history_html(
     volume: str = "",
     open_steps: Open | None = None,
     open_sessions: Open | None = None,
+    total: int | None = None,
 ) -> str:
-    """An HTML table, newest first, for Jupyter."""
+    """An HTML table, newest first, for Jupyter; `total` when only some are given."""
     records = list(records)
     head = "".join(f"<th>{name}</th>" for name in COLUMNS)
     body = []
     for record in reversed(records):
         cells = row(record)
         body.append("<tr>" + "".join(f"<td>{_cell(cells[c])}</td>" for c in COLUMNS) + "</tr>")
-    caption = html.escape(f"{volume}: {len(records)} record(s)" if volume else "history")
+    count = record_count(len(records), total)
+    caption = html.escape(f"{volume}: {count}" if volume else "history")
     lines = open_lines(open_steps, open_sessions)
     opened = "".join(f"<p><b>{html.escape(line)}</b></p>" for line in lines)
     return (

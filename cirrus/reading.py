@@ -52,7 +52,7 @@ class History(list):
         from cirrus.display import history_html
 
         records = [r.to_json() for r in self]
-        return history_html(records, self.volume, self.open_steps, self.open_sessions)
+        return history_html(records, self.volume, self.open_steps, self.open_sessions, self.total)
 
 
 def read_history(ledger: Ledger, newest: int | None = None) -> History:

@@ -76,6 +76,8 @@ def test_log_limit_reads_only_the_newest_records(chain: dict[str, str]) -> None:
         assert keys.count(method="get", kind="records") == 1
         assert [r.record.process["description"] for r in newest] == ["retrace"]
         assert newest.total == 2 and len(cirrus.history(chain["a"], newest=0)) == 0
+        assert "2 record(s), newest 1 shown" in newest._repr_html_()
+        assert "2 record(s), newest 1 shown" in str(newest)
     assert cirrus.history(chain["a"], newest=5) == cirrus.history(chain["a"])
     with pytest.raises(cirrus.errors.InvalidInput, match="whole number"):
         cirrus.history(chain["a"], newest=-1)

@@ -36,13 +36,12 @@ def print_log(path: str, as_json: bool = False, limit: int | None = None) -> Non
 def _log_table(records: list[dict], found: Any, total: int) -> None:
     from rich.table import Table
 
-    from cirrus.display import COLUMNS, open_lines, row
+    from cirrus.display import COLUMNS, open_lines, record_count, row
 
     volume = found.volume
 
     console = rich_console()
-    shown = f", newest {len(records)} shown" if len(records) != total else ""
-    table = Table(title=f"{volume}: {total} record(s){shown}", show_lines=True)
+    table = Table(title=f"{volume}: {record_count(len(records), total)}", show_lines=True)
     for column in COLUMNS:
         table.add_column(column, overflow="fold")
     for record in reversed(records):
