@@ -142,13 +142,10 @@ def _gate_image_upload(volume: Any, gate: Gate) -> None:
 
     def before(image: Any, offset: Any, mip: int, *_args: Any, **kwargs: Any) -> Callable:
         # lean: this runs on every chunk written, between writes that evict the CPU's caches,
-        # so it only appends what CloudVolume passed (the tracker works out boxes at commit)
-        gate.admit()
+        # so it only appends what CloudVolume passed (the tracker works out boxes at commit).
+        # Bad input is refused first: admitting the write lists the session on the layer.
         if kwargs.get("parallel", 1) not in (1, False, None):
             raise InvalidInput(f"{gate.layer}: parallel={kwargs['parallel']!r}; {PARALLEL}")
-        tracker = gate.tracker
-        if not tracker.infos:
-            tracker.info(info_digest(meta.info))
         try:
             offset = offset.tolist()  # a Vec: a copy in plain ints
         except AttributeError:
@@ -159,7 +156,12 @@ def _gate_image_upload(volume: Any, gate: Gate) -> None:
                 f"{gate.layer}: an image upload needs an x, y, z offset and an image of 3 or 4 "
                 f"axes, got offset {offset} and shape {shape}"
             )
-        return tracker.image(mip, offset, shape, image.nbytes, meta.info["scales"][mip])
+        scale = meta.info["scales"][mip]
+        gate.admit()
+        tracker = gate.tracker  # read after admit: a compat volume may open a new session
+        if not tracker.infos:
+            tracker.info(info_digest(meta.info))
+        return tracker.image(mip, offset, shape, image.nbytes, scale)
 
     _wrap(volume.image, "upload", before)
 

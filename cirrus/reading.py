@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from cirrus.errors import CirrusError, InvalidInput
@@ -78,8 +79,10 @@ def history(cloudpath: str, *, newest: int | None = None) -> History:
 
     `newest`: read only the newest N (by start time) of a long history.
     """
-    if newest is not None and (not isinstance(newest, int) or newest < 0):
-        raise InvalidInput(f"newest must be a whole number of records, got {newest!r}")
+    if newest is not None:
+        if isinstance(newest, bool) or not isinstance(newest, numbers.Integral) or newest < 0:
+            raise InvalidInput(f"newest must be a whole number of records, got {newest!r}")
+        newest = int(newest)
     return read_history(Ledger.open(cloudpath), newest)
 
 

@@ -33,11 +33,14 @@ class MipWrites:
 
 @attrs.define
 class _ThreadWrites:
-    """One thread's image writes. Only that thread appends or packs, so the write path takes
-    no lock, and the write a refusal takes back is always that thread's last."""
+    """One thread's image writes. Only that thread appends or packs while it runs, so the write
+    path takes no lock, and the write a refusal takes back is always that thread's last
+    (CloudVolume never uploads from inside an upload)."""
 
+    thread: threading.Thread
     raw: list[Write] = attrs.field(factory=list)
     packed: list[MipWrites] = attrs.field(factory=list)  # boxes not merged: one row per write
+    pack_at: int = attrs.field(factory=lambda: PACK_EVERY)  # the threads share PACK_EVERY
 
     def pack(self) -> None:
         """Turn the raw writes into int64 boxes (~260 bytes a write down to 48), so a session
@@ -67,14 +70,26 @@ class WriteTracker:
         try:
             mine = self._local.writes
         except AttributeError:
-            mine = self._local.writes = _ThreadWrites()
-            with self._lock:
-                self._threads.append(mine)
-        if len(mine.raw) >= PACK_EVERY:
+            mine = self._join()
+        if len(mine.raw) >= mine.pack_at:
             with self._lock:  # `to_json` must not see the writes both raw and packed
                 mine.pack()
         mine.raw.append((mip, offset, shape, nbytes, scale))
         return mine.raw.pop
+
+    def _join(self) -> _ThreadWrites:
+        """Start this thread's list; pack the lists of threads that have ended (thread pools
+        made per batch), and share PACK_EVERY among the threads still writing."""
+        mine = self._local.writes = _ThreadWrites(threading.current_thread())
+        with self._lock:
+            for other in self._threads:
+                if other.raw and not other.thread.is_alive():
+                    other.pack()
+            self._threads.append(mine)
+            alive = [other for other in self._threads if other.thread.is_alive()]
+            for other in alive:  # at most 64 shares: 1,024 writes a pack by default
+                other.pack_at = max(1, PACK_EVERY // min(len(alive), 64))
+        return mine
 
     def operation(self, kind: str, count: int = 1) -> None:
         with self._lock:

@@ -66,6 +66,8 @@ def test_log_json_and_limit(chain: dict[str, str]) -> None:
 
 
 def test_log_limit_reads_only_the_newest_records(chain: dict[str, str]) -> None:
+    import numpy as np
+
     import cirrus
     from cirrus.storage import wrap_backends
     from tests.session_support import KeyCounter, KeyCountingBackend
@@ -79,8 +81,12 @@ def test_log_limit_reads_only_the_newest_records(chain: dict[str, str]) -> None:
         assert "2 record(s), newest 1 shown" in newest._repr_html_()
         assert "2 record(s), newest 1 shown" in str(newest)
     assert cirrus.history(chain["a"], newest=5) == cirrus.history(chain["a"])
-    with pytest.raises(cirrus.errors.InvalidInput, match="whole number"):
-        cirrus.history(chain["a"], newest=-1)
+    assert [
+        r.record.process["description"] for r in cirrus.history(chain["a"], newest=np.int64(1))
+    ] == ["retrace"]
+    for wrong in (-1, True, 1.5, "2"):
+        with pytest.raises(cirrus.errors.InvalidInput, match="whole number"):
+            cirrus.history(chain["a"], newest=wrong)
 
 
 def test_show_by_prefix_with_environment(chain: dict[str, str]) -> None:

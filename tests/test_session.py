@@ -593,6 +593,7 @@ def test_a_malformed_direct_upload_is_refused_before_writing_and_the_session_com
             vol.image.upload(np.ones((64, 64), np.uint8), Vec(0, 0, 0), 0)
         with pytest.raises(InvalidInput, match="got offset \\[0, 0\\]"):
             vol.image.upload(np.ones((64, 64, 64), np.uint8), [0, 0], 0)
+        assert s.id not in cirrus.history(path).open_sessions  # refused before listing
         vol[0:64, 0:64, 0:64] = chunk_of(3)
     assert [key for key in chunk_files(path) if not key.startswith(".")] == [
         "4_4_40/0-64_0-64_0-64"

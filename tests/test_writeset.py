@@ -188,3 +188,26 @@ def test_a_refusal_takes_back_its_own_threads_write_not_the_latest():
     writes = tracker.to_json()
     assert writes["mips"]["0"]["boxes"] == [[8, 0, 0, 12, 4, 4]]
     assert writes["operations"] == {"upload": 1} and tracker.touched
+
+
+def test_writes_kept_raw_stay_bounded_however_many_threads_write(monkeypatch):
+    from cirrus import writeset
+
+    monkeypatch.setattr(writeset, "PACK_EVERY", 64)
+    tracker = WriteTracker()
+
+    def write(start: int, together: threading.Barrier) -> None:
+        together.wait(5)  # four threads alive at once in each pool
+        for i in range(start, start + 100):
+            tracker.image(0, [4 * (i % 50), 4 * (i // 50), 0], (4, 4, 4), 64, SCALE)
+
+    for batch in range(5):  # a new thread pool per batch, as some pipelines make them
+        together = threading.Barrier(4)
+        with ThreadPoolExecutor(4) as pool:
+            starts = range(batch * 400, (batch + 1) * 400, 100)
+            list(pool.map(write, starts, [together] * 4))
+    raw = sum(len(thread.raw) for thread in tracker._threads)
+    # ended threads are packed, live ones share PACK_EVERY (each alone would keep 36 here)
+    assert len(tracker._threads) == 20 and raw <= 4 * 64
+    (mip,) = tracker.to_json()["mips"].values()
+    assert (mip["chunks"], mip["boxes"]) == (2000, [[0, 0, 0, 200, 160, 4]])
