@@ -85,22 +85,33 @@ def _resolve(volume: Any, path: str) -> Any:
     return owner
 
 
-def _wrap(owner: Any, name: str, before: Callable[..., Callable[[], None] | None]) -> None:
+def _wrap(
+    owner: Any,
+    name: str,
+    before: Callable[..., Callable[[], Any] | None],
+    refused: Callable[..., bool] | None = None,
+) -> None:
     """Run `before` ahead of the method; if it returns an undo and CloudVolume refuses the call
-    outright (nothing written), the undo takes the tally back."""
+    outright (nothing written: `refused(error, *args, **kwargs)`, by default one of CloudVolume's
+    refusal errors), the undo takes the tally back."""
     original = getattr(owner, name)
+    is_refusal = refused or _refusal
 
     @functools.wraps(original)
     def gated(*args: Any, **kwargs: Any) -> Any:
         undo = before(*args, **kwargs)
         try:
             return original(*args, **kwargs)
-        except _refused():
-            if undo is not None:
+        except Exception as error:
+            if undo is not None and is_refusal(error, *args, **kwargs):
                 undo()
             raise
 
     setattr(owner, name, gated)
+
+
+def _refusal(error: Exception, *_args: Any, **_kwargs: Any) -> bool:
+    return isinstance(error, _refused())
 
 
 @functools.cache
@@ -163,7 +174,18 @@ def _gate_image_upload(volume: Any, gate: Gate) -> None:
             tracker.info(info_digest(meta.info))
         return tracker.image(mip, offset, shape, image.nbytes, scale)
 
-    _wrap(volume.image, "upload", before)
+    def refused(error: Exception, image: Any, *_args: Any, **_kwargs: Any) -> bool:
+        """CloudVolume's refusals, and its ValueError for an image of another dtype than the
+        layer's, raised before anything is written (checked only once the upload failed)."""
+        if _refusal(error):
+            return True
+        if not isinstance(error, ValueError):
+            return False
+        import numpy as np
+
+        return not np.issubdtype(image.dtype, np.dtype(meta.dtype).type)
+
+    _wrap(volume.image, "upload", before, refused)
 
 
 @functools.cache

@@ -594,6 +594,9 @@ def test_a_malformed_direct_upload_is_refused_before_writing_and_the_session_com
         with pytest.raises(InvalidInput, match="got offset \\[0, 0\\]"):
             vol.image.upload(np.ones((64, 64, 64), np.uint8), [0, 0], 0)
         assert s.id not in cirrus.history(path).open_sessions  # refused before listing
+        with pytest.raises(ValueError, match="data type must match"):
+            vol[0:64, 64:128, 0:64] = np.ones((64, 64, 64), np.float32)  # CloudVolume refuses
+        assert s.touched == []  # nothing was written, nothing is tallied
         vol[0:64, 0:64, 0:64] = chunk_of(3)
     assert [key for key in chunk_files(path) if not key.startswith(".")] == [
         "4_4_40/0-64_0-64_0-64"
