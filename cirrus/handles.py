@@ -85,17 +85,20 @@ def _resolve(volume: Any, path: str) -> Any:
     return owner
 
 
+def _refusal(error: Exception, *_args: Any, **_kwargs: Any) -> bool:
+    return isinstance(error, _refused())
+
+
 def _wrap(
     owner: Any,
     name: str,
     before: Callable[..., Callable[[], Any] | None],
-    refused: Callable[..., bool] | None = None,
+    refused: Callable[..., bool] = _refusal,
 ) -> None:
     """Run `before` ahead of the method; if it returns an undo and CloudVolume refuses the call
     outright (nothing written: `refused(error, *args, **kwargs)`, by default one of CloudVolume's
     refusal errors), the undo takes the tally back."""
     original = getattr(owner, name)
-    is_refusal = refused or _refusal
 
     @functools.wraps(original)
     def gated(*args: Any, **kwargs: Any) -> Any:
@@ -103,15 +106,11 @@ def _wrap(
         try:
             return original(*args, **kwargs)
         except Exception as error:
-            if undo is not None and is_refusal(error, *args, **kwargs):
+            if undo is not None and refused(error, *args, **kwargs):
                 undo()
             raise
 
     setattr(owner, name, gated)
-
-
-def _refusal(error: Exception, *_args: Any, **_kwargs: Any) -> bool:
-    return isinstance(error, _refused())
 
 
 @functools.cache
