@@ -235,11 +235,11 @@ class Ledger(OnLayer):
             if len(data) > LARGE_SUMMARY and self.cloudpath not in _warned_large:
                 _warned_large.add(self.cloudpath)
                 log.warning(
-                    "%s: the provenance summary is %.1f MB and every commit here reads and "
+                    "%s: the provenance summary is %.1f MiB and every commit here reads and "
                     "rewrites it (it grows ~0.3 KB per session); run many small writers as one "
                     "step (cirrus.step / cirrus.join), which adds one entry per step",
                     self.cloudpath,
-                    len(data) / 1e6,
+                    len(data) / LARGE_SUMMARY,
                 )
             try:
                 return Blob(data, self.store.swap(SUMMARY_KEY, data, token))

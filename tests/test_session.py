@@ -576,7 +576,7 @@ def test_a_summary_past_a_megabyte_warns_once_to_use_a_step(layer_path, caplog):
     for motivation in ("first", "second"):
         with cirrus.session(["src"], motivation, process()) as s:
             s.volume(path, progress=False)[0:CHUNK, 0:CHUNK, 0:CHUNK] = chunk_of(1)
-    warnings = [r.getMessage() for r in caplog.records if "MB and every commit" in r.message]
+    warnings = [r.getMessage() for r in caplog.records if "and every commit here" in r.message]
     assert len(warnings) == 1 and "cirrus.step" in warnings[0]
     assert summary_json(path)["description"].startswith("x" * 100)
     assert len(cirrus.history(path)) == 2
