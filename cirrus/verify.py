@@ -24,9 +24,9 @@ from cirrus.canonical import digest
 from cirrus.errors import CorruptProvenance, IntegrityError, InvalidInput
 from cirrus.ledger import ENVS, Ledger
 from cirrus.model import superseded_unpublished
+from cirrus.overlap import THREADS
 from cirrus.summary import NOTE_SEP, note_key, note_line, processing_entry
 
-READERS = 16
 POINTER_FIELDS = ("session", "status", "started", "ended", "step")
 
 
@@ -59,7 +59,7 @@ def _env_ids(ledger: Ledger) -> list[str]:
 def verify(
     cloudpath: str,
     progress: Callable[[int, int], None] | None = None,
-    workers: int = READERS,
+    workers: int = THREADS,
 ) -> Report:
     """Check one layer; `progress(done, total)` is called as objects are re-hashed.
 
