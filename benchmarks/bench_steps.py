@@ -135,7 +135,7 @@ def finish_time(layer: str, count: int) -> float:
             "writes": writes_json([MipWrites(0, np.array([box]), 1, CHUNK**3)], {"upload": 1}, []),
             "notes": [],
         }
-        StepFiles(ledger.cloudpath, ledger.store).put_fragment(step.id, task, fragment)
+        StepFiles.beside(ledger).put_fragment(step.id, task, fragment)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=32) as pool:

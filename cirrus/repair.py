@@ -43,7 +43,7 @@ def repair_summary(cloudpath: str) -> str | None:
     )
     rebuilt = merge(empty_summary(), records)
     finished = {record.get("step") for record in records.values()}
-    steps = StepFiles(ledger.cloudpath, ledger.store)
+    steps = StepFiles.beside(ledger)
     for step_id in sorted(steps.step_ids() - finished):  # steps still running stay listed open
         manifest = steps.manifest(step_id)
         rebuilt = mark_step_open(rebuilt, manifest["id"], open_step_info(manifest)) or rebuilt

@@ -117,7 +117,7 @@ class Step:
         for layer in layers:
             ledger = Ledger.open(layer)
             ledger.stage_envs(blobs)
-            StepFiles(ledger.cloudpath, ledger.store).put_manifest(self.manifest)
+            StepFiles.beside(ledger).put_manifest(self.manifest)
             ledger.mark_step_open(self.token_data.id, open_step_info(self.manifest))
 
     @property
@@ -291,7 +291,7 @@ def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
     report: dict[str, Any] = {"step": token.id, "volumes": {}}
     for layer in token.volumes:
         ledger = Ledger.open(layer)
-        fragments = StepFiles(ledger.cloudpath, ledger.store).fragments(token.id)
+        fragments = StepFiles.beside(ledger).fragments(token.id)
         section = ledger.summary().get("cirrus", {})
         report["volumes"][layer] = {
             "tasks": len(fragments),

@@ -136,6 +136,11 @@ class OnLayer:
         name = normalise_cloudpath(cloudpath)
         return cls(name, open_store(name))
 
+    @classmethod
+    def beside(cls: type[_OnLayer], other: OnLayer) -> _OnLayer:
+        """The same layer through `other`'s store, so both share its connections and wrappers."""
+        return cls(other.cloudpath, other.store)
+
 
 @contextlib.contextmanager
 def wrap_backends(wrapper: Callable[[Backend], Backend]) -> Iterator[None]:
