@@ -176,18 +176,20 @@ def _editable(summary: Mapping[str, Any]) -> dict[str, Any]:
 def _supersede_step_records(pointers: list[dict[str, Any]]) -> None:
     """A step finished again after late fragments has a newer record: it replaces the older.
 
-    The newest (by end time, then id) stands; the others are marked `superseded_by` it, so no
-    task is counted twice, whatever order the records were merged in.
+    The newest stands and the others are marked `superseded_by` it, so no task is counted twice,
+    whatever order the records were merged in. Fragments are never removed and a failed one is
+    only ever replaced, so a later finish has at least as many tasks, and as many committed:
+    those decide, before the end time (a late fragment may have ended before the others).
     """
-    latest: dict[str, tuple[str, str]] = {}
+    latest: dict[str, tuple] = {}
     for entry in pointers:
         step = entry.get("step")
-        if step and (step not in latest or (entry["ended"], entry["id"]) > latest[step]):
-            latest[step] = (entry["ended"], entry["id"])
+        if step and (step not in latest or _finish_order(entry) > latest[step]):
+            latest[step] = _finish_order(entry)
     for entry in pointers:
         step = entry.get("step")
-        if step and latest[step][1] != entry["id"]:
-            entry["superseded_by"] = latest[step][1]
+        if step and latest[step][-1] != entry["id"]:
+            entry["superseded_by"] = latest[step][-1]
         else:
             entry.pop("superseded_by", None)
 
@@ -209,7 +211,16 @@ def _pointer(rid: str, record: Mapping[str, Any]) -> dict[str, Any]:
     }
     if record.get("step"):
         pointer["step"] = record["step"]
+        tasks = record.get("tasks") or {}
+        pointer["tasks"] = {key: tasks.get(key, 0) for key in ("count", "committed")}
     return pointer
+
+
+def _finish_order(pointer: Mapping[str, Any]) -> tuple:
+    """The key that sorts one step's finishes, the latest last (`_supersede_step_records`)."""
+    tasks = pointer.get("tasks")
+    tasks = tasks if isinstance(tasks, dict) else {}
+    return (tasks.get("count", 0), tasks.get("committed", 0), pointer["ended"], pointer["id"])
 
 
 def _add_sources(summary: dict[str, Any], sources: Iterable[str]) -> None:

@@ -174,3 +174,38 @@ def test_summaries_render_as_cloudvolume_writes_them():
     assert render_summary(summary) == json.dumps(
         summary, sort_keys=True, indent=2, ensure_ascii=False
     ).encode("utf-8")
+
+
+def _step_record(ended: str, count: int, committed: int) -> dict:
+    return {
+        "session": "step-1",
+        "step": "step-1",
+        "status": "committed" if committed == count else "failed",
+        "started": "2026-01-01T00:00:00.000000Z",
+        "ended": ended,
+        "sources": [],
+        "notes": [],
+        "process": None,
+        "tasks": {"count": count, "committed": committed},
+    }
+
+
+def test_a_steps_later_finish_supersedes_the_earlier_by_tasks_before_end_time_or_id():
+    """Ids are hashes and a late fragment may have ended first: neither says which is newer."""
+    t = "2026-01-01T01:00:00.000000Z"
+    earlier = t.replace("01:00", "00:59")
+    finishes = {
+        "f" * 64: _step_record(t, 1, 1),  # first finish: one task
+        "e" * 64: _step_record(t, 2, 1),  # a late failed task, same end time
+        "d" * 64: _step_record(earlier, 2, 2),  # the failed task re-run, ending earlier
+    }
+    for order in (list(finishes), list(reversed(finishes))):
+        summary = empty_summary()
+        for rid in order:
+            summary = merge(summary, {rid: finishes[rid]})
+        pointers = summary["cirrus"]["records"]
+        assert {p["id"]: p.get("superseded_by") for p in pointers} == {
+            "f" * 64: "d" * 64,
+            "e" * 64: "d" * 64,
+            "d" * 64: None,
+        }

@@ -197,6 +197,26 @@ def test_a_late_task_after_finish_supersedes_the_first_record_not_doubles_it(lay
     assert "open_steps" not in summary_json(layer)["cirrus"]
 
 
+def test_a_late_fragment_that_ended_first_still_makes_the_second_finish_stand(
+    tmp_path, layer: str
+) -> None:
+    """Task a ends first but its fragment lands after the first finish (a slow upload): both
+    finishes end at task b's time, and the one with both tasks must stand whatever the ids."""
+    step = open_step(layer)
+    ss.paint_fn(step.token, "a", layer, [0, 0, 0])
+    tasks = tmp_path / "layer" / "provenance.d" / "steps" / step.id / "tasks"
+    in_flight = tmp_path / "a.json"
+    os.rename(tasks / "a.json", in_flight)  # not landed yet
+    ss.paint_fn(step.token, "b", layer, [16, 0, 0])
+    first = step.finish()[layer]
+    os.rename(in_flight, tasks / "a.json")
+    second = step.finish()[layer]
+    pointers = summary_json(layer)["cirrus"]["records"]
+    assert {p["id"]: p.get("superseded_by") for p in pointers} == {first: second, second: None}
+    assert [p["ended"] for p in pointers][0] == [p["ended"] for p in pointers][1]
+    assert one_record(layer).tasks["count"] == 2
+
+
 def test_a_second_finish_that_dies_before_publishing_is_rolled_forward_by_the_next_commit(
     layer: str,
 ) -> None:
