@@ -8,7 +8,7 @@ leaves staged records that the next commit or `cirrus.recover` rolls forward
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from cirrus import termination
 from cirrus.errors import NotPublished
@@ -23,10 +23,14 @@ def commit_records(
     records: dict[str, Record],
     env_blobs: Iterable[bytes],
     summaries: Mapping[str, Blob | None] | None = None,
+    on_staged: Callable[[dict[str, str]], None] | None = None,
 ) -> dict[str, str]:
     """Stage everything on every volume, then publish each volume; returns {layer: record id}.
 
-    `summaries`: the summaries as last known (they are read where missing).
+    `summaries`: the summaries as last known (they are read where missing). `on_staged` is
+    called with the staged ids once every record is staged, before any is published. The id
+    returned for a layer is the session's record that stands there: a record staged now stays
+    unpublished where the session already ended (`Ledger._ended_already`).
     """
     if not records:
         return {}
@@ -37,15 +41,17 @@ def commit_records(
     def stage(layer: str) -> Staged:
         return ledgers[layer].stage(records[layer], blobs, read=known.get(layer, NOT_READ))
 
-    def publish(layer: str, staged: Staged) -> None:
+    def publish(layer: str, staged: Staged) -> str:
         done = ledgers[layer].publish({staged.record_id: records[layer]}, read=staged.summary)
         complete_sessions(ledgers[layer].cloudpath, done)  # orphans' siblings, if any
+        return done.standing.get(staged.record_id, staged.record_id)
 
     with termination.held(), overlapped(len(records)) as run:  # SIGTERM waits for the commit
         staged = dict(zip(records, run(stage, records), strict=True))
         ids = {layer: done.record_id for layer, done in staged.items()}
+        if on_staged is not None:
+            on_staged(ids)
         try:
-            run(publish, staged, staged.values())
+            return dict(zip(staged, run(publish, staged, staged.values()), strict=True))
         except Exception as error:
             raise NotPublished(ids, error) from error
-    return ids

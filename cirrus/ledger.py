@@ -99,6 +99,8 @@ class Published:
     added: list[str]
     rolled_forward: dict[str, dict[str, Any]]  # orphans found: id -> record JSON
     summary: dict[str, Any]  # as stored when the call returned
+    standing: dict[str, str] = attrs.field(factory=dict)  # given id kept unpublished -> the
+    # session's record that stands there instead (`Ledger._ended_already`)
 
 
 @attrs.frozen(repr=False)
@@ -185,20 +187,23 @@ class Ledger(OnLayer):
         sessions on the sibling layers (`cirrus.rollforward`). `read` is the summary as last
         read (see `stage`), tried first instead of reading it again.
         """
-        own = {rid: rec.to_json() for rid, rec in (records or {}).items()}
-        ours = listed_for(own.values())
-        pending = dict(own)
+        given = {rid: rec.to_json() for rid, rec in (records or {}).items()}
+        ours = listed_for(given.values())
+        pending = dict(given)
         orphans: dict[str, dict] | None = None  # None: not looked for yet
         added: list[str] = []
+        standing: dict[str, str] = {}
         final: dict[str, Any] = {}
 
         def fold(summary: dict[str, Any]) -> dict[str, Any] | None:
-            nonlocal added, orphans, final
+            nonlocal added, orphans, standing, final
             listings = listed(summary)
             if orphans is None and (not ours or listings - ours):
                 orphans = self._orphans(summary, pending)
                 pending.update(orphans)
-            added = sorted(set(pending) - published_ids(summary))
+            standing = self._ended_already(summary, given)
+            own = {rid: rec for rid, rec in given.items() if rid not in standing}
+            added = sorted(set(pending) - published_ids(summary) - set(standing))
             final = summary
             if added or listings & ours:  # ours may be published already, and listed again
                 final = merge(summary, {**{rid: pending[rid] for rid in added}, **own})
@@ -206,7 +211,27 @@ class Ledger(OnLayer):
             return None
 
         self.update(fold, read=read)
-        return Published(added, orphans or {}, final)
+        return Published(added, orphans or {}, final, standing)
+
+    def _ended_already(
+        self, summary: Mapping[str, Any], records: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, str]:
+        """Which of `records` stay unpublished because their session already ended here: record
+        id -> the session's record that stands (`model.superseded_unpublished`).
+
+        E.g. a commit failed while staging, another session's commit rolled its staged record
+        forward, and then the session was aborted: its `failed` record stays unpublished.
+        """
+        published = published_ids(summary)
+        pointers = summary.get("cirrus", {}).get("records", [])
+        standing = {}
+        for rid, record in records.items():
+            if rid in published or record.get("step"):
+                continue
+            theirs = [p["id"] for p in pointers if p.get("session") == record["session"]]
+            if theirs and superseded_unpublished(record, self._readable(theirs)):
+                standing[rid] = theirs[-1]
+        return standing
 
     def update(
         self,

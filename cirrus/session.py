@@ -91,6 +91,7 @@ class WriteScope:
         self._trackers: dict[str, WriteTracker] = {}
         self._sigterm = 0  # `with` blocks on this scope that took SIGTERM over
         self._summaries: dict[str, Blob | None] = {}  # layer -> summary as last read or stored
+        self._staged: dict[str, str] = {}  # set once closing staged every record: publishing
         self._finalizer = weakref.finalize(self, _warn_unrecorded, self._trackers, self.id)
 
     def volume(self, cloudpath: str, **cloudvolume_kwargs: Any) -> Any:
@@ -127,6 +128,12 @@ class WriteScope:
         return None if self.state == "open" else f"this {self.kind} is {self.state}; {RULES}"
 
     def _require_open(self) -> None:
+        if self.state == "unpublished":
+            raise SessionClosed(
+                f"{self.kind} {self.id} stopped while publishing its records, which are staged "
+                f"on {', '.join(self.records)}; it cannot end again: `cirrus recover PATH` on "
+                "any of them publishes them all"
+            )
         if self.state != "open":
             raise SessionClosed(f"{self.kind} {self.id} is {self.state}; open a new one")
 
@@ -152,18 +159,20 @@ class WriteScope:
         self.state = "committing"
         try:
             self.records = self._record(status, error)
-        except NotPublished as problem:
-            self.records = problem.staged
+        except BaseException as problem:
+            if not self._staged:
+                # Not everything was staged: stay open so commit() or abort() can be tried
+                # again (the same records are staged again, so nothing is doubled); unrecorded
+                # writes still warn when the session is collected.
+                self.state = "open"
+                raise
+            # Publishing started (NotPublished, or a Ctrl-C): some volumes may have their
+            # record already, so the session may not end again with another; `recover` ends it.
+            self.records = dict(self._staged)
             self.state = "unpublished"
             self._finalizer.detach()
-            if isinstance(problem.cause, CorruptProvenance):  # its message says how to repair
-                raise problem.cause from None
-            raise
-        except BaseException:
-            # Not everything was staged: stay open so commit() or abort() can be tried again
-            # (the same records are staged again, so nothing is doubled); unrecorded writes
-            # still warn when the session is collected.
-            self.state = "open"
+            if isinstance(problem, NotPublished) and isinstance(problem.cause, CorruptProvenance):
+                raise problem.cause from None  # its message says how to repair
             raise
         self.state = "committed" if status == "committed" else "failed"
         self._finalizer.detach()
@@ -269,7 +278,9 @@ class Session(WriteScope):
         if status not in self._built:
             self._built[status] = self._build(status, error)
         # every touched volume was listed, and its environments staged with the listing
-        ids = commit_records(self._built[status], (), self._summaries)
+        ids = commit_records(
+            self._built[status], (), self._summaries, on_staged=self._staged.update
+        )
         for layer in sorted(self._open - set(self._built[status])):
             try:  # listed, but every write there was refused: nothing to record
                 Ledger.open(layer).clear_session(self.id)

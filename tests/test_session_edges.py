@@ -8,13 +8,20 @@ import numpy as np
 import pytest
 
 import cirrus
-from cirrus.errors import CorruptProvenance, InvalidInput, ProvenanceRequired, StorageError
+from cirrus.errors import (
+    CorruptProvenance,
+    InvalidInput,
+    ProvenanceRequired,
+    SessionClosed,
+    StorageError,
+)
 from cirrus.repair import repair_summary
 from cirrus.storage import wrap_backends
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.verify import verify
 from tests.session_support import (
     chunk_of,
+    hooked,
     make_layer,
     plain,
     process,
@@ -166,6 +173,51 @@ def test_an_abort_after_a_failed_commit_ends_the_session_once_on_every_volume(tm
         cirrus.recover(path)
     report = verify(paths[0])
     assert report.ok and any("left unpublished" in remark for remark in report.remarks)
+
+
+def test_an_abort_after_another_commit_published_the_staged_record_keeps_that_one(tmp_path):
+    """Between the failed commit and the abort, another session's commit on a rolls the staged
+    `committed` record forward: the session has ended on a, so its `failed` record stays
+    unpublished there and the abort returns the record that stands."""
+    s, paths = failed_commit(tmp_path)
+    a, b = (normalise_cloudpath(path) for path in paths)
+    with cirrus.session(["src"], "another writer", process()) as other:
+        other.volume(a)[64:128, 0:64, 0:64] = chunk_of(5)
+    (rolled,) = [h for h in cirrus.history(a) if h.record.session == s.id]
+    assert rolled.record.status == "committed"
+    ids = s.abort("gave up after the storage error")
+    assert ids[a] == rolled.id
+    for path, status in ((a, "committed"), (b, "failed")):
+        mine = [h for h in cirrus.history(path) if h.record.session == s.id]
+        assert [(h.id, h.record.status) for h in mine] == [(ids[path], status)]
+    cirrus.recover(a)
+    assert [h.record.session for h in cirrus.history(a)].count(s.id) == 1
+    assert verify(a).ok
+
+
+def test_a_ctrl_c_while_publishing_leaves_the_session_unpublished_not_open(tmp_path):
+    """Some volumes may have the record already: an abort now would end the session twice
+    there. The session refuses and names `cirrus recover`, which publishes the rest."""
+    paths = [normalise_cloudpath(f"file://{tmp_path}/{name}") for name in "ab"]
+    for path in paths:
+        make_layer(path)
+    s = cirrus.session(["src"], "why", process())
+    for path in paths:
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(4)
+
+    def ctrl_c_on_b(cloudpath: str, key: str) -> None:
+        if cloudpath.endswith("/b") and key == "provenance":
+            raise KeyboardInterrupt
+
+    with hooked(before=ctrl_c_on_b), pytest.raises(KeyboardInterrupt):
+        s.commit()
+    assert s.state == "unpublished" and sorted(s.records) == paths
+    with pytest.raises(SessionClosed, match="cirrus recover"):
+        s.abort()
+    cirrus.recover(paths[1])
+    for path in paths:
+        (stored,) = cirrus.history(path)
+        assert stored.id == s.records[path] and stored.record.status == "committed"
 
 
 def test_record_pointers_of_the_wrong_shape_are_refused_when_a_volume_opens(layer):
