@@ -36,7 +36,11 @@ class _Documentation:
             if volume.__dict__.get(name) is None
         ]
         if missing:
-            return f"missing {', '.join(missing)}. {RULES}"
+            return (
+                f"this volume has no {', '.join(missing)}: set them on it (vol.sources = [...], "
+                "vol.motivation = '...', vol.process = cirrus.Process(...)) or pass them to "
+                f"cirrus.CloudVolume(path, sources=..., motivation=..., process=...). {RULES}"
+            )
         key = (tuple(volume.sources), volume.motivation, id(volume.process))
         if key != self.key:
             self.commit()
@@ -50,8 +54,11 @@ class _Documentation:
         self.session._writing(layer)  # `refusal` has just opened it
 
     def commit(self) -> dict[str, str]:
-        session, self.session, self.key = self.session, None, None
-        return session.commit() if session is not None and session.state == "open" else {}
+        """Commit the open session; if that fails it stays open, so a retry reaches it."""
+        session = self.session
+        records = session.commit() if session is not None and session.state == "open" else {}
+        self.session, self.key = None, None
+        return records
 
 
 def CloudVolume(  # noqa: N802 - a factory named like the class it returns, as cirrus-volume's

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import cirrus
-from cirrus.errors import ProvenanceRequired
+from cirrus.errors import PermanentStorageError, ProvenanceRequired
 from cirrus.storage import wrap_backends
 from cirrus.storage.paths import normalise_cloudpath
 from tests.session_support import (
@@ -23,6 +23,7 @@ from tests.session_support import (
     KeyCountingBackend,
     chunk_files,
     chunk_of,
+    hooked,
     make_layer,
     plain,
     process,
@@ -209,8 +210,9 @@ def test_plain_cirrus_cloudvolume_refuses_writes_naming_the_three_rules(tmp_path
             for rule in ("sources", "motivation", "cirrus.Process"):
                 assert rule in message
     vol.sources = ["gs://lab/aff"]
-    with pytest.raises(ProvenanceRequired, match="missing motivation, process"):
+    with pytest.raises(ProvenanceRequired, match="no motivation, process: set them on it") as e:
         vol[0:64, 0:64, 0:64] = chunk_of(1)
+    assert "vol.motivation = '...'" in str(e.value)
     assert chunk_files(path) == []
     assert provenance_keys(path) == []
 
@@ -256,6 +258,24 @@ def test_cirrus_cloudvolume_with_provenance_in_the_constructor(tmp_path):
     vol[0:64, 0:64, 0:64] = chunk_of(9)
     vol.commit()
     assert cirrus.history(path)[0].record.sources == ("s",)
+
+
+def test_a_cirrus_cloudvolume_commit_that_failed_is_retried_by_the_next_commit(tmp_path):
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path)
+    vol = cirrus.CloudVolume(path, sources=["s"], motivation="m", process=process())
+    vol[0:64, 0:64, 0:64] = chunk_of(9)
+
+    def read_only_bucket(_cloudpath: str, key: str) -> None:
+        if key.startswith("provenance.d/records/"):
+            raise PermanentStorageError("the bucket is briefly read-only", key=key)
+
+    with hooked(before=read_only_bucket), pytest.raises(PermanentStorageError):
+        vol.commit()
+    ids = vol.commit()
+    (stored,) = cirrus.history(path)
+    assert ids == {path: stored.id} and stored.record.writes["operations"] == {"upload": 1}
+    assert cirrus.history(path).open_sessions == {}
 
 
 EXIT_SCRIPT = """
