@@ -24,7 +24,7 @@ from cirrus.ledger import Ledger
 from cirrus.model import INTERRUPTED, Record
 from cirrus.rollforward import recover
 from cirrus.storage.paths import normalise_cloudpath
-from cirrus.summary import OPEN_SESSIONS, merge, recorded_sessions
+from cirrus.summary import OPEN_SESSIONS, merge, published_ids, recorded_sessions
 from cirrus.writeset import WriteTracker
 
 log = logging.getLogger("cirrus.abandon")
@@ -62,6 +62,9 @@ def abandon(cloudpath: str, session: str, *, force: bool = False) -> str:
 
     def close(summary: dict[str, Any]) -> dict[str, Any] | None:
         closed.clear()
+        if record_id in published_ids(summary):  # a retry after our swap's lost response
+            closed.append(record_id)
+            return None
         listed = summary.get("cirrus", {}).get(OPEN_SESSIONS, {})
         if sid in recorded_sessions(summary) or sid not in listed:
             return None  # it committed, or was closed, since: checked inside the swap

@@ -251,6 +251,23 @@ def test_abandon_loses_to_a_session_that_commits_meanwhile_and_nothing_is_double
     assert report.ok and any("left unpublished" in remark for remark in report.remarks)
 
 
+def test_an_abandon_whose_swap_response_was_lost_still_reports_its_record(tmp_path):
+    """The swap landed; its retry finds the session recorded, by this abandon's own record."""
+    from cirrus.storage import wrap_backends
+    from cirrus.storage.faults import FaultyBackend
+
+    path = normalise_cloudpath(f"file://{tmp_path}/v")
+    make_layer(path)
+    s = cirrus.session(["src"], "killed", process())
+    s.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
+    s._finalizer.detach()  # as if SIGKILLed: no warning at collection
+    with wrap_backends(lambda backend: FaultyBackend(backend, lost_response_rate=1.0)):
+        interrupted = cirrus.abandon(path, s.id, force=True)  # force: its pid (ours) runs here
+    (stored,) = cirrus.history(path)
+    assert stored.id == interrupted and stored.record.error["type"] == "Interrupted"
+    assert cirrus.history(path).open_sessions == {}
+
+
 def test_staged_but_unpublished_records_via_the_ledger_are_rolled_forward(tmp_path):
     """The same crash, staged by hand through the ledger (no subprocess)."""
     from cirrus.model import Note, utcnow
