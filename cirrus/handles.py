@@ -9,6 +9,7 @@ without provenance (`commit_provenance`, `transfer_to` into another layer) are r
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,10 @@ PARALLEL = (
     "cirrus write handles upload with parallel=1: CloudVolume's parallel upload pickles the "
     "volume into child processes, where writes can be lost. Run many tasks instead "
     "(cirrus.step / cirrus.join), each with its own handle"
+)
+ACROSS_PROCESSES = (
+    "For many processes, open a step (cirrus.step(...)) and in each worker write through "
+    "`with cirrus.join(step.token, task=...) as t: t.volume(path)`"
 )
 
 # (attribute path on the CloudVolume, method names, operation recorded)
@@ -52,8 +57,15 @@ class Gate:
     tracker: WriteTracker
     refusal: Callable[[], str | None]  # None while writes are allowed, else the reason
     writing: Callable[[str], None]  # told before each admitted write (a session marks itself open)
+    pid: int = attrs.field(factory=os.getpid)  # the process whose session tallies the writes
 
     def admit(self) -> None:
+        if os.getpid() != self.pid:
+            raise ProvenanceRequired(
+                f"{self.layer}: this write handle belongs to a session of process {self.pid}; "
+                f"a forked worker's writes would be tallied in its own copy and never recorded. "
+                f"{ACROSS_PROCESSES}"
+            )
         reason = self.refusal()
         if reason is not None:
             raise ProvenanceRequired(f"{self.layer}: {reason}")
@@ -205,6 +217,12 @@ def _handle_class(base: type) -> type:
             "open the destination in the session (s.volume(dest)) and write the data through it"
         )
 
+    def __reduce_ex__(self: Any, _protocol: Any) -> Any:
+        raise InvalidInput(
+            f"{self._cirrus_gate.layer}: a cirrus write handle cannot be pickled or copied: "
+            f"writes through a copy would be tallied apart from its session. {ACROSS_PROCESSES}"
+        )
+
     return type(
         f"Cirrus{base.__name__}",
         (base,),
@@ -212,6 +230,7 @@ def _handle_class(base: type) -> type:
             "commit_provenance": commit_provenance,
             "add_scale": add_scale,
             "transfer_to": transfer_to,
+            "__reduce_ex__": __reduce_ex__,
             "__module__": __name__,
         },
     )

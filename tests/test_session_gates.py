@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import cirrus
-from cirrus.errors import PermanentStorageError, ProvenanceRequired
+from cirrus.errors import InvalidInput, PermanentStorageError, ProvenanceRequired
 from cirrus.storage import wrap_backends
 from cirrus.storage.paths import normalise_cloudpath
 from tests.session_support import (
@@ -276,6 +276,51 @@ def test_a_cirrus_cloudvolume_commit_that_failed_is_retried_by_the_next_commit(t
     (stored,) = cirrus.history(path)
     assert ids == {path: stored.id} and stored.record.writes["operations"] == {"upload": 1}
     assert cirrus.history(path).open_sessions == {}
+
+
+_FORKED_HANDLE = None  # a session handle a forked worker inherits, as a module global
+
+
+def _write_through_inherited_handle(x: int) -> str:
+    try:
+        _FORKED_HANDLE[x : x + 64, 0:64, 0:64] = chunk_of(3)
+    except ProvenanceRequired as refused:
+        return str(refused)
+    return "written"
+
+
+def test_a_forked_worker_cannot_write_through_its_parents_session_handle(tmp_path):
+    """Its writes would be tallied in the child's copy of the session and never recorded."""
+    import multiprocessing
+
+    global _FORKED_HANDLE
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path)
+    with cirrus.session(["src"], "fork", process()) as s:
+        _FORKED_HANDLE = s.volume(path)
+        try:
+            with multiprocessing.get_context("fork").Pool(2) as pool:
+                outcomes = pool.map(_write_through_inherited_handle, [0, 64])
+        finally:
+            _FORKED_HANDLE = None
+        for outcome in outcomes:
+            assert "belongs to a session of process" in outcome and "cirrus.join" in outcome
+    assert s.records == {} and chunk_files(path) == [] and provenance_keys(path) == []
+
+
+def test_a_session_handle_cannot_be_pickled_to_another_process(tmp_path):
+    import copy
+    import pickle
+
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path)
+    with cirrus.session(["src"], "pickle", process()) as s:
+        handle = s.volume(path)
+        for send in (pickle.dumps, copy.deepcopy):
+            with pytest.raises(InvalidInput, match="cannot be pickled or copied.*cirrus.step"):
+                send(handle)
+        handle[0:64, 0:64, 0:64] = chunk_of(1)  # the handle itself still writes
+    assert len(cirrus.history(path)) == 1
 
 
 EXIT_SCRIPT = """
