@@ -114,6 +114,8 @@ class Step:
             "cirrus_version": __version__,
         }
         blobs = env_blobs(process.env_documents())
+        with overlapped(len(layers)) as run:  # every volume is checked before any is written
+            run(_check_volume, layers)
         for layer in layers:
             ledger = Ledger.open(layer)
             ledger.stage_envs(blobs)
@@ -138,6 +140,17 @@ class Step:
         return f"<cirrus.Step {self.id[:12]}: {len(self.token_data.volumes)} volume(s)>"
 
 
+def _check_volume(layer: str) -> None:
+    """A step's volume must be a CloudVolume layer (an `info`) with a well-formed summary."""
+    ledger = Ledger.open(layer)
+    ledger.summary()  # a malformed one raises CorruptProvenance, naming `cirrus repair`
+    if ledger.store.get("info") is None:
+        raise InvalidInput(
+            f"{layer} has no info file, so it is not a CloudVolume layer: check the path, or "
+            "create the layer (CloudVolume.create_new_info, commit_info) before opening the step"
+        )
+
+
 def step(sources: Sequence[str], motivation: str, process: Process, volumes: Sequence[str]) -> Step:
     """Open a step over `volumes`: validated and filed as open on each volume before any task."""
     return Step(sources, motivation, process, volumes)
@@ -153,6 +166,7 @@ class TaskSession(WriteScope):
         self.task = validate_task_id(task) if task is not None else uuid.uuid4().hex
         super().__init__()
         self.records: dict[str, str] = {}
+        self._manifests_seen: set[str] = set()
 
     def _check_layer(self, layer: str) -> None:
         if layer not in self.token.volumes:
@@ -160,6 +174,14 @@ class TaskSession(WriteScope):
                 f"{layer} is not one of this step's volumes ({', '.join(self.token.volumes)}); "
                 "open the step with every volume its tasks write"
             )
+        if layer not in self._manifests_seen:  # one GET per volume and task
+            if StepFiles.open(layer).manifest(self.token.id) is None:
+                raise StepError(
+                    f"step {self.token.id} was never opened on {layer} (no manifest there), so "
+                    "its fragments would never be finished: pass the token `cirrus.step(...)` "
+                    "returned, unchanged"
+                )
+            self._manifests_seen.add(layer)
 
     def _record(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
         ended = isoformat(utcnow())

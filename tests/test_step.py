@@ -11,7 +11,7 @@ import pytest
 from taskqueue import TaskQueue
 
 import cirrus
-from cirrus.errors import InvalidInput, StepError
+from cirrus.errors import CorruptProvenance, InvalidInput, StepError
 from cirrus.ledger import Ledger
 from cirrus.step import status as step_status
 from cirrus.storage import wrap_backends
@@ -296,6 +296,32 @@ def test_join_refuses_a_volume_outside_the_step(tmp_path, layer: str) -> None:
         session.volume(other)
     session.commit()
     assert Ledger.open(other).store.list("provenance.d/") == []
+
+
+def test_join_refuses_a_token_of_a_step_never_opened_before_writing(layer: str) -> None:
+    """A hand-made or mistyped token: its fragments could never be finished."""
+    token = json.dumps({"cirrus_step": 1, "id": "ab" * 16, "volumes": [layer]})
+    with (
+        cirrus.join(token, task="t1") as task,
+        pytest.raises(StepError, match="never opened on .*no manifest"),
+    ):
+        task.volume(layer)
+    assert Ledger.open(layer).store.list("provenance.d/") == []
+    assert Ledger.open(layer).store.get("provenance") is None
+
+
+def test_opening_a_step_checks_every_volume_before_writing_to_any(tmp_path, layer: str) -> None:
+    broken = f"file://{tmp_path}/broken"
+    ss.make_layer(broken)
+    (tmp_path / "broken" / "provenance").write_bytes(b"{not json")
+    typo = f"file://{tmp_path}/typo"
+    with pytest.raises(CorruptProvenance, match="cirrus repair"):
+        open_step(layer, broken)
+    with pytest.raises(InvalidInput, match="no info file, so it is not a CloudVolume layer"):
+        open_step(layer, typo)
+    assert Ledger.open(layer).store.list("provenance.d/") == []
+    assert Ledger.open(layer).store.get("provenance") is None
+    assert not (tmp_path / "typo").exists()
 
 
 @pytest.mark.parametrize(

@@ -83,6 +83,13 @@ def break_summary(path: str, data: bytes | None) -> None:
         s.volume(other)
 
 
+def step_over_broken(path: str) -> None:
+    """A step over two volumes, the second with a bad `provenance`: the first gets nothing."""
+    other = path[: -len("/v")] + "/other"
+    put_raw(other, "provenance", b"{not json")
+    cirrus.step(["gs://lab/aff"], "why", GOOD, volumes=[path, other])
+
+
 def show(path: str, digest: str) -> None:
     from cirrus.cli import cli
 
@@ -251,6 +258,16 @@ BAD_INPUTS = {
         "cloudvolume.exceptions.InfoUnavailableError",
         "No info file was found",
     ),
+    "step-volume-no-info": (
+        lambda p: cirrus.step(["gs://lab/aff"], "why", GOOD, volumes=[p, f"{p}-typo"]),
+        InvalidInput,
+        "no info file, so it is not a CloudVolume layer",
+    ),
+    "provenance-step-second-volume": (
+        lambda p: step_over_broken(p),
+        CorruptProvenance,
+        "provenance is not valid JSON",
+    ),
     "provenance-not-json": (
         lambda p: break_summary(p, b"{not json"),
         CorruptProvenance,
@@ -302,6 +319,11 @@ BAD_INPUTS = {
         "volumes must be a non-empty list",
     ),
     "token-not-json": (lambda p: cirrus.join("../x"), StepError, "not a cirrus step token"),
+    "token-step-never-opened": (
+        lambda p: cirrus.join({**TOKEN, "volumes": [p]}, task="t1").volume(p),
+        StepError,
+        "was never opened on",
+    ),
     "task-id-slash": (
         lambda p: cirrus.join({**TOKEN, "volumes": [p]}, task="a/b"),
         InvalidInput,
