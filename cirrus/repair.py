@@ -7,15 +7,19 @@ overwritten.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from typing import Any
 
 from cirrus.canonical import sha256_hex
-from cirrus.errors import CorruptProvenance
+from cirrus.errors import CirrusError, CorruptProvenance
 from cirrus.ledger import CORRUPT, SUMMARY_KEY, Ledger
 from cirrus.model import is_interrupted
 from cirrus.stepfiles import StepFiles
 from cirrus.summary import (
+    OPEN_SESSIONS,
     empty_summary,
+    mark_session_open,
     mark_step_open,
     merge,
     open_step_info,
@@ -42,21 +46,57 @@ def repair_summary(cloudpath: str) -> str | None:
         {rid: ledger.read_record(rid).record.to_json() for rid in ledger.record_ids()}
     )
     rebuilt = merge(empty_summary(), records)
+    for session, info in _listed_sessions(blob.data).items():  # still writing: keep them listed
+        rebuilt = mark_session_open(rebuilt, session, info) or rebuilt
     finished = {record.get("step") for record in records.values()}
     steps = StepFiles.beside(ledger)
     for step_id in sorted(steps.step_ids() - finished):  # steps still running stay listed open
         manifest = steps.manifest(step_id)
-        rebuilt = mark_step_open(rebuilt, manifest["id"], open_step_info(manifest)) or rebuilt
+        if not _finished_elsewhere(manifest, ledger.cloudpath):
+            rebuilt = mark_step_open(rebuilt, manifest["id"], open_step_info(manifest)) or rebuilt
     ledger.store.swap(SUMMARY_KEY, render_summary(rebuilt), blob.token)
     return kept
 
 
 def _standing(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The records to publish: an interrupted record only where its session has no real one
-    (which it lost a race to, see `model.superseded_unpublished`)."""
-    real = {r["session"] for r in records.values() if not r.get("step") and not is_interrupted(r)}
+    """The records to publish: a session ends once per volume (`model.superseded_unpublished`).
+
+    An interrupted record stands only where its session has no real one; of several real ones
+    (a commit that failed after staging, then an abort), the session's last word stands.
+    """
+    last: dict[str, tuple[str, str]] = {}  # session -> (ended, id) of its latest real record
+    for rid, record in records.items():
+        if not record.get("step") and not is_interrupted(record):
+            last[record["session"]] = max(
+                last.get(record["session"], ("", "")), (record["ended"], rid)
+            )
     return {
         rid: record
         for rid, record in records.items()
-        if not (is_interrupted(record) and record["session"] in real)
+        if record.get("step") or record["session"] not in last or last[record["session"]][1] == rid
     }
+
+
+def _listed_sessions(data: bytes) -> dict[str, dict[str, Any]]:
+    """The sessions a malformed summary still lists as writing, where that part is readable."""
+    try:
+        summary = json.loads(data)
+        listed = summary["cirrus"][OPEN_SESSIONS]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return {}
+    if not isinstance(listed, dict):
+        return {}
+    return {sid: info for sid, info in listed.items() if isinstance(info, dict)}
+
+
+def _finished_elsewhere(manifest: dict[str, Any], layer: str) -> bool:
+    """Whether a step has a record on another of its volumes: its finish found no task that
+    wrote here, so it is not running here either."""
+    for other in manifest.get("volumes", []):
+        if other == layer:
+            continue
+        with contextlib.suppress(CirrusError):  # unreadable: keep it listed (the safe side)
+            pointers = Ledger.open(other).summary().get("cirrus", {}).get("records", [])
+            if any(pointer.get("step") == manifest["id"] for pointer in pointers):
+                return True
+    return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from configparser import ConfigParser
 
 import numpy as np
@@ -250,6 +251,41 @@ def test_repair_keeps_steps_that_are_still_open(layer, caplog):
     assert kept in provenance_keys(layer)
     assert set(summary_json(layer)["cirrus"]["open_steps"]) == {step.id}
     assert "not-a-step/step.json, which is not a step manifest" in caplog.text
+
+
+def test_repair_keeps_a_session_listed_while_it_is_still_writing(layer):
+    """Another tool broke one field; the listing is readable and the session is alive."""
+    s = cirrus.session(["src"], "still writing", process())
+    s.volume(layer)[0:64, 0:64, 0:64] = chunk_of(1)
+    broken = summary_json(layer)
+    broken["owners"] = "lab"  # valid JSON, wrong shape
+    put_raw(layer, "provenance", json.dumps(broken).encode())
+    assert repair_summary(layer)
+    assert list(cirrus.history(layer).open_sessions) == [s.id]
+    s.commit()
+    assert cirrus.history(layer).open_sessions == {} and len(cirrus.history(layer)) == 1
+
+
+def test_repair_publishes_one_record_per_session_the_last_it_staged(tmp_path):
+    s, paths = failed_commit(tmp_path)  # a's `committed` record is staged, unpublished
+    ids = s.abort("gave up")
+    put_raw(paths[0], "provenance", b"{broken")
+    assert repair_summary(paths[0])
+    (stored,) = cirrus.history(paths[0])
+    assert stored.id == ids[normalise_cloudpath(paths[0])] and stored.record.status == "failed"
+
+
+def test_repair_does_not_reopen_a_finished_step_on_a_volume_its_tasks_skipped(tmp_path):
+    paths = [normalise_cloudpath(f"file://{tmp_path}/{name}") for name in "ab"]
+    for path in paths:
+        make_layer(path)
+    step = cirrus.step(["src"], "only a is written", process(), volumes=paths)
+    with cirrus.join(step.token, task="t0") as task:
+        task.volume(paths[0])[0:64, 0:64, 0:64] = chunk_of(1)
+    step.finish()
+    put_raw(paths[1], "provenance", b"{broken")
+    assert repair_summary(paths[1])
+    assert "open_steps" not in summary_json(paths[1]).get("cirrus", {})
 
 
 def test_a_compat_volume_commits_when_it_is_deleted(layer):
