@@ -81,6 +81,10 @@ class CorruptProvenance(CirrusError):
 class IntegrityError(CirrusError):
     """A stored record or environment does not match the digest it is filed under."""
 
+    def __init__(self, problem: str, remedy: str = ""):
+        self.problem = problem  # what is wrong, without the remedy (`cirrus verify` lists these)
+        super().__init__(f"{problem}: {remedy}" if remedy else problem)
+
 
 class StepError(CirrusError):
     """A step token is invalid, or a volume is used outside the step it was opened for."""

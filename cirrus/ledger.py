@@ -369,13 +369,18 @@ class Ledger(OnLayer):
 
     def _read_verified(self, key: str) -> dict[str, Any]:
         blob = self.store.get(key)
+        restore = (
+            f"restore it from a backup or an earlier object version (its name is the sha256 of "
+            f"its bytes); `cirrus verify {self.cloudpath}` lists every damaged object"
+        )
         if blob is None:
-            raise IntegrityError(f"{self.cloudpath}/{key} is missing")
+            raise IntegrityError(f"{self.cloudpath}/{key} is missing", restore)
         expected = key.rsplit("/", 1)[-1][: -len(".json")]
         actual = sha256_hex(blob.data)
         if actual != expected:
             raise IntegrityError(
-                f"{self.cloudpath}/{key} was changed after it was written (sha256 {actual})"
+                f"{self.cloudpath}/{key} was changed after it was written (sha256 {actual})",
+                restore,
             )
         return json.loads(blob.data)
 

@@ -96,7 +96,7 @@ def verify(
                 progress(done, total)
             if isinstance(result, Exception):
                 if isinstance(result, IntegrityError):  # names the object already
-                    report.problems.append(str(result))
+                    report.problems.append(result.problem)
                 else:
                     name = "record" if kind == "record" else "environment"
                     report.problems.append(

@@ -423,8 +423,10 @@ def test_a_tampered_record_raises_integrity_error_and_verify_reports_it(layer, t
 
     record_id = tamper(layer)
     before = everything(tmp_path)
-    with pytest.raises(IntegrityError, match="was changed after it was written"):
+    with pytest.raises(IntegrityError, match="was changed after it was written") as raised:
         cirrus.history(layer)
+    assert "restore it from a backup or an earlier object version" in str(raised.value)
+    assert f"`cirrus verify {layer}` lists every damaged object" in str(raised.value)
     with pytest.raises(IntegrityError, match=record_id):
         Ledger.open(layer).read_record(record_id)
     report = verify(layer)
