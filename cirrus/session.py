@@ -277,6 +277,16 @@ class Session(WriteScope):
                 pass
         if status not in self._built:
             self._built[status] = self._build(status, error)
+        added = self.notes[1:]  # after the motivation
+        if added and not self._built[status]:
+            log.warning(
+                "session %s wrote to no volume, so its %d note(s) (%s) are recorded nowhere; to "
+                "annotate a volume without writing, use cirrus.add_note(path, text) or "
+                "cirrus.add_result(path, text)",
+                self.id,
+                len(added),
+                "; ".join(note.text[:40] for note in added[:3]),
+            )
         # every touched volume was listed, and its environments staged with the listing
         ids = commit_records(
             self._built[status], (), self._summaries, on_staged=self._staged.update

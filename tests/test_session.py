@@ -422,6 +422,14 @@ def test_a_listing_that_failed_is_tried_again_before_the_next_write(tmp_path):
     assert failed and cirrus.history(path)[0].record.writes["operations"] == {"upload": 1}
 
 
+def test_a_session_that_wrote_nothing_warns_that_its_notes_are_recorded_nowhere(caplog):
+    with cirrus.session(["src"], "why", process()) as s:
+        s.result("the important finding")
+    assert s.records == {}
+    assert "wrote to no volume, so its 1 note(s) (the important finding)" in caplog.text
+    assert "cirrus.add_note(path, text)" in caplog.text
+
+
 def test_notebook_style_abort_writes_a_failed_record(tmp_path):
     path = normalise_cloudpath(f"file://{tmp_path}/layer")
     untouched = normalise_cloudpath(f"file://{tmp_path}/untouched")
