@@ -18,6 +18,7 @@ import attrs
 
 from cirrus.canonical import check_text, digest, normalise_json
 from cirrus.errors import InvalidInput, ParameterError
+from cirrus.redact import redact_url
 
 NOTE_KINDS = ("motivation", "result", "generic")
 RECORD_SCHEMA = "cirrus.record/1"
@@ -103,10 +104,12 @@ def parameters_as_dict(parameters: Any) -> dict[str, Any]:
 
 
 def normalise_parameters(parameters: Any, allow_secrets: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Canonical JSON-able parameters; refuse non-JSON values and keys that look like secrets."""
+    """Canonical JSON-able parameters; refuse non-JSON values and keys that look like secrets,
+    and take credentials out of URLs in string values (`redact_url`), but under `allow_secrets`."""
     plain = normalise_json(parameters_as_dict(parameters), "parameters", ParameterError)
-    _refuse_secrets(plain, "parameters", set(allow_secrets))
-    return plain
+    allowed = set(allow_secrets)
+    _refuse_secrets(plain, "parameters", allowed)
+    return _redact_urls(plain, allowed)
 
 
 def _could_be_secret(value: Any) -> bool:
@@ -128,6 +131,20 @@ def _refuse_secrets(value: Any, path: str, allowed: set[str]) -> None:
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _refuse_secrets(item, f"{path}[{i}]", allowed)
+
+
+def _redact_urls(value: Any, allowed: set[str]) -> Any:
+    """`value` with `redact_url` applied to every string in it, but those under `allowed` keys."""
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, dict):
+        return {
+            key: item if key in allowed else _redact_urls(item, allowed)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_redact_urls(item, allowed) for item in value]
+    return value
 
 
 @attrs.frozen(init=False)

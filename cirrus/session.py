@@ -34,6 +34,7 @@ from cirrus.errors import (
 from cirrus.handles import RULES, Gate, track
 from cirrus.ledger import NOT_READ, Ledger, env_blobs
 from cirrus.model import Note, Process, Record, isoformat, utcnow
+from cirrus.redact import redact_url
 from cirrus.storage.base import Blob
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.summary import open_session_info
@@ -57,7 +58,7 @@ def validate_sources(sources: Any) -> tuple[str, ...]:
         if not isinstance(source, str) or not source.strip():
             raise InvalidInput(f"sources[{i}] must be a non-empty string, got {source!r}")
         check_text(source, f"sources[{i}]")
-    return tuple(dict.fromkeys(sources))
+    return tuple(dict.fromkeys(map(redact_url, sources)))  # a signed URL's secret stays out
 
 
 def validate_motivation(motivation: Any) -> str:

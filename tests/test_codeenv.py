@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -24,11 +25,13 @@ from cirrus.codeenv import (
 )
 from cirrus.codeenv.dockerenv import split_reference
 from cirrus.codeenv.gitenv import DIFF_OPTIONS, notebook_path
-from cirrus.errors import CaptureError
+from cirrus.errors import CaptureError, InvalidInput
 from cirrus.model import Process
+from cirrus.redact import redact_url
 
 TOKEN = "ghp_S3cretT0kenValue1234567890"
 PASSWORD = "hunter2-Pa55word"
+SCP_PASSWORD = "scp-Pa55:w/rd@x"
 CONTAINER = "4f3c2b1a" * 8
 IMAGE_ID = "sha256:" + "ab12" * 16
 GIT_ENV = {
@@ -60,6 +63,7 @@ def repo(tmp_path: Path) -> Path:
     git(root, "remote", "add", "origin", f"https://alice:{TOKEN}@github.com/lab/code.git")
     git(root, "remote", "add", "bare", f"https://{TOKEN}@github.com/lab/bare.git")
     git(root, "remote", "add", "mirror", f"ssh://git:{PASSWORD}@git.example.org/lab/code.git")
+    git(root, "remote", "add", "scp", f"user:{SCP_PASSWORD}@host.example:lab/p.git")
     return root
 
 
@@ -76,6 +80,12 @@ def repo(tmp_path: Path) -> Path:
         ("ssh://git:pw@host/x.git", "ssh://git@host/x.git"),
         ("ssh://git@host:22/x.git", "ssh://git@host:22/x.git"),
         ("git@github.com:lab/x.git", "git@github.com:lab/x.git"),
+        ("user:pw@host.example:lab/p.git", "user@host.example:lab/p.git"),
+        ("user:p@ss:w/rd@host:lab/x@v1.git", "user@host:lab/x@v1.git"),
+        (":pw@host:x.git", "host:x.git"),
+        ("u:pw@[::1]:x.git", "u@[::1]:x.git"),
+        ("host.example:lab/p.git", "host.example:lab/p.git"),
+        ("./a:b@host:x.git", "./a:b@host:x.git"),
         ("/srv/git/x.git", "/srv/git/x.git"),
         ("file:///srv/git/x.git", "file:///srv/git/x.git"),
     ],
@@ -88,12 +98,62 @@ def test_tokens_appear_nowhere_in_the_json(repo: Path) -> None:
     env = PythonGithubEnv(repo)
     text = canonical_json(env.to_json()).decode()
     assert TOKEN not in text and PASSWORD not in text and "alice" not in text
+    assert "Pa55" not in text
     assert env.to_json()["remotes"] == {
         "origin": "https://github.com/lab/code.git",
         "bare": "https://github.com/lab/bare.git",
         "mirror": "ssh://git@git.example.org/lab/code.git",
+        "scp": "user@host.example:lab/p.git",
     }
     assert TOKEN not in repr(env)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("https://u:pw@host/x", "https://host/x"),
+        (f"https://{TOKEN}@github.com/lab/x.git", "https://github.com/lab/x.git"),
+        (f"https://{TOKEN}:x-oauth-basic@github.com/x", "https://github.com/x"),
+        ("ssh://git:pw@host/x.git", "ssh://git@host/x.git"),
+        ("s3://AKIA:secret@bucket/x", "s3://bucket/x"),
+        (
+            "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            "&X-Amz-Credential=AKIA%2F20240101%2Fus-east-1%2Fs3%2Faws4_request"
+            "&X-Amz-Security-Token=FwoG&X-Amz-Signature=abcdef&X-Amz-Expires=60",
+            "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            "&X-Amz-Credential=REDACTED&X-Amz-Security-Token=REDACTED"
+            "&X-Amz-Signature=REDACTED&X-Amz-Expires=60",
+        ),
+        (
+            "https://storage.googleapis.com/b/o?X-Goog-Credential=sa%40p.iam&X-Goog-Signature=9f",
+            "https://storage.googleapis.com/b/o?X-Goog-Credential=REDACTED"
+            "&X-Goog-Signature=REDACTED",
+        ),
+        (
+            "https://a.blob.core.windows.net/c/b?sv=2022&sig=Zm9v%3D&Signature=x&se=2030",
+            "https://a.blob.core.windows.net/c/b?sv=2022&sig=REDACTED&Signature=REDACTED&se=2030",
+        ),
+        (
+            "https://h/x?token=t&access_token=a&page=2",
+            "https://h/x?token=REDACTED&access_token=REDACTED&page=2",
+        ),
+        ("https://h/cb#access_token=a&state=s", "https://h/cb#access_token=REDACTED&state=s"),
+        ("precomputed://https://u:pw@h/seg?sig=s", "precomputed://https://h/seg?sig=REDACTED"),
+        (
+            "run --src gs://b/x?sig=s --dst https://u:p@h/y",
+            "run --src gs://b/x?sig=REDACTED --dst https://h/y",
+        ),
+        # nothing secret: returned exactly as given, not re-encoded
+        ("gs://lab/aff?tokenizer=bert&key_frame=3#", "gs://lab/aff?tokenizer=bert&key_frame=3#"),
+        ("https://h//x/?a=%20&b", "https://h//x/?a=%20&b"),
+        ("user:pw@host:x.git", "user:pw@host:x.git"),
+        ("no url here", "no url here"),
+        ("", ""),
+    ],
+)  # fmt: skip
+def test_redact_url(text: str, expected: str) -> None:
+    assert redact_url(text) == expected
+    assert redact_url(expected) == expected
 
 
 # --- git states --------------------------------------------------------------------------------
@@ -200,6 +260,36 @@ def test_missing_path(tmp_path: Path) -> None:
     assert "does not exist" in PythonGithubEnv(missing).to_json()["capture_error"]
     with pytest.raises(CaptureError, match="does not exist"):
         PythonGithubEnv(missing, strict=True)
+
+
+def capture_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("cirrus.") and r.levelno >= 30]
+
+
+def test_a_failed_capture_warns_once_naming_the_path_and_the_fix(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="cirrus")
+    missing = tmp_path / "not" / "a" / "repo"
+    PythonGithubEnv(missing)
+    [warning] = capture_warnings(caplog)
+    assert warning.levelno == logging.WARNING and warning.name.startswith("cirrus.")
+    assert str(missing) in warning.getMessage() and "does not exist" in warning.getMessage()
+    assert "Pass PythonGithubEnv the path of the git working tree" in warning.getMessage()
+    PythonGithubEnv(missing)  # the same failure again: not warned again
+    assert len(capture_warnings(caplog)) == 1
+    PythonGithubEnv(tmp_path)  # another failure is
+    [_, other] = capture_warnings(caplog)
+    assert f"{tmp_path} is not inside a git repository" in other.getMessage()
+
+
+def test_a_capture_that_works_or_raises_does_not_warn(
+    repo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    PythonGithubEnv(repo)
+    with pytest.raises(CaptureError):
+        PythonGithubEnv(tmp_path / "elsewhere", strict=True)
+    assert capture_warnings(caplog) == []
 
 
 def test_large_diff_is_truncated_with_digest_of_the_whole(repo: Path) -> None:
@@ -430,6 +520,54 @@ def test_not_in_a_container(no_container: dict) -> None:
     assert "not running in a Docker container" in env.capture_error
     with pytest.raises(CaptureError, match="not running in a Docker container"):
         DockerEnv(strict=True, **no_container)
+
+
+def test_explicit_image_and_tag_without_id_are_no_failure(
+    no_container: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = DockerEnv(image="lab/ws", tag="v1", **no_container)
+    assert env.to_json() == {
+        "kind": "docker",
+        "image": "lab/ws",
+        "tag": "v1",
+        "image_id": None,
+        "repo_digests": None,
+    }
+    assert env.capture_error is None
+    assert DockerEnv("lab/ws", "v1", strict=True, **no_container).to_json() == env.to_json()
+    assert DockerEnv(image_id=IMAGE_ID, strict=True, **no_container).image_id == IMAGE_ID
+    (tmp_path / "in").mkdir()  # inside a container whose engine cannot be reached
+    unreachable = in_container(tmp_path / "in", f"unix://{tmp_path}/missing.sock")
+    assert DockerEnv("lab/ws", "v1", strict=True, **unreachable).to_json() == env.to_json()
+    assert capture_warnings(caplog) == []
+
+
+def test_explicit_tag_is_completed_by_the_engine_when_it_can_be(
+    fake_docker_engine, tmp_path: Path
+) -> None:
+    fake_docker_engine.add_container(CONTAINER, "lab/seg:v8", IMAGE_ID)
+    env = DockerEnv("lab/ws", "v1", **in_container(tmp_path, fake_docker_engine.url))
+    assert (env.image, env.tag, env.image_id, env.capture_error) == ("lab/ws", "v1", IMAGE_ID, None)
+
+
+def test_nothing_given_nor_detected_warns_once(
+    no_container: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    DockerEnv(**no_container)
+    DockerEnv(**no_container)
+    [warning] = capture_warnings(caplog)
+    assert "not running in a Docker container" in warning.getMessage()
+    assert str(no_container["mountinfo"]) in warning.getMessage()
+    assert "Pass DockerEnv(image, tag)" in warning.getMessage()
+
+
+@pytest.mark.parametrize("argument", ["image", "tag", "image_id"])
+@pytest.mark.parametrize("value", [3, b"lab/ws", ["lab/ws"], "", "  "])
+def test_image_tag_and_id_must_be_strings(argument: str, value: object, no_container: dict) -> None:
+    with pytest.raises(InvalidInput, match=f"DockerEnv {argument} must be a non-empty string"):
+        DockerEnv(**{argument: value}, **no_container)
+    with pytest.raises(InvalidInput, match="pass it as text"):
+        DockerEnv(*(value if name == argument else None for name in ("image", "tag", "image_id")))
 
 
 def test_include_packages(monkeypatch: pytest.MonkeyPatch) -> None:

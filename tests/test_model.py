@@ -177,6 +177,64 @@ def test_allow_secrets_lets_a_named_key_through() -> None:
         Process("p", {"key": "z-axis", "token": "t"}, allow_secrets=("key",))
 
 
+SIGNED = (
+    "https://b.s3.amazonaws.com/seg/info?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+    "&X-Amz-Credential=AKIAPLANTED%2F20240101%2Fus-east-1%2Fs3%2Faws4_request"
+    "&X-Amz-Signature=PLANTED0123abcd"
+)
+
+
+def test_urls_in_parameter_values_lose_their_credentials() -> None:
+    params = {
+        "url": "https://u:PLANTEDpw@host/x",
+        "inputs": ["gs://lab/aff", SIGNED, {"mirror": "https://PLANTEDtok@host/y?page=2"}],
+        "nested": {
+            "gcs": "https://storage.googleapis.com/b/o?X-Goog-Signature=PLANTED&X-Goog-Credential="
+            "sa%40PLANTED&alt=media",
+            "sas": "https://a.blob.core.windows.net/c/b?sv=2022&sig=PLANTED&se=2030",
+            "api": ["https://h/v1?token=PLANTED&access_token=PLANTED&Signature=PLANTED&n=5"],
+        },
+        "command": "igneous mesh --src precomputed://https://u:PLANTED@h/seg --mip 2",
+        "threshold": 0.3,
+    }
+    process = Process("p", params)
+    assert "PLANTED" not in canonical_json(process.to_json()).decode()
+    assert process.parameters == {
+        "url": "https://host/x",
+        "inputs": [
+            "gs://lab/aff",
+            "https://b.s3.amazonaws.com/seg/info?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            "&X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED",
+            {"mirror": "https://host/y?page=2"},
+        ],
+        "nested": {
+            "gcs": "https://storage.googleapis.com/b/o?X-Goog-Signature=REDACTED"
+            "&X-Goog-Credential=REDACTED&alt=media",
+            "sas": "https://a.blob.core.windows.net/c/b?sv=2022&sig=REDACTED&se=2030",
+            "api": ["https://h/v1?token=REDACTED&access_token=REDACTED&Signature=REDACTED&n=5"],
+        },
+        "command": "igneous mesh --src precomputed://https://h/seg --mip 2",
+        "threshold": 0.3,
+    }
+    # a fresh signature on the same object is the same process
+    assert Process("p", {"url": SIGNED}).digest == Process("p", {"url": SIGNED + "9"}).digest
+
+
+def test_urls_without_credentials_are_kept_exactly() -> None:
+    params = {"src": "gs://lab/aff", "q": "https://h//a/?x=%20&tokenizer=bert#frag", "n": "a://"}
+    assert Process("p", params).parameters == params
+
+
+def test_allow_secrets_keeps_a_url_as_given() -> None:
+    url = "https://h/x?token=public-page-cursor"
+    assert Process("p", {"cursor_url": url}, allow_secrets=("cursor_url",)).parameters == {
+        "cursor_url": url
+    }
+    assert Process("p", {"cursor_url": url}).parameters == {
+        "cursor_url": "https://h/x?token=REDACTED"
+    }
+
+
 # --- canonical JSON and digests ------------------------------------------------------------------
 
 

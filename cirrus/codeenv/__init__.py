@@ -7,8 +7,9 @@ gitpython and the docker SDK are imported only when a capture runs, to keep `imp
 """
 
 from cirrus.codeenv.dockerenv import DockerEnv, detect_container_id
-from cirrus.codeenv.gitenv import PythonGithubEnv, strip_credentials
+from cirrus.codeenv.gitenv import PythonGithubEnv
 from cirrus.codeenv.runtime import installed_packages
+from cirrus.redact import strip_credentials
 
 __all__ = [
     "DockerEnv",

@@ -8,6 +8,7 @@ container of one image, and would give each worker of a step its own environment
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -17,8 +18,8 @@ from typing import Any
 
 import attrs
 
-from cirrus.codeenv.runtime import elapsed_ms, installed_packages
-from cirrus.errors import CaptureError
+from cirrus.codeenv.runtime import elapsed_ms, installed_packages, warn_capture_failed
+from cirrus.errors import CaptureError, InvalidInput
 
 KIND = "docker"
 MOUNTINFO = "/proc/self/mountinfo"
@@ -28,6 +29,8 @@ _MOUNT_ID = re.compile(r"/var/lib/docker/containers/([0-9a-f]{64})/")
 _CGROUP_ID = re.compile(r"(?:/docker/|docker-)([0-9a-f]{64})(?:\.scope)?\b")
 _HOSTNAME_ID = re.compile(r"^[0-9a-f]{12,64}$")
 _IMAGE_ID = re.compile(r"^(sha256:)?[0-9a-f]{12,64}$")
+DOCKER_FIX = "Pass DockerEnv(image, tag) (and image_id if known) where the engine cannot be asked"
+log = logging.getLogger("cirrus.codeenv")
 
 
 class DockerUnavailable(Exception):
@@ -121,7 +124,8 @@ def capture_docker(
 ) -> dict[str, Any]:
     """Given image/tag/image_id, completed from the engine when any is missing.
 
-    Given values win over detected ones. On failure the result has `capture_error`.
+    Given values win over detected ones. When nothing was given and nothing can be detected, the
+    result has `capture_error`; when something was given, what is missing is left None.
     """
     found: dict[str, Any] = {"repo_digests": None, "container_id": None}
     if any(value is None for value in given.values()):
@@ -130,24 +134,39 @@ def capture_docker(
             if container_id is None:
                 raise DockerUnavailable(
                     f"not running in a Docker container (no container id in {mountinfo}, "
-                    f"{cgroup} or HOSTNAME); pass image, tag and image_id explicitly"
+                    f"{cgroup} or HOSTNAME)"
                 )
             found.update(inspect_container(container_id, environ))
         except DockerUnavailable as err:
-            found["capture_error"] = str(err)
+            if all(value is None for value in given.values()):
+                found["capture_error"] = str(err)
+            else:
+                log.debug("DockerEnv: recording the values given, nothing detected: %s", err)
     given_values = {key: value for key, value in given.items() if value is not None}
     return {"image": None, "tag": None, "image_id": None, **found, **given_values}
+
+
+def _check_given(name: str, value: Any) -> None:
+    """Refuse an image, tag or image_id that is not a non-empty string (None: detect it)."""
+    if value is None or (isinstance(value, str) and value.strip()):
+        return
+    raise InvalidInput(
+        f"DockerEnv {name} must be a non-empty string, got {value!r}; pass it as text, e.g. "
+        "DockerEnv(image='lab/seg', tag='v1', image_id='sha256:...'), or leave it out to detect "
+        "it from inside the container"
+    )
 
 
 @attrs.frozen(init=False)
 class DockerEnv:
     """The Docker image a process runs in.
 
-    `DockerEnv(imagename, tag, imageID)` keeps provenance-toolbox's call shape; values given are
-    used as they are. When any is missing they are detected from inside the running container
-    through the Docker Engine API. A detection that fails is recorded in `to_json()` as
-    `capture_error`, or raises CaptureError with `strict=True`. `mountinfo`, `cgroup` and
-    `environ` (HOSTNAME, DOCKER_HOST) can be replaced, for tests.
+    `DockerEnv(imagename, tag, imageID)` keeps provenance-toolbox's call shape; values given
+    (strings) are used as they are. What is missing is detected from inside the running container
+    through the Docker Engine API, if it can be: values given alone are no failure, what is missing
+    stays None. With nothing given, a detection that fails is recorded in `to_json()` as
+    `capture_error` (and logged), or raises CaptureError with `strict=True`. `mountinfo`, `cgroup`
+    and `environ` (HOSTNAME, DOCKER_HOST) can be replaced, for tests.
     """
 
     image: str | None
@@ -175,10 +194,19 @@ class DockerEnv:
     ):
         start = time.perf_counter()
         given = {"image": image, "tag": tag, "image_id": image_id}
+        for name, value in given.items():
+            _check_given(name, value)
         found = capture_docker(given, mountinfo, cgroup, environ)
         if strict and "capture_error" in found:
             raise CaptureError(
-                f"DockerEnv: {found['capture_error']} (pass strict=False to record the failure)"
+                f"DockerEnv: {found['capture_error']}. {DOCKER_FIX}, or strict=False to record "
+                "the failure"
+            )
+        if "capture_error" in found:
+            warn_capture_failed(
+                "DockerEnv could not capture the image, so records of this process will not say "
+                f"which image ran: {found['capture_error']}. {DOCKER_FIX}, or strict=True to raise "
+                "instead of recording the failure"
             )
         digests = found["repo_digests"]
         packages = tuple(map(tuple, installed_packages())) if include_packages else None

@@ -15,40 +15,29 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
-from cirrus.codeenv.runtime import elapsed_ms, installed_packages, interpreter
+from cirrus.codeenv.runtime import (
+    elapsed_ms,
+    installed_packages,
+    interpreter,
+    warn_capture_failed,
+)
 from cirrus.errors import CaptureError, InvalidInput
+from cirrus.redact import strip_credentials
 
 KIND = "python-git"
 DIFF_OPTIONS = ("--no-color", "--no-ext-diff", "--no-textconv", "--binary")
 _RAW = {"stdout_as_string": False, "strip_newline_in_stdout": False}  # exact bytes from git
-_SSH_SCHEMES = {"ssh", "git+ssh", "ssh+git"}
+GIT_FIX = (
+    "Pass PythonGithubEnv the path of the git working tree the code runs from (with at least one "
+    "commit), or strict=True to raise instead of recording the failure"
+)
 
 
 class GitUnavailable(Exception):
     """The git state cannot be read; the message says why, naming the path."""
-
-
-def strip_credentials(url: str) -> str:
-    """`url` without secrets: userinfo dropped (a bare `token@` is a secret too), except that an ssh
-    user name is kept (it is not a secret) while any password is dropped. Query and fragment of
-    http(s) URLs are dropped as they can carry access tokens. scp-like `git@host:path` is unchanged.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable remote url>"
-    if parts.scheme in ("http", "https"):
-        parts = parts._replace(query="", fragment="")
-    if "@" in parts.netloc:
-        userinfo, _, hostport = parts.netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        keep_user = parts.scheme in _SSH_SCHEMES and user
-        parts = parts._replace(netloc=f"{user}@{hostport}" if keep_user else hostport)
-    return urlunsplit(parts)
 
 
 def notebook_path(
@@ -200,6 +189,11 @@ class PythonGithubEnv:
             raise CaptureError(
                 f"PythonGithubEnv({path!r}): {document['capture_error']} "
                 "(pass strict=False to record the failure instead)"
+            )
+        if "capture_error" in document:
+            warn_capture_failed(
+                f"PythonGithubEnv({path!r}) could not capture the code, so records of this process "
+                f"will not say which commit ran: {document['capture_error']}. {GIT_FIX}"
             )
         self.__attrs_init__(path, strict, diff_limit, document, elapsed_ms(start))
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import platform
 import sys
 import time
 from typing import Any
+
+log = logging.getLogger("cirrus.codeenv")
+_warned: set[str] = set()
 
 
 def installed_packages() -> list[list[str]]:
@@ -48,3 +52,12 @@ def interpreter() -> dict[str, Any]:
 def elapsed_ms(start: float) -> float:
     """Milliseconds since `start`, a `time.perf_counter()` reading."""
     return round((time.perf_counter() - start) * 1000, 3)
+
+
+def warn_capture_failed(message: str) -> None:
+    """Log a capture recorded as failed: a warning the first time, debug when it repeats."""
+    if message in _warned:
+        log.debug("%s", message)
+        return
+    _warned.add(message)
+    log.warning("%s", message)

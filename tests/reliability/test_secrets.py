@@ -24,6 +24,7 @@ REMOTES = {
     "query": "https://git.lab.org/pipeline.git?private_token=PLANTEDquery#PLANTEDfragment",
     "ssh": "ssh://git:PLANTEDsshpassword@git.lab.org/pipeline.git",
     "oauth": "https://oauth2:PLANTEDgitlab@gitlab.lab.org/pipeline.git",
+    "scp": "alice:PLANTEDscp@git.lab.org:lab/pipeline.git",
 }
 STRIPPED = {
     "origin": "https://github.com/lab/pipeline.git",
@@ -31,6 +32,13 @@ STRIPPED = {
     "query": "https://git.lab.org/pipeline.git",
     "ssh": "ssh://git@git.lab.org/pipeline.git",
     "oauth": "https://gitlab.lab.org/pipeline.git",
+    "scp": "alice@git.lab.org:lab/pipeline.git",
+}
+SIGNED_SOURCE = "https://storage.googleapis.com/lab/aff/info?X-Goog-Signature=PLANTEDgoog&alt=media"
+SOURCES = ["gs://lab/aff", SIGNED_SOURCE, "s3://bob:PLANTEDs3@lab/aff"]
+PARAMETERS = {
+    "threshold": 0.4,
+    "mirror": {"urls": ["https://u:PLANTEDpw@mirror.lab.org/x?X-Amz-Signature=PLANTEDsig"]},
 }
 ENVIRONMENT = {
     "AWS_SECRET_ACCESS_KEY": "PLANTED-aws-secret",
@@ -95,16 +103,24 @@ def test_no_planted_secret_reaches_any_stored_object(tmp_path, repo, planted, fa
     assert docker_env.image == "lab/segmenter" and docker_env.image_id == IMAGE_ID
     assert python_env.to_json()["remotes"] == STRIPPED
     assert "THRESHOLD = 0.4" in python_env.to_json()["diff"]["unstaged"]
-    process = cirrus.Process("segment", {"threshold": 0.4}, python_env, docker_env)
+    process = cirrus.Process("segment", PARAMETERS, python_env, docker_env)
+    assert process.parameters["mirror"]["urls"] == [
+        "https://mirror.lab.org/x?X-Amz-Signature=REDACTED"
+    ]
 
     paths = [normalise_cloudpath(f"file://{tmp_path}/layers/v{i}") for i in range(2)]
     for path in paths:
         support.make_layer(path)
-    with cirrus.session(["gs://lab/aff"], "secrets scan", process) as s:
+    with cirrus.session(SOURCES, "secrets scan", process) as s:
         for i, path in enumerate(paths):
             support.paint(s, path, 0, i + 1)
         s.result("done")
-    step = cirrus.step(["gs://lab/aff"], "secrets scan, step", process, paths)
+    assert cirrus.history(paths[0])[0].record.sources == (
+        "gs://lab/aff",
+        SIGNED_SOURCE.replace("PLANTEDgoog", "REDACTED"),
+        "s3://lab/aff",
+    )
+    step = cirrus.step(SOURCES, "secrets scan, step", process, paths)
     for i in range(2):
         with cirrus.join(step.token, task=f"t{i}") as t:
             support.paint(t, paths[i], 1 + i, 7)

@@ -1,0 +1,108 @@
+"""Secrets out of what cirrus records: credentials in git remotes and in URLs anywhere in text.
+
+Records are shared and kept for years, so userinfo, passwords and signed-URL parameters are
+taken out before anything is stored; the rest of a URL is kept, so a record still says what
+was read.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import SplitResult, unquote_plus, urlsplit, urlunsplit
+
+_SSH_SCHEMES = {"ssh", "git+ssh", "ssh+git"}
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_DOS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
+_SCP_USERINFO = re.compile(r"(?P<userinfo>.*)@(?P<rest>(?:\[[^\]/]*\]|[^@:/\[\]]+):.*)", re.DOTALL)
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+")
+_SECRET_PARAMETER = re.compile(
+    r"signature|credential|token(?![a-z])|passw(or)?d|secret|^sig$|(^|[_-])(api[_-]?)?key$",
+    re.IGNORECASE,
+)
+REDACTED = "REDACTED"
+
+
+def strip_credentials(url: str) -> str:
+    """`url` without secrets: userinfo dropped (a bare `token@` is a secret too), except that an ssh
+    user name is kept (it is not a secret) while any password is dropped: in `ssh://` URLs and in
+    scp-like `user:password@host:path` alike. Query and fragment of http(s) URLs are dropped as they
+    can carry access tokens.
+    """
+    scp = _strip_scp_password(url)
+    if scp is not None:
+        return scp
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable remote url>"
+    if parts.scheme in ("http", "https"):
+        parts = parts._replace(query="", fragment="")
+    return urlunsplit(_without_userinfo(parts))
+
+
+def _without_userinfo(parts: SplitResult) -> SplitResult:
+    """`parts` without userinfo, except an ssh user name (passwords always go)."""
+    if "@" not in parts.netloc:
+        return parts
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    keep_user = parts.scheme in _SSH_SCHEMES and user
+    return parts._replace(netloc=f"{user}@{hostport}" if keep_user else hostport)
+
+
+def _strip_scp_password(url: str) -> str | None:
+    """An scp-like remote (`[user[:password]@]host:path`) without its password; None for others.
+
+    Like git, a remote is scp-like when it has no `scheme://` and a colon comes before any slash
+    (and it is no `C:\\` drive). The userinfo ends at the last `@` followed by `host:`, so a
+    password holding `@`, `:` or `/` goes whole; the user name is kept, as for `ssh://`.
+    """
+    colon, slash = url.find(":"), url.find("/")
+    if colon < 0 or 0 <= slash < colon or _SCHEME.match(url) or _DOS_DRIVE.match(url):
+        return None
+    match = _SCP_USERINFO.fullmatch(url)
+    if match is None:
+        return url
+    user = match["userinfo"].split(":", 1)[0]
+    return f"{user}@{match['rest']}" if user else match["rest"]
+
+
+def redact_url(text: str) -> str:
+    """`text` with the credentials in each `scheme://` URL in it taken out, the rest kept as given.
+
+    Userinfo goes as `strip_credentials` drops it (an ssh user name stays), and the values of query
+    or fragment parameters that carry signatures or tokens (X-Amz-Signature, X-Amz-Credential,
+    X-Goog-Signature, X-Goog-Credential, Signature, sig, token, access_token, ...) become
+    `REDACTED`. A URL nested in another (`precomputed://https://...`) is redacted too. Text without
+    a URL, or URLs without credentials, come back unchanged.
+    """
+    if "://" not in text:
+        return text
+    return _URL_IN_TEXT.sub(lambda match: _redact_one_url(match.group()), text)
+
+
+def _redact_one_url(url: str) -> str:
+    prefix = _SCHEME.match(url)
+    if prefix is not None and _SCHEME.match(url, prefix.end()):
+        return url[: prefix.end()] + _redact_one_url(url[prefix.end() :])
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a malformed host ("[::1") may still hold a password
+        return f"{prefix.group() if prefix else ''}<unparseable url>"
+    redacted = _without_userinfo(parts)._replace(
+        query=_redact_parameters(parts.query), fragment=_redact_parameters(parts.fragment)
+    )
+    return url if redacted == parts else urlunsplit(redacted)
+
+
+def _redact_parameters(query: str) -> str:
+    """`a=1&sig=x` as `a=1&sig=REDACTED`: values of secret-looking keys replaced, the rest kept."""
+    if "=" not in query:
+        return query
+    pieces = []
+    for piece in query.split("&"):
+        key, equals, value = piece.partition("=")
+        if equals and value and _SECRET_PARAMETER.search(unquote_plus(key)):
+            piece = f"{key}={REDACTED}"
+        pieces.append(piece)
+    return "&".join(pieces)
