@@ -12,8 +12,10 @@ from cirrus.model import Note, Process, Record
 from cirrus.reading import history
 from cirrus.rollforward import recover
 from cirrus.session import Session, session
-from cirrus.step import Step, StepToken, TaskSession, finish, join, step
-from cirrus.step import status as step_status
+from cirrus.step import Step, TaskSession, join, step
+from cirrus.stepfinish import finish
+from cirrus.stepfinish import status as step_status
+from cirrus.steptoken import StepToken
 
 __all__ = [
     "CloudVolume",

@@ -1,86 +1,41 @@
 """Steps: one pipeline step run as thousands of tasks, recorded once per volume.
 
 The opener validates everything and files a manifest on each volume; each task joins with a
-small token and writes one fragment per volume, create-only and keyed by its task id, so no
-task touches a shared object and a re-run task is not counted twice. `finish` folds the
-fragments into one record per volume and publishes once.
+small token (`cirrus.steptoken`) and writes one fragment per volume, create-only and keyed by
+its task id, so no task touches a shared object and a re-run task is not counted twice.
+`finish` (`cirrus.stepfinish`) folds the fragments into one record per volume.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import logging
+import numbers
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import attrs
-
 from cirrus._version import __version__
-from cirrus.canonical import check_step_id
-from cirrus.commit import commit_records
 from cirrus.errors import InvalidInput, StepError
-from cirrus.ledger import Ledger, env_blobs, record_id
-from cirrus.model import Note, Process, isoformat, parse_time, utcnow
+from cirrus.ledger import Ledger, env_blobs
+from cirrus.model import Note, Process, isoformat, utcnow
 from cirrus.overlap import overlapped
 from cirrus.session import (
     WriteScope,
     current_user,
-    make_record,
     process_json,
     validate_motivation,
     validate_process,
     validate_sources,
 )
 from cirrus.stepfiles import StepFiles
+from cirrus.stepfinish import finish, status
+from cirrus.steptoken import StepToken, validate_task_id
 from cirrus.storage.paths import normalise_cloudpath
-from cirrus.summary import mark_step_open, open_step_info, published_ids
-from cirrus.writeset import combine
+from cirrus.summary import open_step_info
+from cirrus.writeset import WriteTracker
 
-TOKEN_VERSION = 1
-MAX_LISTED_FAILURES = 100
-_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=,+@-]{0,199}")
-
-
-def validate_task_id(task: Any) -> str:
-    """Task ids become part of a key: letters, digits and ._:=,+@- only, no path separators."""
-    if not isinstance(task, str) or not _TASK_ID.fullmatch(task):
-        raise InvalidInput(
-            f"task id {task!r} is not usable: use 1-200 characters from letters, digits and "
-            "._:=,+@- starting with a letter or digit, e.g. 'x0-512_y0-512_z0-64'"
-        )
-    return task
-
-
-@attrs.frozen
-class StepToken:
-    """What a task needs to join a step: its id and its volumes. Small, JSON, safe to queue."""
-
-    id: str
-    volumes: tuple[str, ...]
-
-    def dumps(self) -> str:
-        return json.dumps({"cirrus_step": TOKEN_VERSION, "id": self.id, "volumes": self.volumes})
-
-    @classmethod
-    def loads(cls, token: str | Mapping[str, Any] | StepToken) -> StepToken:
-        if isinstance(token, StepToken):
-            return token
-        try:
-            data = json.loads(token) if isinstance(token, str) else dict(token)
-            if not isinstance(data, dict):
-                raise ValueError(f"a JSON {type(data).__name__}, not an object")
-            if data.get("cirrus_step") != TOKEN_VERSION:
-                raise ValueError(f"unknown token version {data.get('cirrus_step')!r}")
-            if not isinstance(data["volumes"], (list, tuple)) or not data["volumes"]:
-                raise ValueError(f"volumes must be a non-empty list, got {data['volumes']!r}")
-            volumes = tuple(normalise_cloudpath(v) for v in data["volumes"])
-            return cls(check_step_id(data["id"]), volumes)
-        except (ValueError, KeyError, TypeError) as error:
-            raise StepError(
-                f"not a cirrus step token ({error}); pass the string `step.token` unchanged"
-            ) from None
+log = logging.getLogger("cirrus.step")
 
 
 class Step:
@@ -92,6 +47,7 @@ class Step:
         motivation: str,
         process: Process,
         volumes: Sequence[str],
+        tasks: int | Sequence[str] | None = None,
     ):
         sources = validate_sources(sources)
         motivation = validate_motivation(motivation)
@@ -112,6 +68,7 @@ class Step:
             "user": current_user(),
             "host": socket.gethostname(),
             "cirrus_version": __version__,
+            **_expected_tasks(tasks),
         }
         blobs = env_blobs(process.env_documents())
         with overlapped(len(layers)) as run:  # every volume is checked before any is written
@@ -140,6 +97,23 @@ class Step:
         return f"<cirrus.Step {self.id[:12]}: {len(self.token_data.volumes)} volume(s)>"
 
 
+def _expected_tasks(tasks: Any) -> dict[str, Any]:
+    """The manifest's `expected_tasks` (a count) and `task_ids`, from a count or a list of ids."""
+    if tasks is None:
+        return {}
+    if isinstance(tasks, numbers.Integral) and not isinstance(tasks, bool) and tasks > 0:
+        return {"expected_tasks": int(tasks)}
+    if isinstance(tasks, (list, tuple)) and tasks:
+        ids = [validate_task_id(task) for task in tasks]
+        if len(set(ids)) != len(ids):
+            raise InvalidInput("tasks lists a task id twice; give each task one id")
+        return {"expected_tasks": len(ids), "task_ids": sorted(ids)}
+    raise InvalidInput(
+        f"tasks must be the number of tasks (a positive int) or a list of their task ids, got "
+        f"{tasks!r}; finish() then records the step as failed while any of them is missing"
+    )
+
+
 def _check_volume(layer: str) -> None:
     """A step's volume must be a CloudVolume layer (an `info`) with a well-formed summary."""
     ledger = Ledger.open(layer)
@@ -151,9 +125,19 @@ def _check_volume(layer: str) -> None:
         )
 
 
-def step(sources: Sequence[str], motivation: str, process: Process, volumes: Sequence[str]) -> Step:
-    """Open a step over `volumes`: validated and filed as open on each volume before any task."""
-    return Step(sources, motivation, process, volumes)
+def step(
+    sources: Sequence[str],
+    motivation: str,
+    process: Process,
+    volumes: Sequence[str],
+    tasks: int | Sequence[str] | None = None,
+) -> Step:
+    """Open a step over `volumes`: validated and filed as open on each volume before any task.
+
+    `tasks`: how many tasks will run, or their task ids; `finish` records the step as failed
+    (`Incomplete`) while any has filed nothing, e.g. one killed before it ended.
+    """
+    return Step(sources, motivation, process, volumes, tasks)
 
 
 class TaskSession(WriteScope):
@@ -186,7 +170,16 @@ class TaskSession(WriteScope):
     def _record(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
         ended = isoformat(utcnow())
         stored = {}
-        for layer in self.touched:
+        layers = self.touched
+        if not layers:  # a task that wrote nothing is counted on the step's first volume
+            try:
+                self._check_layer(self.token.volumes[0])
+            except StepError as error:  # nothing was written, so there is nothing to lose
+                log.warning("task %s: %s", self.task, error)
+                return {}
+            layers = self.token.volumes[:1]
+        for layer in layers:
+            tracker = self._trackers.get(layer) or WriteTracker()
             fragment = {
                 "schema": "cirrus.fragment/1",
                 "step": self.token.id,
@@ -197,7 +190,7 @@ class TaskSession(WriteScope):
                 "ended": ended,
                 "user": current_user(),
                 "host": socket.gethostname(),
-                "writes": self._trackers[layer].to_json(),
+                "writes": tracker.to_json(),
                 "notes": [note.to_json() for note in self.notes],
             }
             StepFiles.open(layer).put_fragment(self.token.id, self.task, fragment)
@@ -208,117 +201,3 @@ class TaskSession(WriteScope):
 def join(token: str | Mapping[str, Any] | StepToken, task: str | None = None) -> TaskSession:
     """Join a step from a task. Give a stable `task` id so a re-run task is recognised."""
     return TaskSession(token, task)
-
-
-def _manifest(token: StepToken) -> dict[str, Any]:
-    for layer in token.volumes:
-        manifest = StepFiles.open(layer).manifest(token.id)
-        if manifest is not None:
-            return manifest
-    raise StepError(f"step {token.id} has no manifest on {', '.join(token.volumes)}")
-
-
-DONE = object()  # `_list_again`: the layer's summary already points to the record
-
-
-def finish(token: str | Mapping[str, Any] | StepToken) -> dict[str, str]:
-    """Fold every task's fragments into one record per volume and publish. Safe to repeat."""
-    token = StepToken.loads(token)
-    manifest = _manifest(token)
-    fragments = {layer: StepFiles.open(layer).fragments(token.id) for layer in token.volumes}
-    written = [layer for layer, found in fragments.items() if found]
-    records = {layer: _step_record(manifest, layer, fragments[layer], written) for layer in written}
-    info = open_step_info(manifest)
-
-    def list_again(layer: str) -> Any:
-        return _list_again(layer, token.id, info, records[layer])
-
-    with overlapped(len(written)) as run:
-        summaries = dict(zip(written, run(list_again, written), strict=True))
-    done = {layer: record_id(records[layer]) for layer, blob in summaries.items() if blob is DONE}
-    todo = {layer: record for layer, record in records.items() if layer not in done}
-    ids = {**done, **commit_records(todo, [], {layer: summaries[layer] for layer in todo})}
-    for layer in token.volumes:
-        if layer not in written:
-            Ledger.open(layer).clear_step(token.id)
-    return ids
-
-
-def _list_again(layer: str, step_id: str, info: Mapping[str, Any], record: Any) -> Any:
-    """List the step on `layer` until `record` is published there, also when it was finished
-    before (late fragments), so a finish that dies in between is rolled forward by the next
-    commit there. Returns the summary stored, where the commit starts, or DONE."""
-    published = False
-
-    def change(summary: dict[str, Any]) -> dict[str, Any] | None:
-        nonlocal published
-        published = record_id(record) in published_ids(summary)
-        return None if published else mark_step_open(summary, step_id, info)
-
-    stored = Ledger.open(layer).update(change)
-    return DONE if published else stored
-
-
-def _step_record(
-    manifest: Mapping[str, Any], layer: str, fragments: list[dict], written: list[str]
-) -> Any:
-    failures = [f for f in fragments if f["status"] != "committed"]
-    notes = [Note.from_json(n) for n in manifest["notes"]]
-    seen = {(n.kind, n.text) for n in notes}
-    for fragment in sorted(fragments, key=lambda f: (f["ended"], f["task"])):
-        for note in map(Note.from_json, fragment.get("notes", [])):
-            if (note.kind, note.text) not in seen:
-                seen.add((note.kind, note.text))
-                notes.append(note)
-    error = None
-    if failures:
-        error = {"type": "TaskFailures", "message": f"{len(failures)} of {len(fragments)} failed"}
-    record = make_record(
-        session=manifest["id"],
-        layer=layer,
-        process=manifest["process"],
-        sources=manifest["sources"],
-        notes=notes,
-        started=parse_time(manifest["started"]),
-        status="failed" if failures else "committed",
-        writes=combine(f["writes"] for f in fragments),
-        siblings=tuple(other for other in written if other != layer),
-        error=error,
-        step=manifest["id"],
-        tasks=_task_summary(fragments, failures),
-    )
-    # A step's record is a pure function of its fragments, so finishing twice stores it once.
-    return attrs.evolve(
-        record,
-        ended=max(f["ended"] for f in fragments),
-        user=manifest["user"],
-        host=manifest["host"],
-    )
-
-
-def _task_summary(fragments: list[dict], failures: list[dict]) -> dict[str, Any]:
-    listed = sorted(failures, key=lambda f: f["task"])[:MAX_LISTED_FAILURES]
-    return {
-        "count": len(fragments),
-        "committed": len(fragments) - len(failures),
-        "failed": len(failures),
-        "failures": [{"task": f["task"], "error": f["error"]} for f in listed],
-        "hosts": len({f["host"] for f in fragments}),
-    }
-
-
-def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
-    """Fragments so far per volume, with failures, and whether the step was finished."""
-    token = StepToken.loads(token)
-    report: dict[str, Any] = {"step": token.id, "volumes": {}}
-    for layer in token.volumes:
-        ledger = Ledger.open(layer)
-        fragments = StepFiles.beside(ledger).fragments(token.id)
-        section = ledger.summary().get("cirrus", {})
-        report["volumes"][layer] = {
-            "tasks": len(fragments),
-            "failed": sorted(f["task"] for f in fragments if f["status"] != "committed"),
-            "open": token.id in section.get("open_steps", {}),
-            "finished": any(e.get("step") == token.id for e in section.get("records", [])),
-        }
-    return report

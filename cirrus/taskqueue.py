@@ -56,7 +56,8 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
         f"({error})"
     ) from error
 
-from cirrus.step import StepToken, TaskSession, join, validate_task_id
+from cirrus.step import TaskSession, join
+from cirrus.steptoken import StepToken, validate_task_id
 
 __all__ = ["StepTask", "step_task", "token_string"]
 

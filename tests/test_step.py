@@ -13,7 +13,7 @@ from taskqueue import TaskQueue
 import cirrus
 from cirrus.errors import CorruptProvenance, InvalidInput, StepError
 from cirrus.ledger import Ledger
-from cirrus.step import status as step_status
+from cirrus.stepfinish import status as step_status
 from cirrus.storage import wrap_backends
 from tests import step_support as ss
 from tests.session_support import KeyCounter, KeyCountingBackend, hooked, summary_json
@@ -285,6 +285,63 @@ def test_finishing_with_failed_tasks_records_them(tmp_path, layer: str) -> None:
         }
     ]
     assert summary_json(layer)["cirrus"]["records"][0]["status"] == "failed"
+
+
+def test_a_task_that_fails_before_its_first_write_is_counted_as_failed(layer: str) -> None:
+    step = open_step(layer)
+    ss.paint_fn(step.token, "x0_y0_z0", layer, [0, 0, 0])
+    with pytest.raises(OSError), cirrus.join(step.token, task="no-input"):
+        raise OSError("the input chunk is missing")
+    with cirrus.join(step.token, task="empty-region"):
+        pass  # nothing to write here: a success that wrote nothing
+    assert step.status()["volumes"][layer]["failed"] == ["no-input"]
+    step.finish()
+    record = one_record(layer)
+    assert record.status == "failed" and record.tasks["count"] == 3
+    assert record.tasks["failures"] == [
+        {"task": "no-input", "error": {"type": "OSError", "message": "the input chunk is missing"}}
+    ]
+    assert record.writes["mips"]["0"]["chunks"] == 1
+
+
+def test_a_step_with_expected_task_ids_is_failed_until_every_one_has_filed(
+    tmp_path, layer: str
+) -> None:
+    """The killed task leaves no trace of its own; the step knew it was expected."""
+    process = cirrus.Process("paint chunks", {"value": 1})
+    step = cirrus.step(["gs://lab/aff"], "all or nothing", process, [layer], tasks=["a", "b", "c"])
+    ss.paint_fn(step.token, "a", layer, [0, 0, 0])
+    ss.paint_fn(step.token, "b", layer, [16, 0, 0])
+    assert step.status()["missing_tasks"] == ["c"]
+    first = step.finish()[layer]
+    record = one_record(layer)
+    assert record.status == "failed" and record.error["type"] == "Incomplete"
+    assert record.error["message"].startswith("1 of 3 expected tasks filed nothing (c)")
+    assert record.tasks["expected"] == 3 and record.tasks["missing_tasks"] == ["c"]
+    ss.paint_fn(step.token, "c", layer, [32, 0, 0])  # re-run
+    second = step.finish()[layer]
+    record = one_record(layer)
+    assert record.status == "committed" and record.tasks["missing"] == 0
+    pointers = summary_json(layer)["cirrus"]["records"]
+    assert {p["id"]: p.get("superseded_by") for p in pointers} == {first: second, second: None}
+
+
+def test_a_step_with_an_expected_task_count_names_how_many_are_missing(layer: str) -> None:
+    process = cirrus.Process("paint chunks", {"value": 1})
+    step = cirrus.step(["gs://lab/aff"], "count them", process, [layer], tasks=3)
+    ss.paint_fn(step.token, "a", layer, [0, 0, 0])
+    step.finish()
+    record = one_record(layer)
+    assert record.status == "failed"
+    assert record.error["message"].startswith("2 of 3 expected tasks filed nothing; run them")
+    assert step.status()["missing"] == 2
+
+
+@pytest.mark.parametrize("tasks", [0, -1, True, "abc", [], ["a", "a"], ["a/b"], 2.5])
+def test_expected_tasks_must_be_a_count_or_task_ids(layer: str, tasks) -> None:
+    with pytest.raises(InvalidInput):
+        cirrus.step(["s"], "m", cirrus.Process("p", {}), [layer], tasks=tasks)
+    assert Ledger.open(layer).store.get("provenance") is None
 
 
 def test_join_refuses_a_volume_outside_the_step(tmp_path, layer: str) -> None:

@@ -1,0 +1,181 @@
+"""Finishing a step: fold its tasks' fragments into one record per volume, and report progress.
+
+A step's record is a pure function of its fragments (and the manifest), so finishing twice
+stores one record, and finishing again after late fragments supersedes the older record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from cirrus.commit import commit_records
+from cirrus.errors import StepError
+from cirrus.ledger import Ledger, record_id
+from cirrus.model import Note, parse_time
+from cirrus.overlap import overlapped
+from cirrus.session import make_record
+from cirrus.stepfiles import StepFiles
+from cirrus.steptoken import StepToken
+from cirrus.summary import mark_step_open, open_step_info, published_ids
+from cirrus.writeset import combine
+
+MAX_LISTED_FAILURES = 100
+
+
+def _manifest(token: StepToken) -> dict[str, Any]:
+    for layer in token.volumes:
+        manifest = StepFiles.open(layer).manifest(token.id)
+        if manifest is not None:
+            return manifest
+    raise StepError(f"step {token.id} has no manifest on {', '.join(token.volumes)}")
+
+
+DONE = object()  # `_list_again`: the layer's summary already points to the record
+
+
+def finish(token: str | Mapping[str, Any] | StepToken) -> dict[str, str]:
+    """Fold every task's fragments into one record per volume and publish. Safe to repeat."""
+    token = StepToken.loads(token)
+    manifest = _manifest(token)
+    fragments = {layer: StepFiles.open(layer).fragments(token.id) for layer in token.volumes}
+    written = [layer for layer, found in fragments.items() if found]
+    missing = _missing_tasks(manifest, fragments.values())
+    records = {
+        layer: _step_record(manifest, layer, fragments[layer], written, missing)
+        for layer in written
+    }
+    info = open_step_info(manifest)
+
+    def list_again(layer: str) -> Any:
+        return _list_again(layer, token.id, info, records[layer])
+
+    with overlapped(len(written)) as run:
+        summaries = dict(zip(written, run(list_again, written), strict=True))
+    done = {layer: record_id(records[layer]) for layer, blob in summaries.items() if blob is DONE}
+    todo = {layer: record for layer, record in records.items() if layer not in done}
+    ids = {**done, **commit_records(todo, [], {layer: summaries[layer] for layer in todo})}
+    for layer in token.volumes:
+        if layer not in written:
+            Ledger.open(layer).clear_step(token.id)
+    return ids
+
+
+def _list_again(layer: str, step_id: str, info: Mapping[str, Any], record: Any) -> Any:
+    """List the step on `layer` until `record` is published there, also when it was finished
+    before (late fragments), so a finish that dies in between is rolled forward by the next
+    commit there. Returns the summary stored, where the commit starts, or DONE."""
+    published = False
+
+    def change(summary: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal published
+        published = record_id(record) in published_ids(summary)
+        return None if published else mark_step_open(summary, step_id, info)
+
+    stored = Ledger.open(layer).update(change)
+    return DONE if published else stored
+
+
+def _missing_tasks(manifest: Mapping[str, Any], fragments: Iterable[list[dict]]) -> list[str]:
+    """The expected tasks with no fragment on any volume (`?` for each one of a bare count)."""
+    seen = {fragment["task"] for found in fragments for fragment in found}
+    if "task_ids" in manifest:
+        return sorted(set(manifest["task_ids"]) - seen)
+    return ["?"] * max(0, manifest.get("expected_tasks", 0) - len(seen))
+
+
+def _step_record(
+    manifest: Mapping[str, Any],
+    layer: str,
+    fragments: list[dict],
+    written: list[str],
+    missing: list[str],
+) -> Any:
+    failures = [f for f in fragments if f["status"] != "committed"]
+    notes = [Note.from_json(n) for n in manifest["notes"]]
+    seen = {(n.kind, n.text) for n in notes}
+    for fragment in sorted(fragments, key=lambda f: (f["ended"], f["task"])):
+        for note in map(Note.from_json, fragment.get("notes", [])):
+            if (note.kind, note.text) not in seen:
+                seen.add((note.kind, note.text))
+                notes.append(note)
+    error = None
+    if failures:
+        error = {"type": "TaskFailures", "message": f"{len(failures)} of {len(fragments)} failed"}
+    if missing:
+        error = _incomplete(missing, manifest["expected_tasks"], error)
+    record = make_record(
+        session=manifest["id"],
+        layer=layer,
+        process=manifest["process"],
+        sources=manifest["sources"],
+        notes=notes,
+        started=parse_time(manifest["started"]),
+        status="failed" if failures or missing else "committed",
+        writes=combine(f["writes"] for f in fragments),
+        siblings=tuple(other for other in written if other != layer),
+        error=error,
+        step=manifest["id"],
+        tasks=_task_summary(manifest, fragments, failures, missing),
+    )
+    # A step's record is a pure function of its fragments, so finishing twice stores it once.
+    return attrs.evolve(
+        record,
+        ended=max(f["ended"] for f in fragments),
+        user=manifest["user"],
+        host=manifest["host"],
+    )
+
+
+def _incomplete(missing: list[str], expected: int, error: dict | None) -> dict[str, str]:
+    """The error of a step finished while expected tasks filed nothing."""
+    named = [task for task in missing if task != "?"]
+    shown = f" ({', '.join(named[:10])}{', ...' if len(named) > 10 else ''})" if named else ""
+    also = f"; and {error['message']}" if error else ""
+    message = f"{len(missing)} of {expected} expected tasks filed nothing{shown}{also}"
+    return {"type": "Incomplete", "message": f"{message}; run them, then finish again"}
+
+
+def _task_summary(
+    manifest: Mapping[str, Any], fragments: list[dict], failures: list[dict], missing: list[str]
+) -> dict[str, Any]:
+    listed = sorted(failures, key=lambda f: f["task"])[:MAX_LISTED_FAILURES]
+    expected = {}
+    if "expected_tasks" in manifest:
+        named = [task for task in missing if task != "?"][:MAX_LISTED_FAILURES]
+        expected = {"expected": manifest["expected_tasks"], "missing": len(missing)}
+        expected.update({"missing_tasks": named} if named else {})
+    return {
+        **expected,
+        "count": len(fragments),
+        "committed": len(fragments) - len(failures),
+        "failed": len(failures),
+        "failures": [{"task": f["task"], "error": f["error"]} for f in listed],
+        "hosts": len({f["host"] for f in fragments}),
+    }
+
+
+def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
+    """Fragments so far per volume, with failures, and whether the step was finished."""
+    token = StepToken.loads(token)
+    report: dict[str, Any] = {"step": token.id, "volumes": {}}
+    found = {}
+    for layer in token.volumes:
+        ledger = Ledger.open(layer)
+        fragments = found[layer] = StepFiles.beside(ledger).fragments(token.id)
+        section = ledger.summary().get("cirrus", {})
+        report["volumes"][layer] = {
+            "tasks": len(fragments),
+            "failed": sorted(f["task"] for f in fragments if f["status"] != "committed"),
+            "open": token.id in section.get("open_steps", {}),
+            "finished": any(e.get("step") == token.id for e in section.get("records", [])),
+        }
+    manifest = _manifest(token)
+    if "expected_tasks" in manifest:
+        missing = _missing_tasks(manifest, found.values())
+        report["expected"] = manifest["expected_tasks"]
+        report["missing"] = len(missing)
+        report["missing_tasks"] = [task for task in missing if task != "?"]
+    return report

@@ -1,0 +1,57 @@
+"""A step's token and task ids: what a task is handed, checked before it becomes a storage key."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from cirrus.canonical import check_step_id
+from cirrus.errors import InvalidInput, StepError
+from cirrus.storage.paths import normalise_cloudpath
+
+TOKEN_VERSION = 1
+_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=,+@-]{0,199}")
+
+
+def validate_task_id(task: Any) -> str:
+    """Task ids become part of a key: letters, digits and ._:=,+@- only, no path separators."""
+    if not isinstance(task, str) or not _TASK_ID.fullmatch(task):
+        raise InvalidInput(
+            f"task id {task!r} is not usable: use 1-200 characters from letters, digits and "
+            "._:=,+@- starting with a letter or digit, e.g. 'x0-512_y0-512_z0-64'"
+        )
+    return task
+
+
+@attrs.frozen
+class StepToken:
+    """What a task needs to join a step: its id and its volumes. Small, JSON, safe to queue."""
+
+    id: str
+    volumes: tuple[str, ...]
+
+    def dumps(self) -> str:
+        return json.dumps({"cirrus_step": TOKEN_VERSION, "id": self.id, "volumes": self.volumes})
+
+    @classmethod
+    def loads(cls, token: str | Mapping[str, Any] | StepToken) -> StepToken:
+        if isinstance(token, StepToken):
+            return token
+        try:
+            data = json.loads(token) if isinstance(token, str) else dict(token)
+            if not isinstance(data, dict):
+                raise ValueError(f"a JSON {type(data).__name__}, not an object")
+            if data.get("cirrus_step") != TOKEN_VERSION:
+                raise ValueError(f"unknown token version {data.get('cirrus_step')!r}")
+            if not isinstance(data["volumes"], (list, tuple)) or not data["volumes"]:
+                raise ValueError(f"volumes must be a non-empty list, got {data['volumes']!r}")
+            volumes = tuple(normalise_cloudpath(v) for v in data["volumes"])
+            return cls(check_step_id(data["id"]), volumes)
+        except (ValueError, KeyError, TypeError) as error:
+            raise StepError(
+                f"not a cirrus step token ({error}); pass the string `step.token` unchanged"
+            ) from None
