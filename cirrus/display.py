@@ -1,4 +1,5 @@
-"""Rendering provenance for people: plain text for terminals and logs, HTML tables for Jupyter.
+"""Rendering provenance for people: plain text for terminals and logs (the HTML tables for
+Jupyter, built on these rows, are in `cirrus.display_html`).
 
 Everything here works on plain JSON (a record as `StoredRecord.to_json()` gives it, a summary's
 `open_steps` and `open_sessions`) or on duck-typed objects, and imports nothing else from
@@ -7,14 +8,34 @@ cirrus, so any module may delegate its `__str__` or `_repr_html_` here without a
 
 from __future__ import annotations
 
-import html
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from cirrus.model import is_interrupted
 
 SHORT = 12
+FIRST_LINE = 200  # characters of an error's first line that `cirrus log` shows
+# ANSI escape sequences (CSI: colours, cursor moves; OSC: titles, links; two-byte ones), then any
+# other control character but tab and newline: stored text is shown, never obeyed.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def clean(text: str) -> str:
+    """Stored text as it may be shown: no terminal escape codes (CloudFiles colours its errors,
+    and an error may carry any bytes), no carriage returns or other control characters."""
+    return _CONTROL.sub("", _ANSI.sub("", str(text)))
+
+
+def first_line(text: str, limit: int = FIRST_LINE) -> str:
+    """The first non-blank line of `text`, cut at `limit` characters; ` ...` marks what is cut."""
+    lines = [line for line in clean(text).strip().split("\n") if line.strip()]
+    head = lines[0].rstrip() if lines else ""
+    if len(head) > limit:
+        return head[:limit].rstrip() + " ..."
+    return head + " ..." if len(lines) > 1 else head
 
 
 def short(digest: str | None, length: int = SHORT) -> str:
@@ -84,14 +105,31 @@ def process_line(record: Mapping[str, Any]) -> str:
     return f"{process['description']} [{short(process.get('digest'))}]"
 
 
-def row(record: Mapping[str, Any]) -> dict[str, str]:
-    """The columns of one history line: what `cirrus log` and notebooks show per record."""
+def status_text(record: Mapping[str, Any], full: bool = True) -> str:
+    """`failed: Type: message`; only the message's first line unless `full`."""
     status = record["status"]
-    if record.get("error"):
-        status = f"{status}: {record['error'].get('type')}: {record['error'].get('message')}"
+    error = record.get("error")
+    if not error:
+        return status
+    message = str(error.get("message", ""))
+    message = clean(message).strip() if full else first_line(message)
+    return f"{status}: {error.get('type')}: {message}"
+
+
+def row(record: Mapping[str, Any]) -> dict[str, str]:
+    """The columns of one history line: what `cirrus log` and notebooks show per record.
+
+    An error shows its first line only (the record in full has all of it); stored text is
+    `clean`ed of escape codes.
+    """
+    cells = _row(record)
+    return {key: clean(value) for key, value in cells.items()}
+
+
+def _row(record: Mapping[str, Any]) -> dict[str, str]:
     return {
         "time": when(record.get("started")),
-        "status": status,
+        "status": status_text(record, full=False),
         "record": short(record.get("id")),
         "process": process_line(record),
         "motivation": motivation(record),
@@ -107,6 +145,10 @@ def row(record: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+def _one_line(text: Any) -> str:
+    return " ".join(clean(str(text)).split())
+
+
 COLUMNS = ("time", "status", "record", "process", "motivation", "notes", "sources", "writes", "who")
 
 
@@ -116,17 +158,17 @@ Open = Mapping[str, Mapping[str, Any]]  # id -> what the summary says of an open
 def open_lines(open_steps: Open | None, open_sessions: Open | None = None) -> list[str]:
     """Steps still running, and sessions that wrote and did not commit (running, or dead)."""
     steps = [
-        f"OPEN STEP {short(step_id)}: {info.get('description', '?')} "
+        f"OPEN STEP {short(step_id)}: {_one_line(info.get('description', '?'))} "
         f"[{short(info.get('process'))}] since {when(info.get('started'))} "
-        f"by {info.get('user', '?')}"
+        f"by {_one_line(info.get('user', '?'))}"
         for step_id, info in (open_steps or {}).items()
     ]
     sessions = [
-        f"OPEN SESSION {short(session)}: {info.get('description', '?')} "
+        f"OPEN SESSION {short(session)}: {_one_line(info.get('description', '?'))} "
         f"[{short(info.get('process'))}] started {when(info.get('started'))} "
-        f"by {info.get('user', '?')}@{info.get('host', '?')} pid {info.get('pid', '?')}; "
-        f"motivation: {info.get('motivation', '?')}; if that process is gone, these writes "
-        "were never committed"
+        f"by {_one_line(info.get('user', '?'))}@{_one_line(info.get('host', '?'))} "
+        f"pid {info.get('pid', '?')}; motivation: {_one_line(info.get('motivation', '?'))}; "
+        "if that process is gone, these writes were never committed"
         for session, info in (open_sessions or {}).items()
     ]
     return steps + sessions
@@ -139,7 +181,11 @@ def history_text(
     total: int | None = None,
     open_sessions: Open | None = None,
 ) -> str:
-    """Newest first, one block per record, like `git log`; `total` when only some are given."""
+    """Newest first, one block per record, like `git log`; `total` when only some are given.
+
+    A record's header shows the first line of its error (`record_text` has all of it); text
+    of several lines keeps its lines, indented under the record.
+    """
     records = list(records)
     count = record_count(len(records), total)
     out = [f"{volume}: {count}" if volume else count]
@@ -147,18 +193,22 @@ def history_text(
     for record in reversed(records):
         cells = row(record)
         out.append("")
-        out.append(f"record {cells['record']}  {cells['time']}  {cells['status']}")
+        status = cells["status"]
+        if status != status_text(record, full=True):
+            status += " (full error: cirrus show)"
+        out.append(f"record {cells['record']}  {cells['time']}  {status}")
         if cells["step"]:
             out.append(f"  step:       {cells['step']}")
-        out.append(f"  process:    {cells['process']}")
-        out.append(f"  motivation: {cells['motivation']}")
+        out += _labelled("process", [cells["process"]])
+        motivations = [n["text"] for n in record.get("notes", []) if n.get("kind") == "motivation"]
+        out += _labelled("motivation", motivations or ["-"])
         out += _labelled("sources", record.get("sources", []) or ["-"])
         out += _labelled("writes", cells["writes"].split("\n"))
         results = [n["text"] for n in record.get("notes", []) if n.get("kind") != "motivation"]
         if results:
             out += _labelled("notes", results)
         out.append(f"  by:         {cells['who']}")
-    return "\n".join(out)
+    return clean("\n".join(out))
 
 
 def record_count(shown: int, total: int | None) -> str:
@@ -167,37 +217,16 @@ def record_count(shown: int, total: int | None) -> str:
     return f"{shown} record(s)"
 
 
-def _labelled(label: str, lines: Sequence[str]) -> list[str]:
+def _lines(items: Iterable[str]) -> list[str]:
+    """Each item's lines, in order: text of several lines stays several lines."""
+    return [line for item in items for line in clean(item).rstrip("\n").split("\n")]
+
+
+def _labelled(label: str, items: Sequence[str]) -> list[str]:
+    """`  label:     first line`, then every further line (of any item) under the first."""
     head = f"  {label + ':':<12}"
+    lines = _lines(items)
     return [f"{head if i == 0 else ' ' * len(head)}{line}" for i, line in enumerate(lines)]
-
-
-def _cell(text: str) -> str:
-    return html.escape(text).replace("\n", "<br>")
-
-
-def history_html(
-    records: Iterable[Mapping[str, Any]],
-    volume: str = "",
-    open_steps: Open | None = None,
-    open_sessions: Open | None = None,
-    total: int | None = None,
-) -> str:
-    """An HTML table, newest first, for Jupyter; `total` when only some are given."""
-    records = list(records)
-    head = "".join(f"<th>{name}</th>" for name in COLUMNS)
-    body = []
-    for record in reversed(records):
-        cells = row(record)
-        body.append("<tr>" + "".join(f"<td>{_cell(cells[c])}</td>" for c in COLUMNS) + "</tr>")
-    count = record_count(len(records), total)
-    caption = html.escape(f"{volume}: {count}" if volume else "history")
-    lines = open_lines(open_steps, open_sessions)
-    opened = "".join(f"<p><b>{html.escape(line)}</b></p>" for line in lines)
-    return (
-        f'<div class="cirrus-history">{opened}<table><caption>{caption}</caption>'
-        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
-    )
 
 
 HIDDEN_ENV_KEYS = {"kind", "packages", "diff", "diff_sha256", "diff_truncated"}
@@ -253,7 +282,7 @@ def env_diff(document: Mapping[str, Any] | None) -> str:
 
 
 def _field(label: str, lines: Sequence[str] | str) -> list[str]:
-    lines = lines.split("\n") if isinstance(lines, str) else list(lines) or ["-"]
+    lines = _lines([lines] if isinstance(lines, str) else list(lines) or ["-"])
     return [f"{label if i == 0 else '':<11}{line}" for i, line in enumerate(lines)]
 
 
@@ -262,11 +291,11 @@ def record_text(
     envs: Sequence[tuple[str, Mapping[str, Any] | None, str | None]] = (),
     diffs: bool = True,
 ) -> str:
-    """One record in full; `envs` is [(env id, document or None, error)]."""
+    """One record in full (its whole error too); `envs` is [(env id, document or None, error)]."""
     cells = row(record)
     out = _field("record", record.get("id", "?"))
     out += _field("volume", record.get("volume", "?"))
-    out += _field("status", cells["status"])
+    out += _field("status", status_text(record, full=True))
     out += _field("session", record.get("session", "?"))
     if record.get("step"):
         out += _field("step", record["step"])
@@ -297,27 +326,7 @@ def record_text(
         diff = env_diff(document)
         if diffs and diff:
             out += _field("", ["diff:"] + ["  " + line for line in diff.rstrip("\n").split("\n")])
-    return "\n".join(out)
-
-
-def record_html(record: Mapping[str, Any]) -> str:
-    """A record as a two-column HTML table."""
-    cells = row(record)
-    rows = [
-        ("record", record.get("id", "?")),
-        ("volume", record.get("volume", "?")),
-        ("status", cells["status"]),
-        ("time", f"{record.get('started')} .. {record.get('ended')}"),
-        ("process", cells["process"]),
-        ("parameters", json.dumps((record.get("process") or {}).get("parameters", {}))),
-        ("motivation", cells["motivation"]),
-        ("sources", cells["sources"]),
-        ("notes", "\n".join(f"{n['kind']}: {n['text']}" for n in record.get("notes", []))),
-        ("writes", cells["writes"]),
-        ("by", cells["who"]),
-    ]
-    body = "".join(f"<tr><th>{k}</th><td>{_cell(str(v))}</td></tr>" for k, v in rows)
-    return f'<table class="cirrus-record">{body}</table>'
+    return clean("\n".join(out))
 
 
 def session_facts(session: Any) -> list[tuple[str, str]]:
@@ -352,10 +361,3 @@ def session_text(session: Any) -> str:
     for key, value in session_facts(session):
         out += _labelled(key, (value or "-").split("\n"))
     return "cirrus session\n" + "\n".join(out)
-
-
-def session_html(session: Any) -> str:
-    body = "".join(
-        f"<tr><th>{k}</th><td>{_cell(v or '-')}</td></tr>" for k, v in session_facts(session)
-    )
-    return f'<table class="cirrus-session"><caption>cirrus session</caption>{body}</table>'

@@ -125,7 +125,7 @@ class StoredRecord:
         return record_text(self.to_json())
 
     def _repr_html_(self) -> str:
-        from cirrus.display import record_html
+        from cirrus.display_html import record_html
 
         return record_html(self.to_json())
 

@@ -50,7 +50,7 @@ class History(list):
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        from cirrus.display import history_html
+        from cirrus.display_html import history_html
 
         records = [r.to_json() for r in self]
         return history_html(records, self.volume, self.open_steps, self.open_sessions, self.total)

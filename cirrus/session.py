@@ -332,7 +332,7 @@ class Session(WriteScope):
         return session_text(self)
 
     def _repr_html_(self) -> str:
-        from cirrus.display import session_html
+        from cirrus.display_html import session_html
 
         return session_html(self)
 

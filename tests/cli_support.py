@@ -62,9 +62,12 @@ def layers(tmp: Path, *names: str) -> list[str]:
     return paths
 
 
-def run(*args: str, check: int | None = 0, **kwargs: Any) -> subprocess.CompletedProcess:
-    """The console script, for real; asserts the exit status unless check is None."""
-    env = {**os.environ, "COLUMNS": "200"}
+def run(
+    *args: str, check: int | None = 0, env: dict[str, str] | None = None, **kwargs: Any
+) -> subprocess.CompletedProcess:
+    """The console script, for real; asserts the exit status unless check is None. `env`:
+    variables to set on top of this process's environment."""
+    env = {**os.environ, "COLUMNS": "200", **(env or {})}
     done = subprocess.run(
         [str(CIRRUS), *args], capture_output=True, text=True, env=env, timeout=120, **kwargs
     )
@@ -73,12 +76,16 @@ def run(*args: str, check: int | None = 0, **kwargs: Any) -> subprocess.Complete
     return done
 
 
-def invoke(*args: str, code: int = 0, input: str | None = None) -> Any:
-    """The command through click's CliRunner (in process, fast); asserts the exit status."""
+def invoke(*args: str, code: int = 0, input: str | None = None, color: bool = False) -> Any:
+    """The command through click's CliRunner (in process, fast); asserts the exit status.
+
+    `color`: keep escape codes in the output, as a terminal would get them (click strips
+    them from output that goes elsewhere, so without it a test cannot see them).
+    """
     from click.testing import CliRunner
 
     from cirrus.cli import cli
 
-    result = CliRunner().invoke(cli, list(args), input=input)
+    result = CliRunner().invoke(cli, list(args), input=input, color=color)
     assert result.exit_code == code, (result.exit_code, result.output, result.exception)
     return result

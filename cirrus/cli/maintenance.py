@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from cirrus.cli.common import EXIT_CODES, CirrusGroup
+from cirrus.cli.common import EXIT_CODES, EXIT_PROBLEMS, CirrusGroup, require_layer
 from cirrus.cli.volumes import print_log
+
+if TYPE_CHECKING:
+    from cirrus.steptoken import StepToken
 
 
 # -- recover / repair -----------------------------------------------------------------------------
@@ -42,6 +46,7 @@ def recover_command(path: str, abandon: str | None, abandon_dead: bool, force: b
 
     if abandon is not None and abandon_dead:
         raise click.UsageError("--abandon names one session, --abandon-dead finds them: use one")
+    require_layer(path)
     if abandon is not None:
         from cirrus.abandon import abandon as abandon_session
 
@@ -92,6 +97,7 @@ def repair_command(path: str) -> None:
     from cirrus.ledger import Ledger
     from cirrus.repair import repair_summary
 
+    require_layer(path)
     ledger = Ledger.open(path)
     kept = repair_summary(path)
     if kept is None:
@@ -103,6 +109,14 @@ def repair_command(path: str) -> None:
 
 
 # -- step -----------------------------------------------------------------------------------------
+TOKEN_HELP = (
+    "a step token is the JSON string `step.token` gives the step's opener, like "
+    '{"cirrus_step": 1, "id": "<32 hex digits>", "volumes": ["gs://bucket/layer", ...]}; '
+    "pass it unchanged, as @FILE or on stdin with -"
+)
+TOKEN_KEYS = ("cirrus_step", "id", "volumes")
+
+
 @click.group("step", cls=CirrusGroup, epilog=EXIT_CODES)
 def step_group() -> None:
     """Steps run as many tasks: check progress, or finish one.
@@ -126,14 +140,57 @@ def _token(token: str) -> str:
     return token
 
 
+def _parse_token(token: str) -> StepToken:
+    """The step token TOKEN stands for, with an error that says what is wrong with it and what
+    a token looks like (the library's own check only names a missing key)."""
+    from cirrus.errors import StepError
+    from cirrus.steptoken import StepToken
+
+    text = _token(token)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        raise StepError(f"not a cirrus step token: {shown!r} is not JSON; {TOKEN_HELP}") from None
+    if isinstance(data, dict):
+        missing = [key for key in TOKEN_KEYS if key not in data]
+        if missing:
+            keys = " and ".join(repr(key) for key in missing)
+            raise StepError(f"not a cirrus step token: it has no {keys} key; {TOKEN_HELP}")
+    try:
+        return StepToken.loads(data)
+    except StepError as error:
+        raise StepError(f"{str(error).split('; ')[0]}; {TOKEN_HELP}") from None
+
+
+def _require_step(parsed: StepToken) -> None:
+    """An unknown step is an error, as `step finish` says: no volume of the token has its
+    manifest (a token of another bucket or a copy-paste slip, most likely)."""
+    from cirrus.errors import StepError
+    from cirrus.stepfiles import StepFiles
+
+    if any(StepFiles.open(layer).manifest(parsed.id) is not None for layer in parsed.volumes):
+        return
+    raise StepError(
+        f"step {parsed.id} is not known on {', '.join(parsed.volumes)}: none of them has its "
+        "manifest (provenance.d/steps/<step>/step.json); check that the token is the one "
+        "`step.token` gave and that the volumes are the step's"
+    )
+
+
 @step_group.command("status", epilog=EXIT_CODES)
 @click.argument("token")
 @click.option("--json", "as_json", is_flag=True)
 def step_status_command(token: str, as_json: bool) -> None:
-    """Tasks recorded so far on each volume of the step, failures, open or finished."""
-    from cirrus.step import status
+    """Tasks recorded so far on each volume of the step, failures, open or finished.
 
-    report = status(_token(token))
+    A step that none of the token's volumes knows is an error (exit status 2).
+    """
+    from cirrus.stepfinish import status
+
+    parsed = _parse_token(token)
+    _require_step(parsed)
+    report = status(parsed)
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         return
@@ -145,22 +202,54 @@ def step_status_command(token: str, as_json: bool) -> None:
         )
         for task in info["failed"][:20]:
             click.echo(f"    failed: {task}")
+    if "expected" in report:
+        named = report["missing_tasks"]
+        shown = f": {', '.join(named[:20])}{', ...' if len(named) > 20 else ''}" if named else ""
+        click.echo(f"  expected {report['expected']} task(s), {report['missing']} missing{shown}")
 
 
 @step_group.command("finish", epilog=EXIT_CODES)
 @click.argument("token")
 def step_finish_command(token: str) -> None:
-    """Fold the tasks' fragments into one record per volume and publish. Safe to repeat."""
-    from cirrus.step import StepToken, finish
+    """Fold the tasks' fragments into one record per volume and publish. Safe to repeat.
 
-    parsed = StepToken.loads(_token(token))
+    Prints each volume's record with its status and task counts. Exits 1 when a record is
+    `failed` (some tasks failed: their errors are listed; re-run them, then finish again),
+    2 when the step is unknown or TOKEN is not a step token.
+    """
+    from cirrus.display import first_line, status_text
+    from cirrus.ledger import Ledger
+    from cirrus.stepfinish import finish
+
+    parsed = _parse_token(token)
     ids = finish(parsed)
-    click.echo(f"step {parsed.id} finished")
+    lines, failed = [], 0
     for layer in parsed.volumes:
-        if layer in ids:
-            click.echo(f"  {layer}: record {ids[layer]}")
-        else:
-            click.echo(f"  {layer}: no task wrote here; nothing recorded")
+        if layer not in ids:
+            lines.append(f"  {layer}: no task wrote here; nothing recorded")
+            continue
+        record = Ledger.open(layer).read_record(ids[layer]).to_json()
+        tasks = record.get("tasks") or {}
+        failed += record["status"] != "committed"
+        lines.append(
+            f"  {layer}: {status_text(record, full=False)}, record {ids[layer]}\n"
+            f"    tasks: {tasks.get('count', 0)} ({tasks.get('committed', 0)} committed, "
+            f"{tasks.get('failed', 0)} failed)"
+        )
+        listed = tasks.get("failures") or []
+        for failure in listed[:20]:
+            error = failure.get("error") or {}
+            reason = first_line(f"{error.get('type', '?')}: {error.get('message', '')}")
+            lines.append(f"    failed: {failure.get('task')}: {reason}")
+        more = tasks.get("failed", 0) - min(len(listed), 20)
+        if more > 0:
+            lines.append(f"    ... {more} more: `cirrus show {layer} {ids[layer][:12]}`")
+    verdict = f": {failed} record(s) failed" if failed else ""
+    click.echo(f"step {parsed.id} finished{verdict}")
+    for line in lines:
+        click.echo(line)
+    if failed:
+        click.get_current_context().exit(EXIT_PROBLEMS)
 
 
 # -- demo -----------------------------------------------------------------------------------------

@@ -7,13 +7,22 @@ from typing import Any
 
 import click
 
-from cirrus.cli.common import EXIT_CODES, EXIT_PROBLEMS, ProgressBar, is_terminal, rich_console
+from cirrus.cli.common import (
+    EXIT_CODES,
+    EXIT_PROBLEMS,
+    ProgressBar,
+    is_terminal,
+    require_layer,
+    rich_console,
+)
 
 
 # -- log ------------------------------------------------------------------------------------------
 def print_log(path: str, as_json: bool = False, limit: int | None = None) -> None:
     """Print a volume's history, newest first (what `cirrus log` and `cirrus demo` show)."""
     from cirrus.reading import history
+
+    require_layer(path)
 
     found = history(path, newest=limit)  # a long history: only the newest are read
     if as_json:
@@ -35,6 +44,7 @@ def print_log(path: str, as_json: bool = False, limit: int | None = None) -> Non
 
 def _log_table(records: list[dict], found: Any, total: int) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from cirrus.display import COLUMNS, open_lines, record_count, row
 
@@ -47,9 +57,9 @@ def _log_table(records: list[dict], found: Any, total: int) -> None:
     for record in reversed(records):
         cells = row(record)
         style = "red" if record["status"] != "committed" else None
-        table.add_row(*(cells[c] for c in COLUMNS), style=style)
+        table.add_row(*(Text(cells[c]) for c in COLUMNS), style=style)  # stored text, not markup
     for line in open_lines(found.open_steps, found.open_sessions):
-        console.print(f"[yellow]{line}[/yellow]")
+        console.print(Text(line, style="yellow"))
     console.print(table)
 
 
@@ -68,19 +78,21 @@ def log_command(path: str, as_json: bool, limit: int | None) -> None:
 # -- show -----------------------------------------------------------------------------------------
 @click.command("show", epilog=EXIT_CODES)
 @click.argument("path")
-@click.argument("digest")
+@click.argument("record_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="The record and its environments as JSON.")
-def show_command(path: str, digest: str, as_json: bool) -> None:
+def show_command(path: str, record_id: str, as_json: bool) -> None:
     """One record of PATH in full, with its code environments (and their git diffs).
 
-    DIGEST is a record id or a unique prefix of one (as `cirrus log` shows).
+    ID is a record id or a unique prefix of one (as `cirrus log` shows). The full error of a
+    failed record is here; `cirrus log` shows its first line.
     """
     from cirrus.display import env_diff, record_text
     from cirrus.ledger import Ledger
     from cirrus.reading import record_envs, resolve_record_id
 
+    require_layer(path)
     ledger = Ledger.open(path)
-    stored = ledger.read_record(resolve_record_id(ledger, digest))
+    stored = ledger.read_record(resolve_record_id(ledger, record_id))
     envs = record_envs(ledger, stored)
     if as_json:
         data = {
@@ -117,6 +129,8 @@ def verify_command(paths: tuple[str, ...], as_json: bool) -> None:
     """
     from cirrus.verify import verify
 
+    for path in paths:
+        require_layer(path)  # every PATH, before any report: a typo is not an empty layer
     reports = []
     for path in paths:
         with ProgressBar(f"verifying {path}") as progress:
@@ -158,6 +172,7 @@ def lineage_command(path: str, depth: int, fmt: str) -> None:
     """
     from cirrus.lineage import RENDERERS, lineage
 
+    require_layer(path)  # its sources may be unreadable; PATH itself must be a layer
     root = lineage(path, depth=depth)
     if fmt == "json":
         click.echo(json.dumps(root.to_json(), indent=2, ensure_ascii=False))
@@ -175,7 +190,7 @@ def lineage_command(path: str, depth: int, fmt: str) -> None:
     default="prov-json",
     show_default=True,
 )
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="File.")
+@click.option("-o", "--output", metavar="FILE", help="Write to FILE (its directory must exist).")
 def export_command(path: str, fmt: str, output: str | None) -> None:
     """PATH's history as W3C PROV: the volume and sources as entities, sessions and steps as
     activities, processes as plans, users as agents, sources via wasDerivedFrom.
@@ -185,9 +200,35 @@ def export_command(path: str, fmt: str, output: str | None) -> None:
     from cirrus.export import serialize
     from cirrus.reading import history
 
-    text = serialize(history(path), fmt)
     if output:
+        _check_output(output)  # before reading: a typo in FILE should not cost a history read
+    require_layer(path)
+    text = serialize(history(path), fmt)
+    if not output:
+        click.echo(text)
+        return
+    try:
         with open(output, "w", encoding="utf-8") as handle:
             handle.write(text + "\n")
-    else:
-        click.echo(text)
+    except OSError as error:
+        raise _unwritable(output, error.strerror or str(error)) from None
+
+
+def _check_output(output: str) -> None:
+    import os
+
+    directory = os.path.dirname(os.path.abspath(output))
+    if os.path.isdir(output):
+        raise _unwritable(output, "it is a directory; name a file in it")
+    if not os.path.isdir(directory):
+        raise _unwritable(output, f"directory {directory} does not exist; create it first")
+    if not os.access(directory, os.W_OK) or (
+        os.path.exists(output) and not os.access(output, os.W_OK)
+    ):
+        raise _unwritable(output, "permission denied")
+
+
+def _unwritable(output: str, reason: str) -> Exception:
+    from cirrus.errors import InvalidInput
+
+    return InvalidInput(f"cannot write the export to -o {output}: {reason}")
