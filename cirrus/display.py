@@ -74,6 +74,9 @@ def writes_lines(writes: Mapping[str, Any] | None, tasks: Mapping[str, Any] | No
             f"mip {mip}: {_box(entry['bounds'])}, {chunks} chunk{'s' * (chunks != 1)}, "
             f"{size(entry.get('bytes', 0))}"
         )
+    for mip, entry in writes.get("deleted", {}).items():
+        where = "every chunk" if entry.get("all") else _box(entry["bounds"])
+        lines.append(f"deleted mip {mip}: {where}")
     others = {k: v for k, v in writes.get("operations", {}).items() if k != "upload"}
     if others:
         lines.append(", ".join(f"{kind} x{count}" for kind, count in others.items()))

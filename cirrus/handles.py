@@ -38,7 +38,6 @@ ACROSS_PROCESSES = (
 
 # (attribute path on the CloudVolume, method names, operation recorded)
 GATES: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("image", ("delete", "delete_all"), "delete"),
     ("meta", ("commit_info",), "info"),
     ("mesh", ("put",), "mesh"),
     ("mesh", ("delete",), "mesh_delete"),
@@ -79,6 +78,7 @@ def track(volume: Any, gate: Gate) -> Any:
     volume.__class__ = _handle_class(type(volume))
     volume._cirrus_gate = gate
     _gate_image_upload(volume, gate)
+    _gate_image_delete(volume, gate)
     for path, names, operation in GATES:
         owner = _resolve(volume, path)
         for name in names:
@@ -197,6 +197,28 @@ def _gate_image_upload(volume: Any, gate: Gate) -> None:
         return not np.issubdtype(image.dtype, np.dtype(meta.dtype).type)
 
     _wrap(volume.image, "upload", before, refused)
+
+
+def _gate_image_delete(volume: Any, gate: Gate) -> None:
+    """Deletes are recorded with their mip and box (as CloudVolume will realise it)."""
+    image, meta = volume.image, volume.meta
+
+    def delete(bbox: Any, mip: int | None = None) -> Callable:
+        from cloudvolume.lib import Bbox
+
+        mip = image.config.mip if mip is None else mip
+        if isinstance(bbox, Bbox):
+            bbox = bbox.convert_units("vx", meta.resolution(mip))
+        box = Bbox.create(bbox, meta.bounds(mip), bounded=True)  # raises as CloudVolume would
+        gate.admit()
+        return gate.tracker.delete(int(mip), (*box.minpt.tolist(), *box.maxpt.tolist()))
+
+    def delete_all(mip: int) -> Callable:
+        gate.admit()
+        return gate.tracker.delete(int(mip), None)
+
+    _wrap(image, "delete", delete)
+    _wrap(image, "delete_all", delete_all)
 
 
 @functools.cache

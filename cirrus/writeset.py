@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -56,6 +56,7 @@ class WriteTracker:
 
     operations: Counter = attrs.field(factory=Counter)  # besides image uploads
     infos: list[str] = attrs.field(factory=list)
+    deletes: list[tuple[int, tuple[int, ...] | None]] = attrs.field(factory=list)  # None: all
     # image writes per writing thread: mip, offset, shape, bytes and the info's scale, as
     # CloudVolume passed them; boxes and chunk counts are worked out in `to_json`
     _threads: list[_ThreadWrites] = attrs.field(factory=list, repr=False)
@@ -95,6 +96,21 @@ class WriteTracker:
         with self._lock:
             self.operations[kind] += count
 
+    def delete(self, mip: int, box: tuple[int, ...] | None) -> Callable[[], Any]:
+        """Tally a delete of `box` (x0, y0, z0, x1, y1, z1; None: every chunk of the mip)
+        before it is made; returns what takes it back if CloudVolume refuses it."""
+        entry = (mip, box)
+        with self._lock:
+            self.deletes.append(entry)
+            self.operations["delete"] += 1
+
+        def undo() -> None:
+            with self._lock:
+                self.deletes.remove(entry)
+                self.operations["delete"] -= 1
+
+        return undo
+
     def info(self, info_digest: str) -> None:
         with self._lock:
             if info_digest not in self.infos:
@@ -114,8 +130,9 @@ class WriteTracker:
             raw = [write for thread in self._threads for write in list(thread.raw)]
             packed = [batch for thread in self._threads for batch in thread.packed]
             operations, infos = Counter(self.operations), list(self.infos)
+            deletes = list(self.deletes)
         operations["upload"] += len(raw) + sum(len(batch.boxes) for batch in packed)
-        return writes_json([*packed, *_image_writes(raw)], operations, infos)
+        return writes_json([*packed, *_image_writes(raw)], operations, infos, deletes)
 
 
 def _image_writes(writes: list[Write]) -> list[MipWrites]:
@@ -155,27 +172,60 @@ def _first_three(rows: list[Any]) -> Any:
 
 
 def writes_json(
-    batches: Iterable[MipWrites], operations: Mapping[str, int], infos: Iterable[str]
+    batches: Iterable[MipWrites],
+    operations: Mapping[str, int],
+    infos: Iterable[str],
+    deletes: Iterable[tuple[int, Sequence[int] | None]] = (),
 ) -> dict[str, Any]:
-    """The JSON of a write set: per mip, coalesced boxes, bounds, chunk and byte totals."""
+    """The JSON of a write set: per mip, coalesced boxes, bounds, chunk and byte totals; and,
+    if any, per mip the boxes deleted (or `all`)."""
     mips: dict[int, list[MipWrites]] = {}
     for batch in batches:
         mips.setdefault(batch.mip, []).append(batch)
-    return {
+    out = {
         "mips": {str(mip): _mip_json(mips[mip]) for mip in sorted(mips)},
         "operations": {kind: n for kind, n in sorted(operations.items()) if n > 0},
         "info": list(infos),
     }
+    deleted = _deleted_json(deletes)
+    if deleted:
+        out["deleted"] = deleted
+    return out
+
+
+def _deleted_json(deletes: Iterable[tuple[int, Sequence[int] | None]]) -> dict[str, Any]:
+    """Per mip, the coalesced boxes deleted and their bounds, or `{"all": true}`."""
+    import numpy as np
+
+    boxes: dict[int, list[Sequence[int]]] = {}
+    everything: set[int] = set()
+    for mip, box in deletes:
+        if box is None:
+            everything.add(mip)
+        else:
+            boxes.setdefault(mip, []).append(box)
+    out: dict[str, Any] = {}
+    for mip in sorted(everything | set(boxes)):
+        merged = None if mip in everything else coalesce(np.array(boxes[mip], dtype=np.int64))
+        out[str(mip)] = {"all": True} if merged is None else _boxes_json(merged)
+    return out
 
 
 def _mip_json(batches: list[MipWrites]) -> dict[str, Any]:
     import numpy as np
 
     boxes = coalesce(np.vstack([batch.boxes for batch in batches]))
-    out = {
-        "bounds": [*boxes[:, :3].min(axis=0).tolist(), *boxes[:, 3:].max(axis=0).tolist()],
+    return {
+        **_boxes_json(boxes),
         "chunks": sum(batch.chunks for batch in batches),
         "bytes": sum(batch.nbytes for batch in batches),
+    }
+
+
+def _boxes_json(boxes: Any) -> dict[str, Any]:
+    """Coalesced boxes (n x 6) as JSON: their bounds, and the boxes unless there are too many."""
+    out: dict[str, Any] = {
+        "bounds": [*boxes[:, :3].min(axis=0).tolist(), *boxes[:, 3:].max(axis=0).tolist()]
     }
     if len(boxes) <= MAX_BOXES:
         out["boxes"] = boxes.tolist()
@@ -231,10 +281,16 @@ def combine(writesets: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     batches = []
     operations: Counter = Counter()
     infos: dict[str, None] = {}
+    deletes: list[tuple[int, Sequence[int] | None]] = []
     for writes in writesets:
+        for mip, entry in writes.get("deleted", {}).items():
+            if entry.get("all"):
+                deletes.append((int(mip), None))
+            else:
+                deletes += [(int(mip), box) for box in entry.get("boxes") or [entry["bounds"]]]
         for mip, entry in writes.get("mips", {}).items():
             boxes = np.array(entry.get("boxes") or [entry["bounds"]], dtype=np.int64)
             batches.append(MipWrites(int(mip), boxes, entry["chunks"], entry["bytes"]))
         operations.update(writes.get("operations", {}))
         infos.update(dict.fromkeys(writes.get("info", [])))
-    return writes_json(batches, operations, infos)
+    return writes_json(batches, operations, infos, deletes)

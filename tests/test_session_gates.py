@@ -192,6 +192,44 @@ def test_commit_provenance_is_refused_while_open_and_writes_nothing(seg_layer):
 # -- cirrus.CloudVolume, cirrus-volume's call shape ---------------------------------------------
 
 
+def test_deletes_are_recorded_with_their_mip_and_box(tmp_path):
+    """A delete destroys data: the record says where, not only that one happened."""
+    from cloudvolume import Bbox
+    from cloudvolume.exceptions import AlignmentError
+
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path, size=(256, 128, 64))
+    with cirrus.session(["src"], "write then prune", process()) as s:
+        vol = s.volume(path)
+        vol[0:256, 0:64, 0:64] = np.ones((256, 64, 64), np.uint8)
+        vol.delete(np.s_[0:64, 0:64, 0:64])
+        vol.delete(Bbox((64, 0, 0), (128, 64, 64)))
+        with pytest.raises(AlignmentError):  # refused by CloudVolume: nothing deleted
+            vol.delete(np.s_[0:10, 0:10, 0:10])
+    (stored,) = cirrus.history(path)
+    writes = stored.record.writes
+    assert writes["deleted"] == {
+        "0": {"bounds": [0, 0, 0, 128, 64, 64], "boxes": [[0, 0, 0, 128, 64, 64]]}
+    }
+    assert writes["operations"]["delete"] == 2
+    assert "deleted mip 0: [0,0,0]-[128,64,64]" in str(stored)
+    assert (plain(path)[0:128, 0:64, 0:64] == 0).all() and (
+        plain(path)[128:256, 0:64, 0:64] == 1
+    ).all()
+
+
+def test_deleting_a_whole_mip_is_recorded_as_all(tmp_path):
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path)
+    with cirrus.session(["src"], "start over", process()) as s:
+        vol = s.volume(path)
+        vol[0:64, 0:64, 0:64] = chunk_of(1)
+        vol.image.delete_all(0)
+    (stored,) = cirrus.history(path)
+    assert stored.record.writes["deleted"] == {"0": {"all": True}}
+    assert "deleted mip 0: every chunk" in str(stored)
+
+
 def test_plain_cirrus_cloudvolume_refuses_writes_naming_the_three_rules(tmp_path):
     path = normalise_cloudpath(f"file://{tmp_path}/layer")
     make_layer(path)

@@ -211,3 +211,19 @@ def test_writes_kept_raw_stay_bounded_however_many_threads_write(monkeypatch):
     assert len(tracker._threads) == 20 and raw <= 4 * 64
     (mip,) = tracker.to_json()["mips"].values()
     assert (mip["chunks"], mip["boxes"]) == (2000, [[0, 0, 0, 200, 160, 4]])
+
+
+def test_combine_keeps_each_tasks_deletes():
+    a, b = WriteTracker(), WriteTracker()
+    a.delete(0, (0, 0, 0, 64, 64, 64))
+    b.delete(0, (64, 0, 0, 128, 64, 64))
+    b.delete(1, None)
+    undo = b.delete(2, (0, 0, 0, 8, 8, 8))
+    undo()  # refused: taken back
+    combined = combine([a.to_json(), b.to_json()])
+    assert combined["deleted"] == {
+        "0": {"bounds": [0, 0, 0, 128, 64, 64], "boxes": [[0, 0, 0, 128, 64, 64]]},
+        "1": {"all": True},
+    }
+    assert combined["operations"] == {"delete": 3}
+    assert "deleted" not in WriteTracker().to_json()  # no key where nothing was deleted
