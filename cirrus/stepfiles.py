@@ -68,12 +68,19 @@ class StepFiles(OnLayer):
                 return False
             return True
 
+    def task_count(self, step_id: str) -> int:
+        """How many tasks filed a fragment here (one LIST, no GETs)."""
+        return len(self._task_keys(step_id))
+
     def fragments(self, step_id: str) -> list[dict[str, Any]]:
         """Every task fragment of a step on this layer, `overlap.THREADS` GETs at a time."""
-        keys = self.store.list(f"{STEPS}{check_step_id(step_id)}/tasks/")
+        keys = self._task_keys(step_id)
         with overlapped(len(keys)) as run:
             blobs = run(self.store.get, keys)
         return [json.loads(blob.data) for blob in blobs if blob is not None]
+
+    def _task_keys(self, step_id: str) -> list[str]:
+        return self.store.list(f"{STEPS}{check_step_id(step_id)}/tasks/")
 
     def step_ids(self) -> set[str]:
         """Ids of the steps with a manifest here; anything else is skipped, with a warning."""

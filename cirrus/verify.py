@@ -8,6 +8,8 @@ Checks, each reported as a problem (verification fails) or a remark (information
   step) are the record's; every record is pointed to (else it is an orphan: `cirrus recover`);
 - every processing entry that names a cirrus process matches a record's process, and the sources
   and notes of every published record appear in the summary;
+- a finished step's record counts every task that filed a fragment here (else tasks ran after
+  the finish: finish it again);
 - open steps, and sessions that wrote and have not committed (still running, or dead), are
   listed as remarks.
 """
@@ -25,6 +27,7 @@ from cirrus.errors import CorruptProvenance, IntegrityError, InvalidInput
 from cirrus.ledger import ENVS, Ledger
 from cirrus.model import superseded_unpublished
 from cirrus.overlap import THREADS
+from cirrus.stepfiles import StepFiles
 from cirrus.summary import NOTE_SEP, note_key, note_line, processing_entry
 
 POINTER_FIELDS = ("session", "status", "started", "ended", "step")
@@ -112,7 +115,27 @@ def verify(
         _check_record(report, ledger.cloudpath, rid, record, envs)
     if summary is not None:
         _check_summary(report, summary, records, set(record_ids))
+        _check_late_tasks(report, StepFiles.beside(ledger), summary, records)
     return report
+
+
+def _check_late_tasks(
+    report: Report, steps: StepFiles, summary: dict[str, Any], records: dict[str, dict[str, Any]]
+) -> None:
+    """A finished step whose tasks filed more fragments here than its record counts: tasks that
+    ran after the finish (a queue's redelivery), whose writes no record names yet."""
+    for pointer in summary.get("cirrus", {}).get("records", []):
+        record = records.get(pointer.get("id"))
+        if not pointer.get("step") or "superseded_by" in pointer or record is None:
+            continue
+        counted = (record.get("tasks") or {}).get("count", 0)
+        filed = steps.task_count(pointer["step"])
+        if filed > counted:
+            report.problems.append(
+                f"step {pointer['step'][:12]}: {filed} tasks filed fragments here but its record "
+                f"{pointer['id'][:12]} counts {counted}: tasks ran after it was finished; "
+                "finish it again (`cirrus step finish TOKEN`) to record their writes"
+            )
 
 
 def _check_record(

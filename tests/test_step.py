@@ -197,6 +197,24 @@ def test_a_late_task_after_finish_supersedes_the_first_record_not_doubles_it(lay
     assert "open_steps" not in summary_json(layer)["cirrus"]
 
 
+def test_verify_reports_tasks_that_ran_after_the_finish_until_it_is_finished_again(
+    layer: str,
+) -> None:
+    from cirrus.verify import verify
+
+    step = open_step(layer)
+    ss.paint_fn(step.token, "x0_y0_z0", layer, [0, 0, 0])
+    step.finish()
+    assert verify(layer).ok
+    ss.paint_fn(step.token, "x16_y0_z0", layer, [16, 0, 0])  # the queue redelivered it late
+    report = verify(layer)
+    (problem,) = report.problems
+    assert "2 tasks filed fragments here but its record" in problem and "counts 1" in problem
+    assert "cirrus step finish TOKEN" in problem
+    step.finish()
+    assert verify(layer).ok
+
+
 def test_a_late_fragment_that_ended_first_still_makes_the_second_finish_stand(
     tmp_path, layer: str
 ) -> None:
