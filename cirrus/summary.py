@@ -7,6 +7,7 @@ that points to its records. Everything here is pure: no storage, no clocks.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -251,10 +252,13 @@ def note_line(note: Mapping[str, Any]) -> str:
     """A note in provenance-toolbox's `timestamp;TYPE;text` form.
 
     Its reader splits on `;` and on " \\n ", so those are replaced in this view only; the record
-    keeps the text exactly as given.
+    keeps the text exactly as given. The time is written as provenance-toolbox writes its own,
+    without a zone (in UTC here), so its `parsenotes` gives one kind of datetime that sorts.
     """
     text = note["text"].replace(FIELD_SEP, "\uff1b").replace("\n", "\u21b5")
-    return f"{note['time']}{FIELD_SEP}{note['kind'].upper()}{FIELD_SEP}{text}"
+    when = dt.datetime.fromisoformat(note["time"]).astimezone(dt.timezone.utc)
+    stamp = when.replace(tzinfo=None).isoformat(sep=" ")
+    return f"{stamp}{FIELD_SEP}{note['kind'].upper()}{FIELD_SEP}{text}"
 
 
 def _add_notes(summary: dict[str, Any], notes: Iterable[Mapping[str, Any]]) -> None:

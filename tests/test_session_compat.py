@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import warnings
 
@@ -71,7 +72,12 @@ def test_provenance_toolbox_sees_our_process_and_parses_our_notes(layer):
         ptb.NoteType.RESULT,
         ptb.NoteType.MOTIVATION,
     ]
-    assert all(note.timestamp.tzinfo is not None for note in notes)
+    # written as provenance-toolbox writes its own (no zone; UTC), so a lab's mixed notes sort
+    ptb.addgeneric(vol, "added by provenance-toolbox")
+    mixed = ptb.parsenotes(plain(layer))
+    assert sorted(note.timestamp for note in mixed)  # naive and aware mixed: TypeError
+    recorded = cirrus.history(layer)[0].record.notes[0]["time"]
+    assert notes[0].timestamp == dt.datetime.fromisoformat(recorded).replace(tzinfo=None)
     # a ';' or a newline in the text does not break the old parser; the text stays recognisable
     assert "find" in notes[0].content and "again" in notes[0].content
     assert "\n" not in notes[0].content and ";" not in notes[0].content
