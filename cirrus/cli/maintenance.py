@@ -17,36 +17,60 @@ if TYPE_CHECKING:
 
 # -- recover / repair -----------------------------------------------------------------------------
 @click.command("recover", epilog=EXIT_CODES)
-@click.argument("path")
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
 @click.option(
     "--abandon",
     metavar="SESSION",
-    help="Record a dead session PATH still lists as writing (`cirrus log`) as interrupted.",
+    help="Record a dead session each PATH still lists as writing (`cirrus log`) as interrupted.",
 )
 @click.option(
     "--abandon-dead",
     is_flag=True,
-    help="Record as interrupted every session PATH lists as writing from this host whose pid "
+    help="Record as interrupted every session a PATH lists as writing from this host whose pid "
     "no longer runs.",
 )
 @click.option("--force", is_flag=True, help="With --abandon: even if its pid runs here.")
-def recover_command(path: str, abandon: str | None, abandon_dead: bool, force: bool) -> None:
-    """Publish records of PATH (and its sibling volumes) that an interrupted commit staged.
+@click.pass_context
+def recover_command(
+    ctx: click.Context, paths: tuple[str, ...], abandon: str | None, abandon_dead: bool, force: bool
+) -> None:
+    """Publish records of each PATH (and its sibling volumes) that an interrupted commit staged.
 
     A volume such a session wrote to but never staged a record on gets an `interrupted` record
     (status failed, writes unknown) once the session is 10 minutes old. Safe to run at any
     time: records already published are left alone. A session killed before it committed
-    stays listed as writing; `--abandon SESSION` (an id or its prefix) records it as
-    interrupted from that listing, and `--abandon-dead` every one listed from this host whose
-    process is gone.
+    stays listed as writing on every volume it wrote; `--abandon SESSION` (an id or its
+    prefix) records it as interrupted from that listing on each PATH given, and
+    `--abandon-dead` every one listed from this host whose process is gone. Every PATH is
+    tried; the exit status is 2 if any was refused.
     """
+    from cirrus.errors import CirrusError
+
+    if abandon is not None and abandon_dead:
+        raise click.UsageError("--abandon names one session, --abandon-dead finds them: use one")
+    if force and abandon is None:
+        raise click.UsageError("--force only applies to --abandon")
+    for path in paths:
+        require_layer(path)
+    refused = []
+    for path in paths:
+        try:
+            _recover_one(path, abandon, abandon_dead, force)
+        except CirrusError as error:
+            if len(paths) == 1:
+                raise
+            refused.append(f"{path}: {error}")
+    for line in refused:
+        click.echo(f"cirrus: error: {line}", err=True)
+    if refused:
+        ctx.exit(2)
+
+
+def _recover_one(path: str, abandon: str | None, abandon_dead: bool, force: bool) -> None:
     from cirrus.ledger import Ledger
     from cirrus.model import is_interrupted
     from cirrus.rollforward import recover
 
-    if abandon is not None and abandon_dead:
-        raise click.UsageError("--abandon names one session, --abandon-dead finds them: use one")
-    require_layer(path)
     if abandon is not None:
         from cirrus.abandon import abandon as abandon_session
 
@@ -55,8 +79,6 @@ def recover_command(path: str, abandon: str | None, abandon_dead: bool, force: b
         click.echo(f"{path}: session {session} recorded as interrupted")
         click.echo(f"  {rid} (interrupted: its writes were never tallied; re-run to record them)")
         return
-    if force:
-        raise click.UsageError("--force only applies to --abandon")
     if abandon_dead:
         from cirrus.abandon import abandon_dead as abandon_all_dead
 

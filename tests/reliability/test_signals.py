@@ -114,9 +114,14 @@ def test_a_killed_child_leaves_each_volume_saying_who_was_writing(tmp_path):
 
     # once known dead, the listing becomes an interrupted record made from it alone
     (dead,) = sessions
+    done = invoke("recover", *paths, "--abandon", dead[:8]).output  # every volume it wrote
+    assert [f"{path}: session {dead} recorded as interrupted" in done for path in paths] == [
+        True,
+        True,
+    ]
+    refused = invoke("recover", *paths, "--abandon", dead[:8], code=2).output
+    assert all(f"cirrus: error: {path}: '{dead[:8]}' is not one" in refused for path in paths)
     for path in paths:
-        done = invoke("recover", path, "--abandon", dead[:8]).output
-        assert "recorded as interrupted" in done
         history = cirrus.history(path)
         assert history.open_sessions == {}
         (stored,) = [h for h in history if h.record.session == dead]
