@@ -42,7 +42,11 @@ class _Documentation:
                 f"cirrus.CloudVolume(path, sources=..., motivation=..., process=...). {RULES}"
             )
         key = (tuple(volume.sources), volume.motivation, id(volume.process))
-        if key != self.key:
+        if self.session is not None and self.session.state == "open":
+            reason = self.session._refusal()  # its commit failed: retry it before writing on
+            if reason is not None:
+                return f"{reason} (here: vol.commit())"
+        if key != self.key or self.session is None or self.session.state != "open":
             self.commit()
             self.session = Session(volume.sources, volume.motivation, volume.process)
             self.session._finalizer.detach()  # this volume commits it itself, even at exit

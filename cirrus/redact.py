@@ -14,9 +14,17 @@ _SSH_SCHEMES = {"ssh", "git+ssh", "ssh+git"}
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _DOS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
 _SCP_USERINFO = re.compile(r"(?P<userinfo>.*)@(?P<rest>(?:\[[^\]/]*\]|[^@:/\[\]]+):.*)", re.DOTALL)
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+")
+# a URL runs to whitespace or quotes, or to a `,` `;` `|` that starts another URL
+_URL_IN_TEXT = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.-]*://(?:(?![,;|]\s*[A-Za-z][A-Za-z0-9+.-]*://)[^\s\"'<>])+"
+)
+# userinfo after any `scheme://`, also one inside another URL's path or query
+_USERINFO = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<user>[^/\s@?#:]*)(?::[^/\s@?#]*)?@"
+)
 _SECRET_PARAMETER = re.compile(
-    r"signature|credential|token(?![a-z])|passw(or)?d|secret|^sig$|(^|[_-])(api[_-]?)?key$",
+    r"signature|credential|token(?![a-z])|passw(or)?d|^pwd$|^auth$|authorization|secret|^sig$"
+    r"|(^|[_-])(api[_-]?)?key$",
     re.IGNORECASE,
 )
 REDACTED = "REDACTED"
@@ -78,7 +86,13 @@ def redact_url(text: str) -> str:
     """
     if "://" not in text:
         return text
-    return _URL_IN_TEXT.sub(lambda match: _redact_one_url(match.group()), text)
+    redacted = _URL_IN_TEXT.sub(lambda match: _redact_one_url(match.group()), text)
+    return _USERINFO.sub(_drop_userinfo, redacted)
+
+
+def _drop_userinfo(match: re.Match) -> str:
+    scheme, user = match["scheme"], match["user"]
+    return f"{scheme}://{user}@" if scheme in _SSH_SCHEMES and user else f"{scheme}://"
 
 
 def _redact_one_url(url: str) -> str:

@@ -139,6 +139,11 @@ def test_tokens_appear_nowhere_in_the_json(repo: Path) -> None:
         ),
         ("https://h/cb#access_token=a&state=s", "https://h/cb#access_token=REDACTED&state=s"),
         ("precomputed://https://u:pw@h/seg?sig=s", "precomputed://https://h/seg?sig=REDACTED"),
+        ("https://u:P1@h/x,https://u2:P2@h2/y", "https://h/x,https://h2/y"),
+        ("https://u:P1@h/x;s3://AKIA:P2@b/y", "https://h/x;s3://b/y"),
+        ("https://h/x?a=1|https://u:P3@h2/y", "https://h/x?a=1|https://h2/y"),
+        ("https://proxy/?url=https://u:P4@h/y", "https://proxy/?url=https://h/y"),
+        ("https://h/x?auth=P5&pwd=P6&n=1", "https://h/x?auth=REDACTED&pwd=REDACTED&n=1"),
         (
             "run --src gs://b/x?sig=s --dst https://u:p@h/y",
             "run --src gs://b/x?sig=REDACTED --dst https://h/y",

@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 
 import cirrus
-from cirrus.errors import InvalidInput, PermanentStorageError, ProvenanceRequired
+from cirrus.errors import (
+    InvalidInput,
+    NotPublished,
+    PermanentStorageError,
+    ProvenanceRequired,
+)
 from cirrus.storage import wrap_backends
 from cirrus.storage.paths import normalise_cloudpath
 from tests.session_support import (
@@ -310,10 +315,35 @@ def test_a_cirrus_cloudvolume_commit_that_failed_is_retried_by_the_next_commit(t
 
     with hooked(before=read_only_bucket), pytest.raises(PermanentStorageError):
         vol.commit()
+    with pytest.raises(ProvenanceRequired, match=r"commit failed .*here: vol.commit\(\)"):
+        vol[64:128, 0:64, 0:64] = chunk_of(7)  # it would be in no record: refused, unwritten
+    assert (plain(path)[64:128, 0:64, 0:64] == 0).all()
     ids = vol.commit()
     (stored,) = cirrus.history(path)
     assert ids == {path: stored.id} and stored.record.writes["operations"] == {"upload": 1}
     assert cirrus.history(path).open_sessions == {}
+    vol[64:128, 0:64, 0:64] = chunk_of(7)  # after the retry: a new session
+    vol.commit()
+    assert [h.record.writes["mips"]["0"]["bounds"][0] for h in cirrus.history(path)] == [0, 64]
+
+
+def test_a_cirrus_cloudvolume_write_after_an_unpublished_commit_opens_a_new_session(tmp_path):
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path)
+    vol = cirrus.CloudVolume(path, sources=["s"], motivation="m", process=process())
+    vol[0:64, 0:64, 0:64] = chunk_of(9)
+
+    def publish_refused(_cloudpath: str, key: str) -> None:
+        if key == "provenance":
+            raise PermanentStorageError("publishing refused", key=key)
+
+    with hooked(before=publish_refused), pytest.raises(NotPublished):
+        vol.commit()
+    vol[64:128, 0:64, 0:64] = chunk_of(7)
+    vol.commit()
+    cirrus.recover(path)
+    bounds = sorted(h.record.writes["mips"]["0"]["bounds"][0] for h in cirrus.history(path))
+    assert bounds == [0, 64]  # both writes recorded, each in its own session
 
 
 _FORKED_HANDLE = None  # a session handle a forked worker inherits, as a module global
