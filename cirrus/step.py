@@ -68,15 +68,18 @@ class Step:
             "user": current_user(),
             "host": socket.gethostname(),
             "cirrus_version": __version__,
-            **_expected_tasks(tasks),
         }
+        expected_ids = _expected_tasks(tasks, self.manifest)
         blobs = env_blobs(process.env_documents())
         with overlapped(len(layers)) as run:  # every volume is checked before any is written
             run(_check_volume, layers)
         for layer in layers:
             ledger = Ledger.open(layer)
             ledger.stage_envs(blobs)
-            StepFiles.beside(ledger).put_manifest(self.manifest)
+            files = StepFiles.beside(ledger)
+            if expected_ids is not None:  # apart from the manifest, which every task reads
+                files.put_expected(self.token_data.id, expected_ids)
+            files.put_manifest(self.manifest)
             ledger.mark_step_open(self.token_data.id, open_step_info(self.manifest))
 
     @property
@@ -97,17 +100,19 @@ class Step:
         return f"<cirrus.Step {self.id[:12]}: {len(self.token_data.volumes)} volume(s)>"
 
 
-def _expected_tasks(tasks: Any) -> dict[str, Any]:
-    """The manifest's `expected_tasks` (a count) and `task_ids`, from a count or a list of ids."""
+def _expected_tasks(tasks: Any, manifest: dict[str, Any]) -> list[str] | None:
+    """Put the expected task count in the manifest; returns the expected ids, if given."""
     if tasks is None:
-        return {}
+        return None
     if isinstance(tasks, numbers.Integral) and not isinstance(tasks, bool) and tasks > 0:
-        return {"expected_tasks": int(tasks)}
+        manifest["expected_tasks"] = int(tasks)
+        return None
     if isinstance(tasks, (list, tuple)) and tasks:
         ids = [validate_task_id(task) for task in tasks]
         if len(set(ids)) != len(ids):
             raise InvalidInput("tasks lists a task id twice; give each task one id")
-        return {"expected_tasks": len(ids), "task_ids": sorted(ids)}
+        manifest["expected_tasks"], manifest["expected_ids"] = len(ids), True
+        return sorted(ids)
     raise InvalidInput(
         f"tasks must be the number of tasks (a positive int) or a list of their task ids, got "
         f"{tasks!r}; finish() then records the step as failed while any of them is missing"

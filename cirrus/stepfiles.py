@@ -68,6 +68,15 @@ class StepFiles(OnLayer):
                 return False
             return True
 
+    def put_expected(self, step_id: str, task_ids: list[str]) -> None:
+        """The ids of the tasks a step expects, beside its manifest (which stays small)."""
+        key = f"{STEPS}{check_step_id(step_id)}/expected.json"
+        self.store.create(key, _pretty({"task_ids": task_ids}))
+
+    def expected(self, step_id: str) -> list[str] | None:
+        blob = self.store.get(f"{STEPS}{check_step_id(step_id)}/expected.json")
+        return None if blob is None else json.loads(blob.data)["task_ids"]
+
     def task_count(self, step_id: str) -> int:
         """How many tasks filed a fragment here (one LIST, no GETs)."""
         return len(self._task_keys(step_id))

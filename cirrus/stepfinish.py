@@ -42,7 +42,9 @@ def finish(token: str | Mapping[str, Any] | StepToken) -> dict[str, str]:
     manifest = _manifest(token)
     fragments = {layer: StepFiles.open(layer).fragments(token.id) for layer in token.volumes}
     written = [layer for layer, found in fragments.items() if found]
-    missing = _missing_tasks(manifest, fragments.values())
+    missing = _missing_tasks(token, manifest, fragments.values())
+    if "expected_tasks" in manifest:  # every volume, every time: a missing task may write any
+        written = list(token.volumes)
     records = {
         layer: _step_record(manifest, layer, fragments[layer], written, missing)
         for layer in written
@@ -78,12 +80,22 @@ def _list_again(layer: str, step_id: str, info: Mapping[str, Any], record: Any) 
     return DONE if published else stored
 
 
-def _missing_tasks(manifest: Mapping[str, Any], fragments: Iterable[list[dict]]) -> list[str]:
+def _missing_tasks(
+    token: StepToken, manifest: Mapping[str, Any], fragments: Iterable[list[dict]]
+) -> list[str]:
     """The expected tasks with no fragment on any volume (`?` for each one of a bare count)."""
     seen = {fragment["task"] for found in fragments for fragment in found}
-    if "task_ids" in manifest:
-        return sorted(set(manifest["task_ids"]) - seen)
+    if manifest.get("expected_ids"):
+        return sorted(set(_expected_ids(token)) - seen)
     return ["?"] * max(0, manifest.get("expected_tasks", 0) - len(seen))
+
+
+def _expected_ids(token: StepToken) -> list[str]:
+    for layer in token.volumes:
+        ids = StepFiles.open(layer).expected(token.id)
+        if ids is not None:
+            return ids
+    raise StepError(f"step {token.id} expects named tasks but lists them on none of its volumes")
 
 
 def _step_record(
@@ -123,7 +135,7 @@ def _step_record(
     # A step's record is a pure function of its fragments, so finishing twice stores it once.
     return attrs.evolve(
         record,
-        ended=max(f["ended"] for f in fragments),
+        ended=max((f["ended"] for f in fragments), default=manifest["started"]),
         user=manifest["user"],
         host=manifest["host"],
     )
@@ -174,7 +186,7 @@ def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
         }
     manifest = _manifest(token)
     if "expected_tasks" in manifest:
-        missing = _missing_tasks(manifest, found.values())
+        missing = _missing_tasks(token, manifest, found.values())
         report["expected"] = manifest["expected_tasks"]
         report["missing"] = len(missing)
         report["missing_tasks"] = [task for task in missing if task != "?"]

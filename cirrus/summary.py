@@ -179,8 +179,9 @@ def _supersede_step_records(pointers: list[dict[str, Any]]) -> None:
 
     The newest stands and the others are marked `superseded_by` it, so no task is counted twice,
     whatever order the records were merged in. Fragments are never removed and a failed one is
-    only ever replaced, so a later finish has at least as many tasks, and as many committed:
-    those decide, before the end time (a late fragment may have ended before the others).
+    only ever replaced, so a later finish has at least as many tasks, as many committed, and
+    no more expected tasks missing (on any volume): those decide, before the end time (a late
+    fragment may have ended before the others).
     """
     latest: dict[str, tuple] = {}
     for entry in pointers:
@@ -213,7 +214,7 @@ def _pointer(rid: str, record: Mapping[str, Any]) -> dict[str, Any]:
     if record.get("step"):
         pointer["step"] = record["step"]
         tasks = record.get("tasks") or {}
-        pointer["tasks"] = {key: tasks.get(key, 0) for key in ("count", "committed")}
+        pointer["tasks"] = {key: tasks.get(key, 0) for key in ("count", "committed", "missing")}
     return pointer
 
 
@@ -221,7 +222,13 @@ def _finish_order(pointer: Mapping[str, Any]) -> tuple:
     """The key that sorts one step's finishes, the latest last (`_supersede_step_records`)."""
     tasks = pointer.get("tasks")
     tasks = tasks if isinstance(tasks, dict) else {}
-    return (tasks.get("count", 0), tasks.get("committed", 0), pointer["ended"], pointer["id"])
+    return (
+        tasks.get("count", 0),
+        tasks.get("committed", 0),
+        -tasks.get("missing", 0),
+        pointer["ended"],
+        pointer["id"],
+    )
 
 
 def _add_sources(summary: dict[str, Any], sources: Iterable[str]) -> None:

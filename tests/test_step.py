@@ -13,6 +13,7 @@ from taskqueue import TaskQueue
 import cirrus
 from cirrus.errors import CorruptProvenance, InvalidInput, StepError
 from cirrus.ledger import Ledger
+from cirrus.stepfiles import StepFiles
 from cirrus.stepfinish import status as step_status
 from cirrus.storage import wrap_backends
 from tests import step_support as ss
@@ -342,6 +343,54 @@ def test_a_step_with_expected_task_ids_is_failed_until_every_one_has_filed(
     assert record.status == "committed" and record.tasks["missing"] == 0
     pointers = summary_json(layer)["cirrus"]["records"]
     assert {p["id"]: p.get("superseded_by") for p in pointers} == {first: second, second: None}
+
+
+def test_an_incomplete_step_finished_again_is_superseded_on_every_volume(tmp_path) -> None:
+    """Volume a's fragments did not change between the finishes, but its first record said a
+    task was missing: the second, with none missing, stands there too."""
+    a, b = (f"file://{tmp_path}/{name}" for name in "ab")
+    for path in (a, b):
+        ss.make_layer(path)
+    process = cirrus.Process("paint chunks", {"value": 1})
+    step = cirrus.step(["gs://lab/aff"], "two tasks", process, [a, b], tasks=["t1", "t2"])
+    ss.paint_fn(step.token, "t1", a, [0, 0, 0])
+    step.finish()
+    ss.paint_fn(step.token, "t2", b, [0, 0, 0])
+    second = step.finish()
+    for path in (a, b):
+        record = one_record(path)
+        assert (record.status, record.tasks["missing"]) == ("committed", 0), path
+        assert cirrus.history(path)[0].id == second[path]
+
+
+def test_a_step_whose_expected_tasks_all_died_is_recorded_incomplete(tmp_path) -> None:
+    """No fragment anywhere: the step's listing was its only trace, so finishing records it."""
+    a, b = (f"file://{tmp_path}/{name}" for name in "ab")
+    for path in (a, b):
+        ss.make_layer(path)
+    process = cirrus.Process("paint chunks", {"value": 1})
+    step = cirrus.step(["gs://lab/aff"], "all killed", process, [a, b], tasks=2)
+    ids = step.finish()
+    assert sorted(ids) == [a, b]
+    for path in (a, b):
+        record = one_record(path)
+        assert record.status == "failed" and record.error["type"] == "Incomplete"
+        assert record.error["message"].startswith("2 of 2 expected tasks filed nothing")
+        assert record.writes["mips"] == {}
+    ss.paint_fn(step.token, "x0", a, [0, 0, 0])
+    ss.paint_fn(step.token, "x1", a, [16, 0, 0])
+    step.finish()
+    assert [one_record(path).status for path in (a, b)] == ["committed", "committed"]
+    assert one_record(a).tasks["count"] == 2 and one_record(b).tasks["count"] == 0
+
+
+def test_expected_task_ids_are_kept_beside_the_manifest_every_task_reads(layer: str) -> None:
+    ids = [f"x{i}" for i in range(5000)]
+    step = cirrus.step(["s"], "m", cirrus.Process("p", {}), [layer], tasks=ids)
+    files = StepFiles.open(layer)
+    assert files.expected(step.id) == sorted(ids)
+    manifest = files.manifest(step.id)
+    assert manifest["expected_tasks"] == 5000 and "x4999" not in json.dumps(manifest)
 
 
 def test_a_step_with_an_expected_task_count_names_how_many_are_missing(layer: str) -> None:
