@@ -42,11 +42,13 @@ def repair_summary(cloudpath: str) -> str | None:
         pass
     kept = f"{CORRUPT}{sha256_hex(blob.data)}"
     ledger.store.create(kept, blob.data)
+    old = _readable_section(blob.data)
     records = _standing(
-        {rid: ledger.read_record(rid).record.to_json() for rid in ledger.record_ids()}
+        {rid: ledger.read_record(rid).record.to_json() for rid in ledger.record_ids()},
+        {pointer.get("id") for pointer in old.get("records", []) if isinstance(pointer, dict)},
     )
     rebuilt = merge(empty_summary(), records)
-    for session, info in _listed_sessions(blob.data).items():  # still writing: keep them listed
+    for session, info in _listed_sessions(old).items():  # still writing: keep them listed
         rebuilt = mark_session_open(rebuilt, session, info) or rebuilt
     finished = {record.get("step") for record in records.values()}
     steps = StepFiles.beside(ledger)
@@ -58,32 +60,45 @@ def repair_summary(cloudpath: str) -> str | None:
     return kept
 
 
-def _standing(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _standing(records: dict[str, dict[str, Any]], pointed: set[str]) -> dict[str, dict[str, Any]]:
     """The records to publish: a session ends once per volume (`model.superseded_unpublished`).
 
-    An interrupted record stands only where its session has no real one; of several real ones
-    (a commit that failed after staging, then an abort), the session's last word stands.
+    An interrupted record stands only where its session has no real one. Of several real ones
+    (a commit that failed after staging, then an abort) the one the broken summary still points
+    to stands, else the latest: the records alone cannot say which was published first.
     """
-    last: dict[str, tuple[str, str]] = {}  # session -> (ended, id) of its latest real record
+    real: dict[str, list[str]] = {}  # session -> ids of its real (not interrupted) records
     for rid, record in records.items():
         if not record.get("step") and not is_interrupted(record):
-            last[record["session"]] = max(
-                last.get(record["session"], ("", "")), (record["ended"], rid)
-            )
+            real.setdefault(record["session"], []).append(rid)
+    keep = {ids[0] if len(ids) == 1 else _choose(ids, records, pointed) for ids in real.values()}
     return {
         rid: record
         for rid, record in records.items()
-        if record.get("step") or record["session"] not in last or last[record["session"]][1] == rid
+        if record.get("step") or record["session"] not in real or rid in keep
     }
 
 
-def _listed_sessions(data: bytes) -> dict[str, dict[str, Any]]:
-    """The sessions a malformed summary still lists as writing, where that part is readable."""
+def _choose(ids: list[str], records: dict[str, dict[str, Any]], pointed: set[str]) -> str:
+    """Which of one session's records on this layer stands (see `_standing`)."""
+    for rid in ids:
+        if rid in pointed:
+            return rid
+    return max(ids, key=lambda rid: (records[rid]["ended"], rid))
+
+
+def _readable_section(data: bytes) -> dict[str, Any]:
+    """The `cirrus` section of a malformed summary, where that much still parses."""
     try:
-        summary = json.loads(data)
-        listed = summary["cirrus"][OPEN_SESSIONS]
+        section = json.loads(data)["cirrus"]
     except (ValueError, TypeError, KeyError, RecursionError):
         return {}
+    return section if isinstance(section, dict) else {}
+
+
+def _listed_sessions(section: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The sessions a malformed summary still lists as writing, where that part is readable."""
+    listed = section.get(OPEN_SESSIONS)
     if not isinstance(listed, dict):
         return {}
     return {sid: info for sid, info in listed.items() if isinstance(info, dict)}

@@ -275,6 +275,22 @@ def test_repair_publishes_one_record_per_session_the_last_it_staged(tmp_path):
     assert stored.id == ids[normalise_cloudpath(paths[0])] and stored.record.status == "failed"
 
 
+def test_repair_keeps_the_record_a_readable_summary_pointed_to(tmp_path):
+    """The staged `committed` record was rolled forward before the abort: it stands, and the
+    abort's `failed` one stays unpublished, also after repair while the pointers can be read."""
+    s, paths = failed_commit(tmp_path)
+    a = normalise_cloudpath(paths[0])
+    with cirrus.session(["src"], "another writer", process()) as other:
+        other.volume(a)[64:128, 0:64, 0:64] = chunk_of(5)
+    standing = s.abort("gave up")[a]
+    broken = summary_json(a)
+    broken["owners"] = "lab"  # valid JSON, wrong shape: the pointers are still readable
+    put_raw(a, "provenance", json.dumps(broken).encode())
+    assert repair_summary(a)
+    mine = [h for h in cirrus.history(a) if h.record.session == s.id]
+    assert [(h.id, h.record.status) for h in mine] == [(standing, "committed")]
+
+
 def test_repair_does_not_reopen_a_finished_step_on_a_volume_its_tasks_skipped(tmp_path):
     paths = [normalise_cloudpath(f"file://{tmp_path}/{name}") for name in "ab"]
     for path in paths:
