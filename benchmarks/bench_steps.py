@@ -111,7 +111,9 @@ def finish_time(layer: str, count: int) -> float:
     from cirrus.model import isoformat, utcnow
     from cirrus.stepfiles import StepFiles
     from cirrus.writeset import MipWrites, writes_json
+    from tests import layers
 
+    layers.make_layer(layer, [CHUNK] * 3, CHUNK)  # a step's volumes are layers (an info)
     process = cirrus.Process("bench step", {"chunk": CHUNK})
     step = cirrus.step(SOURCES, MOTIVATION, process, [layer])
     ledger = Ledger.open(layer)

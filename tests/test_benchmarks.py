@@ -58,3 +58,9 @@ def test_rows_from_other_modules_are_normalised():
     assert (row["cirrus"], row["baseline"], row["unit"], row["ratio"]) == (120.0, 600.0, "ms", 0.2)
     text = table([row, normalise("steps", {"case": "x", "cirrus": "not measured: no server"})])
     assert "120 ms" in text and "not measured: no server" in text
+
+
+def test_the_step_finish_benchmark_runs_on_real_layers(tmp_path):
+    from benchmarks.bench_steps import finish_time
+
+    assert finish_time(f"file://{tmp_path}/finish", 10) > 0
