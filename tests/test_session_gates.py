@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -303,17 +305,28 @@ def test_cirrus_cloudvolume_with_provenance_in_the_constructor(tmp_path):
     assert cirrus.history(path)[0].record.sources == ("s",)
 
 
-def test_a_cirrus_cloudvolume_commit_that_failed_is_retried_by_the_next_commit(tmp_path):
+def compat_volume_with_a_write(tmp_path) -> tuple[str, Any]:
     path = normalise_cloudpath(f"file://{tmp_path}/layer")
     make_layer(path)
     vol = cirrus.CloudVolume(path, sources=["s"], motivation="m", process=process())
     vol[0:64, 0:64, 0:64] = chunk_of(9)
+    return path, vol
 
-    def read_only_bucket(_cloudpath: str, key: str) -> None:
-        if key.startswith("provenance.d/records/"):
-            raise PermanentStorageError("the bucket is briefly read-only", key=key)
 
-    with hooked(before=read_only_bucket), pytest.raises(PermanentStorageError):
+def refusing(refused: Callable[[str], bool]) -> Any:
+    """Every backend in the block refuses writes of the keys `refused` picks."""
+
+    def refuse(_cloudpath: str, key: str) -> None:
+        if refused(key):
+            raise PermanentStorageError("refused by the test", key=key)
+
+    return hooked(before=refuse)
+
+
+def test_a_cirrus_cloudvolume_commit_that_failed_is_retried_by_the_next_commit(tmp_path):
+    path, vol = compat_volume_with_a_write(tmp_path)
+    records = refusing(lambda key: key.startswith("provenance.d/records/"))
+    with records, pytest.raises(PermanentStorageError):
         vol.commit()
     with pytest.raises(ProvenanceRequired, match=r"commit failed .*here: vol.commit\(\)"):
         vol[64:128, 0:64, 0:64] = chunk_of(7)  # it would be in no record: refused, unwritten
@@ -328,16 +341,8 @@ def test_a_cirrus_cloudvolume_commit_that_failed_is_retried_by_the_next_commit(t
 
 
 def test_a_cirrus_cloudvolume_write_after_an_unpublished_commit_opens_a_new_session(tmp_path):
-    path = normalise_cloudpath(f"file://{tmp_path}/layer")
-    make_layer(path)
-    vol = cirrus.CloudVolume(path, sources=["s"], motivation="m", process=process())
-    vol[0:64, 0:64, 0:64] = chunk_of(9)
-
-    def publish_refused(_cloudpath: str, key: str) -> None:
-        if key == "provenance":
-            raise PermanentStorageError("publishing refused", key=key)
-
-    with hooked(before=publish_refused), pytest.raises(NotPublished):
+    path, vol = compat_volume_with_a_write(tmp_path)
+    with refusing(lambda key: key == "provenance"), pytest.raises(NotPublished):
         vol.commit()
     vol[64:128, 0:64, 0:64] = chunk_of(7)
     vol.commit()
