@@ -16,14 +16,16 @@ _DOS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
 _SCP_USERINFO = re.compile(r"(?P<userinfo>.*)@(?P<rest>(?:\[[^\]/]*\]|[^@:/\[\]]+):.*)", re.DOTALL)
 # a URL runs to whitespace or quotes, or to a `,` `;` `|` that starts another URL
 _URL_IN_TEXT = re.compile(
-    r"[A-Za-z][A-Za-z0-9+.-]*://(?:(?![,;|]\s*[A-Za-z][A-Za-z0-9+.-]*://)[^\s\"'<>])+"
+    r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://"  # a scheme starts a word: linear scans
+    r"(?:(?![,;|]\s*[A-Za-z][A-Za-z0-9+.-]*://)[^\s\"'<>])+"
 )
-# userinfo after any `scheme://`, also one inside another URL's path or query
+# userinfo after a `scheme://` nested in a URL's path or query (`?url=https://u:pw@h/`)
 _USERINFO = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<user>[^/\s@?#:]*)(?::[^/\s@?#]*)?@"
+    r"(?<![A-Za-z0-9+.-])(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<user>[^/\s@?#:\"'<>,;|&=]*)"
+    r"(?::[^/\s@?#\"'<>,;|&=]*)?@"
 )
 _SECRET_PARAMETER = re.compile(
-    r"signature|credential|token(?![a-z])|passw(or)?d|^pwd$|^auth$|authorization|secret|^sig$"
+    r"signature|credential|token(?![a-z])|passw(or)?d|^auth$|authorization|secret|^sig$"
     r"|(^|[_-])(api[_-]?)?key$",
     re.IGNORECASE,
 )
@@ -86,8 +88,7 @@ def redact_url(text: str) -> str:
     """
     if "://" not in text:
         return text
-    redacted = _URL_IN_TEXT.sub(lambda match: _redact_one_url(match.group()), text)
-    return _USERINFO.sub(_drop_userinfo, redacted)
+    return _URL_IN_TEXT.sub(lambda match: _redact_one_url(match.group()), text)
 
 
 def _drop_userinfo(match: re.Match) -> str:
@@ -104,7 +105,9 @@ def _redact_one_url(url: str) -> str:
     except ValueError:  # a malformed host ("[::1") may still hold a password
         return f"{prefix.group() if prefix else ''}<unparseable url>"
     redacted = _without_userinfo(parts)._replace(
-        query=_redact_parameters(parts.query), fragment=_redact_parameters(parts.fragment)
+        path=_USERINFO.sub(_drop_userinfo, parts.path),
+        query=_USERINFO.sub(_drop_userinfo, _redact_parameters(parts.query)),
+        fragment=_redact_parameters(parts.fragment),
     )
     return url if redacted == parts else urlunsplit(redacted)
 

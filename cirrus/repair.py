@@ -45,7 +45,7 @@ def repair_summary(cloudpath: str) -> str | None:
     old = _readable_section(blob.data)
     records = _standing(
         {rid: ledger.read_record(rid).record.to_json() for rid in ledger.record_ids()},
-        {pointer.get("id") for pointer in old.get("records", []) if isinstance(pointer, dict)},
+        _pointed_ids(old),
     )
     rebuilt = merge(empty_summary(), records)
     for session, info in _listed_sessions(old).items():  # still writing: keep them listed
@@ -94,6 +94,15 @@ def _readable_section(data: bytes) -> dict[str, Any]:
     except (ValueError, TypeError, KeyError, RecursionError):
         return {}
     return section if isinstance(section, dict) else {}
+
+
+def _pointed_ids(section: dict[str, Any]) -> set[str]:
+    """The record ids a malformed summary still points to, where that part is readable."""
+    pointers = section.get("records")
+    if not isinstance(pointers, list):
+        return set()
+    ids = (pointer.get("id") for pointer in pointers if isinstance(pointer, dict))
+    return {rid for rid in ids if isinstance(rid, str)}
 
 
 def _listed_sessions(section: dict[str, Any]) -> dict[str, dict[str, Any]]:

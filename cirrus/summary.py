@@ -226,6 +226,7 @@ def _finish_order(pointer: Mapping[str, Any]) -> tuple:
         tasks.get("count", 0),
         tasks.get("committed", 0),
         -tasks.get("missing", 0),
+        pointer.get("status") == "committed",  # pointers written before `missing` was kept
         pointer["ended"],
         pointer["id"],
     )

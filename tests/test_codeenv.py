@@ -143,7 +143,13 @@ def test_tokens_appear_nowhere_in_the_json(repo: Path) -> None:
         ("https://u:P1@h/x;s3://AKIA:P2@b/y", "https://h/x;s3://b/y"),
         ("https://h/x?a=1|https://u:P3@h2/y", "https://h/x?a=1|https://h2/y"),
         ("https://proxy/?url=https://u:P4@h/y", "https://proxy/?url=https://h/y"),
-        ("https://h/x?auth=P5&pwd=P6&n=1", "https://h/x?auth=REDACTED&pwd=REDACTED&n=1"),
+        ("https://h/x?auth=P5&pwd=/data/run1&n=1", "https://h/x?auth=REDACTED&pwd=/data/run1&n=1"),
+        (
+            '{"endpoint":"https://storage.googleapis.com","email":"me@lab.org"}',
+            '{"endpoint":"https://storage.googleapis.com","email":"me@lab.org"}',
+        ),
+        ('["https://h","ops@x.org"]', '["https://h","ops@x.org"]'),
+        ("https://h/a,ops@x.org", "https://h/a,ops@x.org"),
         (
             "run --src gs://b/x?sig=s --dst https://u:p@h/y",
             "run --src gs://b/x?sig=REDACTED --dst https://h/y",

@@ -291,6 +291,17 @@ def test_repair_keeps_the_record_a_readable_summary_pointed_to(tmp_path):
     assert [(h.id, h.record.status) for h in mine] == [(standing, "committed")]
 
 
+@pytest.mark.parametrize("records", [None, 5, "x", [{"id": ["x"]}], [{"id": None}, 3]])
+def test_repair_reads_no_pointers_from_a_records_section_of_the_wrong_shape(layer, records):
+    with cirrus.session(["src"], "why", process()) as s:
+        s.volume(layer)[0:64, 0:64, 0:64] = chunk_of(1)
+    broken = summary_json(layer)
+    broken["cirrus"]["records"] = records
+    put_raw(layer, "provenance", json.dumps(broken).encode())
+    assert repair_summary(layer)
+    assert [h.id for h in cirrus.history(layer)] == [s.records[layer]]
+
+
 def test_repair_does_not_reopen_a_finished_step_on_a_volume_its_tasks_skipped(tmp_path):
     paths = [normalise_cloudpath(f"file://{tmp_path}/{name}") for name in "ab"]
     for path in paths:

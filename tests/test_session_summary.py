@@ -209,3 +209,16 @@ def test_a_steps_later_finish_supersedes_the_earlier_by_tasks_before_end_time_or
             "e" * 64: "d" * 64,
             "d" * 64: None,
         }
+
+
+def test_of_two_finishes_with_the_same_counts_the_committed_one_stands():
+    """Pointers written before `missing` was kept: an incomplete finish and the complete one
+    after it can tie on everything else; a complete finish is never the older."""
+    t = "2026-01-01T01:00:00.000000Z"
+    incomplete = {**_step_record(t, 1, 1), "status": "failed"}
+    complete = _step_record(t, 1, 1)
+    for order in (("f" * 64, "e" * 64), ("e" * 64, "f" * 64)):
+        records = dict(zip(order, (incomplete, complete), strict=True))
+        pointers = merge(empty_summary(), records)["cirrus"]["records"]
+        standing = [p["id"] for p in pointers if "superseded_by" not in p]
+        assert standing == [order[1]]
