@@ -104,7 +104,9 @@ def _redact_one_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:  # a malformed host ("[::1") may still hold a password
         return f"{prefix.group() if prefix else ''}<unparseable url>"
-    redacted = _without_userinfo(parts)._replace(
+    # `https://h,--owner=me@lab.org` in a command line: text after the URL, not userinfo
+    prose = "," in parts.netloc.rpartition("@")[0]
+    redacted = (parts if prose else _without_userinfo(parts))._replace(
         path=_USERINFO.sub(_drop_userinfo, parts.path),
         query=_USERINFO.sub(_drop_userinfo, _redact_parameters(parts.query)),
         fragment=_redact_parameters(parts.fragment),

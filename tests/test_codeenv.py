@@ -150,6 +150,7 @@ def test_tokens_appear_nowhere_in_the_json(repo: Path) -> None:
         ),
         ('["https://h","ops@x.org"]', '["https://h","ops@x.org"]'),
         ("https://h/a,ops@x.org", "https://h/a,ops@x.org"),
+        ("--src=https://s3.lab.org,--owner=me@lab.org", "--src=https://s3.lab.org,--owner=me@lab.org"),
         (
             "run --src gs://b/x?sig=s --dst https://u:p@h/y",
             "run --src gs://b/x?sig=REDACTED --dst https://h/y",
