@@ -42,16 +42,18 @@ class _Documentation:
                 f"cirrus.CloudVolume(path, sources=..., motivation=..., process=...). {RULES}"
             )
         key = (tuple(volume.sources), volume.motivation, id(volume.process))
-        if self.session is not None and self.session.state == "open":
-            reason = self.session._refusal()  # its commit failed: retry it before writing on
+        session = self.session
+        if session is not None and session.state == "open":
+            reason = session._refusal()  # its commit failed: retry it before writing on
             if reason is not None:
                 return f"{reason} (here: vol.commit())"
-        if key != self.key or self.session is None or self.session.state != "open":
-            self.commit()
-            self.session = Session(volume.sources, volume.motivation, volume.process)
-            self.session._finalizer.detach()  # this volume commits it itself, even at exit
-            self.gate.tracker = self.session._trackers.setdefault(self.layer, WriteTracker())
-            self.key = key
+            if key == self.key:
+                return None
+        self.commit()  # the provenance changed, or the last commit stopped while publishing
+        self.session = Session(volume.sources, volume.motivation, volume.process)
+        self.session._finalizer.detach()  # this volume commits it itself, even at exit
+        self.gate.tracker = self.session._trackers.setdefault(self.layer, WriteTracker())
+        self.key = key
         return None
 
     def writing(self, layer: str) -> None:

@@ -99,8 +99,8 @@ class Published:
     added: list[str]
     rolled_forward: dict[str, dict[str, Any]]  # orphans found: id -> record JSON
     summary: dict[str, Any]  # as stored when the call returned
-    standing: dict[str, str] = attrs.field(factory=dict)  # given id kept unpublished -> the
-    # session's record that stands there instead (`Ledger._ended_already`)
+    # a record given that stays unpublished -> its session's record that stands there instead
+    standing: dict[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen(repr=False)

@@ -11,18 +11,20 @@ import re
 from urllib.parse import SplitResult, unquote_plus, urlsplit, urlunsplit
 
 _SSH_SCHEMES = {"ssh", "git+ssh", "ssh+git"}
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_SCHEME_NAME = r"[A-Za-z][A-Za-z0-9+.-]*"
+_WORD_START = r"(?<![A-Za-z0-9+.-])"  # a scheme starts a word, so scans stay linear
+_NOT_USERINFO = r"/\s@?#\"'<>,;|&="  # what ends a user name or password in running text
+_SCHEME = re.compile(rf"{_SCHEME_NAME}://")
 _DOS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
 _SCP_USERINFO = re.compile(r"(?P<userinfo>.*)@(?P<rest>(?:\[[^\]/]*\]|[^@:/\[\]]+):.*)", re.DOTALL)
 # a URL runs to whitespace or quotes, or to a `,` `;` `|` that starts another URL
 _URL_IN_TEXT = re.compile(
-    r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://"  # a scheme starts a word: linear scans
-    r"(?:(?![,;|]\s*[A-Za-z][A-Za-z0-9+.-]*://)[^\s\"'<>])+"
+    rf"{_WORD_START}{_SCHEME_NAME}://(?:(?![,;|]\s*{_SCHEME_NAME}://)[^\s\"'<>])+"
 )
 # userinfo after a `scheme://` nested in a URL's path or query (`?url=https://u:pw@h/`)
 _USERINFO = re.compile(
-    r"(?<![A-Za-z0-9+.-])(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<user>[^/\s@?#:\"'<>,;|&=]*)"
-    r"(?::[^/\s@?#\"'<>,;|&=]*)?@"
+    rf"{_WORD_START}(?P<scheme>{_SCHEME_NAME})://(?P<user>[^:{_NOT_USERINFO}]*)"
+    rf"(?::[^{_NOT_USERINFO}]*)?@"
 )
 _SECRET_PARAMETER = re.compile(
     r"signature|credential|token(?![a-z])|passw(or)?d|^auth$|authorization|secret|^sig$"
