@@ -1,7 +1,8 @@
 """A step's files on one layer: its manifest and one fragment per task, write-once.
 
 Tasks never touch a shared object: each creates its own fragment, keyed by its task id, so
-thousands of them write at once and a re-run is not counted twice. The summary side of a step
+thousands of them write at once and a re-run is not counted twice (its attempts fold into one
+fragment). The summary side of a step
 (listing it open, publishing its record) is `cirrus.ledger`'s.
 
 Layout under the layer:
@@ -22,6 +23,7 @@ from cirrus.canonical import check_step_id, is_step_id
 from cirrus.errors import PreconditionFailed
 from cirrus.overlap import overlapped
 from cirrus.storage.paths import OnLayer
+from cirrus.writeset import combine
 
 log = logging.getLogger("cirrus.stepfiles")
 
@@ -30,6 +32,24 @@ STEPS = "provenance.d/steps/"
 
 def _pretty(document: Mapping[str, Any]) -> bytes:
     return json.dumps(document, sort_keys=True, indent=1, ensure_ascii=False).encode("utf-8")
+
+
+def merge_attempts(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
+    """A task's fragment after another attempt: both attempts' writes (a failed attempt's chunks
+    stay written, and a re-run may skip them), committed if either attempt was."""
+    committed = "committed" in (earlier["status"], later["status"])
+    notes = list(earlier.get("notes", []))
+    notes += [note for note in later.get("notes", []) if note not in notes]
+    return {
+        **later,
+        "status": "committed" if committed else later["status"],
+        "error": None if committed else later["error"],
+        "started": min(earlier["started"], later["started"]),
+        "ended": max(earlier["ended"], later["ended"]),
+        "writes": combine([earlier["writes"], later["writes"]]),
+        "notes": notes,
+        "attempts": earlier.get("attempts", 1) + 1,
+    }
 
 
 @attrs.define
@@ -44,29 +64,31 @@ class StepFiles(OnLayer):
         return None if blob is None else json.loads(blob.data)
 
     def put_fragment(self, step_id: str, task: str, fragment: Mapping[str, Any]) -> bool:
-        """Create the task's fragment; a re-run replaces it only if the earlier attempt failed.
+        """Create the task's fragment. A re-run folds into an earlier failed attempt's fragment
+        (`merge_attempts`); an earlier committed attempt stands.
 
-        Returns whether this call stored it (False: an earlier attempt stands).
+        Returns whether this call stored anything (False: an earlier committed attempt stands).
         """
         key = f"{STEPS}{check_step_id(step_id)}/tasks/{task}.json"
-        data = _pretty(fragment)
-        try:
-            self.store.create(key, data)
-            return True
-        except PreconditionFailed:
-            existing = self.store.get(key)
-            if existing is None or json.loads(existing.data).get("status") == "committed":
+        while True:  # each lap means another attempt of the same task stored a fragment first
+            try:
+                self.store.create(key, _pretty(fragment))
+                return True
+            except PreconditionFailed:
+                existing = self.store.get(key)
+            if existing is None:
+                continue
+            earlier = json.loads(existing.data)
+            if earlier.get("status") == "committed":
                 log.info(
                     "%s: task %s of step %s is already recorded", self.cloudpath, task, step_id
                 )
                 return False
-            if fragment.get("status") != "committed":
-                return False
             try:
-                self.store.swap(key, data, existing.token)
-            except PreconditionFailed:  # another attempt of the same task got there first
-                return False
-            return True
+                self.store.swap(key, _pretty(merge_attempts(earlier, fragment)), existing.token)
+                return True
+            except PreconditionFailed:
+                continue
 
     def put_expected(self, step_id: str, task_ids: list[str]) -> None:
         """The ids of the tasks a step expects, beside its manifest (which stays small)."""

@@ -42,11 +42,12 @@ def finish(token: str | Mapping[str, Any] | StepToken) -> dict[str, str]:
     manifest = _manifest(token)
     fragments = {layer: StepFiles.open(layer).fragments(token.id) for layer in token.volumes}
     written = [layer for layer, found in fragments.items() if found]
+    committed = _committed_tasks(fragments.values())
     missing = _missing_tasks(token, manifest, fragments.values())
     if "expected_tasks" in manifest:  # every volume, every time: a missing task may write any
         written = list(token.volumes)
     records = {
-        layer: _step_record(manifest, layer, fragments[layer], written, missing)
+        layer: _step_record(manifest, layer, fragments[layer], written, missing, committed)
         for layer in written
     }
     info = open_step_info(manifest)
@@ -80,6 +81,13 @@ def _list_again(layer: str, step_id: str, info: Mapping[str, Any], record: Any) 
     return DONE if published else stored
 
 
+def _committed_tasks(fragments: Iterable[list[dict]]) -> set[str]:
+    """Tasks with a committed attempt on any volume. An earlier attempt that failed may have
+    filed on volumes its re-run did not write (it skipped chunks already there): the task's
+    work is done, and those fragments' writes count as the task's."""
+    return {f["task"] for found in fragments for f in found if f["status"] == "committed"}
+
+
 def _missing_tasks(
     token: StepToken, manifest: Mapping[str, Any], fragments: Iterable[list[dict]]
 ) -> list[str]:
@@ -104,8 +112,9 @@ def _step_record(
     fragments: list[dict],
     written: list[str],
     missing: list[str],
+    committed: set[str],
 ) -> Any:
-    failures = [f for f in fragments if f["status"] != "committed"]
+    failures = [f for f in fragments if f["task"] not in committed]
     notes = [Note.from_json(n) for n in manifest["notes"]]
     seen = {(n.kind, n.text) for n in notes}
     for fragment in sorted(fragments, key=lambda f: (f["ended"], f["task"])):
@@ -173,14 +182,13 @@ def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
     """Fragments so far per volume, with failures, and whether the step was finished."""
     token = StepToken.loads(token)
     report: dict[str, Any] = {"step": token.id, "volumes": {}}
-    found = {}
-    for layer in token.volumes:
-        ledger = Ledger.open(layer)
-        fragments = found[layer] = StepFiles.beside(ledger).fragments(token.id)
-        section = ledger.summary().get("cirrus", {})
+    found = {layer: StepFiles.open(layer).fragments(token.id) for layer in token.volumes}
+    committed = _committed_tasks(found.values())
+    for layer, fragments in found.items():
+        section = Ledger.open(layer).summary().get("cirrus", {})
         report["volumes"][layer] = {
             "tasks": len(fragments),
-            "failed": sorted(f["task"] for f in fragments if f["status"] != "committed"),
+            "failed": sorted(f["task"] for f in fragments if f["task"] not in committed),
             "open": token.id in section.get("open_steps", {}),
             "finished": any(e.get("step") == token.id for e in section.get("records", [])),
         }

@@ -216,6 +216,87 @@ def test_verify_reports_tasks_that_ran_after_the_finish_until_it_is_finished_aga
     assert verify(layer).ok
 
 
+def test_verify_reports_a_late_task_on_a_volume_the_finish_left_without_a_record(
+    tmp_path,
+) -> None:
+    """At the finish only a had fragments, so b got no record and its listing was cleared."""
+    from cirrus.verify import verify
+
+    a, b = (f"file://{tmp_path}/{name}" for name in "ab")
+    for path in (a, b):
+        ss.make_layer(path)
+    step = open_step(a, b)
+    ss.paint_fn(step.token, "x0_y0_z0", a, [0, 0, 0])
+    step.finish()
+    assert verify(b).ok
+    ss.paint_fn(step.token, "x16_y0_z0", b, [16, 0, 0])  # redelivered after the finish
+    (problem,) = verify(b).problems
+    assert "1 tasks filed fragments here, but the step is neither open here nor recorded" in (
+        problem
+    )
+    step.finish()
+    assert verify(b).ok and one_record(b).tasks["count"] == 1
+
+
+def test_verify_reports_a_failed_task_rerun_after_the_finish(layer: str) -> None:
+    from cirrus.verify import verify
+
+    step = open_step(layer)
+    ss.paint_fn(step.token, "x0_y0_z0", layer, [0, 0, 0])
+    with pytest.raises(RuntimeError), cirrus.join(step.token, task="x16_y0_z0") as session:
+        ss.paint(session, layer, [16, 0, 0])
+        raise RuntimeError("preempted")
+    step.finish()
+    assert verify(layer).ok and one_record(layer).status == "failed"
+    ss.paint_fn(step.token, "x16_y0_z0", layer, [16, 0, 0])  # same count, now committed
+    (problem,) = verify(layer).problems
+    assert "2 tasks here have committed but its record" in problem and "counts 1" in problem
+    step.finish()
+    assert verify(layer).ok and one_record(layer).status == "committed"
+
+
+def test_a_rerun_that_skips_what_its_failed_attempt_wrote_completes_the_task_everywhere(
+    tmp_path,
+) -> None:
+    """Idempotent tasks (igneous's) skip chunks that exist: the failed attempt's writes on a and
+    b stay in the records, and its fragment on b, which the re-run never wrote, is no failure."""
+    a, b = (f"file://{tmp_path}/{name}" for name in "ab")
+    for path in (a, b):
+        ss.make_layer(path)
+    step = open_step(a, b)
+    with pytest.raises(RuntimeError), cirrus.join(step.token, task="t") as session:
+        ss.paint(session, a, [0, 0, 0])
+        ss.paint(session, b, [0, 0, 0])
+        raise RuntimeError("preempted")
+    assert step.status()["volumes"][b]["failed"] == ["t"]
+    with cirrus.join(step.token, task="t") as session:  # b's chunk is there already
+        ss.paint(session, a, [16, 0, 0])
+    assert step.status()["volumes"][b]["failed"] == []
+    step.finish()
+    for path, bounds in ((a, [0, 0, 0, 32, 16, 16]), (b, [0, 0, 0, 16, 16, 16])):
+        record = one_record(path)
+        assert record.status == "committed" and record.error is None
+        assert record.tasks["count"] == 1 and record.tasks["failed"] == 0
+        assert record.writes["mips"]["0"]["bounds"] == bounds
+    (fragment,) = StepFiles.open(a).fragments(step.id)
+    assert fragment["attempts"] == 2 and fragment["status"] == "committed"
+
+
+def test_every_failed_attempt_of_a_task_keeps_its_writes(layer: str) -> None:
+    step = open_step(layer)
+    for attempt, origin in enumerate(([0, 0, 0], [16, 0, 0]), 1):
+        with pytest.raises(RuntimeError), cirrus.join(step.token, task="t") as session:
+            ss.paint(session, layer, origin)
+            raise RuntimeError(f"attempt {attempt} failed")
+    step.finish()
+    record = one_record(layer)
+    assert record.status == "failed" and record.tasks["count"] == 1
+    assert record.writes["mips"]["0"]["bounds"] == [0, 0, 0, 32, 16, 16]
+    assert record.tasks["failures"] == [
+        {"task": "t", "error": {"type": "RuntimeError", "message": "attempt 2 failed"}}
+    ]
+
+
 def test_a_late_fragment_that_ended_first_still_makes_the_second_finish_stand(
     tmp_path, layer: str
 ) -> None:
