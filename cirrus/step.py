@@ -153,6 +153,7 @@ class TaskSession(WriteScope):
     def __init__(self, token: str | Mapping[str, Any] | StepToken, task: str | None = None):
         self.token = StepToken.loads(token)
         self.task = validate_task_id(task) if task is not None else uuid.uuid4().hex
+        self._task_named = task is not None
         super().__init__()
         self.records: dict[str, str] = {}
         self._manifests_seen: set[str] = set()
@@ -164,11 +165,18 @@ class TaskSession(WriteScope):
                 "open the step with every volume its tasks write"
             )
         if layer not in self._manifests_seen:  # one GET per volume and task
-            if StepFiles.open(layer).manifest(self.token.id) is None:
+            manifest = StepFiles.open(layer).manifest(self.token.id)
+            if manifest is None:
                 raise StepError(
                     f"step {self.token.id} was never opened on {layer} (no manifest there), so "
                     "its fragments would never be finished: pass the token `cirrus.step(...)` "
                     "returned, unchanged"
+                )
+            if "expected_tasks" in manifest and not self._task_named:
+                raise StepError(
+                    f"step {self.token.id} expects {manifest['expected_tasks']} tasks, so each "
+                    "must join with its task id (`cirrus.join(token, task=...)`): an unnamed "
+                    "task would count as another task each time it is re-run"
                 )
             self._manifests_seen.add(layer)
 

@@ -42,13 +42,11 @@ def finish(token: str | Mapping[str, Any] | StepToken) -> dict[str, str]:
     manifest = _manifest(token)
     fragments = {layer: StepFiles.open(layer).fragments(token.id) for layer in token.volumes}
     written = [layer for layer, found in fragments.items() if found]
-    committed = _committed_tasks(fragments.values())
-    missing = _missing_tasks(token, manifest, fragments.values())
+    tally = _tally(token, manifest, fragments.values())
     if "expected_tasks" in manifest:  # every volume, every time: a missing task may write any
         written = list(token.volumes)
     records = {
-        layer: _step_record(manifest, layer, fragments[layer], written, missing, committed)
-        for layer in written
+        layer: _step_record(manifest, layer, fragments[layer], written, tally) for layer in written
     }
     info = open_step_info(manifest)
 
@@ -81,21 +79,34 @@ def _list_again(layer: str, step_id: str, info: Mapping[str, Any], record: Any) 
     return DONE if published else stored
 
 
-def _committed_tasks(fragments: Iterable[list[dict]]) -> set[str]:
-    """Tasks with a committed attempt on any volume. An earlier attempt that failed may have
-    filed on volumes its re-run did not write (it skipped chunks already there): the task's
-    work is done, and those fragments' writes count as the task's."""
-    return {f["task"] for found in fragments for f in found if f["status"] == "committed"}
+@attrs.frozen
+class Tally:
+    """How a step's tasks stand across all its volumes."""
+
+    # tasks with a committed attempt on any volume: an earlier failed attempt may have filed on
+    # volumes its re-run did not write (it skipped chunks already there), and those count too
+    committed: set[str]
+    missing: list[str]  # expected tasks with no fragment anywhere (`?` each, for a bare count)
+    unexpected: list[str]  # tasks filed under an id the step does not expect (a typo?)
+
+    @property
+    def named_missing(self) -> list[str]:
+        return [task for task in self.missing if task != "?"]
 
 
-def _missing_tasks(
-    token: StepToken, manifest: Mapping[str, Any], fragments: Iterable[list[dict]]
-) -> list[str]:
-    """The expected tasks with no fragment on any volume (`?` for each one of a bare count)."""
-    seen = {fragment["task"] for found in fragments for fragment in found}
+def _tally(token: StepToken, manifest: Mapping[str, Any], fragments: Iterable[list[dict]]) -> Tally:
+    """How the step's tasks stand, from every volume's fragments (read once per finish)."""
+    found = [fragment for layer in fragments for fragment in layer]
+    seen = {fragment["task"] for fragment in found}
+    committed = {f["task"] for f in found if f["status"] == "committed"}
     if manifest.get("expected_ids"):
-        return sorted(set(_expected_ids(token)) - seen)
-    return ["?"] * max(0, manifest.get("expected_tasks", 0) - len(seen))
+        expected = set(_expected_ids(token))
+        return Tally(committed, sorted(expected - seen), sorted(seen - expected))
+    return Tally(committed, ["?"] * max(0, manifest.get("expected_tasks", 0) - len(seen)), [])
+
+
+def _listed(tasks: list[str]) -> str:
+    return f" ({', '.join(tasks[:10])}{', ...' if len(tasks) > 10 else ''})" if tasks else ""
 
 
 def _expected_ids(token: StepToken) -> list[str]:
@@ -111,10 +122,9 @@ def _step_record(
     layer: str,
     fragments: list[dict],
     written: list[str],
-    missing: list[str],
-    committed: set[str],
+    tally: Tally,
 ) -> Any:
-    failures = [f for f in fragments if f["task"] not in committed]
+    failures = [f for f in fragments if f["task"] not in tally.committed]
     notes = [Note.from_json(n) for n in manifest["notes"]]
     seen = {(n.kind, n.text) for n in notes}
     for fragment in sorted(fragments, key=lambda f: (f["ended"], f["task"])):
@@ -125,8 +135,8 @@ def _step_record(
     error = None
     if failures:
         error = {"type": "TaskFailures", "message": f"{len(failures)} of {len(fragments)} failed"}
-    if missing:
-        error = _incomplete(missing, manifest["expected_tasks"], error)
+    if tally.missing:
+        error = _incomplete(tally, manifest["expected_tasks"], error)
     record = make_record(
         session=manifest["id"],
         layer=layer,
@@ -134,12 +144,12 @@ def _step_record(
         sources=manifest["sources"],
         notes=notes,
         started=parse_time(manifest["started"]),
-        status="failed" if failures or missing else "committed",
+        status="failed" if failures or tally.missing else "committed",
         writes=combine(f["writes"] for f in fragments),
         siblings=tuple(other for other in written if other != layer),
         error=error,
         step=manifest["id"],
-        tasks=_task_summary(manifest, fragments, failures, missing),
+        tasks=_task_summary(manifest, fragments, failures, tally),
     )
     # A step's record is a pure function of its fragments, so finishing twice stores it once.
     return attrs.evolve(
@@ -150,24 +160,26 @@ def _step_record(
     )
 
 
-def _incomplete(missing: list[str], expected: int, error: dict | None) -> dict[str, str]:
+def _incomplete(tally: Tally, expected: int, error: dict | None) -> dict[str, str]:
     """The error of a step finished while expected tasks filed nothing."""
-    named = [task for task in missing if task != "?"]
-    shown = f" ({', '.join(named[:10])}{', ...' if len(named) > 10 else ''})" if named else ""
-    also = f"; and {error['message']}" if error else ""
-    message = f"{len(missing)} of {expected} expected tasks filed nothing{shown}{also}"
+    message = f"{len(tally.missing)} of {expected} expected tasks filed nothing"
+    message += _listed(tally.named_missing)
+    if tally.unexpected:
+        message += f"; tasks filed under ids it does not expect{_listed(tally.unexpected)}"
+    message += f"; and {error['message']}" if error else ""
     return {"type": "Incomplete", "message": f"{message}; run them, then finish again"}
 
 
 def _task_summary(
-    manifest: Mapping[str, Any], fragments: list[dict], failures: list[dict], missing: list[str]
+    manifest: Mapping[str, Any], fragments: list[dict], failures: list[dict], tally: Tally
 ) -> dict[str, Any]:
     listed = sorted(failures, key=lambda f: f["task"])[:MAX_LISTED_FAILURES]
-    expected = {}
+    expected: dict[str, Any] = {}
     if "expected_tasks" in manifest:
-        named = [task for task in missing if task != "?"][:MAX_LISTED_FAILURES]
-        expected = {"expected": manifest["expected_tasks"], "missing": len(missing)}
-        expected.update({"missing_tasks": named} if named else {})
+        expected = {"expected": manifest["expected_tasks"], "missing": len(tally.missing)}
+        named = {"missing_tasks": tally.named_missing, "unexpected_tasks": tally.unexpected}
+        for key, tasks in named.items():
+            expected.update({key: tasks[:MAX_LISTED_FAILURES]} if tasks else {})
     return {
         **expected,
         "count": len(fragments),
@@ -183,19 +195,19 @@ def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
     token = StepToken.loads(token)
     report: dict[str, Any] = {"step": token.id, "volumes": {}}
     found = {layer: StepFiles.open(layer).fragments(token.id) for layer in token.volumes}
-    committed = _committed_tasks(found.values())
+    manifest = _manifest(token)
+    tally = _tally(token, manifest, found.values())
     for layer, fragments in found.items():
         section = Ledger.open(layer).summary().get("cirrus", {})
         report["volumes"][layer] = {
             "tasks": len(fragments),
-            "failed": sorted(f["task"] for f in fragments if f["task"] not in committed),
+            "failed": sorted(f["task"] for f in fragments if f["task"] not in tally.committed),
             "open": token.id in section.get("open_steps", {}),
             "finished": any(e.get("step") == token.id for e in section.get("records", [])),
         }
-    manifest = _manifest(token)
     if "expected_tasks" in manifest:
-        missing = _missing_tasks(token, manifest, found.values())
         report["expected"] = manifest["expected_tasks"]
-        report["missing"] = len(missing)
-        report["missing_tasks"] = [task for task in missing if task != "?"]
+        report["missing"] = len(tally.missing)
+        report["missing_tasks"] = tally.named_missing
+        report["unexpected_tasks"] = tally.unexpected
     return report

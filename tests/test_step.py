@@ -586,3 +586,32 @@ def test_import_cirrus_does_not_import_taskqueue() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_step_expecting_tasks_refuses_an_unnamed_task_before_it_writes(layer: str) -> None:
+    """A random id would count as one more task at every re-run, filling the expected count."""
+    process = cirrus.Process("paint chunks", {"value": 1})
+    step = cirrus.step(["gs://lab/aff"], "counted", process, [layer], tasks=2)
+    with (
+        pytest.raises(StepError, match=r"expects 2 tasks.*task=") as caught,
+        cirrus.join(step.token) as session,
+    ):
+        ss.paint(session, layer, [0, 0, 0])
+    assert "cirrus.join(token, task=...)" in str(caught.value)
+    assert StepFiles.open(layer).task_count(step.id) == 0
+    keys = Ledger.open(layer).store.list("")
+    assert all(key == "info" or key.startswith("provenance") for key in keys), keys  # no chunk
+
+
+def test_a_task_filed_under_an_id_the_step_does_not_expect_is_named(layer: str) -> None:
+    process = cirrus.Process("paint chunks", {"value": 1})
+    step = cirrus.step(["gs://lab/aff"], "named", process, [layer], tasks=["t1", "t2"])
+    ss.paint_fn(step.token, "t1", layer, [0, 0, 0])
+    ss.paint_fn(step.token, "T2", layer, [16, 0, 0])  # a typo in the task's id
+    assert step.status()["unexpected_tasks"] == ["T2"]
+    step.finish()
+    record = one_record(layer)
+    assert record.status == "failed" and record.tasks["unexpected_tasks"] == ["T2"]
+    message = record.error["message"]
+    assert message.startswith("1 of 2 expected tasks filed nothing (t2); tasks filed under ids")
+    assert "(T2)" in message

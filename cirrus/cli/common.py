@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from typing import Any
 
 import click
@@ -109,9 +110,10 @@ class CirrusGroup(click.Group):
             click.echo("cirrus: interrupted", err=True)
             ctx.exit(130)
         except Exception as error:
-            if _debug(ctx):
-                raise
-            click.echo(f"cirrus: error: {error_line(error, ctx)}", err=True)
+            if _debug(ctx):  # the traceback, and the exit status scripts rely on
+                traceback.print_exc()
+            else:
+                click.echo(f"cirrus: error: {error_line(error, ctx)}", err=True)
             ctx.exit(exit_code(error))
 
 

@@ -202,7 +202,7 @@ def _require_step(parsed: StepToken) -> None:
 
 @step_group.command("status", epilog=EXIT_CODES)
 @click.argument("token")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The progress report as JSON.")
 def step_status_command(token: str, as_json: bool) -> None:
     """Tasks recorded so far on each volume of the step, failures, open or finished.
 
@@ -228,6 +228,10 @@ def step_status_command(token: str, as_json: bool) -> None:
         named = report["missing_tasks"]
         shown = f": {', '.join(named[:20])}{', ...' if len(named) > 20 else ''}" if named else ""
         click.echo(f"  expected {report['expected']} task(s), {report['missing']} missing{shown}")
+        if report["unexpected_tasks"]:
+            named = report["unexpected_tasks"]
+            shown = f"{', '.join(named[:20])}{', ...' if len(named) > 20 else ''}"
+            click.echo(f"  filed under ids the step does not expect: {shown}")
 
 
 @step_group.command("finish", epilog=EXIT_CODES)
@@ -244,6 +248,7 @@ def step_finish_command(token: str) -> None:
     from cirrus.stepfinish import finish
 
     parsed = _parse_token(token)
+    _require_step(parsed)
     ids = finish(parsed)
     lines, failed = [], 0
     for layer in parsed.volumes:
