@@ -31,8 +31,9 @@ log = logging.getLogger("cirrus.abandon")
 
 ABANDONED_MESSAGE = (
     "the process died before committing (it was still listed as writing here, and its session "
-    "was closed with `cirrus recover --abandon`); its writes to this volume were never tallied, "
-    "so they are unknown and the write set is empty; re-run the work to record them"
+    "was closed as abandoned: `cirrus recover --abandon` or `--abandon-dead`); its writes to "
+    "this volume were never tallied, so they are unknown and the write set is empty; re-run "
+    "the work to record them"
 )
 LISTED = ("description", "parameters", "envs", "process", "sources", "notes", "started", "user",
           "host", "cirrus_version")  # fmt: skip

@@ -31,7 +31,7 @@ from cirrus.errors import (
     ProvenanceRequired,
     SessionClosed,
 )
-from cirrus.handles import RULES, Gate, track
+from cirrus.handles import Gate, track
 from cirrus.ledger import NOT_READ, Ledger, env_blobs
 from cirrus.model import Note, Process, Record, isoformat, utcnow
 from cirrus.redact import redact_url
@@ -126,7 +126,13 @@ class WriteScope:
         self.notes.append(Note(kind, text))
 
     def _refusal(self) -> str | None:
-        return None if self.state == "open" else f"this {self.kind} is {self.state}; {RULES}"
+        if self.state == "open":
+            return None
+        how = "cirrus.join(token, task=...)" if self.kind == "task" else "cirrus.session(...)"
+        return (
+            f"this {self.kind} is {self.state}: its record is made without this write; write "
+            f"in a new {self.kind} (`with {how} as s: s.volume(path)`)"
+        )
 
     def _require_open(self) -> None:
         if self.state == "unpublished":
