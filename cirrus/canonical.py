@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import enum
 import hashlib
+import io
 import json
 import math
 import re
+import sys
+from collections.abc import Mapping
+from configparser import RawConfigParser, SectionProxy
+from pathlib import PurePath
+from types import SimpleNamespace
 from typing import Any
+
+import attrs
 
 from cirrus.errors import InvalidInput
 
@@ -66,12 +77,124 @@ def is_digest(value: str) -> bool:
     return bool(_HEX64.match(value))
 
 
+def type_name(value: Any) -> str:
+    """The name of `value`'s type as a user would import it: `set`, `numpy.datetime64`."""
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def container_as_dict(value: Any) -> dict[Any, Any] | None:
+    """The fields of a parameter container as a dict (one level: what they hold is normalised
+    by the caller), or None if `value` is not one.
+
+    Containers: any Mapping; a ConfigParser (sections become dicts, values raw: "%" is no
+    interpolation error) or one of its sections; SimpleNamespace and argparse.Namespace (their
+    attributes); dataclass and attrs instances (their fields).
+    """
+    if isinstance(value, RawConfigParser):
+        sections = {name: dict(value.items(name, raw=True)) for name in value.sections()}
+        defaults = dict(value.defaults())
+        return {value.default_section: defaults, **sections} if defaults else sections
+    if isinstance(value, SectionProxy):
+        return dict(value.parser.items(value.name, raw=True))
+    argparse = sys.modules.get("argparse")  # a Namespace exists only once argparse is imported
+    if isinstance(value, SimpleNamespace) or (
+        argparse is not None and isinstance(value, argparse.Namespace)
+    ):
+        return dict(vars(value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+    if attrs.has(type(value)):
+        return {field.name: getattr(value, field.name) for field in attrs.fields(type(value))}
+    if isinstance(value, Mapping):
+        return dict(value)
+    return None
+
+
+_REFUSED = object()
+
+
+def _as_json_value(value: Any) -> Any:
+    """`value` as something `normalise_json` takes, or _REFUSED.
+
+    Enums become their value; pure paths their POSIX string; dates and datetimes ISO 8601 as
+    given (a naive datetime stays naive, an aware one keeps its offset); numpy scalars (and 0-d
+    arrays) their Python value (`.item()`). numpy is never imported here: a numpy value can only
+    exist once the caller has imported it.
+    """
+    container = container_as_dict(value)
+    if container is not None:
+        return container
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, PurePath):
+        return value.as_posix()
+    if isinstance(value, dt.date):  # datetime too
+        return value.isoformat()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        if isinstance(value, numpy.ndarray) and value.ndim == 0 and value.dtype.kind != "O":
+            value = value[()]
+        if isinstance(value, numpy.generic) and not isinstance(
+            value,
+            (numpy.datetime64, numpy.timedelta64),  # .item() of these can be a bare int
+        ):
+            item = value.item()
+            if type(item) in (bool, int, float, str):
+                return item
+    return _REFUSED
+
+
+def _refusal(value: Any) -> str:
+    """What is wrong with a value `normalise_json` cannot take, and what to do instead."""
+    kind = type_name(value)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.ndarray):
+        # "ndarray", not numpy.ndarray, first: the wording users and docs/bad-input.md know
+        return (
+            f"value of type ndarray is not JSON; use .tolist() for a small numpy.ndarray (this "
+            f"one has shape {value.shape} and dtype {value.dtype}), or store a large one "
+            "elsewhere and record its path or sha256"
+        )
+    if isinstance(value, (set, frozenset)):
+        hint = "use a sorted list"
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        hint = "decode it or store its sha256"
+    elif isinstance(value, complex) or getattr(getattr(value, "dtype", None), "kind", "") == "c":
+        hint = "store its real and imaginary parts as two floats"
+    elif isinstance(value, dt.time):
+        hint = "use .isoformat()"
+    elif isinstance(value, dt.timedelta):
+        hint = "use .total_seconds()"
+    elif numpy is not None and isinstance(value, numpy.datetime64):
+        hint = "use str(value), an ISO 8601 string"
+    elif numpy is not None and isinstance(value, numpy.timedelta64):
+        hint = "use value / numpy.timedelta64(1, 's'), the seconds as a float"
+    elif numpy is not None and isinstance(value, numpy.generic):
+        hint = "convert it with float(), int() or str()"
+    elif isinstance(value, io.IOBase):
+        hint = "record the file's path (its .name) instead of the open file"
+    else:
+        hint = (
+            "convert it to str, int, float, bool, None, list or dict (or a dataclass, attrs "
+            "instance or namespace of those)"
+        )
+    return f"value of type {kind} is not JSON; {hint}"
+
+
 def normalise_json(value: Any, path: str, error: type[Exception], _depth: int = 0) -> Any:
-    """Return `value` as plain JSON types (tuples become lists); raise `error(path, problem)`.
+    """Return `value` as plain JSON types; raise `error(path, problem)`.
+
+    Tuples become lists, str/int/float subclasses (np.float64, np.str_, IntEnum) the plain type.
+    Converted (`_as_json_value`), then normalised in turn: Mappings, ConfigParsers, namespaces,
+    dataclass and attrs instances (to dicts, at any depth), Enums (their value), pure paths,
+    dates and datetimes (strings), numpy scalars and 0-d arrays (their Python value).
 
     Refused: non-string keys, NaN and infinities, sets, arrays, arbitrary objects, strings
     that UTF-8 cannot encode (lone surrogates, as `os.fsdecode` makes of undecodable bytes) and
-    lists or dicts nested more than MAX_DEPTH deep (also what makes a cycle fail cleanly).
+    containers nested more than MAX_DEPTH deep (also what makes a cycle fail cleanly).
     """
     if _depth > MAX_DEPTH and isinstance(value, (dict, list, tuple)):
         raise error(
@@ -87,7 +210,7 @@ def normalise_json(value: Any, path: str, error: type[Exception], _depth: int = 
                 value.encode("utf-8")
             except UnicodeEncodeError as err:
                 raise error(path, f"string is not valid Unicode ({err.reason})") from None
-        return value
+        return value if type(value) is str else str.__str__(value)
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
@@ -100,19 +223,18 @@ def normalise_json(value: Any, path: str, error: type[Exception], _depth: int = 
             if not isinstance(key, str):
                 raise error(
                     f"{path}[{key!r}]",
-                    f"key of type {type(key).__name__}; JSON keys must be strings, convert it",
+                    f"key of type {type_name(key)}; JSON keys must be strings, "
+                    "convert it with str()",
                 )
+            key = key if type(key) is str else str.__str__(key)
             out[key] = normalise_json(item, f"{path}.{key}", error, _depth + 1)
         return out
     if isinstance(value, (list, tuple)):
         return [
             normalise_json(item, f"{path}[{i}]", error, _depth + 1) for i, item in enumerate(value)
         ]
-    kind = type(value).__name__
-    hint = {
-        "set": "use a sorted list",
-        "frozenset": "use a sorted list",
-        "ndarray": "use .tolist()",
-        "bytes": "decode it or store its sha256",
-    }.get(kind, "convert it to str, int, float, bool, None, list or dict")
-    raise error(path, f"value of type {kind} is not JSON; {hint}")
+    converted = _as_json_value(value)
+    if converted is _REFUSED:
+        raise error(path, _refusal(value))
+    # a container's dict is checked against MAX_DEPTH at this depth, its items one deeper
+    return normalise_json(converted, path, error, _depth)

@@ -6,17 +6,14 @@ sha256 of its canonical JSON.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import re
 from collections.abc import Mapping
-from configparser import ConfigParser
-from types import SimpleNamespace
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-from cirrus.canonical import check_text, digest, normalise_json
+from cirrus.canonical import check_text, container_as_dict, digest, normalise_json, type_name
 from cirrus.errors import InvalidInput, ParameterError
 from cirrus.redact import redact_url
 
@@ -82,25 +79,17 @@ def parse_time(text: str) -> dt.datetime:
 
 
 def parameters_as_dict(parameters: Any) -> dict[str, Any]:
-    """Turn a dict, SimpleNamespace, ConfigParser, dataclass or attrs instance into a plain dict."""
-    if isinstance(parameters, ConfigParser):
-        # raw: values are recorded as written ("%" is no interpolation error)
-        sections = {name: dict(parameters.items(name, raw=True)) for name in parameters.sections()}
-        defaults = dict(parameters.defaults())
-        return {"DEFAULT": defaults, **sections} if defaults else sections
-    if isinstance(parameters, SimpleNamespace):
-        return vars(parameters)
-    if dataclasses.is_dataclass(parameters) and not isinstance(parameters, type):
-        return dataclasses.asdict(parameters)
-    if attrs.has(type(parameters)):
-        return attrs.asdict(parameters)
-    if isinstance(parameters, Mapping):
-        return dict(parameters)
-    raise ParameterError(
-        "parameters",
-        f"a {type(parameters).__name__} is not supported; pass a dict, SimpleNamespace, "
-        "ConfigParser, dataclass or attrs instance",
-    )
+    """Turn a dict (any Mapping), SimpleNamespace, argparse.Namespace, ConfigParser, dataclass or
+    attrs instance into a dict of its fields; what they hold is normalised by `normalise_json`
+    (where the same containers are accepted at any depth)."""
+    fields = container_as_dict(parameters)
+    if fields is None:
+        raise ParameterError(
+            "parameters",
+            f"a {type_name(parameters)} is not supported; pass a dict, SimpleNamespace, "
+            "argparse.Namespace, ConfigParser, dataclass or attrs instance",
+        )
+    return fields
 
 
 def normalise_parameters(parameters: Any, allow_secrets: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime as dt
+import enum
 import json
 import math
 import subprocess
 import sys
 from configparser import ConfigParser
-from types import SimpleNamespace
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 import attrs
@@ -19,6 +22,7 @@ import pytest
 from cirrus.canonical import canonical_json, digest
 from cirrus.errors import InvalidInput, ParameterError
 from cirrus.model import Note, Process
+from tests.session_support import chunk_files, chunk_of, make_layer, provenance_keys
 
 
 @attrs.frozen
@@ -143,6 +147,234 @@ def test_refused_inside_a_dataclass() -> None:
     with pytest.raises(ParameterError) as caught:
         Process("p", Bad({1}))
     assert caught.value.path == "parameters.values"
+
+
+# --- values that are converted: numpy scalars, nested containers, paths, enums, dates ----------
+
+
+class Mode(enum.Enum):
+    FAST = "fast"
+    CUBE = (8, 8, 40)  # an Enum's value is normalised in turn: the tuple becomes a list
+
+
+class Opaque:
+    """An object cirrus cannot see into."""
+
+
+@dataclasses.dataclass
+class Node:
+    name: str
+    child: Any = None
+
+
+def same_process_as_plain(parameters: Any, plain: dict[str, Any]) -> None:
+    """`parameters` are recorded as `plain`, in plain JSON types, and dedupe with it."""
+    process = Process("p", parameters, ENV)
+    assert process.parameters == plain
+    assert canonical_json(process.parameters) == canonical_json(plain)
+    assert json.loads(canonical_json(process.parameters)) == process.parameters  # plain types
+    assert process.digest == Process("p", plain, ENV).digest
+
+
+@pytest.mark.parametrize(
+    ("value", "plain"),
+    [
+        (np.int64(7), 7),
+        (np.int32(-3), -3),
+        (np.uint8(255), 255),
+        (np.uint64(2**64 - 1), 2**64 - 1),
+        (np.float32(0.5), 0.5),
+        (np.float32(0.1), 0.10000000149011612),  # the float32's exact value, as float() gives
+        (np.float16(1.5), 1.5),
+        (np.bool_(True), True),
+        (np.bool_(False), False),
+        (np.str_("x"), "x"),
+        (np.asarray(2.5), 2.5),  # a 0-d array is a scalar
+        (np.asarray(4, dtype=np.int16), 4),
+    ],
+    ids=["int64", "int32", "uint8", "uint64", "float32", "float32-0.1", "float16", "bool-true",
+         "bool-false", "str_", "0d-float", "0d-int16"],
+)  # fmt: skip
+def test_numpy_scalars_are_their_python_value(value: Any, plain: Any) -> None:
+    same_process_as_plain({"v": value, "in": [value]}, {"v": plain, "in": [plain]})
+    assert type(Process("p", {"v": value}).parameters["v"]) is type(plain)
+
+
+def test_numpy_float64_and_python_float_are_one_process() -> None:
+    arrays = np.array([[0.3, 2.0]]), np.array([8, 8, 40])
+    params = {"threshold": arrays[0][0, 0], "size": tuple(arrays[1]), "flip": arrays[1][0] > 4}
+    same_process_as_plain(params, {"threshold": 0.3, "size": [8, 8, 40], "flip": True})
+
+
+@pytest.mark.parametrize(
+    "value", [np.float32("nan"), np.float16("inf"), np.float32("-inf"), np.asarray(np.nan)]
+)
+def test_numpy_nan_and_infinity_are_still_refused(value: Any) -> None:
+    with pytest.raises(ParameterError, match="not finite; JSON has no NaN") as caught:
+        Process("p", {"t": [1.0, value]})
+    assert caught.value.path == "parameters.t[1]"
+
+
+def test_argparse_namespace_is_accepted_like_a_simple_namespace() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threshold", type=float, default=0.3)
+    parser.add_argument("--mip", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("/data/seg"))
+    args = parser.parse_args(["--mip", "3"])
+    same_process_as_plain(args, {"threshold": 0.3, "mip": 3, "out": "/data/seg"})
+
+
+def test_containers_are_accepted_nested_at_any_depth() -> None:
+    config = ConfigParser()
+    config.read_string("[DEFAULT]\nmip = 1\n[run]\nthreshold = 0.3\nsuffix = 50%\n")
+    params = {
+        "run": SimpleNamespace(threshold=0.3, inner=SimpleNamespace(depth=2)),
+        "cli": argparse.Namespace(mip=2, model=DataParams(0.5, (8, 8, 40))),
+        "blocks": [[AttrsParams(0.1, Inner(3))], (Inner(4),)],
+        "config": config,
+        "section": config["run"],
+        "frozen": MappingProxyType({"b": 1, "a": [SimpleNamespace(z=None)]}),
+    }
+    same_process_as_plain(
+        params,
+        {
+            "run": {"threshold": 0.3, "inner": {"depth": 2}},
+            "cli": {"mip": 2, "model": {"threshold": 0.5, "size": [8, 8, 40], "names": ["a", "b"]}},
+            "blocks": [[{"threshold": 0.1, "inner": {"depth": 3}}], [{"depth": 4}]],
+            "config": {
+                "DEFAULT": {"mip": "1"},
+                "run": {"threshold": "0.3", "suffix": "50%", "mip": "1"},
+            },
+            "section": {"threshold": "0.3", "suffix": "50%", "mip": "1"},
+            "frozen": {"a": [{"z": None}], "b": 1},
+        },
+    )
+
+
+def test_paths_enums_and_dates_become_strings_and_values() -> None:
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+    params = {
+        "out": Path("/data/seg"),
+        "relative": PurePosixPath("seg/mip1"),
+        "windows": PureWindowsPath("C:\\data\\seg"),
+        "mode": Mode.FAST,
+        "shape": Mode.CUBE,
+        "modes": {"first": Mode.FAST},
+        "day": dt.date(2024, 5, 1),
+        "naive": dt.datetime(2024, 5, 1, 14, 30),  # kept as given: no timezone is assumed
+        "aware": dt.datetime(2024, 5, 1, 14, 30, 0, 250, tzinfo=plus_two),  # keeps its offset
+    }
+    same_process_as_plain(
+        params,
+        {
+            "out": "/data/seg",
+            "relative": "seg/mip1",
+            "windows": "C:/data/seg",
+            "mode": "fast",
+            "shape": [8, 8, 40],
+            "modes": {"first": "fast"},
+            "day": "2024-05-01",
+            "naive": "2024-05-01T14:30:00",
+            "aware": "2024-05-01T14:30:00.000250+02:00",
+        },
+    )
+
+
+def test_secret_keys_are_refused_inside_nested_containers() -> None:
+    nested = {"db": argparse.Namespace(host="h", conf=SimpleNamespace(password="hunter2"))}
+    with pytest.raises(ParameterError, match="looks like a secret") as caught:
+        Process("p", nested)
+    assert caught.value.path == "parameters.db.conf.password"
+
+    @dataclasses.dataclass
+    class Service:
+        url: str
+        api_key: str
+
+    with pytest.raises(ParameterError, match="looks like a secret") as caught:
+        Process("p", {"services": [Service("https://h", "k-123")]})
+    assert caught.value.path == "parameters.services[0].api_key"
+    allowed = Process("p", {"db": SimpleNamespace(token="public")}, allow_secrets=("token",))
+    assert allowed.parameters == {"db": {"token": "public"}}
+
+
+def test_a_container_that_contains_itself_fails_cleanly() -> None:
+    node = Node("loop")
+    node.child = node
+    with pytest.raises(ParameterError, match="nested more than 100 levels deep"):
+        Process("p", node)
+    with pytest.raises(ParameterError, match="nested more than 100 levels deep"):
+        Process("p", {"graph": SimpleNamespace(root=node)})
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (Opaque(), [f"value of type {__name__}.Opaque is not JSON", "convert it to str"]),
+        (np.datetime64("2024-05-01"), ["numpy.datetime64", "str(value), an ISO 8601 string"]),
+        (np.timedelta64(5, "s"), ["numpy.timedelta64", "numpy.timedelta64(1, 's')"]),
+        (np.complex64(1j), ["numpy.complex64", "real and imaginary parts"]),
+        (np.longdouble(1), ["numpy.longdouble", "float()"]),
+        (np.zeros(3), ["ndarray", "use .tolist()", "shape (3,) and dtype float64"]),
+        (dt.time(14, 30), ["datetime.time", ".isoformat()"]),
+        (dt.timedelta(seconds=5), ["datetime.timedelta", ".total_seconds()"]),
+    ],
+    ids=["object", "datetime64", "timedelta64", "complex64", "longdouble", "ndarray", "time",
+         "timedelta"],
+)  # fmt: skip
+def test_values_still_refused_name_their_type_and_fix_before_any_write(
+    tmp_path: Any, value: Any, words: list[str]
+) -> None:
+    import cirrus
+
+    with pytest.raises(ParameterError) as caught:
+        Process("p", {"run": {"names": [value]}})
+    assert caught.value.path == "parameters.run.names[0]"
+    for word in words:
+        assert word in str(caught.value)
+
+    # inside containers too, and from a session: before any data or provenance is written
+    path = f"file://{tmp_path}/layer"
+    make_layer(path)
+    parameters = {"run": SimpleNamespace(model=DataParams(0.5, (1, 1, 1), names=[value]))}
+    with (
+        pytest.raises(ParameterError) as raised,
+        cirrus.session(["src"], "why", cirrus.Process("step", parameters)) as s,
+    ):
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
+    assert raised.value.path == "parameters.run.model.names[0]"
+    for word in words:
+        assert word in str(raised.value)
+    assert provenance_keys(path) == []
+    assert chunk_files(path) == []
+
+
+def test_converted_parameters_are_recorded_as_plain_json(tmp_path: Any) -> None:
+    import cirrus
+
+    path = f"file://{tmp_path}/layer"
+    make_layer(path)
+    args = argparse.Namespace(
+        threshold=np.float32(0.25),
+        size=tuple(np.array([8, 8, 40])),
+        out=Path("/data/seg"),
+        mode=Mode.FAST,
+        day=dt.date(2024, 5, 1),
+        model=SimpleNamespace(mip=np.uint8(1), flip=np.bool_(False)),
+    )
+    plain = {
+        "threshold": 0.25,
+        "size": [8, 8, 40],
+        "out": "/data/seg",
+        "mode": "fast",
+        "day": "2024-05-01",
+        "model": {"mip": 1, "flip": False},
+    }
+    with cirrus.session(["src"], "why", cirrus.Process("step", args)) as s:
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
+    (stored,) = cirrus.history(path)
+    assert stored.record.process["parameters"] == plain
+    assert stored.record.process["digest"] == cirrus.Process("step", plain).digest
 
 
 # --- secrets -------------------------------------------------------------------------------------
