@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import attrs
@@ -24,7 +25,7 @@ from cirrus.codeenv import (
     strip_credentials,
 )
 from cirrus.codeenv.dockerenv import split_reference
-from cirrus.codeenv.gitenv import DIFF_OPTIONS, notebook_path
+from cirrus.codeenv.gitenv import DIFF_OPTIONS, UNTRACKED_LIMIT, notebook_path
 from cirrus.errors import CaptureError, InvalidInput
 from cirrus.model import Process
 from cirrus.redact import redact_url
@@ -180,7 +181,7 @@ def test_clean_repository(repo: Path) -> None:
     assert doc["diff"] == {"staged": "", "unstaged": ""}
     assert (doc["diff_truncated"], doc["diff_bytes"]) == (False, 0)
     assert doc["diff_sha256"] == hashlib.sha256(b"").hexdigest()
-    assert doc["untracked"] == []
+    assert (doc["untracked"], doc["untracked_count"], doc["untracked_truncated"]) == ([], 0, False)
     assert "capture_error" not in doc
     assert doc["python"] == ".".join(map(str, sys.version_info[:3]))
     assert doc["platform"].startswith(sys.platform)
@@ -222,11 +223,34 @@ def test_untracked_files_sorted_and_not_dirty(repo: Path) -> None:
     (repo / "zeta.py").write_text("")
     (repo / "sub").mkdir()
     (repo / "sub" / "b.py").write_text("")
+    (repo / "empty").mkdir()
+    (repo / "logs").mkdir()
+    (repo / "logs" / "run.log").write_text("ignored")
     (repo / ".gitignore").write_text("*.log\n")
     (repo / "run.log").write_text("ignored")
     doc = PythonGithubEnv(repo).to_json()
-    assert doc["untracked"] == [".gitignore", "sub/b.py", "zeta.py"]
+    assert doc["untracked"] == [".gitignore", "sub/", "zeta.py"]
+    assert (doc["untracked_count"], doc["untracked_truncated"]) == (3, False)
     assert doc["dirty"] is False
+
+
+def test_untracked_directories_are_one_entry_and_the_list_is_capped(repo: Path) -> None:
+    chunks = repo / "out" / "seg" / "8_8_40"  # a file:// volume written inside the tree
+    chunks.mkdir(parents=True)
+    for i in range(50):
+        (chunks / f"{i * 64}-{i * 64 + 64}_0-64_0-64.gz").write_text("")
+    (repo / "src").mkdir()
+    (repo / "src" / "new.py").write_text("")
+    git(repo, "add", "src/new.py")
+    (repo / "src" / "newer.py").write_text("")  # beside a tracked file: named itself
+    doc = PythonGithubEnv(repo).to_json()
+    assert doc["untracked"] == ["out/", "src/newer.py"]
+    names = [f"f{i:04}.txt" for i in range(UNTRACKED_LIMIT + 5)]
+    for name in names:
+        (repo / name).write_text("")
+    doc = PythonGithubEnv(repo).to_json()
+    assert doc["untracked"] == sorted([*names, "out/", "src/newer.py"])[:UNTRACKED_LIMIT]
+    assert (doc["untracked_count"], doc["untracked_truncated"]) == (UNTRACKED_LIMIT + 7, True)
 
 
 def test_file_names_that_are_not_utf8(repo: Path) -> None:
@@ -235,6 +259,16 @@ def test_file_names_that_are_not_utf8(repo: Path) -> None:
     env = PythonGithubEnv(repo)
     assert env.to_json()["untracked"] == ["caf\u00e9.py", "latin\\xe9.py"]
     assert Process("p", {}, env).env_documents()[0]["untracked"][1] == "latin\\xe9.py"
+
+
+def test_remotes_without_a_url(repo: Path) -> None:
+    git(repo, "config", "remote.upstream.tagopt", "--no-tags")  # a section with no url at all
+    git(repo, "config", "remote.pushonly.pushurl", f"https://alice:{TOKEN}@github.com/lab/p.git")
+    doc = PythonGithubEnv(repo, strict=True).to_json()
+    assert "upstream" not in doc["remotes"]
+    assert doc["remotes"]["pushonly"] == "https://github.com/lab/p.git"
+    assert doc["remotes"]["origin"] == "https://github.com/lab/code.git"
+    assert TOKEN not in canonical_json(doc).decode()
 
 
 def test_detached_head(repo: Path) -> None:
@@ -256,6 +290,62 @@ def test_repository_without_a_commit(tmp_path: Path) -> None:
     with pytest.raises(CaptureError, match="no commit") as caught:
         PythonGithubEnv(tmp_path, strict=True)
     assert str(tmp_path) in str(caught.value)
+
+
+def test_a_repository_git_refuses_is_reported_in_gits_words(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Owned by another user, git refuses it ("dubious ownership"): not "no commit yet"."""
+    if os.geteuid() == 0:
+        os.chown(repo, 12345, 12345)
+    else:
+        monkeypatch.setenv("GIT_TEST_ASSUME_DIFFERENT_OWNER", "1")  # git's own knob for the check
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)  # no `safe.directory = *` from this machine
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    error = PythonGithubEnv(repo).capture_error
+    assert error.startswith(f"git refuses to read the repository at {repo}: fatal: ")
+    assert "dubious ownership" in error and f"safe.directory {repo}" in error
+    assert "no commit" not in error
+    with pytest.raises(CaptureError, match="safe.directory"):
+        PythonGithubEnv(repo, strict=True)
+
+
+def test_a_head_git_reads_but_gitpython_cannot_is_not_called_uncommitted(tmp_path: Path) -> None:
+    git(tmp_path, "init", "-q", "--object-format=sha256")  # GitPython reads SHA-1 repositories only
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git(tmp_path, "add", "a.py")
+    git(tmp_path, "commit", "-q", "-m", "first")
+    error = PythonGithubEnv(tmp_path).capture_error
+    assert error.startswith(f"reading the git repository at {tmp_path} failed: ")
+    assert "no commit" not in error
+
+
+def test_no_git_executable_is_a_recorded_failure(repo: Path, tmp_path: Path) -> None:
+    """Without git (python:*-slim images) GitPython fails on import, so a real process is used."""
+    code = (
+        "import sys, cirrus\n"
+        "from cirrus.errors import CaptureError\n"
+        "print(cirrus.PythonGithubEnv(sys.argv[1]).capture_error)\n"
+        "try:\n"
+        "    cirrus.PythonGithubEnv(sys.argv[1], strict=True)\n"
+        "except CaptureError as err:\n"
+        "    print('strict:', err)\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GIT_PYTHON")}
+    environ["PATH"] = str(tmp_path / "no-git-here")
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(repo)],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    recorded, strict = done.stdout.splitlines()
+    assert recorded.startswith("git cannot be run (") and "install git" in recorded
+    assert strict.startswith(f"strict: PythonGithubEnv({str(repo)!r}): git cannot be run")
+    assert "could not capture the code" in done.stderr  # the documented warning
 
 
 def test_not_a_repository(tmp_path: Path) -> None:
@@ -331,6 +421,77 @@ def test_diff_within_the_limit_is_whole(repo: Path) -> None:
     ).stdout
     assert doc["diff"]["unstaged"] == whole.decode()
     assert doc["diff_truncated"] is False
+
+
+def test_credentials_in_the_diff_are_redacted(repo: Path) -> None:
+    url = f"https://oauth2:{TOKEN}@gitlab.lab.org/aff.zarr?X-Amz-Signature={PASSWORD}&n=1"
+    (repo / "b.py").write_text(f'SRC = "{url}"\n')
+    git(repo, "add", "b.py")
+    (repo / "a.py").write_text(f"x = 1\nDST = '{url}'\n")
+    doc = PythonGithubEnv(repo).to_json()
+    clean = "https://gitlab.lab.org/aff.zarr?X-Amz-Signature=REDACTED&n=1"
+    assert f'+SRC = "{clean}"' in doc["diff"]["staged"]
+    assert f"+DST = '{clean}'" in doc["diff"]["unstaged"]
+    text = canonical_json(doc).decode()
+    assert TOKEN not in text and PASSWORD not in text
+    staged = subprocess.run(
+        ["git", "diff", "--cached", *DIFF_OPTIONS], cwd=repo, capture_output=True, check=True
+    ).stdout
+    unstaged = subprocess.run(
+        ["git", "diff", *DIFF_OPTIONS], cwd=repo, capture_output=True, check=True
+    ).stdout
+    assert doc["diff_sha256"] == hashlib.sha256(staged + unstaged).hexdigest()  # as git printed it
+    # cut inside the token, before the `@` that marks it as credentials: the line is left out
+    cut = staged.index(TOKEN.encode()) + 10
+    doc = PythonGithubEnv(repo, diff_limit=cut).to_json()
+    assert doc["diff_truncated"] is True and TOKEN[:10] not in canonical_json(doc).decode()
+    assert doc["diff"]["staged"].endswith("+++ b/b.py\n@@ -0,0 +1 @@\n")
+
+
+def test_edits_inside_a_submodule_are_in_the_diff(repo: Path, tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    git(lib, "init", "-q", "-b", "main")
+    (lib / "lib.py").write_text("THRESHOLD = 0.5\n")
+    git(lib, "add", "lib.py")
+    git(lib, "commit", "-q", "-m", "lib")
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "lib")
+    git(repo, "commit", "-q", "-m", "vendor lib")
+    (repo / "lib" / "lib.py").write_text("THRESHOLD = 0.9\n")
+    doc = PythonGithubEnv(repo).to_json()
+    assert doc["dirty"] is True
+    assert "-THRESHOLD = 0.5\n+THRESHOLD = 0.9\n" in doc["diff"]["unstaged"]
+
+
+def test_a_huge_diff_is_streamed_not_held_in_memory(repo: Path) -> None:
+    (repo / "big.bin").write_bytes(os.urandom(4 << 20))
+    git(repo, "add", "big.bin")
+    git(repo, "commit", "-q", "-m", "big")
+    PythonGithubEnv(repo)  # imports GitPython before memory is traced
+    (repo / "big.bin").write_bytes(os.urandom(4 << 20))
+    tracemalloc.start()
+    try:
+        doc = PythonGithubEnv(repo, diff_limit=1000).to_json()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    whole = subprocess.run(
+        ["git", "diff", *DIFF_OPTIONS], cwd=repo, capture_output=True, check=True
+    ).stdout
+    assert (doc["diff_bytes"], doc["diff_truncated"]) == (len(whole), True)
+    assert doc["diff_sha256"] == hashlib.sha256(whole).hexdigest()
+    assert whole.decode().startswith(doc["diff"]["unstaged"]) and doc["diff"]["unstaged"]
+    assert peak < len(whole) / 4, f"{peak} bytes allocated for a {len(whole)}-byte diff"
+
+
+def test_a_diff_git_cannot_make_is_a_recorded_failure(repo: Path) -> None:
+    blob = git(repo, "rev-parse", "HEAD:a.py").strip()
+    (repo / "a.py").write_text("x = 7\n")
+    git(repo, "add", "a.py")
+    (repo / ".git" / "objects" / blob[:2] / blob[2:]).unlink()  # the committed a.py is lost
+    error = PythonGithubEnv(repo).capture_error
+    assert error.startswith(f"`git diff --cached` failed in {repo} (exit status 128): fatal: ")
+    assert blob in error
 
 
 def test_same_state_same_digest(repo: Path) -> None:
@@ -479,6 +640,35 @@ def test_detected_via_hostname(fake_docker_engine, no_container: dict) -> None:
     assert env.capture_error is None
 
 
+def test_detected_pinned_by_digest_has_no_tag(fake_docker_engine, tmp_path: Path) -> None:
+    pinned = "gcr.io/lab/seg@sha256:" + "9" * 64  # as Kubernetes, Cloud Run and Batch run images
+    fake_docker_engine.add_container(CONTAINER, pinned, IMAGE_ID, (pinned,))
+    env = DockerEnv(strict=True, **in_container(tmp_path, fake_docker_engine.url))
+    assert (env.image, env.tag, env.image_id) == ("gcr.io/lab/seg", None, IMAGE_ID)
+    assert env.repo_digests == (pinned,)
+
+
+@pytest.mark.parametrize("mount_point", ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"])
+def test_mountinfo_counts_only_the_containers_own_files(tmp_path: Path, mount_point: str) -> None:
+    mountinfo = tmp_path / "mountinfo"
+    other = "f" * 64
+    host = (  # a Docker host: other containers' shm and files, mounted where they are
+        "22 1 259:2 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p2 rw\n"
+        f"812 22 0:97 / /var/lib/docker/containers/{other}/mounts/shm rw,nosuid shared:410 - "
+        "tmpfs shm rw,size=65536k\n"
+        f"813 22 259:2 /var/lib/docker/containers/{other}/hosts /var/lib/docker/containers/"
+        f"{other}/hosts rw - ext4 /dev/nvme0n1p2 rw\n"
+    )
+    mountinfo.write_text(host)
+    (tmp_path / "cgroup").write_text("0::/user.slice/user-1000.slice/session-3.scope\n")
+    assert detect_container_id(mountinfo, tmp_path / "cgroup", {}) is None
+    mountinfo.write_text(
+        f"{host}560 550 8:1 /var/lib/docker/containers/{CONTAINER}/{mount_point[5:]} "
+        f"{mount_point} rw,relatime - ext4 /dev/sda1 rw\n"
+    )
+    assert detect_container_id(mountinfo, tmp_path / "cgroup", {}) == CONTAINER
+
+
 def test_hostname_that_is_not_an_id_is_ignored(no_container: dict) -> None:
     assert (
         detect_container_id(no_container["mountinfo"], no_container["cgroup"], {"HOSTNAME": "vm"})
@@ -597,6 +787,8 @@ def test_include_packages(monkeypatch: pytest.MonkeyPatch) -> None:
         ("registry:5000/lab/seg", ("registry:5000/lab/seg", "latest")),
         ("registry:5000/lab/seg:v2", ("registry:5000/lab/seg", "v2")),
         ("lab/seg:v1@sha256:" + "1" * 64, ("lab/seg", "v1")),
+        ("gcr.io/lab/seg@sha256:" + "1" * 64, ("gcr.io/lab/seg", None)),
+        ("registry:5000/seg@sha256:" + "1" * 64, ("registry:5000/seg", None)),
         (IMAGE_ID, (None, None)),
     ],
 )

@@ -25,7 +25,13 @@ KIND = "docker"
 MOUNTINFO = "/proc/self/mountinfo"
 CGROUP = "/proc/self/cgroup"
 ENGINE_TIMEOUT_S = 5
-_MOUNT_ID = re.compile(r"/var/lib/docker/containers/([0-9a-f]{64})/")
+# a bind mount of the container's own /etc/hostname, /etc/hosts or /etc/resolv.conf (fields 4, 5);
+# a Docker host's mountinfo lists other containers' directories too, mounted elsewhere
+_MOUNT_ID = re.compile(
+    r"^\S+ \S+ \S+ \S*/var/lib/docker/containers/([0-9a-f]{64})/\S* "
+    r"/etc/(?:hostname|hosts|resolv\.conf) ",
+    re.MULTILINE,
+)
 _CGROUP_ID = re.compile(r"(?:/docker/|docker-)([0-9a-f]{64})(?:\.scope)?\b")
 _HOSTNAME_ID = re.compile(r"^[0-9a-f]{12,64}$")
 _IMAGE_ID = re.compile(r"^(sha256:)?[0-9a-f]{12,64}$")
@@ -44,9 +50,10 @@ def detect_container_id(
 ) -> str | None:
     """The id of the container this process runs in, or None when there is no sign of one.
 
-    The 64-hex id in mountinfo (Docker bind-mounts /etc/hostname etc. from
-    /var/lib/docker/containers/<id>/) works with cgroup v1 and v2; cgroup v1 paths come next;
-    a HOSTNAME of 12+ hex characters (Docker's default hostname, an id prefix the engine
+    The 64-hex id in mountinfo (Docker bind-mounts /etc/hostname, /etc/hosts and /etc/resolv.conf
+    from /var/lib/docker/containers/<id>/; only those mount points count, as a Docker host lists
+    other containers' files mounted elsewhere) works with cgroup v1 and v2; cgroup v1 paths come
+    next; a HOSTNAME of 12+ hex characters (Docker's default hostname, an id prefix the engine
     accepts) last.
     """
     for path, pattern in ((mountinfo, _MOUNT_ID), (cgroup, _CGROUP_ID)):
@@ -69,15 +76,16 @@ def _first_match(path: str | os.PathLike[str], pattern: re.Pattern[str]) -> str 
 def split_reference(reference: str) -> tuple[str | None, str | None]:
     """`name:tag` (or `name`, `host:port/name:tag`, `name@sha256:...`) as (name, tag).
 
-    A name without a tag means `latest` to Docker; a bare image id names no image: (None, None).
+    A name without a tag means `latest` to Docker, but one pinned by digest has no tag (None); a
+    bare image id names no image: (None, None).
     """
-    name = reference.split("@", 1)[0]
+    name, at, _ = reference.partition("@")
     if _IMAGE_ID.match(name):
         return None, None
     colon = name.rfind(":")
     if colon > name.rfind("/"):
         return name[:colon], name[colon + 1 :]
-    return name, "latest"
+    return name, None if at else "latest"
 
 
 def inspect_container(container_id: str, environ: Mapping[str, str] | None = None) -> dict:

@@ -1,9 +1,10 @@
 """PythonGithubEnv: the git working tree and the Python environment a process ran from.
 
 Captured once, at construction: remotes (credentials stripped), commit, branch, dirty flag, the
-staged and unstaged diffs, untracked file names, installed packages and the interpreter. The JSON
-holds nothing that changes between two captures of the same state (no timestamps), so equal states
-give equal digests and processes dedupe by content.
+staged and unstaged diffs (submodules' edits included, URL credentials redacted), untracked file
+names, installed packages and the interpreter. The JSON holds nothing that changes between two
+captures of the same state (no timestamps), so equal states give equal digests and processes dedupe
+by content.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -25,10 +28,12 @@ from cirrus.codeenv.runtime import (
     warn_capture_failed,
 )
 from cirrus.errors import CaptureError, InvalidInput
-from cirrus.redact import strip_credentials
+from cirrus.redact import redact_url, strip_credentials
 
 KIND = "python-git"
-DIFF_OPTIONS = ("--no-color", "--no-ext-diff", "--no-textconv", "--binary")
+DIFF_OPTIONS = ("--no-color", "--no-ext-diff", "--no-textconv", "--binary", "--submodule=diff")
+UNTRACKED_LIMIT = 1000  # names kept: a volume written inside the tree must not flood the document
+_CHUNK = 1 << 16  # bytes read from `git diff` at a time
 _RAW = {"stdout_as_string": False, "strip_newline_in_stdout": False}  # exact bytes from git
 GIT_FIX = (
     "Pass PythonGithubEnv the path of the git working tree the code runs from (with at least one "
@@ -73,8 +78,14 @@ def _interactive_namespaces() -> list[Mapping[str, Any]]:
 
 def git_state(path: str, diff_limit: int) -> dict[str, Any]:
     """Read the repository containing `path`; raise GitUnavailable with the reason if impossible."""
-    import git
-
+    try:
+        import git
+    except ImportError as err:  # GitPython refuses to import when no git executable runs
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise GitUnavailable(
+            f"git cannot be run ({reason}); install git (apt-get install git in python:*-slim "
+            "images) or set GIT_PYTHON_GIT_EXECUTABLE to its path"
+        ) from err
     try:
         repo = git.Repo(path, search_parent_directories=True)
     except git.NoSuchPathError as err:
@@ -85,28 +96,56 @@ def git_state(path: str, diff_limit: int) -> dict[str, Any]:
         root = repo.working_tree_dir
         if root is None:
             raise GitUnavailable(f"{repo.git_dir} is a bare repository: no working tree to record")
-        if not repo.head.is_valid():
-            raise GitUnavailable(
-                f"the git repository at {root} has no commit yet; commit the code, then capture it"
-            )
         try:
+            if not repo.head.is_valid():
+                _check_head(repo, root)
             return _read_repo(repo, diff_limit)
         except (git.GitError, OSError, ValueError) as err:
             raise GitUnavailable(f"reading the git repository at {root} failed: {err}") from err
+
+
+def _check_head(repo: Any, root: str) -> None:
+    """Raise GitUnavailable saying why HEAD is unreadable: git's own words, or no commit yet.
+
+    GitPython sees "no HEAD" alike when git refuses the repository (dubious ownership: owned by
+    another user) and when nothing is committed; `git rev-parse` tells them apart.
+    """
+    status, _, stderr = repo.git.rev_parse(
+        "--verify", "--quiet", "HEAD", with_extended_output=True, with_exceptions=False
+    )
+    if status == 0:
+        return  # git reads HEAD: what GitPython then fails on is reported as read
+    message = " ".join(stderr.split())
+    if message:
+        raise GitUnavailable(f"git refuses to read the repository at {root}: {message}")
+    raise GitUnavailable(
+        f"the git repository at {root} has no commit yet; commit the code, then capture it"
+    )
 
 
 def _read_repo(repo: Any, diff_limit: int) -> dict[str, Any]:
     detached = repo.head.is_detached
     return {
         "path": str(repo.working_tree_dir),
-        "remotes": {remote.name: strip_credentials(remote.url) for remote in repo.remotes},
+        "remotes": _remotes(repo),
         "commit": repo.head.commit.hexsha,
         "branch": None if detached else repo.active_branch.name,
         "detached": detached,
         "dirty": repo.is_dirty(index=True, working_tree=True, untracked_files=False),
         **_diffs(repo, diff_limit),
-        "untracked": _untracked(repo),
+        **_untracked(repo),
     }
+
+
+def _remotes(repo: Any) -> dict[str, str]:
+    """Each remote's url (else pushurl) without credentials; a remote with neither is left out."""
+    remotes = {}
+    for remote in repo.remotes:
+        config = remote.config_reader
+        url = config.get("url", fallback=None) or config.get("pushurl", fallback=None)
+        if url:
+            remotes[remote.name] = strip_credentials(url)
+    return remotes
 
 
 def _text(data: bytes) -> str:
@@ -114,32 +153,78 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", "backslashreplace")
 
 
-def _untracked(repo: Any) -> list[str]:
-    """Sorted untracked file names that .gitignore does not exclude (raw, not quoted, by git)."""
-    raw = repo.git.ls_files("--others", "--exclude-standard", "-z", **_RAW)
-    return sorted(_text(name) for name in raw.split(b"\0") if name)
+def _untracked(repo: Any) -> dict[str, Any]:
+    """Sorted untracked names that .gitignore does not exclude (raw, not quoted, by git).
+
+    A directory holding nothing tracked is one `dir/` entry, and at most UNTRACKED_LIMIT names are
+    kept: `untracked_count` says how many there are, `untracked_truncated` whether some are not.
+    """
+    raw = repo.git.ls_files(
+        "--others", "--exclude-standard", "--directory", "--no-empty-directory", "-z", **_RAW
+    )
+    names = sorted(_text(name) for name in raw.split(b"\0") if name)
+    return {
+        "untracked": names[:UNTRACKED_LIMIT],
+        "untracked_count": len(names),
+        "untracked_truncated": len(names) > UNTRACKED_LIMIT,
+    }
 
 
 def _diffs(repo: Any, limit: int) -> dict[str, Any]:
     """Staged and unstaged diffs, together kept up to `limit` bytes (staged first).
 
     `diff_bytes` and `diff_sha256` describe the whole: the staged diff's bytes followed by the
-    unstaged diff's, as `git diff --cached` and `git diff` print them with DIFF_OPTIONS.
+    unstaged diff's, as `git diff --cached` and `git diff` print them with DIFF_OPTIONS. Both are
+    streamed, so a huge diff costs no memory beyond what is kept; a part cut at the limit ends at
+    its last whole line, and URL credentials in what is kept are redacted.
     """
-    staged = repo.git.diff("--cached", *DIFF_OPTIONS, **_RAW)
-    unstaged = repo.git.diff(*DIFF_OPTIONS, **_RAW)
-    kept_staged = staged[:limit]
-    kept_unstaged = unstaged[: limit - len(kept_staged)]
-    whole = staged + unstaged
+    whole = hashlib.sha256()
+    staged, staged_bytes = _stream_diff(repo, ("--cached",), limit, whole)
+    unstaged, unstaged_bytes = _stream_diff(repo, (), max(0, limit - staged_bytes), whole)
+    size = staged_bytes + unstaged_bytes
     return {
-        "diff": {
-            "staged": _text(kept_staged),
-            "unstaged": _text(kept_unstaged),
-        },
-        "diff_truncated": len(whole) > limit,
-        "diff_bytes": len(whole),
-        "diff_sha256": hashlib.sha256(whole).hexdigest(),
+        "diff": {"staged": _redacted(staged), "unstaged": _redacted(unstaged)},
+        "diff_truncated": size > limit,
+        "diff_bytes": size,
+        "diff_sha256": whole.hexdigest(),
     }
+
+
+def _stream_diff(repo: Any, args: tuple[str, ...], keep: int, whole: Any) -> tuple[bytes, int]:
+    """Run `git diff ARGS`, feeding all of it to `whole`; (its first `keep` bytes, its size).
+
+    When the diff is longer than `keep`, what is kept ends at its last newline, so no URL is cut
+    between its scheme and its credentials (which redaction would then miss). stderr goes to a
+    file, so git never blocks on it while stdout is read.
+    """
+    root = repo.working_tree_dir
+    command = [repo.git.GIT_PYTHON_GIT_EXECUTABLE, "diff", *args, *DIFF_OPTIONS]
+    environment = {**os.environ, "LANGUAGE": "C", "LC_ALL": "C"}  # as GitPython runs git
+    kept, size = bytearray(), 0
+    with tempfile.TemporaryFile() as errors:
+        with subprocess.Popen(
+            command, cwd=root, env=environment, stdout=subprocess.PIPE, stderr=errors
+        ) as process:
+            for chunk in iter(lambda: process.stdout.read(_CHUNK), b""):
+                whole.update(chunk)
+                size += len(chunk)
+                if len(kept) < keep:
+                    kept += chunk[: keep - len(kept)]
+        if process.returncode:
+            errors.seek(0)
+            message = " ".join(_text(errors.read()[-2000:]).split())  # fatal comes after warnings
+            raise GitUnavailable(
+                f"`{' '.join(['git diff', *args])}` failed in {root} "
+                f"(exit status {process.returncode}): {message}"
+            )
+    if size > keep:
+        del kept[kept.rfind(b"\n") + 1 :]
+    return bytes(kept), size
+
+
+def _redacted(diff: bytes) -> str:
+    """A kept diff as text, with credentials taken out of every URL in it (as for parameters)."""
+    return redact_url(_text(diff))
 
 
 def capture_python_git(
