@@ -130,6 +130,8 @@ def row(record: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _row(record: Mapping[str, Any]) -> dict[str, str]:
+    if record.get("damaged"):
+        return _damaged_row(record)
     return {
         "time": when(record.get("started")),
         "status": status_text(record, full=False),
@@ -146,6 +148,37 @@ def _row(record: Mapping[str, Any]) -> dict[str, str]:
         "who": f"{record.get('user', '?')}@{record.get('host', '?')}",
         "step": short(record.get("step")) if record.get("step") else "",
     }
+
+
+def _damaged_row(entry: Mapping[str, Any]) -> dict[str, str]:
+    """A damaged record's columns: what the summary says of it, what is wrong, the remedy."""
+    damage = entry["damaged"]
+    return {
+        "time": when(entry.get("started")),
+        "status": f"DAMAGED (the summary says {entry.get('status', '?')})",
+        "record": short(entry.get("id")),
+        "process": f"[{short(entry.get('process_digest'))}]",
+        "motivation": "-",
+        "notes": f"{damage.get('problem', '')}\n{damage.get('remedy', '')}".strip(),
+        "sources": "unknown: the record is damaged",
+        "writes": "unknown: the record is damaged",
+        "who": "?",
+        "step": short(entry.get("step")) if entry.get("step") else "",
+    }
+
+
+def damaged_lines(entry: Mapping[str, Any]) -> list[str]:
+    """A damaged record in `cirrus log`: its id, the summary's pointer, problem and remedy."""
+    cells = row(entry)
+    out = [f"record {cells['record']}  {cells['time']}  {cells['status']}"]
+    out += _labelled("problem", [entry["damaged"].get("problem", "?")])
+    out += _labelled("remedy", [entry["damaged"].get("remedy", "") or "-"])
+    out += _labelled("session", [entry.get("session", "?")])
+    if cells["step"]:
+        out += _labelled("step", [cells["step"]])
+    out += _labelled("process", [cells["process"]])
+    out += _labelled("ended", [when(entry.get("ended"))])
+    return out
 
 
 def _one_line(text: Any) -> str:
@@ -190,12 +223,15 @@ def history_text(
     of several lines keeps its lines, indented under the record.
     """
     records = list(records)
-    count = record_count(len(records), total)
+    count = record_count(len(records), total, sum(bool(r.get("damaged")) for r in records))
     out = [f"{volume}: {count}" if volume else count]
     out += open_lines(open_steps, open_sessions)
     for record in reversed(records):
-        cells = row(record)
         out.append("")
+        if record.get("damaged"):
+            out += damaged_lines(record)
+            continue
+        cells = row(record)
         status = cells["status"]
         if status != status_text(record, full=True):
             status += " (full error: cirrus show)"
@@ -214,10 +250,12 @@ def history_text(
     return clean("\n".join(out))
 
 
-def record_count(shown: int, total: int | None) -> str:
+def record_count(shown: int, total: int | None, damaged: int = 0) -> str:
+    """`3 record(s)`, `10 record(s), newest 3 shown`; `, 1 damaged` when some are."""
+    count = f"{shown} record(s)"
     if total is not None and total != shown:
-        return f"{total} record(s), newest {shown} shown"
-    return f"{shown} record(s)"
+        count = f"{total} record(s), newest {shown} shown"
+    return count + (f", {damaged} damaged" if damaged else "")
 
 
 def _lines(items: Iterable[str]) -> list[str]:

@@ -37,7 +37,7 @@ def history_html(
     for record in reversed(records):
         cells = row(record)
         body.append("<tr>" + "".join(f"<td>{_cell(cells[c])}</td>" for c in COLUMNS) + "</tr>")
-    count = record_count(len(records), total)
+    count = record_count(len(records), total, sum(bool(r.get("damaged")) for r in records))
     caption = html.escape(f"{volume}: {count}" if volume else "history")
     lines = open_lines(open_steps, open_sessions)
     opened = "".join(f"<p><b>{html.escape(line)}</b></p>" for line in lines)

@@ -3,6 +3,9 @@
 The result is a tree (a source reached twice is expanded once, then referred to), rendered as
 indented text, Graphviz dot or Mermaid. A source that cannot be read, is not a cloudpath, or would
 close a cycle becomes a leaf saying so: lineage never fails because one ancestor is unreadable.
+A damaged record (missing, or failing its digest) is counted on its volume and skipped; the
+sources of the others are followed, and so are the summary's sources no intact record names
+(the damaged record's, most likely).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Node:
     processes: list[str] = attrs.field(factory=list)
     latest: str | None = None
     detail: str = ""
+    damaged: int = 0  # records skipped because they are missing or fail their digest
     # (process descriptions that used this source, the source's node)
     parents: list[tuple[list[str], Node]] = attrs.field(factory=list)
 
@@ -48,12 +52,20 @@ class Node:
             "processes": self.processes,
             "latest": self.latest,
             "detail": self.detail,
+            "damaged": self.damaged,
             "sources": [{"via": via, **node.to_json()} for via, node in self.parents],
         }
 
 
 def is_cloudpath(source: str) -> bool:
     return bool(_CLOUDPATH.match(source.strip()))
+
+
+def source_layer(source: str) -> str | None:
+    """The layer a source names, normalised as a volume's own name is (`precomputed://`, a
+    trailing slash), so every spelling of one layer is one node; None for free text. Raises
+    InvalidInput for a cloudpath cirrus cannot follow."""
+    return normalise_cloudpath(source) if is_cloudpath(source) else None
 
 
 def lineage(
@@ -75,40 +87,55 @@ def lineage(
         if level > depth:
             return Node(name, "depth", detail=f"not followed: deeper than --depth {depth}")
         try:
-            history = read_history(open_ledger(name))
+            node, sources = _read_volume(open_ledger(name), name)
         except Exception as error:  # any failure of one ancestor is shown, never fatal
             reason = str(error) if isinstance(error, CirrusError) else repr(error)
             return Node(name, "unreadable", detail=f"unreadable: {_brief(reason)}")
         expanded.add(name)
-        records = [stored.record for stored in history]
-        node = Node(
-            name,
-            "volume",
-            records=len(records),
-            processes=_unique(r.process["description"] for r in records if r.process),
-            latest=max((r.ended for r in records), default=None),
-            detail="" if records else "no provenance recorded",
-        )
-        sources: dict[str, list[str]] = {}
-        for record in records:
-            for source in record.sources:
-                via = sources.setdefault(source, [])
-                if record.process and record.process["description"] not in via:
-                    via.append(record.process["description"])
         for source, via in sources.items():
             node.parents.append((via, follow(source, level + 1, (*ancestors, name))))
         return node
 
     def follow(source: str, level: int, ancestors: tuple[str, ...]) -> Node:
-        if not is_cloudpath(source):
-            return Node(source, "text", detail="not a cloudpath")
         try:
-            name = normalise_cloudpath(source)
+            name = source_layer(source)
         except InvalidInput as error:
             return Node(source, "unsupported", detail=f"not followed: {_brief(str(error))}")
+        if name is None:
+            return Node(source, "text", detail="not a cloudpath")
         return visit(name, level, ancestors)
 
     return visit(root, 0, ())
+
+
+SUMMARY_ONLY = "listed in the summary (a record is damaged)"
+
+
+def _read_volume(ledger: Ledger, name: str) -> tuple[Node, dict[str, list[str]]]:
+    """A volume's node and its sources (source -> processes that used it), skipping damaged
+    records; then the summary's sources no intact record names, as the damaged ones' may be."""
+    history = read_history(ledger)
+    records = [stored.record for stored in history]
+    ended = [r.ended for r in records] + [d.ended for d in history.damaged]
+    node = Node(
+        name,
+        "volume",
+        records=len(records),
+        processes=_unique(r.process["description"] for r in records if r.process),
+        latest=max(ended, default=None),
+        detail="" if records or history.damaged else "no provenance recorded",
+        damaged=len(history.damaged),
+    )
+    sources: dict[str, list[str]] = {}
+    for record in records:
+        for source in record.sources:
+            via = sources.setdefault(source, [])
+            if record.process and record.process["description"] not in via:
+                via.append(record.process["description"])
+    if history.damaged:
+        for source in ledger.summary().get("sources", []):
+            sources.setdefault(source, [SUMMARY_ONLY])
+    return node, sources
 
 
 def _brief(message: str, limit: int = 160) -> str:
@@ -127,6 +154,8 @@ def _label(node: Node) -> str:
         facts = f"{node.records} record(s)"
         if node.latest:
             facts += f", latest {node.latest[:19].replace('T', ' ')}Z"
+        if node.damaged:
+            facts += f", {node.damaged} damaged and skipped: run cirrus verify"
         if node.detail:
             facts += f", {node.detail}"
         return f"{node.name}  ({facts})"

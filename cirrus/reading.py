@@ -1,21 +1,105 @@
-"""Reading a volume's provenance back: its verified history, one record, its code environments."""
+"""Reading a volume's provenance back: its verified history, one record, its code environments.
+
+A record that is missing or fails its digest never hides the others: the history holds every
+intact record and lists each damaged one (`History.damaged`) with what the summary says of it.
+"""
 
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 from typing import Any
 
-from cirrus.errors import CirrusError, InvalidInput
-from cirrus.ledger import Ledger, StoredRecord
+import attrs
+
+from cirrus.errors import CirrusError, IntegrityError, InvalidInput
+from cirrus.ledger import SUMMARY_KEY, Ledger, StoredRecord
 from cirrus.overlap import overlapped
-from cirrus.summary import current_ids
+from cirrus.summary import current_ids, parse_summary
+
+INFO = "info"  # CloudVolume's description of a layer: what makes a path a layer
+
+
+def not_a_layer(cloudpath: str) -> InvalidInput:
+    """The error for a path with neither `info` nor `provenance`: a typo, not an empty history."""
+    return InvalidInput(
+        f"{cloudpath} is not a CloudVolume layer: it has neither an `info` nor a "
+        "`provenance` object; check the path for a typo (it must be the layer's directory, "
+        "the one holding `info`)"
+    )
+
+
+def require_layer(path: str) -> None:
+    """Refuse a PATH that holds neither a CloudVolume `info` nor a `provenance` (a typo, most
+    likely), rather than report an empty history for it. Reads through cirrus's own storage,
+    so gs://, s3:// and file:// are checked alike."""
+    from cirrus.storage import open_store
+
+    store = open_store(path)
+    if store.get(INFO) is None and store.get(SUMMARY_KEY) is None:
+        raise not_a_layer(store.cloudpath)
+
+
+@attrs.frozen
+class DamagedRecord:
+    """A record the summary points to that is missing or fails its digest: what the summary
+    still says of it, what is wrong and how to fix it, so it is shown instead of hiding the rest."""
+
+    id: str
+    session: str
+    status: str  # as the summary's pointer says: the record itself cannot be trusted
+    started: str
+    ended: str
+    process_digest: str | None
+    step: str | None
+    problem: str  # IntegrityError.problem: which object, and what is wrong with it
+    remedy: str  # restore it from a backup; `cirrus verify` lists every damaged object
+
+    @classmethod
+    def from_pointer(cls, pointer: Mapping[str, Any], error: IntegrityError) -> DamagedRecord:
+        """The summary's pointer to a record that `error` says cannot be read."""
+        text = str(error)
+        remedy = text[len(error.problem) :].lstrip(": ") if text != error.problem else ""
+        return cls(
+            id=str(pointer["id"]),
+            session=str(pointer.get("session", "?")),
+            status=str(pointer.get("status", "?")),
+            started=str(pointer["started"]),
+            ended=str(pointer["ended"]),
+            process_digest=pointer.get("process"),
+            step=pointer.get("step"),
+            problem=error.problem,
+            remedy=remedy,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """What the views show: the pointer's fields, and `damaged` (problem, remedy)."""
+        data = attrs.asdict(self)
+        data["damaged"] = {"problem": data.pop("problem"), "remedy": data.pop("remedy")}
+        if data["step"] is None:
+            del data["step"]
+        return data
+
+    def __repr__(self) -> str:
+        return f"<cirrus record {self.id[:12]} DAMAGED: {self.problem}>"
+
+
+Entry = StoredRecord | DamagedRecord
+
+
+def _order(entry: Entry) -> tuple[str, str]:
+    """(start time, id): the order the summary keeps its pointers in, oldest first."""
+    started = entry.started if isinstance(entry, DamagedRecord) else entry.record.started
+    return (started, entry.id)
 
 
 class History(list):
-    """A volume's published records, oldest first (a plain list of StoredRecord).
+    """A volume's published records, oldest first (a plain list of the intact StoredRecords).
 
-    Shows as a table in Jupyter and as `cirrus log` text elsewhere, newest first. `total` is how
-    many records stand on the volume: more than the list holds when only the newest were read.
+    Shows as a table in Jupyter and as `cirrus log` text elsewhere, newest first. `damaged`
+    lists the records that are missing or fail their digest (`DamagedRecord`); `entries` has
+    both, in order. `total` is how many records stand on the volume: more than were read when
+    only the newest were.
     """
 
     def __init__(
@@ -25,17 +109,36 @@ class History(list):
         open_steps: dict[str, Any] | None = None,
         open_sessions: dict[str, Any] | None = None,
         total: int | None = None,
+        damaged: list[DamagedRecord] = (),  # type: ignore[assignment]
     ):
         super().__init__(records)
         self.volume = volume
         self.open_steps = dict(open_steps or {})
         self.open_sessions = dict(open_sessions or {})  # wrote here, not committed (or died)
-        self.total = len(self) if total is None else total
+        self.damaged = list(damaged)
+        self.total = len(self) + len(self.damaged) if total is None else total
+
+    @property
+    def entries(self) -> list[Entry]:
+        """Every record read, intact or damaged, oldest first: what the views show."""
+        return sorted([*self, *self.damaged], key=_order)
+
+    def raise_if_damaged(self) -> History:
+        """Raise IntegrityError naming the damaged records, if any; else return the history."""
+        if not self.damaged:
+            return self
+        first = self.damaged[0]
+        raise IntegrityError(
+            f"{self.volume}: {len(self.damaged)} of the {len(self.entries)} record(s) read "
+            f"are damaged, the first: {first.problem}",
+            first.remedy,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
             "volume": self.volume,
             "records": [record.to_json() for record in self],
+            "damaged": [entry.to_json() for entry in self.damaged],
             "total": self.total,
             "open_steps": self.open_steps,
             "open_sessions": self.open_sessions,
@@ -44,46 +147,65 @@ class History(list):
     def __str__(self) -> str:
         from cirrus.display import history_text
 
-        records = [r.to_json() for r in self]
-        return history_text(records, self.volume, self.open_steps, self.total, self.open_sessions)
+        entries = [entry.to_json() for entry in self.entries]
+        return history_text(entries, self.volume, self.open_steps, self.total, self.open_sessions)
 
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
         from cirrus.display_html import history_html
 
-        records = [r.to_json() for r in self]
-        return history_html(records, self.volume, self.open_steps, self.open_sessions, self.total)
+        entries = [entry.to_json() for entry in self.entries]
+        return history_html(entries, self.volume, self.open_steps, self.open_sessions, self.total)
 
 
-def read_history(ledger: Ledger, newest: int | None = None) -> History:
+def _read_entry(ledger: Ledger, pointer: Mapping[str, Any]) -> Entry:
+    """The record a summary pointer names, or what is known of it when it is damaged."""
+    try:
+        return ledger.read_record(pointer["id"])
+    except IntegrityError as error:
+        return DamagedRecord.from_pointer(pointer, error)
+
+
+def read_history(
+    ledger: Ledger, newest: int | None = None, *, must_be_layer: bool = False
+) -> History:
     """The published records of `ledger`'s layer (only the `newest` N if given), each verified,
-    read `overlap.THREADS` at a time: 10,000 records are 10,000 GETs."""
-    summary = ledger.summary()
+    read `overlap.THREADS` at a time: 10,000 records are 10,000 GETs. A damaged record is
+    listed in `damaged`, never fatal. `must_be_layer`: refuse a path with neither `info` nor
+    `provenance` (`not_a_layer`), checking `info` only when there is no summary."""
+    blob = ledger.store.get(SUMMARY_KEY)
+    if blob is None and must_be_layer and ledger.store.get(INFO) is None:
+        raise not_a_layer(ledger.cloudpath)
+    summary = parse_summary(None if blob is None else blob.data, ledger.cloudpath)
     section = summary.get("cirrus", {})
     ids = current_ids(summary)
     wanted = ids if newest is None else ids[len(ids) - min(newest, len(ids)) :]
+    pointers = {pointer["id"]: pointer for pointer in section.get("records", [])}
     with overlapped(len(wanted)) as run:
-        records = run(ledger.read_record, wanted)
+        entries = run(lambda rid: _read_entry(ledger, pointers[rid]), wanted)
     return History(
-        records,
+        [entry for entry in entries if isinstance(entry, StoredRecord)],
         ledger.cloudpath,
         section.get("open_steps"),
         section.get("open_sessions"),
         total=len(ids),
+        damaged=[entry for entry in entries if isinstance(entry, DamagedRecord)],
     )
 
 
 def history(cloudpath: str, *, newest: int | None = None) -> History:
     """The volume's published records, oldest first, each verified against its digest.
 
-    `newest`: read only the newest N (by start time) of a long history.
+    `newest`: read only the newest N (by start time) of a long history. A record that is
+    missing or fails its digest is left out and listed in `.damaged` (`.raise_if_damaged()`
+    to refuse it). A path with neither `info` nor `provenance` raises InvalidInput.
     """
     if newest is not None:
         if isinstance(newest, bool) or not isinstance(newest, numbers.Integral) or newest < 0:
             raise InvalidInput(f"newest must be a whole number of records, got {newest!r}")
         newest = int(newest)
-    return read_history(Ledger.open(cloudpath), newest)
+    return read_history(Ledger.open(cloudpath), newest, must_be_layer=True)
 
 
 def resolve_record_id(ledger: Ledger, prefix: str) -> str:

@@ -333,3 +333,17 @@ def test_log_on_moto_s3(s3_bucket: str) -> None:
     out = run("log", path).stdout
     assert "s3 step" in out and "on s3" in out
     invoke("verify", path)
+
+
+def test_history_refuses_a_mistyped_path_as_the_command_does(tmp_path: Path) -> None:
+    import cirrus
+
+    (real,) = layers(tmp_path, "seg")
+    write([real], ["x"])
+    typo = f"file://{tmp_path}/segg"
+    with pytest.raises(cirrus.errors.InvalidInput, match="not a CloudVolume layer") as raised:
+        cirrus.history(typo)
+    assert invoke("log", typo, code=2).stderr == f"cirrus: error: {raised.value}\n"  # one message
+    assert not Path(typo[len("file://") :]).exists()
+    (empty,) = layers(tmp_path, "empty")  # an `info` and no provenance: a layer, empty history
+    assert len(cirrus.history(empty)) == 0 and len(cirrus.history(real)) == 1

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from cirrus.errors import plain_text
+from cirrus.reading import require_layer as require_layer  # one check for the library and CLI
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 EXIT_CODES = """\b
@@ -139,23 +140,6 @@ def _rerun(ctx: click.Context) -> str:
     """`cirrus --debug log ...`: the command line to rerun for the traceback."""
     sub = ctx.invoked_subcommand
     return " ".join(["cirrus", "--debug", *([sub] if sub else []), "..."])
-
-
-def require_layer(path: str) -> None:
-    """Refuse a PATH that holds neither a CloudVolume `info` nor a `provenance` (a typo, most
-    likely), rather than report an empty history for it. Reads through cirrus's own storage,
-    so gs://, s3:// and file:// are checked alike."""
-    from cirrus.errors import InvalidInput
-    from cirrus.storage import open_store
-
-    store = open_store(path)
-    if store.get("info") is not None or store.get("provenance") is not None:
-        return
-    raise InvalidInput(
-        f"{store.cloudpath} is not a CloudVolume layer: it has neither an `info` nor a "
-        "`provenance` object; check the path for a typo (it must be the layer's directory, "
-        "the one holding `info`)"
-    )
 
 
 def rich_console(stderr: bool = False) -> Any:

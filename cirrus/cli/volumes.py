@@ -19,44 +19,43 @@ from cirrus.cli.common import (
 
 # -- log ------------------------------------------------------------------------------------------
 def print_log(path: str, as_json: bool = False, limit: int | None = None) -> None:
-    """Print a volume's history, newest first (what `cirrus log` and `cirrus demo` show)."""
+    """Print a volume's history, newest first (what `cirrus log` and `cirrus demo` show).
+
+    Damaged records are shown in place, marked DAMAGED; after everything else is printed,
+    they raise IntegrityError: one line on stderr, exit status 3.
+    """
     from cirrus.reading import history
 
-    require_layer(path)
-
-    found = history(path, newest=limit)  # a long history: only the newest are read
+    found = history(path, newest=limit)  # refuses a mistyped PATH; reads only the newest
     if as_json:
         data = found.to_json()
         data["records"].reverse()  # newest first, as shown
+        data["damaged"].reverse()
         click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
-        return
-    from cirrus.display import history_text
-
-    plain = [record.to_json() for record in found]  # history_text wants oldest first
-    if not is_terminal():
-        text = history_text(plain, found.volume, found.open_steps, found.total, found.open_sessions)
-        click.echo(text)
-        if not found and not found.open_steps and not found.open_sessions:
+    elif is_terminal():
+        _log_table(found)
+    else:
+        click.echo(str(found))
+        if not found.entries and not found.open_steps and not found.open_sessions:
             click.echo("no provenance recorded here")
-        return
-    _log_table(plain, found, total=found.total)
+    found.raise_if_damaged()
 
 
-def _log_table(records: list[dict], found: Any, total: int) -> None:
+def _log_table(found: Any) -> None:
     from rich.table import Table
     from rich.text import Text
 
     from cirrus.display import COLUMNS, open_lines, record_count, row
 
-    volume = found.volume
-
+    entries = [entry.to_json() for entry in found.entries]
     console = rich_console()
-    table = Table(title=f"{volume}: {record_count(len(records), total)}", show_lines=True)
+    count = record_count(len(entries), found.total, len(found.damaged))
+    table = Table(title=f"{found.volume}: {count}", show_lines=True)
     for column in COLUMNS:
         table.add_column(column, overflow="fold")
-    for record in reversed(records):
+    for record in reversed(entries):
         cells = row(record)
-        style = "red" if record["status"] != "committed" else None
+        style = "red" if record.get("damaged") or record["status"] != "committed" else None
         table.add_row(*(Text(cells[c]) for c in COLUMNS), style=style)  # stored text, not markup
     for line in open_lines(found.open_steps, found.open_sessions):
         console.print(Text(line, style="yellow"))
@@ -70,7 +69,9 @@ def _log_table(records: list[dict], found: Any, total: int) -> None:
 def log_command(path: str, as_json: bool, limit: int | None) -> None:
     """History of PATH, newest first: time, status, process, motivation, sources, writes, who.
 
-    Open steps (opened, not finished yet) are listed first.
+    Open steps (opened, not finished yet) are listed first. A damaged record (missing, or
+    changed after it was written) is shown in its place marked DAMAGED, with what the summary
+    says of it and how to fix it; the others are all shown, then the command exits 3.
     """
     print_log(path, as_json, limit)
 
@@ -168,7 +169,8 @@ def lineage_command(path: str, depth: int, fmt: str) -> None:
     """Where PATH came from: its sources, and theirs, following cloudpath sources.
 
     Free-text sources, unreadable volumes, cycles and the depth limit end a branch and are
-    shown as such; they are not errors.
+    shown as such; they are not errors. Damaged records are counted on their volume and
+    skipped; the sources of the others (and the summary's) are still followed.
     """
     from cirrus.lineage import RENDERERS, lineage
 
@@ -195,23 +197,25 @@ def export_command(path: str, fmt: str, output: str | None) -> None:
     """PATH's history as W3C PROV: the volume and sources as entities, sessions and steps as
     activities, processes as plans, users as agents, sources via wasDerivedFrom.
 
-    Written to stdout unless -o FILE is given.
+    Written to stdout unless -o FILE is given. A damaged record is exported as an activity
+    marked `cirrus:damaged`, and the command then exits 3.
     """
     from cirrus.export import serialize
     from cirrus.reading import history
 
     if output:
         _check_output(output)  # before reading: a typo in FILE should not cost a history read
-    require_layer(path)
-    text = serialize(history(path), fmt)
+    found = history(path)  # refuses a mistyped PATH
+    text = serialize(found, fmt)
     if not output:
         click.echo(text)
-        return
-    try:
-        with open(output, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-    except OSError as error:
-        raise _unwritable(output, error.strerror or str(error)) from None
+    else:
+        try:
+            with open(output, "w", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+        except OSError as error:
+            raise _unwritable(output, error.strerror or str(error)) from None
+    found.raise_if_damaged()  # exported, marked `cirrus:damaged`; exit 3 all the same
 
 
 def _check_output(output: str) -> None:

@@ -423,8 +423,10 @@ def test_a_tampered_record_raises_integrity_error_and_verify_reports_it(layer, t
 
     record_id = tamper(layer)
     before = everything(tmp_path)
+    history = cirrus.history(layer)  # every intact record, the damaged one listed apart
+    assert [damaged.id for damaged in history.damaged] == [record_id]
     with pytest.raises(IntegrityError, match="was changed after it was written") as raised:
-        cirrus.history(layer)
+        history.raise_if_damaged()
     assert "restore it from a backup or an earlier object version" in str(raised.value)
     assert f"`cirrus verify {layer}` lists every damaged object" in str(raised.value)
     with pytest.raises(IntegrityError, match=record_id):
@@ -444,7 +446,7 @@ def test_a_missing_record_raises_integrity_error(layer, tmp_path):
     os.remove(f"{layer.removeprefix('file://')}/provenance.d/records/{record_id}.json")
     before = everything(tmp_path)
     with pytest.raises(IntegrityError, match="is missing"):
-        cirrus.history(layer)
+        cirrus.history(layer).raise_if_damaged()
     assert everything(tmp_path) == before
 
 

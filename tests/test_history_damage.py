@@ -1,0 +1,140 @@
+"""One damaged record (changed after it was written, truncated, missing) hides nothing else:
+`cirrus.history`, `cirrus log` and `cirrus lineage` show every intact record and mark the damaged
+one in place, with what the summary says of it and how to fix it.
+
+Real file:// layers written by real sessions; a record is damaged the way a hand edit or a cut-off
+copy would, on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import cirrus
+from cirrus.errors import IntegrityError
+from tests.cli_support import invoke, layers, run, write
+
+
+def _layer_dir(path: str) -> Path:
+    return Path(path[len("file://") :])
+
+
+def _record_file(path: str, record_id: str) -> Path:
+    return _layer_dir(path) / "provenance.d" / "records" / f"{record_id}.json"
+
+
+def _pointer(path: str, record_id: str) -> dict:
+    summary = json.loads((_layer_dir(path) / "provenance").read_text())
+    return next(p for p in summary["cirrus"]["records"] if p["id"] == record_id)
+
+
+@pytest.fixture
+def damaged(tmp_path: Path) -> dict:
+    """seg: four sessions (v0 from image, v1 from other, v2 from image, v3 from image); v1's
+    record is cut short after it was published, then v3 commits."""
+    image, other, seg = layers(tmp_path, "image", "other", "seg")
+    write([image], ["microscope"], "acquire it", "acquire")
+    write([other], ["manual tracing"], "trace it", "trace")
+    ids = [
+        write([seg], [source], f"pass {i}", f"segment v{i}")[seg]
+        for i, source in enumerate([image, other, image])
+    ]
+    record = _record_file(seg, ids[1])
+    record.write_bytes(record.read_bytes()[:-10])  # a cut-off copy
+    ids.append(write([seg], [image], "after the damage", "segment v3")[seg])
+    return {"image": image, "other": other, "seg": seg, "ids": ids}
+
+
+def test_history_keeps_every_intact_record_and_lists_the_damaged_one(damaged: dict) -> None:
+    seg, ids = damaged["seg"], damaged["ids"]
+    found = cirrus.history(seg)
+    assert [r.record.process["description"] for r in found] == [
+        "segment v0",
+        "segment v2",
+        "segment v3",  # committed after the damage
+    ]
+    (bad,) = found.damaged
+    pointer = _pointer(seg, ids[1])
+    assert (bad.id, bad.status, bad.session) == (ids[1], "committed", pointer["session"])
+    assert (bad.started, bad.ended, bad.process_digest) == (
+        pointer["started"],
+        pointer["ended"],
+        pointer["process"],
+    )
+    assert f"records/{ids[1]}.json was changed after it was written" in bad.problem
+    assert f"`cirrus verify {seg}`" in bad.remedy and "backup" in bad.remedy
+    assert [entry.id for entry in found.entries] == ids and found.total == 4
+    assert found.to_json()["damaged"][0]["damaged"]["problem"] == bad.problem
+
+    text = str(found)
+    assert "4 record(s), 1 damaged" in text
+    marked = f"record {ids[1][:12]}"
+    assert text.index("segment v2") < text.index(marked) < text.index("segment v0")  # in place
+    assert "DAMAGED (the summary says committed)" in text and bad.remedy in text
+    assert "DAMAGED" in found._repr_html_()
+    with pytest.raises(IntegrityError, match="changed after it was written"):
+        found.raise_if_damaged()
+
+
+def test_a_missing_record_is_damaged_and_newest_still_reads_only_n(damaged: dict) -> None:
+    from cirrus.storage import wrap_backends
+    from tests.session_support import KeyCounter, KeyCountingBackend
+
+    seg, ids = damaged["seg"], damaged["ids"]
+    _record_file(seg, ids[2]).unlink()
+    keys = KeyCounter()
+    with wrap_backends(lambda backend: KeyCountingBackend(backend, keys)):
+        newest = cirrus.history(seg, newest=2)
+    assert keys.count(method="get", kind="records") == 2
+    assert [r.record.process["description"] for r in newest] == ["segment v3"]
+    assert [d.id for d in newest.damaged] == [ids[2]] and "is missing" in newest.damaged[0].problem
+    assert newest.total == 4 and "4 record(s), newest 2 shown, 1 damaged" in str(newest)
+
+
+def test_log_shows_the_rest_marks_the_damaged_one_and_exits_3(
+    damaged: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seg, ids = damaged["seg"], damaged["ids"]
+    done = run("log", seg, check=3)
+    out = done.stdout
+    order = [out.index(f"segment v{i}") for i in (3, 2)] + [out.index(f"record {ids[1][:12]}")]
+    assert order == sorted(order) and out.index(f"record {ids[1][:12]}") < out.index("segment v0")
+    assert "DAMAGED (the summary says committed)" in out
+    assert _pointer(seg, ids[1])["session"] in out and "changed after it was written" in out
+    assert f"`cirrus verify {seg}`" in out
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("cirrus: error: ") and "damaged" in line and "cirrus verify" in line
+
+    data = json.loads(invoke("log", seg, "--json", code=3).stdout)
+    assert [r["process"]["description"] for r in data["records"]] == [
+        "segment v3",
+        "segment v2",
+        "segment v0",
+    ]
+    assert [d["id"] for d in data["damaged"]] == [ids[1]]
+
+    import cirrus.cli.volumes
+
+    monkeypatch.setattr(cirrus.cli.volumes, "is_terminal", lambda: True)
+    monkeypatch.setenv("COLUMNS", "300")
+    table = invoke("log", seg, code=3).stdout
+    assert "DAMAGED" in table and "segment v0" in table and "4 record(s), 1 damaged" in table
+
+
+def test_lineage_skips_the_damaged_record_and_follows_the_rest(damaged: dict) -> None:
+    seg, image, other = damaged["seg"], damaged["image"], damaged["other"]
+    out = invoke("lineage", seg).output
+    first, *rest = out.splitlines()
+    assert first.startswith(f"{seg}  (3 record(s)") and "1 damaged" in first
+    assert "unreadable" not in out
+    tree = "\n".join(rest)
+    assert f"{image}  (1 record(s)" in tree and "<- segment v0, segment v2, segment v3" in tree
+    assert '"microscope"  (free text)' in tree
+    # only the damaged record named `other`: the summary still lists it, so it is followed
+    assert f"{other}  (1 record(s)" in tree and "listed in the summary" in tree
+    assert '"manual tracing"  (free text)' in tree
+    data = json.loads(invoke("lineage", seg, "--format", "json").output)
+    assert data["damaged"] == 1 and {s["name"] for s in data["sources"]} == {image, other}
