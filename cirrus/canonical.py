@@ -77,6 +77,11 @@ def is_digest(value: str) -> bool:
     return bool(_HEX64.match(value))
 
 
+def short(digest: str | None, length: int = 12) -> str:
+    """A digest as people read it: its first 12 characters ("-" for none)."""
+    return "-" if not digest else digest[:length]
+
+
 def type_name(value: Any) -> str:
     """The name of `value`'s type as a user would import it: `set`, `numpy.datetime64`."""
     kind = type(value)

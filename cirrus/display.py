@@ -2,8 +2,9 @@
 Jupyter, built on these rows, are in `cirrus.display_html`).
 
 Everything here works on plain JSON (a record as `StoredRecord.to_json()` gives it, a summary's
-`open_steps` and `open_sessions`) or on duck-typed objects, and imports nothing else from
-cirrus, so any module may delegate its `__str__` or `_repr_html_` here without an import cycle.
+`open_steps` and `open_sessions`) or on duck-typed objects, and imports only the model and
+`display_env` (code environments) from cirrus, so any module may delegate its `__str__` or
+`_repr_html_` here without an import cycle.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from cirrus.canonical import short
+from cirrus.display_env import env_diff, env_lines
 from cirrus.model import is_interrupted
 
-SHORT = 12
 FIRST_LINE = 200  # characters of an error's first line that `cirrus log` shows
 # ANSI escape sequences (CSI: colours, cursor moves; OSC: titles, links; two-byte ones), then any
 # other control character but tab and newline: stored text is shown, never obeyed.
@@ -36,10 +38,6 @@ def first_line(text: str, limit: int = FIRST_LINE) -> str:
     if len(head) > limit:
         return head[:limit].rstrip() + " ..."
     return head + " ..." if len(lines) > 1 else head
-
-
-def short(digest: str | None, length: int = SHORT) -> str:
-    return "-" if not digest else digest[:length]
 
 
 def when(timestamp: str | None) -> str:
@@ -268,58 +266,6 @@ def _labelled(label: str, items: Sequence[str]) -> list[str]:
     head = f"  {label + ':':<12}"
     lines = _lines(items)
     return [f"{head if i == 0 else ' ' * len(head)}{line}" for i, line in enumerate(lines)]
-
-
-HIDDEN_ENV_KEYS = {"kind", "packages", "diff", "diff_sha256", "diff_truncated"}
-
-
-def env_lines(env_id: str, document: Mapping[str, Any] | None, error: str | None = None) -> list:
-    """A code environment's headline facts (the diff is shown separately)."""
-    if document is None:
-        return [f"{short(env_id)}: unreadable: {error}"]
-    kind = document.get("kind", "?")
-    lines = [f"{short(env_id)} ({kind})"]
-    keys = (
-        "capture_error",
-        "path",
-        "notebook",
-        "remotes",
-        "commit",
-        "branch",
-        "dirty",
-        "diff_bytes",
-        "untracked",
-        "python",
-        "image",
-        "tag",
-        "image_id",
-        "repo_digests",
-    )
-    keys += tuple(sorted(set(document) - set(keys) - HIDDEN_ENV_KEYS))
-    for key in keys:
-        value = document.get(key)
-        if value in (None, "", [], {}):
-            continue
-        if key == "untracked":
-            value = f"{len(value)} file(s): {', '.join(value[:5])}{' ...' * (len(value) > 5)}"
-        elif isinstance(value, (dict, list)):
-            value = json.dumps(value, sort_keys=True)
-        value = str(value)
-        if len(value) > 200:
-            value = value[:197] + "..."
-        lines.append(f"  {key}: {value}")
-    packages = document.get("packages")
-    if packages:
-        lines.append(f"  packages: {len(packages)} installed")
-    return lines
-
-
-def env_diff(document: Mapping[str, Any] | None) -> str:
-    """The staged then unstaged diff a python-git environment recorded ('' if none)."""
-    diff = (document or {}).get("diff") or {}
-    if not isinstance(diff, Mapping):
-        return str(diff)
-    return "".join(part for part in (diff.get("staged"), diff.get("unstaged")) if part)
 
 
 def _field(label: str, lines: Sequence[str] | str) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from cirrus.canonical import canonical_json, check_digest, is_digest, sha256_hex
+from cirrus.canonical import canonical_json, check_digest, is_digest, sha256_hex, short
 from cirrus.errors import (
     CorruptProvenance,
     IntegrityError,
@@ -114,7 +114,7 @@ class StoredRecord:
         return {"id": self.id, **self.record.to_json()}
 
     def __repr__(self) -> str:
-        from cirrus.display import process_line, short
+        from cirrus.display import process_line
 
         data = self.to_json()
         return f"<cirrus record {short(self.id)} {data['status']}: {process_line(data)}>"

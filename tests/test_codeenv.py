@@ -26,6 +26,7 @@ from cirrus.codeenv import (
 )
 from cirrus.codeenv.dockerenv import split_reference
 from cirrus.codeenv.gitenv import DIFF_OPTIONS, UNTRACKED_LIMIT, notebook_path
+from cirrus.display_env import env_lines
 from cirrus.errors import CaptureError, InvalidInput
 from cirrus.model import Process
 from cirrus.redact import redact_url
@@ -251,6 +252,9 @@ def test_untracked_directories_are_one_entry_and_the_list_is_capped(repo: Path) 
     doc = PythonGithubEnv(repo).to_json()
     assert doc["untracked"] == sorted([*names, "out/", "src/newer.py"])[:UNTRACKED_LIMIT]
     assert (doc["untracked_count"], doc["untracked_truncated"]) == (UNTRACKED_LIMIT + 7, True)
+    shown = "\n".join(env_lines("0" * 64, doc))  # `cirrus show`: the count, not the list's length
+    assert f"untracked: {UNTRACKED_LIMIT + 7} file(s): f0000.txt" in shown
+    assert "untracked_count" not in shown and "untracked_truncated" not in shown
 
 
 def test_file_names_that_are_not_utf8(repo: Path) -> None:

@@ -87,7 +87,8 @@ def show_command(path: str, record_id: str, as_json: bool) -> None:
     ID is a record id or a unique prefix of one (as `cirrus log` shows). The full error of a
     failed record is here; `cirrus log` shows its first line.
     """
-    from cirrus.display import env_diff, record_text
+    from cirrus.display import record_text
+    from cirrus.display_env import env_diff
     from cirrus.ledger import Ledger
     from cirrus.reading import record_envs, resolve_record_id
 
