@@ -22,6 +22,7 @@ from cirrus.canonical import digest
 from cirrus.errors import InvalidInput
 from cirrus.ledger import Ledger
 from cirrus.model import INTERRUPTED, Record
+from cirrus.reading import require_layer
 from cirrus.rollforward import recover
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.summary import OPEN_SESSIONS, merge, published_ids, recorded_sessions
@@ -91,6 +92,7 @@ def abandon_dead(cloudpath: str) -> dict[str, str]:
     Sessions listed from other hosts are left listed: their pids cannot be checked from here.
     """
     layer = normalise_cloudpath(cloudpath)
+    require_layer(layer)
     listed = Ledger.open(layer).summary().get("cirrus", {}).get(OPEN_SESSIONS, {})
     done = {}
     for sid, info in sorted(listed.items()):

@@ -13,6 +13,7 @@ from cirrus.commit import commit_records
 from cirrus.handles import RULES, Gate, track
 from cirrus.ledger import Ledger, env_blobs
 from cirrus.model import Note, Process, utcnow
+from cirrus.reading import require_layer
 from cirrus.session import Session, make_record, validate_process
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.writeset import WriteTracker
@@ -97,6 +98,7 @@ def _annotate(volume: Any, notes: list[Note], process: Process | None = None) ->
     """Record notes (and optionally a process) on a volume without writing data."""
     cloudpath = volume if isinstance(volume, str) else volume.cloudpath
     layer = normalise_cloudpath(cloudpath)
+    require_layer(layer)  # a mistyped path would collect the notes meant for the volume
     Ledger.open(layer).summary()  # a malformed summary is refused before anything is staged
     record = make_record(
         session=uuid.uuid4().hex,

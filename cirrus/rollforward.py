@@ -33,6 +33,7 @@ from cirrus.errors import IntegrityError
 from cirrus.ledger import Ledger, Published
 from cirrus.model import INTERRUPTED, Record, parse_time, utcnow
 from cirrus.overlap import overlapped
+from cirrus.reading import require_layer
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.writeset import WriteTracker
 
@@ -55,6 +56,7 @@ def recover(cloudpath: str) -> dict[str, list[str]]:
     Returns {layer: ids published} for every layer that changed, interrupted records included.
     """
     layer = normalise_cloudpath(cloudpath)
+    require_layer(layer)  # a typo is an error, not a layer with nothing to recover
     walk = _Walk()
     walk.take(layer, Ledger.open(layer).publish())
     # The sessions that wrote this layer may have died before publishing on their siblings.

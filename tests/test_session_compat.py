@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import warnings
 
 import pytest
 
 import cirrus
+from cirrus.errors import InvalidInput
 from cirrus.storage.paths import normalise_cloudpath
 from tests.session_support import (
     StaticEnv,
@@ -195,3 +197,25 @@ def test_a_process_is_logged_once_by_digest_not_by_description(layer):
         digests[1],
         digests[2],
     ]
+
+
+def test_annotations_refuse_a_mistyped_path_before_writing(tmp_path) -> None:
+    """A typo'd layer name would quietly collect the notes meant for the real volume."""
+    typo = f"file://{tmp_path}/sgementation"
+    process = cirrus.Process("p", {})
+    for annotate, argument in (
+        (cirrus.add_note, "x"),
+        (cirrus.add_result, "x"),
+        (cirrus.add_motivation, "x"),
+        (cirrus.log_process, process),
+    ):
+        with pytest.raises(InvalidInput, match="is not a CloudVolume layer"):
+            annotate(typo, argument)
+    assert not os.path.exists(tmp_path / "sgementation")
+
+
+def test_recover_and_abandon_dead_refuse_a_mistyped_path(tmp_path) -> None:
+    typo = f"file://{tmp_path}/nope"
+    for call in (cirrus.recover, cirrus.abandon_dead):
+        with pytest.raises(InvalidInput, match="is not a CloudVolume layer"):
+            call(typo)
