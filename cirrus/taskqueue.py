@@ -28,14 +28,16 @@ Two shapes, pick either. A class, for `RegisteredTask` users::
 Or a function, for `@queueable` users (the first parameter receives the session; the queued
 call takes `token` and `task_id` in its place)::
 
-    from functools import partial
     from cirrus.taskqueue import step_task
 
     @step_task
     def paint(session, layer, x):
         session.volume(layer)[x : x + 64, 0:64, 0:64] = 1
 
-    tq.insert(partial(paint, step.token, f"x{x}", layer, x) for x in range(0, 1024, 64))
+    tq.insert(paint.task(step.token, f"x{x}", layer, x) for x in range(0, 1024, 64))
+
+`paint.task(...)` is `partial(paint, token, task_id, ...)` with the token and task id checked
+when the task is queued, not in every worker.
 
 python-task-queue is an optional extra (`pip install cirrus-provenance[taskqueue]`): `import
 cirrus` never imports it; this module does.
@@ -124,4 +126,14 @@ def step_task(fn: Callable[..., Any]) -> Callable[..., Any]:
         for name in ("token", "task_id")
     ]
     task.__signature__ = signature.replace(parameters=[*given, *parameters[1:]])  # type: ignore[attr-defined]
-    return queueable(task)
+    queued = queueable(task)
+
+    def checked(token: Any, task_id: str, *args: Any, **kwargs: Any) -> functools.partial:
+        """The task to queue, its token and task id checked now rather than in every worker
+        (where a bad one fails at each redelivery)."""
+        return functools.partial(
+            queued, token_string(token), validate_task_id(task_id), *args, **kwargs
+        )
+
+    queued.task = checked  # type: ignore[attr-defined]
+    return queued

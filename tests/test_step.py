@@ -615,3 +615,18 @@ def test_a_task_filed_under_an_id_the_step_does_not_expect_is_named(layer: str) 
     message = record.error["message"]
     assert message.startswith("1 of 2 expected tasks filed nothing (t2); tasks filed under ids")
     assert "(T2)" in message
+
+
+def test_step_task_functions_check_token_and_task_id_when_queued(tmp_path, layer: str) -> None:
+    """Checked at insert time: a bad id queued as a plain partial fails in every worker, and
+    the queue re-delivers it forever."""
+    step = open_step(layer)
+    with pytest.raises(InvalidInput, match="task id 'a/b' is not usable"):
+        ss.paint_fn.task(step, "a/b", layer, [0, 0, 0])
+    with pytest.raises(StepError):
+        ss.paint_fn.task("garbage", "x0_y0_z0", layer, [0, 0, 0])
+    queue = f"fq://{tmp_path}/queue"
+    TaskQueue(queue).insert([ss.paint_fn.task(step, "x0_y0_z0", layer, [0, 0, 0])])
+    assert run_workers(queue, 1) == [0]
+    step.finish()
+    assert one_record(layer).tasks["count"] == 1
