@@ -123,7 +123,7 @@ def _read_volume(ledger: Ledger, name: str) -> tuple[Node, dict[str, list[str]]]
         records=len(records),
         processes=_unique(r.process["description"] for r in records if r.process),
         latest=max(ended, default=None),
-        detail="" if records or history.damaged else "no provenance recorded",
+        detail="" if records or history.damaged else _nothing_recorded(ledger),
         damaged=len(history.damaged),
     )
     sources: dict[str, list[str]] = {}
@@ -136,6 +136,13 @@ def _read_volume(ledger: Ledger, name: str) -> tuple[Node, dict[str, list[str]]]
         for source in ledger.summary().get("sources", []):
             sources.setdefault(source, [SUMMARY_ONLY])
     return node, sources
+
+
+def _nothing_recorded(ledger: Ledger) -> str:
+    """Why a volume has no records: a layer without provenance, or no layer at all (a typo)."""
+    if ledger.store.get("info") is None and ledger.store.get("provenance") is None:
+        return "no layer here (neither info nor provenance): check the source for a typo"
+    return "no provenance recorded"
 
 
 def _brief(message: str, limit: int = 160) -> str:

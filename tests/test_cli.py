@@ -237,15 +237,18 @@ def test_lineage_follows_three_levels(chain: dict[str, str]) -> None:
 
 
 def test_lineage_shows_cycles_and_unreadable_sources(tmp_path: Path) -> None:
-    x, y, bad = layers(tmp_path, "x", "y", "bad")
+    x, y, bad, bare = layers(tmp_path, "x", "y", "bad", "bare")
     write([bad], ["anything"])
     (_volume_dir(bad) / "provenance").write_text("[]")
-    write([x], [y, bad, "ftp-ish://not/a/layer"])
+    typo = f"file://{tmp_path}/imgae"
+    write([x], [y, bad, "ftp-ish://not/a/layer", typo, bare])
     write([y], [x])
     out = invoke("lineage", x).output
     assert "cycle: already an ancestor" in out
     assert "[unreadable: " in out and "is a JSON list, not an object]" in out
     assert "ftp-ish://not/a/layer  [not followed: " in out
+    assert f"{typo}  (0 record(s), no layer here (neither info nor provenance): check" in out
+    assert f"{bare}  (0 record(s), no provenance recorded)" in out  # a layer, no history yet
 
 
 def test_export_through_the_command(chain: dict[str, str], tmp_path: Path) -> None:
