@@ -15,7 +15,11 @@ from collections.abc import Callable
 
 import pytest
 
-from cirrus.errors import PermanentStorageError, PreconditionFailed, TransientStorageError
+from cirrus.errors import (
+    PermanentStorageError,
+    PreconditionFailed,
+    TransientStorageError,
+)
 from cirrus.storage import Store, open_backend, open_store, wrap_backends
 from cirrus.storage.base import CONNECTIONS
 from cirrus.storage.faults import CountingBackend, FaultyBackend

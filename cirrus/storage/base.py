@@ -7,16 +7,36 @@ the read-back-and-compare rule for ambiguous creates on top of any backend.
 
 from __future__ import annotations
 
-from typing import Protocol
+import json
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import attrs
 
-from cirrus.errors import PreconditionFailed
+from cirrus.errors import InvalidInput, PreconditionFailed
 from cirrus.storage.retry import RetryPolicy
 
 # Requests to one endpoint that a process's client keeps connections open for: a commit
 # overlaps this many volumes, so none of its requests waits for, or discards, a connection.
 CONNECTIONS = 128
+
+# Credentials given in place of CloudFiles' secret files, as CloudVolume(path, secrets=...) takes
+# them: a dict or its JSON text (S3 keys, or a Google service-account key). None: the files.
+Secrets = Mapping[str, Any] | str | None
+
+
+def given_secrets(secrets: Mapping[str, Any] | str) -> dict[str, Any]:
+    """Credentials passed in, as a dict; a clear error for anything CloudVolume would refuse."""
+    try:
+        found = json.loads(secrets) if isinstance(secrets, str) else dict(secrets)
+    except (ValueError, TypeError) as error:
+        raise InvalidInput(
+            f"secrets must be a dict of credentials or its JSON text, as CloudVolume takes "
+            f"them: {error}"
+        ) from None
+    if not isinstance(found, dict):
+        raise InvalidInput(f"secrets must be a dict of credentials, got {type(found).__name__}")
+    return found
 
 
 @attrs.frozen

@@ -3,7 +3,12 @@
 CloudFiles writes `file://` objects in place, so a reader can see half an object and two writers
 can interleave. Here every object is written to a temp file first and then published atomically:
 `os.link` for create-only (fails if the name exists) and `os.replace` for compare-and-swap, the
-compare and the replace done under an exclusive lock on a per-key lock file.
+compare and the replace done under an exclusive lock on a per-key lock file. A process forked
+while a lock is held does not keep it: the child closes its inherited copy of the descriptor.
+
+CloudFiles stores a compressed object beside the name (`provenance.gz`, `.br`, ...). A gzip one
+is read; none is ever written over, since a plain `provenance` beside it would be a second
+summary that CloudVolume might read instead.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gzip
 import os
 import secrets
 import threading
@@ -24,10 +30,44 @@ _HIDDEN = ".cirrus-"  # temp and lock files start with this and are never listed
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}
 _TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT, errno.ESTALE}
 
+# CloudFiles' suffixes for a compressed object, in the order it tries them.
+_COMPRESSED = (".gz", ".br", ".zstd", ".xz", ".bz2")
+
 # flock excludes other open file descriptions, but on NFS Linux emulates it with per-process
 # POSIX locks: a per-path thread lock keeps threads of one process apart there too.
 _THREAD_LOCKS: dict[str, threading.Lock] = {}
-_THREAD_LOCKS_GUARD = threading.Lock()
+# Lock-file descriptors open in this process. The guard is held while one is opened or closed
+# and across fork(), so a child knows exactly which descriptors it inherited.
+_LOCK_FDS: dict[int, object] = {}  # descriptor -> the token of the `_locked` that opened it
+_GUARD = threading.Lock()
+
+
+def _before_fork() -> None:
+    """Hold the guard across fork(): no descriptor is half opened or half closed in the child."""
+    _GUARD.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _GUARD.release()
+
+
+def _after_fork_in_child() -> None:
+    """Give up the parent's locks: close inherited lock descriptors (the parent's flock stays
+    held until the parent closes its own) and start with unlocked thread locks."""
+    global _GUARD, _THREAD_LOCKS
+    for fd in list(_LOCK_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCK_FDS.clear()
+    _THREAD_LOCKS = {}
+    _GUARD = threading.Lock()
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 
 
 # The version token is the content's sha256, so a token never matches different bytes.
@@ -47,13 +87,50 @@ class FileBackend:
             with open(path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            return None
+            return self._get_compressed(path, key)
         except OSError as error:
             raise self._error(error, key, "read") from error
         return Blob(data, _token(data))
 
+    def _get_compressed(self, path: str, key: str) -> Blob | None:
+        """A missing object that CloudFiles stored compressed: gzip is read, others refused."""
+        found = _compressed_beside(path)
+        if found is None:
+            return None
+        if not found.endswith(".gz"):
+            raise PermanentStorageError(
+                f"it is stored compressed as {found}, which cirrus does not read (only plain "
+                f"or gzip); decompress it to {path} (and remove {found})",
+                cloudpath=self.cloudpath,
+                key=key,
+            )
+        try:
+            with gzip.open(found, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:  # decompressed meanwhile
+            return self.get(key)
+        except (OSError, EOFError) as error:
+            raise PermanentStorageError(
+                f"cannot read {found} as gzip: {error}", cloudpath=self.cloudpath, key=key
+            ) from None
+        return Blob(data, _token(data))
+
+    def _refuse_beside_compressed(self, path: str, key: str) -> None:
+        """Writing `path` beside a compressed copy would leave two objects CloudFiles may read."""
+        found = _compressed_beside(path)
+        if found is not None:
+            raise PermanentStorageError(
+                f"{found} holds this object compressed (CloudFiles put(..., compress=...)); "
+                f"cirrus will not write a second, plain {os.path.basename(path)} beside it, "
+                f"which CloudVolume could read instead. Decompress it in place (for gzip: "
+                f"`gunzip {found}`), then retry",
+                cloudpath=self.cloudpath,
+                key=key,
+            )
+
     def put_new(self, key: str, data: bytes) -> str:
         path = self._path(key)
+        self._refuse_beside_compressed(path, key)
         try:
             temp = self._write_temp(path, data)
             try:
@@ -86,6 +163,7 @@ class FileBackend:
         path = self._path(key)
         try:
             with self._locked(path):
+                self._refuse_beside_compressed(path, key)
                 current = self.get(key)
                 if current is None or current.token != token:
                     raise PreconditionFailed(
@@ -150,20 +228,62 @@ class FileBackend:
         directory, name = os.path.split(path)
         os.makedirs(directory, exist_ok=True)
         lock_path = os.path.join(directory, f"{_HIDDEN}lock-{name}")
-        with _THREAD_LOCKS_GUARD:
+        with _GUARD:
             thread_lock = _THREAD_LOCKS.setdefault(lock_path, threading.Lock())
         with thread_lock:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd, owner = _open_lock_file(lock_path)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
             finally:
-                os.close(fd)  # closing the descriptor releases the lock
+                _close_lock_file(fd, owner)  # closing the descriptor releases the lock
 
     def _error(self, error: OSError, key: str, action: str) -> Exception:
         kind = TransientStorageError if error.errno in _TRANSIENT_ERRNOS else PermanentStorageError
+        advice = ""
+        if error.errno in (errno.EACCES, errno.EPERM):
+            advice = (
+                f"; every writer of this layer needs write access to {self.root} and its "
+                "directories, and read access to the files in them (shared layers: make them "
+                "group-writable)"
+            )
         return kind(
-            f"cannot {action} {error.filename or key}: {error.strerror or error}",
+            f"cannot {action} {error.filename or key}: {error.strerror or error}{advice}",
             cloudpath=self.cloudpath,
             key=key,
         )
+
+
+def _compressed_beside(path: str) -> str | None:
+    """The compressed copy CloudFiles would read for `path` (`path.gz`, ...), if there is one."""
+    for suffix in _COMPRESSED:
+        if os.path.exists(path + suffix):
+            return path + suffix
+    return None
+
+
+def _open_lock_file(lock_path: str) -> tuple[int, object]:
+    """A read-only descriptor of the lock file (flock needs no write access), created if absent.
+
+    A new lock file is made readable and writable by all, whatever the umask, so that the other
+    users of a shared layer can open it too; it never holds any data.
+    """
+    with _GUARD:
+        try:
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            fd = os.open(lock_path, os.O_RDONLY)
+        else:
+            with contextlib.suppress(OSError):  # some FUSE and SMB mounts refuse chmod
+                os.fchmod(fd, 0o666)
+        owner = _LOCK_FDS[fd] = object()
+    return fd, owner
+
+
+def _close_lock_file(fd: int, owner: object) -> None:
+    """Close a lock descriptor unless a fork closed it already (in the child that forked
+    inside the lock, the number may since name another file)."""
+    with _GUARD:
+        if _LOCK_FDS.get(fd) is owner:
+            del _LOCK_FDS[fd]
+            os.close(fd)

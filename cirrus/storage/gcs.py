@@ -1,12 +1,17 @@
 """`gs://`: conditional writes with google-cloud-storage, the object generation as version token.
 
 `if_generation_match=0` creates only if absent; `if_generation_match=<generation>` swaps. The
-library's retries are off on every call (`retry=None`): `RetryPolicy` is the one retry layer.
-Honours `STORAGE_EMULATOR_HOST` (anonymous credentials), as CloudFiles does.
+library's retries are off on every call (`retry=None`): `RetryPolicy` is the one retry layer, and
+what google-cloud-storage's own policy would retry (resets, bodies cut short, 5xx but 501) is
+transient here too. Honours `STORAGE_EMULATOR_HOST` (anonymous credentials), as CloudFiles does.
+Clients are per process: a forked child makes its own instead of sharing the parent's sockets.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import json
 import os
 import threading
 from typing import Any
@@ -17,25 +22,52 @@ from cirrus.errors import (
     StorageError,
     TransientStorageError,
 )
-from cirrus.storage.base import CONNECTIONS, Blob
+from cirrus.storage.base import CONNECTIONS, Blob, Secrets, given_secrets
 
 _CLIENTS: dict[tuple[Any, ...], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 _TIMEOUT = (5, 20)  # connect, read (seconds)
+_TRANSIENT_CODES = {408, 429, 500, 502, 503, 504}
 _CREDENTIALS_HELP = (
     "check the credentials CloudFiles uses (~/.cloudvolume/secrets/google-secret.json or "
     "GOOGLE_APPLICATION_CREDENTIALS) and that they may read and write this bucket"
 )
 
 
+def _forget_clients() -> None:
+    """In a forked child: drop the parent's clients, whose keep-alive sockets it still uses."""
+    global _CLIENTS_LOCK
+    _CLIENTS_LOCK = threading.Lock()  # another thread may have held it at the fork
+    _CLIENTS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_clients)
+
+
 class GCSBackend:
     """Conditional objects under `gs://bucket/prefix/`."""
 
-    def __init__(self, cloudpath: str, bucket: str, prefix: str):
+    def __init__(
+        self,
+        cloudpath: str,
+        bucket: str,
+        prefix: str,
+        secrets: Secrets = None,
+    ):
         self.cloudpath = cloudpath.rstrip("/")
         self.prefix = prefix.strip("/")
-        self._client = _client(bucket)
-        self._bucket = self._client.bucket(bucket)
+        self.bucket = bucket
+        self._client_key = _client_key(bucket, secrets)
+
+    @property
+    def _client(self) -> Any:
+        """This process's client (a new one after a fork)."""
+        return _client(self._client_key, self.bucket)
+
+    @property
+    def _bucket(self) -> Any:
+        """The bucket through this process's client (no request is made)."""
+        return self._client.bucket(self.bucket)
 
     def get(self, key: str) -> Blob | None:
         from google.api_core import exceptions
@@ -67,7 +99,7 @@ class GCSBackend:
         root = f"{self.prefix}/" if self.prefix else ""
         try:
             blobs = self._client.list_blobs(
-                self._bucket, prefix=root + prefix, retry=None, timeout=_TIMEOUT
+                self.bucket, prefix=root + prefix, retry=None, timeout=_TIMEOUT
             )
             keys = [blob.name[len(root) :] for blob in blobs]
         except Exception as error:
@@ -94,7 +126,6 @@ class GCSBackend:
 
     def _classify(self, error: Exception, key: str) -> StorageError:
         """Turn a google-cloud / transport exception into conflict, transient or permanent."""
-        import requests
         from google.api_core import exceptions
         from google.auth import exceptions as auth_exceptions
 
@@ -102,17 +133,16 @@ class GCSBackend:
         if isinstance(error, exceptions.PreconditionFailed):
             return PreconditionFailed("precondition failed (changed or exists)", **where)
         code = error.code if isinstance(error, exceptions.GoogleAPICallError) else None
-        if code is not None and (code in (408, 429) or code >= 500):
+        if code == 501:
+            return PermanentStorageError(
+                f"the GCS server does not support this request (501: {error.message}); cirrus "
+                "needs conditional writes (if_generation_match): use a server that has them",
+                **where,
+            )
+        if code in _TRANSIENT_CODES:
             return TransientStorageError(f"GCS answered {code}: {error.message}", **where)
-        transient = (
-            requests.ConnectionError,
-            requests.Timeout,
-            auth_exceptions.TransportError,
-            ConnectionError,
-            TimeoutError,
-        )
-        if isinstance(error, transient):
-            return TransientStorageError(f"GCS request failed: {error}", **where)
+        if _is_transient(error):
+            return TransientStorageError(f"GCS request failed: {error!r}", **where)
         if isinstance(error, auth_exceptions.DefaultCredentialsError):
             return PermanentStorageError(
                 f"no Google credentials found; {_CREDENTIALS_HELP}", **where
@@ -123,20 +153,71 @@ class GCSBackend:
             )
         if isinstance(error, exceptions.NotFound):
             return PermanentStorageError(
-                f"bucket {self._bucket.name!r} not found; check the cloudpath: {error}", **where
+                f"bucket {self.bucket!r} not found; check the cloudpath: {error}", **where
             )
         return PermanentStorageError(f"GCS request failed: {error!r}", **where)
 
 
-def _client(bucket: str) -> Any:
-    """One client per (emulator, credentials) in this process."""
+def _is_transient(error: Exception) -> bool:
+    """What google-cloud-storage's own retry policy retries, and corrupt or failed transfers."""
+    from google.auth import exceptions as auth_exceptions
+
+    if isinstance(error, _transfer_errors()):
+        return True
+    if isinstance(error, auth_exceptions.GoogleAuthError) and error.retryable:
+        return True  # TransportError, or a RefreshError the auth library marks retryable
+    try:  # the library's own predicate, where this version has it
+        from google.cloud.storage.retry import _should_retry
+    except ImportError:
+        return False
+    return bool(_should_retry(error))
+
+
+def _transfer_errors() -> tuple[type[BaseException], ...]:
+    """Connections refused, reset or timed out, bodies cut short, checksums that do not match."""
+    import http.client
+
+    import requests
+    import urllib3
+
+    errors: list[type[BaseException]] = [
+        requests.ConnectionError,
+        requests.Timeout,
+        requests.exceptions.ChunkedEncodingError,
+        http.client.IncompleteRead,
+        http.client.BadStatusLine,
+        http.client.ResponseNotReady,
+        urllib3.exceptions.ProtocolError,
+        urllib3.exceptions.TimeoutError,
+        urllib3.exceptions.PoolError,
+        ConnectionError,
+        TimeoutError,
+    ]
+    for module in ("google.cloud.storage.exceptions", "google.resumable_media"):
+        with contextlib.suppress(ImportError, AttributeError):
+            errors.append(importlib.import_module(module).DataCorruption)
+    return tuple(errors)
+
+
+_ClientKey = tuple[str | None, str | None, str | None]
+
+
+def _client_key(bucket: str, secrets: Secrets) -> _ClientKey:
+    """What tells one client from another: the emulator, a credentials file or given key."""
     emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-    secret = None if emulator else _secret_file(bucket)
-    cache_key = (emulator, secret)
+    if emulator:
+        return emulator, None, None
+    if secrets is not None:
+        return None, None, json.dumps(given_secrets(secrets), sort_keys=True)
+    return None, _secret_file(bucket), None
+
+
+def _client(key: _ClientKey, bucket: str) -> Any:
+    """One client per (emulator, credentials) in this process."""
     with _CLIENTS_LOCK:
-        if cache_key not in _CLIENTS:
-            _CLIENTS[cache_key] = _new_client(bucket, emulator, secret)
-        return _CLIENTS[cache_key]
+        if key not in _CLIENTS:
+            _CLIENTS[key] = _new_client(bucket, *key)
+        return _CLIENTS[key]
 
 
 def _secret_file(bucket: str) -> str | None:
@@ -150,17 +231,32 @@ def _secret_file(bucket: str) -> str | None:
     return None
 
 
-def _new_client(bucket: str, emulator: str | None, secret: str | None) -> Any:
-    return _pooled(_authorised_client(bucket, emulator, secret))
+def _new_client(bucket: str, emulator: str | None, secret: str | None, given: str | None) -> Any:
+    return _pooled(_authorised_client(bucket, emulator, secret, given))
 
 
-def _authorised_client(bucket: str, emulator: str | None, secret: str | None) -> Any:
+def _authorised_client(
+    bucket: str, emulator: str | None, secret: str | None, given: str | None
+) -> Any:
     from google.cloud import storage
 
     if emulator:
         from google.auth.credentials import AnonymousCredentials
 
         return storage.Client(credentials=AnonymousCredentials(), project="cirrus-emulator")
+    if given:
+        from google.oauth2 import service_account
+
+        info = json.loads(given)
+        try:
+            credentials = service_account.Credentials.from_service_account_info(info)
+        except (ValueError, KeyError) as error:
+            raise PermanentStorageError(
+                f"the secrets given are not a Google service-account key ({error}); pass the "
+                "contents of its JSON key file, as to CloudVolume(path, secrets=...)",
+                cloudpath=f"gs://{bucket}",
+            ) from None
+        return storage.Client(credentials=credentials, project=info.get("project_id"))
     if secret:
         from cloudfiles import secrets
 

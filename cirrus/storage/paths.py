@@ -11,25 +11,32 @@ from typing import TypeVar
 import attrs
 
 from cirrus.errors import InvalidInput, plain_text
-from cirrus.storage.base import Backend, Store
+from cirrus.storage.base import Backend, Secrets, Store
 
 _WRAPPERS: list[Callable[[Backend], Backend]] = []
 
 
 @attrs.frozen
 class LayerPath:
-    """A layer's location: protocol, bucket, path and (for S3-compatible servers) endpoint."""
+    """A layer's location: protocol, bucket, path, endpoint and the CloudFiles alias named.
+
+    An alias (`matrix://`, one from `cloudfiles.paths.add_alias`) stays in the name: it selects
+    the endpoint and the credentials (`<alias>-secret.json`), as in CloudFiles.
+    """
 
     protocol: str
     bucket: str
     path: str
     host: str = ""
+    alias: str = ""
 
     @property
     def name(self) -> str:
         """The canonical cloudpath, used as the layer's identity in records."""
         if self.protocol == "file":
             return f"file://{self.path}"
+        if self.alias:
+            return f"{self.alias}://{self.bucket}/{self.path}".rstrip("/")
         host = f"{self.host}/" if self.host else ""
         return f"{self.protocol}://{host}{self.bucket}/{self.path}".rstrip("/")
 
@@ -41,7 +48,8 @@ def parse_cloudpath(cloudpath: str) -> LayerPath:
     """Parse a CloudVolume cloudpath without importing CloudFiles, unless it is an alias."""
     if not isinstance(cloudpath, str) or not cloudpath.strip():
         raise InvalidInput(f"a volume cloudpath must be a non-empty string, got {cloudpath!r}")
-    path = cloudpath.strip()
+    _refuse_outer_whitespace(cloudpath)
+    path = cloudpath
     if path.startswith("precomputed://"):
         path = path[len("precomputed://") :]
     if "://" not in path:
@@ -56,6 +64,15 @@ def parse_cloudpath(cloudpath: str) -> LayerPath:
         protocol, host, bucket, rest = direct.groups()
         return LayerPath(protocol, bucket, rest.rstrip("/"), (host or "").rstrip("/"))
     return _parse_with_cloudfiles(cloudpath)
+
+
+def _refuse_outer_whitespace(cloudpath: str) -> None:
+    """CloudVolume keeps a trailing space (`a/b /info`): dropping it would file provenance apart."""
+    if cloudpath != cloudpath.strip():
+        raise InvalidInput(
+            f"{cloudpath!r} has whitespace at its start or end, which CloudVolume does not "
+            "strip (a layer `a/b ` is another layer than `a/b`); remove it"
+        )
 
 
 def _parse_with_cloudfiles(cloudpath: str) -> LayerPath:
@@ -81,17 +98,16 @@ def _parse_with_cloudfiles(cloudpath: str) -> LayerPath:
         )
     if parts.protocol == "file":
         return LayerPath("file", "", parts.path.rstrip("/") or "/")
-    return LayerPath(
-        parts.protocol, parts.bucket, parts.path.rstrip("/"), (parts.host or "").rstrip("/")
-    )
+    host = (parts.host or "").rstrip("/")
+    return LayerPath(parts.protocol, parts.bucket, parts.path.rstrip("/"), host, parts.alias or "")
 
 
 def normalise_cloudpath(cloudpath: str) -> str:
-    """The canonical name of a layer: no `precomputed://`, aliases resolved, no trailing slash."""
+    """The canonical name of a layer: no `precomputed://`, no trailing slash; aliases kept."""
     return parse_cloudpath(cloudpath).name
 
 
-def open_backend(cloudpath: str) -> Backend:
+def open_backend(cloudpath: str, secrets: Secrets = None) -> Backend:
     """The raw backend for a layer, with any test wrappers (faults, counters) applied."""
     layer = parse_cloudpath(cloudpath)
     backend: Backend
@@ -106,19 +122,26 @@ def open_backend(cloudpath: str) -> Backend:
     elif layer.protocol == "s3":
         from cirrus.storage.s3 import S3Backend
 
-        backend = S3Backend(layer.name, layer.bucket, layer.path, endpoint=layer.host or None)
+        backend = S3Backend(
+            layer.name,
+            layer.bucket,
+            layer.path,
+            endpoint=layer.host or None,
+            service=layer.alias or "s3",
+            secrets=secrets,
+        )
     else:
         from cirrus.storage.gcs import GCSBackend
 
-        backend = GCSBackend(layer.name, layer.bucket, layer.path)
+        backend = GCSBackend(layer.name, layer.bucket, layer.path, secrets=secrets)
     for wrap in _WRAPPERS:
         backend = wrap(backend)
     return backend
 
 
-def open_store(cloudpath: str) -> Store:
+def open_store(cloudpath: str, secrets: Secrets = None) -> Store:
     """The retrying conditional store rooted at a layer."""
-    return Store(open_backend(cloudpath))
+    return Store(open_backend(cloudpath, secrets))
 
 
 _OnLayer = TypeVar("_OnLayer", bound="OnLayer")
@@ -132,9 +155,10 @@ class OnLayer:
     store: Store
 
     @classmethod
-    def open(cls: type[_OnLayer], cloudpath: str) -> _OnLayer:
+    def open(cls: type[_OnLayer], cloudpath: str, secrets: Secrets = None) -> _OnLayer:
+        """The layer's objects, through `secrets` if given (as CloudVolume's `secrets=`)."""
         name = normalise_cloudpath(cloudpath)
-        return cls(name, open_store(name))
+        return cls(name, open_store(name, secrets))
 
     @classmethod
     def beside(cls: type[_OnLayer], other: OnLayer) -> _OnLayer:

@@ -1,14 +1,18 @@
 """`s3://`: conditional writes with boto3 (`If-None-Match: *` to create, `If-Match: etag` to swap).
 
 CloudFiles has no conditional writes, so this talks to S3 directly, with the credentials CloudFiles
-would use. boto3's own retries are off: `RetryPolicy` is the one retry layer and this module only
-classifies each failure as conflict, transient or permanent.
+would use (`<alias>-secret.json` for an alias such as `matrix://`, else `aws-secret.json`). boto3's
+own retries are off (`total_max_attempts=1`): `RetryPolicy` is the one retry layer and this module
+only classifies each failure as conflict, transient or permanent. Clients are per process: a
+forked child makes its own instead of sharing the parent's pooled sockets.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from cirrus.errors import (
@@ -17,10 +21,12 @@ from cirrus.errors import (
     StorageError,
     TransientStorageError,
 )
-from cirrus.storage.base import CONNECTIONS, Blob
+from cirrus.storage.base import CONNECTIONS, Blob, Secrets, given_secrets
 
-_CLIENTS: dict[tuple[Any, ...], Any] = {}
+_ClientKey = tuple[Any, ...]
+_CLIENTS: dict[_ClientKey, Any] = {}
 _CLIENTS_LOCK = threading.Lock()
+_TRANSIENT_STATUSES = {408, 429, 500, 502, 503, 504}
 _TRANSIENT_CODES = {
     "SlowDown",
     "Throttling",
@@ -32,31 +38,55 @@ _TRANSIENT_CODES = {
     "ConditionalRequestConflict",
     "OperationAborted",
 }
-_CREDENTIALS_HELP = (
-    "check the credentials CloudFiles uses (~/.cloudvolume/secrets/aws-secret.json or "
-    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) and that they may read and write this bucket"
-)
+# Content-Encoding values that leave the stored bytes as they are.
+_PLAIN_ENCODINGS = {"", "identity", "aws-chunked"}
+
+
+def _forget_clients() -> None:
+    """In a forked child: drop the parent's clients, whose keep-alive sockets it still uses."""
+    global _CLIENTS_LOCK
+    _CLIENTS_LOCK = threading.Lock()  # another thread may have held it at the fork
+    _CLIENTS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_clients)
 
 
 class S3Backend:
-    """Conditional objects under `s3://[endpoint/]bucket/prefix/`."""
+    """Conditional objects under `s3://[endpoint/]bucket/prefix/` (or `alias://bucket/prefix/`)."""
 
-    def __init__(self, cloudpath: str, bucket: str, prefix: str, endpoint: str | None = None):
+    def __init__(
+        self,
+        cloudpath: str,
+        bucket: str,
+        prefix: str,
+        endpoint: str | None = None,
+        service: str = "s3",
+        secrets: Secrets = None,
+    ):
         self.cloudpath = cloudpath.rstrip("/")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint = endpoint.rstrip("/") if endpoint else None
-        self._client = _client(bucket, self.endpoint)
+        self.service = service
+        found = _credentials(bucket, service) if secrets is None else given_secrets(secrets)
+        self._client_key = _client_key(self.endpoint, found)
+
+    @property
+    def _client(self) -> Any:
+        """This process's client for the endpoint and credentials (a new one after a fork)."""
+        return _client(self._client_key)
 
     def get(self, key: str) -> Blob | None:
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
             data = response["Body"].read()
         except Exception as error:
-            if _code(error) in ("NoSuchKey", "404") and not _is_missing_bucket(error):
+            if _is_missing_key(error):
                 return None
             raise self._classify(error, key) from error
-        return Blob(data, response["ETag"].strip('"'))
+        encoding = str(response.get("ContentEncoding") or "")
+        return Blob(self._decoded(data, encoding, key), response["ETag"].strip('"'))
 
     def put_new(self, key: str, data: bytes) -> str:
         return self._put(key, data, IfNoneMatch="*")
@@ -90,7 +120,7 @@ class S3Backend:
             )
         except Exception as error:
             # If-Match on a missing key: 404 NoSuchKey on AWS and moto, 412 on RGW. Both: conflict.
-            if "IfMatch" in condition and _code(error) in ("NoSuchKey", "404"):
+            if "IfMatch" in condition and _is_missing_key(error):
                 raise PreconditionFailed(
                     "does not exist any more", cloudpath=self.cloudpath, key=key
                 ) from error
@@ -100,72 +130,155 @@ class S3Backend:
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _decoded(self, data: bytes, encoding: str, key: str) -> bytes:
+        """The object's bytes as CloudFiles reads them: gzip undone, other encodings refused."""
+        codings = [c.strip().lower() for c in encoding.split(",")]
+        codings = [c for c in codings if c not in _PLAIN_ENCODINGS]
+        if not codings:
+            return data
+        if codings in (["gzip"], ["x-gzip"]):
+            try:
+                return gzip.decompress(data)
+            except (OSError, EOFError) as error:
+                raise PermanentStorageError(
+                    f"stored with Content-Encoding: gzip but is not valid gzip ({error}); "
+                    "rewrite it uncompressed",
+                    cloudpath=self.cloudpath,
+                    key=key,
+                ) from None
+        raise PermanentStorageError(
+            f"stored with Content-Encoding: {encoding}, which cirrus does not read (only gzip); "
+            "rewrite it uncompressed or gzip-compressed, e.g. "
+            "CloudFiles(layer).put(name, data, compress=None)",
+            cloudpath=self.cloudpath,
+            key=key,
+        )
+
     def _classify(self, error: Exception, key: str) -> StorageError:
         """Turn a boto3/botocore exception into conflict, transient or permanent."""
         from botocore import exceptions
 
         where = {"cloudpath": self.cloudpath, "key": key}
-        if isinstance(error, (exceptions.ConnectionError, exceptions.HTTPClientError)):
+        if _is_connection_error(error):
             return TransientStorageError(f"S3 connection failed: {error}", **where)
         if isinstance(error, exceptions.NoCredentialsError):
-            return PermanentStorageError(f"no AWS credentials found; {_CREDENTIALS_HELP}", **where)
+            return PermanentStorageError(
+                f"no AWS credentials found; {_credentials_help(self.service)}", **where
+            )
         if not isinstance(error, exceptions.ClientError):
             return PermanentStorageError(f"S3 request failed: {error!r}", **where)
+        return self._classify_answer(error, where)
+
+    def _classify_answer(self, error: Exception, where: dict[str, str]) -> StorageError:
+        """Classify an error answer of the server by its HTTP status and S3 error code."""
         code, status = _code(error), _status(error)
-        message = error.response.get("Error", {}).get("Message", "")
+        message = _response(error).get("Error", {}).get("Message", "")
+        endpoint = self.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or "AWS"
         if status == 412 or code == "PreconditionFailed":
             return PreconditionFailed("precondition failed (changed or exists)", **where)
-        if status in (408, 429) or status >= 500 or code in _TRANSIENT_CODES:
+        if status == 501 or code == "NotImplemented":
+            return PermanentStorageError(
+                f"the S3 server at {endpoint} does not support this request ({status} {code}: "
+                f"{message}); cirrus needs conditional writes (If-None-Match: * and If-Match), "
+                "which AWS S3, Ceph RGW and MinIO support: use such a server for this layer",
+                **where,
+            )
+        if status in _TRANSIENT_STATUSES or code in _TRANSIENT_CODES:
             return TransientStorageError(f"S3 answered {status} {code}: {message}", **where)
         if _is_missing_bucket(error):
-            endpoint = self.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or "AWS"
             return PermanentStorageError(
                 f"bucket {self.bucket!r} does not exist at {endpoint}; "
                 "check the cloudpath, the endpoint and the region",
                 **where,
             )
         if status == 403 or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            return PermanentStorageError(f"S3 denied access ({code}); {_CREDENTIALS_HELP}", **where)
+            return PermanentStorageError(
+                f"S3 denied access ({code}); {_credentials_help(self.service)}", **where
+            )
         return PermanentStorageError(f"S3 answered {status} {code}: {message}", **where)
 
 
+def _is_connection_error(error: Exception) -> bool:
+    """A request that got no complete answer (refused, reset, timed out, body cut short)."""
+    import http.client
+
+    import urllib3
+    from botocore import exceptions
+
+    connection_level = (
+        exceptions.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, ...
+        exceptions.HTTPClientError,  # ReadTimeoutError, ConnectionClosedError, streaming errors
+        exceptions.IncompleteReadError,
+        urllib3.exceptions.ProtocolError,
+        urllib3.exceptions.TimeoutError,
+        http.client.IncompleteRead,
+        ConnectionError,
+        TimeoutError,
+    )
+    return isinstance(error, connection_level)
+
+
+def _response(error: Exception) -> dict[str, Any]:
+    """The parsed error answer; {} when there was none (connection errors carry None)."""
+    return getattr(error, "response", None) or {}
+
+
 def _code(error: Exception) -> str:
-    return str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
+    return str(_response(error).get("Error", {}).get("Code", ""))
 
 
 def _status(error: Exception) -> int:
-    return int(getattr(error, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+    return int(_response(error).get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
 def _is_missing_bucket(error: Exception) -> bool:
     return _code(error) == "NoSuchBucket"
 
 
-def _credentials(bucket: str) -> dict[str, str]:
+def _is_missing_key(error: Exception) -> bool:
+    return _code(error) in ("NoSuchKey", "404") and not _is_missing_bucket(error)
+
+
+def _secret_name(service: str) -> str:
+    """CloudFiles' secret file for a service: `aws-secret.json`, or `<alias>-secret.json`."""
+    return f"{'aws' if service == 's3' else service}-secret.json"
+
+
+def _credentials_help(service: str) -> str:
+    environment = " or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY" if service == "s3" else ""
+    return (
+        f"check the credentials CloudFiles uses (~/.cloudvolume/secrets/{_secret_name(service)}"
+        f"{environment}) and that they may read and write this bucket"
+    )
+
+
+def _credentials(bucket: str, service: str) -> dict[str, str]:
     """The credentials CloudFiles would use for this bucket; {} means boto3's default chain."""
     from cloudfiles import secrets
 
     try:
-        return dict(secrets.aws_credentials(bucket, "s3"))
+        return dict(secrets.aws_credentials(bucket, service))
     except KeyError:  # CloudFiles reads AWS_SESSION_TOKEN unconditionally; let boto3 look instead
         return {}
 
 
-def _client(bucket: str, endpoint: str | None) -> Any:
-    """One boto3 client per (endpoint, credentials) in this process, without boto3's retries."""
-    found = _credentials(bucket)
-    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or None
-    settings = (
+def _client_key(endpoint: str | None, found: Mapping[str, str]) -> _ClientKey:
+    """What tells one client from another: endpoint, credentials and region."""
+    return (
+        endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or None,
         found.get("AWS_ACCESS_KEY_ID"),
         found.get("AWS_SECRET_ACCESS_KEY"),
         found.get("AWS_SESSION_TOKEN") or None,
         found.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
     )
-    cache_key = (endpoint, *settings)
+
+
+def _client(key: _ClientKey) -> Any:
+    """One boto3 client per (endpoint, credentials) in this process, without boto3's retries."""
     with _CLIENTS_LOCK:
-        if cache_key not in _CLIENTS:
-            _CLIENTS[cache_key] = _new_client(endpoint, *settings)
-        return _CLIENTS[cache_key]
+        if key not in _CLIENTS:
+            _CLIENTS[key] = _new_client(*key)
+        return _CLIENTS[key]
 
 
 def _new_client(
@@ -175,7 +288,8 @@ def _new_client(
     from botocore.config import Config
 
     config = Config(
-        retries={"max_attempts": 1, "mode": "standard"},
+        # One attempt in all: `max_attempts` counts retries, so 1 would still retry once.
+        retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=5,
         read_timeout=20,
         max_pool_connections=CONNECTIONS,

@@ -1,0 +1,141 @@
+"""Storage beside CloudFiles' habits: compressed objects, aliases and their credentials,
+secrets given to a store, and cloudpaths CloudVolume would write elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from cirrus.errors import InvalidInput, PermanentStorageError
+from cirrus.storage import open_store
+from cirrus.storage.paths import normalise_cloudpath, parse_cloudpath
+from tests.fixtures_cloud import unique_name
+from tests.servers.moto_server import authentication
+
+SUMMARY = json.dumps({"description": "by igneous", "owners": [], "sources": [], "processing": []})
+
+
+def test_a_gzip_encoded_s3_object_is_read_decoded(s3_bucket: str) -> None:
+    """CloudFiles put(..., compress="gzip") sets Content-Encoding: gzip; CloudVolume decodes it."""
+    from cloudfiles import CloudFiles
+
+    path = f"s3://{s3_bucket}/layer"
+    CloudFiles(path).put("provenance", SUMMARY.encode(), compress="gzip")
+    store = open_store(path)
+    blob = store.get("provenance")
+    assert blob is not None and blob.data == SUMMARY.encode()
+    store.swap("provenance", b'{"sources": []}', blob.token)  # written back plain
+    assert CloudFiles(path).get("provenance") == b'{"sources": []}'
+
+
+def test_an_s3_object_in_another_encoding_is_refused_by_name(s3_bucket: str) -> None:
+    from cloudfiles import CloudFiles
+
+    path = f"s3://{s3_bucket}/layer"
+    CloudFiles(path).put("provenance", SUMMARY.encode(), compress="br")
+    with pytest.raises(PermanentStorageError, match="Content-Encoding: br"):
+        open_store(path).get("provenance")
+
+
+def test_a_gzip_file_summary_is_read_and_never_written_beside(tmp_path) -> None:
+    """On file:// CloudFiles stores `provenance.gz`: cirrus reads it, and refuses to write a
+    plain `provenance` beside it (CloudVolume could then read either: a forked history)."""
+    from cloudfiles import CloudFiles
+
+    path = f"file://{tmp_path}/layer"
+    CloudFiles(path).put("provenance", SUMMARY.encode(), compress="gzip")
+    store = open_store(path)
+    blob = store.get("provenance")
+    assert blob is not None and blob.data == SUMMARY.encode()
+    for token in (blob.token, None):
+        with pytest.raises(PermanentStorageError, match=r"provenance\.gz.*gunzip"):
+            store.swap("provenance", b"{}", token)
+    assert store.list("") == ["provenance.gz"]
+    assert CloudFiles(path).get("provenance") == SUMMARY.encode()
+
+
+def test_a_file_summary_compressed_otherwise_is_refused_by_name(tmp_path) -> None:
+    from cloudfiles import CloudFiles
+
+    path = f"file://{tmp_path}/layer"
+    CloudFiles(path).put("provenance", SUMMARY.encode(), compress="br")
+    with pytest.raises(PermanentStorageError, match=r"provenance\.br"):
+        open_store(path).get("provenance")
+
+
+def moto_user_keys(endpoint: str) -> dict[str, str]:
+    """The keys of a new moto user that may do anything: the only valid ones while
+    `authentication` is on (the environment holds keys the server does not know)."""
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=endpoint)
+    user = unique_name("user")
+    iam.create_user(UserName=user)
+    policy = {"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    iam.put_user_policy(
+        UserName=user,
+        PolicyName="all",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", **policy}),
+    )
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    return {
+        "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+    }
+
+
+@pytest.fixture
+def unknown_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS keys in the environment that the server does not know (a user's unrelated keys)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNRELATEDKEY0000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "unrelated")
+
+
+def test_an_s3_alias_keeps_its_name_and_its_own_credentials(
+    s3_bucket: str, moto_endpoint: str, unknown_keys: None
+) -> None:
+    """As in CloudFiles, `alias://` reads `<alias>-secret.json`, not aws-secret.json or the
+    environment."""
+    from cloudfiles import paths, secrets
+
+    keys = moto_user_keys(moto_endpoint)
+    alias = unique_name("alias").replace("-", "")
+    os.makedirs(secrets.CLOUD_VOLUME_SECRETS_DIR, exist_ok=True)
+    secret_file = os.path.join(secrets.CLOUD_VOLUME_SECRETS_DIR, f"{alias}-secret.json")
+    with open(secret_file, "w") as f:
+        json.dump(keys, f)
+    paths.add_alias(alias, f"s3://{moto_endpoint}/")
+    try:
+        layer = f"{alias}://{s3_bucket}/layer"
+        assert normalise_cloudpath(f"precomputed://{layer}/") == layer
+        with authentication(moto_endpoint):
+            store = open_store(layer)
+            store.create("provenance", b"{}")
+            assert store.get("provenance").data == b"{}"
+            with pytest.raises(PermanentStorageError, match="denied"):
+                open_store(f"s3://{s3_bucket}/layer").get("provenance")
+    finally:
+        paths.remove_alias(alias)
+        os.remove(secret_file)
+
+
+def test_secrets_given_to_the_store_are_used(
+    s3_bucket: str, moto_endpoint: str, unknown_keys: None
+) -> None:
+    """As CloudVolume(path, secrets=...): the keys given, as a dict or JSON text."""
+    keys = moto_user_keys(moto_endpoint)
+    with authentication(moto_endpoint):
+        open_store(f"s3://{s3_bucket}/layer", secrets=keys).create("provenance", b"{}")
+        blob = open_store(f"s3://{s3_bucket}/layer", secrets=json.dumps(keys)).get("provenance")
+    assert blob.data == b"{}"
+    with pytest.raises(InvalidInput, match="secrets"):
+        open_store(f"s3://{s3_bucket}/layer", secrets="not json")
+
+
+@pytest.mark.parametrize("cloudpath", ["s3://bucket/a/b ", " s3://bucket/a/b", "file:///a/b\n"])
+def test_a_cloudpath_with_outer_whitespace_is_refused(cloudpath: str) -> None:
+    """CloudVolume writes `a/b ` under `a/b /`: stripping it would file provenance apart."""
+    with pytest.raises(InvalidInput, match="whitespace"):
+        parse_cloudpath(cloudpath)
