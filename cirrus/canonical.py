@@ -12,7 +12,7 @@ import math
 import re
 import sys
 from collections.abc import Mapping
-from configparser import RawConfigParser, SectionProxy
+from configparser import InterpolationError, RawConfigParser, SectionProxy
 from pathlib import PurePath
 from types import SimpleNamespace
 from typing import Any
@@ -94,16 +94,21 @@ def container_as_dict(value: Any) -> dict[Any, Any] | None:
     """The fields of a parameter container as a dict (one level: what they hold is normalised
     by the caller), or None if `value` is not one.
 
-    Containers: any Mapping; a ConfigParser (sections become dicts, values raw: "%" is no
-    interpolation error) or one of its sections; SimpleNamespace and argparse.Namespace (their
-    attributes); dataclass and attrs instances (their fields).
+    Containers: any Mapping; a ConfigParser's section (its values as the code reads them, raw
+    where they cannot be interpolated); a ConfigParser (sections become dicts, values raw: "%"
+    is no interpolation error);
+    SimpleNamespace and argparse.Namespace (their attributes); dataclass and attrs instances
+    (their fields).
     """
-    if isinstance(value, RawConfigParser):
+    if isinstance(value, SectionProxy):  # as the code reads it; raw where "%" cannot interpolate
+        try:
+            return dict(value)
+        except InterpolationError:
+            return dict(value.parser.items(value.name, raw=True))
+    if isinstance(value, RawConfigParser):  # defaults under "DEFAULT", whatever it is named
         sections = {name: dict(value.items(name, raw=True)) for name in value.sections()}
         defaults = dict(value.defaults())
-        return {value.default_section: defaults, **sections} if defaults else sections
-    if isinstance(value, SectionProxy):
-        return dict(value.parser.items(value.name, raw=True))
+        return {"DEFAULT": defaults, **sections} if defaults else sections
     argparse = sys.modules.get("argparse")  # a Namespace exists only once argparse is imported
     if isinstance(value, SimpleNamespace) or (
         argparse is not None and isinstance(value, argparse.Namespace)

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from cirrus.errors import CirrusError, IntegrityError, InvalidInput
+from cirrus.errors import CirrusError, IntegrityError, InvalidInput, PermanentStorageError
 from cirrus.ledger import SUMMARY_KEY, Ledger, StoredRecord
 from cirrus.overlap import overlapped
 from cirrus.summary import current_ids, parse_summary
@@ -36,8 +36,14 @@ def require_layer(path: str) -> None:
     from cirrus.storage import open_store
 
     store = open_store(path)
-    if store.get(INFO) is None and store.get(SUMMARY_KEY) is None:
-        raise not_a_layer(store.cloudpath)
+    if store.get(SUMMARY_KEY) is not None:
+        return
+    try:
+        if store.get(INFO) is not None:
+            return
+    except PermanentStorageError:  # the summary read fine: `info` is there, in a form cirrus
+        return  # does not read (CloudFiles' brotli or zstd); what needs a layer reads on
+    raise not_a_layer(store.cloudpath)
 
 
 @attrs.frozen
@@ -175,8 +181,8 @@ def read_history(
     listed in `damaged`, never fatal. `must_be_layer`: refuse a path with neither `info` nor
     `provenance` (`not_a_layer`), checking `info` only when there is no summary."""
     blob = ledger.store.get(SUMMARY_KEY)
-    if blob is None and must_be_layer and ledger.store.get(INFO) is None:
-        raise not_a_layer(ledger.cloudpath)
+    if blob is None and must_be_layer:
+        require_layer(ledger.cloudpath)
     summary = parse_summary(None if blob is None else blob.data, ledger.cloudpath)
     section = summary.get("cirrus", {})
     ids = current_ids(summary)

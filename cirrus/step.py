@@ -197,6 +197,7 @@ class TaskSession(WriteScope):
                 "schema": "cirrus.fragment/1",
                 "step": self.token.id,
                 "task": self.task,
+                "attempt_ids": [self.id],  # folds this attempt into the task's fragment once
                 "status": status,
                 "error": error,
                 "started": isoformat(self.started),

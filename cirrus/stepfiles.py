@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from cirrus.canonical import check_step_id, is_step_id
-from cirrus.errors import PreconditionFailed
+from cirrus.errors import PreconditionFailed, StorageError
 from cirrus.overlap import overlapped
 from cirrus.storage.paths import OnLayer
 from cirrus.writeset import combine
@@ -28,6 +30,7 @@ from cirrus.writeset import combine
 log = logging.getLogger("cirrus.stepfiles")
 
 STEPS = "provenance.d/steps/"
+FOLD_LAPS = 20  # tries at storing a task's fragment while other attempts of it store theirs
 
 
 def _pretty(document: Mapping[str, Any]) -> bytes:
@@ -36,7 +39,12 @@ def _pretty(document: Mapping[str, Any]) -> bytes:
 
 def merge_attempts(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
     """A task's fragment after another attempt: both attempts' writes (a failed attempt's chunks
-    stay written, and a re-run may skip them), committed if either attempt was."""
+    stay written, and a re-run may skip them), committed if either attempt was. An attempt
+    already folded in (a retried store whose first response was lost) changes nothing."""
+    folded = list(earlier.get("attempt_ids", []))
+    new = [attempt for attempt in later.get("attempt_ids", []) if attempt not in folded]
+    if later.get("attempt_ids") and not new:
+        return dict(earlier)
     committed = "committed" in (earlier["status"], later["status"])
     notes = list(earlier.get("notes", []))
     notes += [note for note in later.get("notes", []) if note not in notes]
@@ -48,7 +56,8 @@ def merge_attempts(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict
         "ended": max(earlier["ended"], later["ended"]),
         "writes": combine([earlier["writes"], later["writes"]]),
         "notes": notes,
-        "attempts": earlier.get("attempts", 1) + 1,
+        "attempts": earlier.get("attempts", 1) + max(1, len(new)),
+        "attempt_ids": folded + new,
     }
 
 
@@ -64,13 +73,15 @@ class StepFiles(OnLayer):
         return None if blob is None else json.loads(blob.data)
 
     def put_fragment(self, step_id: str, task: str, fragment: Mapping[str, Any]) -> bool:
-        """Create the task's fragment. A re-run folds into an earlier failed attempt's fragment
-        (`merge_attempts`); an earlier committed attempt stands.
+        """Create the task's fragment, or fold this attempt into the one an earlier attempt of
+        the task filed (`merge_attempts`), by compare-and-swap: no attempt's writes are lost.
 
-        Returns whether this call stored anything (False: an earlier committed attempt stands).
+        Returns whether this call stored anything (False: this attempt was folded in already).
         """
         key = f"{STEPS}{check_step_id(step_id)}/tasks/{task}.json"
-        while True:  # each lap means another attempt of the same task stored a fragment first
+        for lap in range(FOLD_LAPS):  # a lap: another attempt of the task stored one first
+            if lap:
+                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**lap)))
             try:
                 self.store.create(key, _pretty(fragment))
                 return True
@@ -79,16 +90,20 @@ class StepFiles(OnLayer):
             if existing is None:
                 continue
             earlier = json.loads(existing.data)
-            if earlier.get("status") == "committed":
-                log.info(
-                    "%s: task %s of step %s is already recorded", self.cloudpath, task, step_id
-                )
+            merged = merge_attempts(earlier, fragment)
+            if merged == earlier:
                 return False
             try:
-                self.store.swap(key, _pretty(merge_attempts(earlier, fragment)), existing.token)
+                self.store.swap(key, _pretty(merged), existing.token)
                 return True
             except PreconditionFailed:
                 continue
+        raise StorageError(
+            f"task {task}'s fragment kept changing, or could not be read back, over {FOLD_LAPS} "
+            "tries; check the object and run the task again",
+            cloudpath=self.cloudpath,
+            key=key,
+        )
 
     def put_expected(self, step_id: str, task_ids: list[str]) -> None:
         """The ids of the tasks a step expects, beside its manifest (which stays small)."""

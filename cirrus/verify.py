@@ -8,8 +8,8 @@ Checks, each reported as a problem (verification fails) or a remark (information
   step) are the record's; every record is pointed to (else it is an orphan: `cirrus recover`);
 - every processing entry that names a cirrus process matches a record's process, and the sources
   and notes of every published record appear in the summary;
-- a finished step's record here accounts for every task fragment here: their number, and the
-  committed ones where it counts failures (else tasks ran after the finish: finish it again);
+- a finished step's record here accounts for every task fragment here: their number, the
+  committed ones, and their end times (else tasks ran after the finish: finish it again);
 - open steps, and sessions that wrote and have not committed (still running, or dead), are
   listed as remarks.
 """
@@ -123,40 +123,44 @@ def _check_late_tasks(
     report: Report, steps: StepFiles, summary: dict[str, Any], records: dict[str, dict[str, Any]]
 ) -> None:
     """Task fragments here that the step's standing record here does not account for: tasks
-    that ran after the finish (a queue's redelivery, a re-run of a failed task), whose writes
-    no record names yet. Fragments are read only where the record counts failed tasks."""
+    that ran after the finish (a queue's redelivery, a re-run), whose writes no record names
+    yet. A record's `ended` is its latest fragment's, so a later one ran after the finish."""
     section = summary.get("cirrus", {})
     standing: dict[str, tuple[str, dict[str, Any] | None]] = {}
     for pointer in section.get("records", []):
         if pointer.get("step") and "superseded_by" not in pointer:
             standing[pointer["step"]] = (pointer.get("id"), records.get(pointer.get("id")))
-    again = "finish it again (`cirrus step finish TOKEN`) to record their writes"
     for step_id in sorted(steps.step_ids() - set(section.get("open_steps", {}))):
-        filed = steps.task_count(step_id)
         rid, record = standing.get(step_id, (None, None))
-        if not filed or (rid is not None and record is None):  # unreadable: reported already
+        if rid is not None and record is None:  # unreadable: reported already
             continue
-        if record is None:
-            report.problems.append(
-                f"step {step_id[:12]}: {filed} tasks filed fragments here, but the step is "
-                f"neither open here nor recorded here: tasks ran after it was finished; {again}"
-            )
-            continue
-        tasks = record.get("tasks") or {}
-        counted = tasks.get("count", 0)
-        if filed > counted:
-            report.problems.append(
-                f"step {step_id[:12]}: {filed} tasks filed fragments here but its record "
-                f"{rid[:12]} counts {counted}: tasks ran after it was finished; {again}"
-            )
-        elif tasks.get("failed"):
-            now = sum(f["status"] == "committed" for f in steps.fragments(step_id))
-            if now > tasks.get("committed", 0):
+        fragments = steps.fragments(step_id)
+        if fragments:
+            problem = _unaccounted(fragments, record)
+            if problem:
                 report.problems.append(
-                    f"step {step_id[:12]}: {now} tasks here have committed but its record "
-                    f"{rid[:12]} counts {tasks.get('committed', 0)}: failed tasks were re-run "
-                    f"after it was finished; {again}"
+                    f"step {step_id[:12]}: {problem}: tasks ran after it was finished; finish "
+                    "it again (`cirrus step finish TOKEN`) to record their writes"
                 )
+
+
+def _unaccounted(fragments: list[dict[str, Any]], record: dict[str, Any] | None) -> str:
+    """What a step's fragments here say that its record here does not ('' if nothing)."""
+    if record is None:
+        return (
+            f"{len(fragments)} tasks filed fragments here, but the step is neither open here "
+            "nor recorded here"
+        )
+    tasks = record.get("tasks") or {}
+    committed = sum(f["status"] == "committed" for f in fragments)
+    latest = max(f["ended"] for f in fragments)
+    if len(fragments) > tasks.get("count", 0):
+        return f"{len(fragments)} tasks filed fragments here but its record counts {tasks['count']}"
+    if committed > tasks.get("committed", 0):
+        return f"{committed} tasks here have committed but its record counts {tasks['committed']}"
+    if latest > record.get("ended", ""):
+        return f"a task here ended at {latest}, after its record's last task ({record['ended']})"
+    return ""
 
 
 def _check_record(

@@ -77,6 +77,18 @@ def test_configparser_sections_become_nested_dicts() -> None:
     }
 
 
+def test_a_configparser_section_records_the_values_the_code_reads() -> None:
+    """As before numpy and nested containers were accepted: interpolated, so digests hold."""
+    config = ConfigParser(default_section="common")
+    config.read_string("[common]\nroot = gs://lab\n[paths]\nseg = %(root)s/seg\npct = 50%%\n")
+    assert Process("p", config["paths"]).parameters == {
+        "root": "gs://lab",
+        "seg": "gs://lab/seg",
+        "pct": "50%",
+    }
+    assert Process("p", config).parameters["DEFAULT"] == {"root": "gs://lab"}
+
+
 def test_configparser_defaults_are_kept_apart_and_inherited() -> None:
     config = ConfigParser()
     config.read_string("[DEFAULT]\nmip = 1\n[run]\nthreshold = 0.3\n")

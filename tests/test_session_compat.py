@@ -219,3 +219,19 @@ def test_recover_and_abandon_dead_refuse_a_mistyped_path(tmp_path) -> None:
     for call in (cirrus.recover, cirrus.abandon_dead):
         with pytest.raises(InvalidInput, match="is not a CloudVolume layer"):
             call(typo)
+
+
+def test_annotations_and_recover_work_where_info_is_stored_compressed(tmp_path) -> None:
+    """CloudFiles may store `info` brotli-compressed (`info.br`); CloudVolume reads it, and the
+    layer check must not take it for a missing layer."""
+    from cloudfiles import CloudFiles
+
+    path = f"file://{tmp_path}/layer"
+    make_layer(path)
+    info = (tmp_path / "layer" / "info").read_bytes()
+    os.remove(tmp_path / "layer" / "info")
+    CloudFiles(path).put("info", info, compress="br")
+    assert plain(path).info["scales"]  # CloudVolume reads it
+    record_id = cirrus.add_note(path, "checked by hand")
+    assert cirrus.recover(path) == {}
+    assert [stored.id for stored in cirrus.history(path)] == [record_id]

@@ -177,7 +177,40 @@ def test_task_delivered_twice_is_counted_once(layer: str) -> None:
     ss.paint_fn(step.token, "x16_y0_z0", layer, [16, 0, 0])
     step.finish()
     record = one_record(layer)
-    assert record.tasks["count"] == 2 and record.writes["mips"]["0"]["chunks"] == 2
+    assert record.tasks["count"] == 2 and record.tasks["committed"] == 2
+    # each delivery wrote its chunk: two chunk writes per task, over the same two chunks
+    assert record.writes["mips"]["0"]["chunks"] == 4
+    assert record.writes["mips"]["0"]["bounds"] == [0, 0, 0, 32, 16, 16]
+
+
+def test_a_task_rejoined_after_it_committed_keeps_both_attempts_writes(layer: str) -> None:
+    """Task ids name the unit of work, so a user re-runs one under the same id: its new chunks
+    must be in the record, not dropped because an earlier attempt committed."""
+    step = open_step(layer)
+    ss.paint_fn(step.token, "t1", layer, [0, 0, 0])
+    ss.paint_fn(step.token, "t1", layer, [16, 0, 0])  # a later attempt writes further
+    step.finish()
+    record = one_record(layer)
+    assert record.tasks["count"] == 1 and record.status == "committed"
+    assert record.writes["mips"]["0"]["bounds"] == [0, 0, 0, 32, 16, 16]
+
+
+def test_storing_an_attempt_again_does_not_fold_it_twice(layer: str) -> None:
+    """A retried store (its first response lost) or a retried abort must not double writes."""
+    step = open_step(layer)
+    with pytest.raises(RuntimeError), cirrus.join(step.token, task="t") as session:
+        ss.paint(session, layer, [0, 0, 0])
+        raise RuntimeError("attempt 1")
+    with pytest.raises(RuntimeError), cirrus.join(step.token, task="t") as session:
+        ss.paint(session, layer, [16, 0, 0])
+        raise RuntimeError("attempt 2")
+    files = StepFiles.open(layer)
+    (stored,) = files.fragments(step.id)
+    assert stored["attempts"] == 2 and len(stored["attempt_ids"]) == 2
+    second = {**stored, "attempt_ids": stored["attempt_ids"][1:]}  # attempt 2, stored again
+    assert files.put_fragment(step.id, "t", second) is False
+    assert files.fragments(step.id) == [stored]
+    assert stored["writes"]["mips"]["0"]["chunks"] == 2
 
 
 def test_a_late_task_after_finish_supersedes_the_first_record_not_doubles_it(layer: str) -> None:
@@ -630,3 +663,32 @@ def test_step_task_functions_check_token_and_task_id_when_queued(tmp_path, layer
     assert run_workers(queue, 1) == [0]
     step.finish()
     assert one_record(layer).tasks["count"] == 1
+
+
+def test_verify_reports_any_attempt_after_the_finish_even_with_the_same_counts(
+    layer: str,
+) -> None:
+    """A failed task that fails again, or a committed one run again, changes no count: its
+    fragment's end time says it ran after the record was made."""
+    from cirrus.verify import verify
+
+    step = open_step(layer)
+    ss.paint_fn(step.token, "done", layer, [0, 0, 0])
+    with pytest.raises(RuntimeError), cirrus.join(step.token, task="flaky") as session:
+        ss.paint(session, layer, [16, 0, 0])
+        raise RuntimeError("attempt 1")
+    step.finish()
+    assert verify(layer).ok
+    with pytest.raises(RuntimeError), cirrus.join(step.token, task="flaky") as session:
+        ss.paint(session, layer, [32, 0, 0])
+        raise RuntimeError("attempt 2")
+    (problem,) = verify(layer).problems
+    assert "after its record's last task" in problem and "finish it again" in problem
+    step.finish()
+    assert verify(layer).ok
+    ss.paint_fn(step.token, "done", layer, [48, 0, 0])  # run again after it committed
+    (problem,) = verify(layer).problems
+    assert "after its record's last task" in problem
+    step.finish()
+    assert verify(layer).ok
+    assert one_record(layer).writes["mips"]["0"]["bounds"] == [0, 0, 0, 64, 16, 16]
