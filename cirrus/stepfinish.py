@@ -127,7 +127,7 @@ def _step_record(
     failures = [f for f in fragments if f["task"] not in tally.committed]
     notes = [Note.from_json(n) for n in manifest["notes"]]
     seen = {(n.kind, n.text) for n in notes}
-    for fragment in sorted(fragments, key=lambda f: (f["ended"], f["task"])):
+    for fragment in sorted(fragments, key=lambda f: (f["started"], f["task"])):  # first attempt
         for note in map(Note.from_json, fragment.get("notes", [])):
             if (note.kind, note.text) not in seen:
                 seen.add((note.kind, note.text))
