@@ -398,17 +398,23 @@ def test_a_capture_that_works_or_raises_does_not_warn(
     assert capture_warnings(caplog) == []
 
 
-def test_large_diff_is_truncated_with_digest_of_the_whole(repo: Path) -> None:
-    (repo / "a.py").write_text("".join(f"line_{i} = {i}\n" for i in range(500)))
-    git(repo, "add", "a.py")
-    (repo / "a.py").write_text("y = 'é'\n" * 300)
-    doc = PythonGithubEnv(repo, diff_limit=1000).to_json()
+def git_diffs(repo: Path) -> tuple[bytes, bytes]:
+    """The staged and unstaged diffs as git prints them with cirrus's options."""
     staged = subprocess.run(
         ["git", "diff", "--cached", *DIFF_OPTIONS], cwd=repo, capture_output=True, check=True
     ).stdout
     unstaged = subprocess.run(
         ["git", "diff", *DIFF_OPTIONS], cwd=repo, capture_output=True, check=True
     ).stdout
+    return staged, unstaged
+
+
+def test_large_diff_is_truncated_with_digest_of_the_whole(repo: Path) -> None:
+    (repo / "a.py").write_text("".join(f"line_{i} = {i}\n" for i in range(500)))
+    git(repo, "add", "a.py")
+    (repo / "a.py").write_text("y = 'é'\n" * 300)
+    doc = PythonGithubEnv(repo, diff_limit=1000).to_json()
+    staged, unstaged = git_diffs(repo)
     assert doc["diff_truncated"] is True
     assert doc["diff_bytes"] == len(staged) + len(unstaged) > 1000
     assert doc["diff_sha256"] == hashlib.sha256(staged + unstaged).hexdigest()
@@ -420,9 +426,7 @@ def test_large_diff_is_truncated_with_digest_of_the_whole(repo: Path) -> None:
 def test_diff_within_the_limit_is_whole(repo: Path) -> None:
     (repo / "a.py").write_text("x = 4\n")
     doc = PythonGithubEnv(repo, diff_limit=10_000).to_json()
-    whole = subprocess.run(
-        ["git", "diff", *DIFF_OPTIONS], cwd=repo, capture_output=True, check=True
-    ).stdout
+    _, whole = git_diffs(repo)
     assert doc["diff"]["unstaged"] == whole.decode()
     assert doc["diff_truncated"] is False
 
@@ -438,12 +442,7 @@ def test_credentials_in_the_diff_are_redacted(repo: Path) -> None:
     assert f"+DST = '{clean}'" in doc["diff"]["unstaged"]
     text = canonical_json(doc).decode()
     assert TOKEN not in text and PASSWORD not in text
-    staged = subprocess.run(
-        ["git", "diff", "--cached", *DIFF_OPTIONS], cwd=repo, capture_output=True, check=True
-    ).stdout
-    unstaged = subprocess.run(
-        ["git", "diff", *DIFF_OPTIONS], cwd=repo, capture_output=True, check=True
-    ).stdout
+    staged, unstaged = git_diffs(repo)
     assert doc["diff_sha256"] == hashlib.sha256(staged + unstaged).hexdigest()  # as git printed it
     # cut inside the token, before the `@` that marks it as credentials: the line is left out
     cut = staged.index(TOKEN.encode()) + 10
@@ -479,9 +478,7 @@ def test_a_huge_diff_is_streamed_not_held_in_memory(repo: Path) -> None:
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    whole = subprocess.run(
-        ["git", "diff", *DIFF_OPTIONS], cwd=repo, capture_output=True, check=True
-    ).stdout
+    _, whole = git_diffs(repo)
     assert (doc["diff_bytes"], doc["diff_truncated"]) == (len(whole), True)
     assert doc["diff_sha256"] == hashlib.sha256(whole).hexdigest()
     assert whole.decode().startswith(doc["diff"]["unstaged"]) and doc["diff"]["unstaged"]
