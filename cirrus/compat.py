@@ -98,8 +98,9 @@ def _annotate(volume: Any, notes: list[Note], process: Process | None = None) ->
     """Record notes (and optionally a process) on a volume without writing data."""
     cloudpath = volume if isinstance(volume, str) else volume.cloudpath
     layer = normalise_cloudpath(cloudpath)
-    require_layer(layer)  # a mistyped path would collect the notes meant for the volume
-    Ledger.open(layer).summary()  # a malformed summary is refused before anything is staged
+    summary = Ledger.open(layer).summary_blob()  # a malformed one is refused before staging
+    if summary is None:
+        require_layer(layer)  # a mistyped path would collect the notes meant for the volume
     record = make_record(
         session=uuid.uuid4().hex,
         layer=layer,
@@ -109,7 +110,7 @@ def _annotate(volume: Any, notes: list[Note], process: Process | None = None) ->
         started=utcnow(),
     )
     blobs = env_blobs(process.env_documents()) if process is not None else []
-    return commit_records({layer: record}, blobs)[layer]
+    return commit_records({layer: record}, blobs, {layer: summary})[layer]
 
 
 def log_process(volume: Any, process: Process) -> str:
