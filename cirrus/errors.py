@@ -61,6 +61,10 @@ class PermanentStorageError(StorageError):
     """A failure that retrying cannot fix (no permission, no bucket, bad request)."""
 
 
+class UnreadableEncoding(PermanentStorageError):
+    """The object is there, compressed in a form cirrus does not read (brotli, zstd...)."""
+
+
 class NotPublished(CirrusError):
     """Records were staged but not every summary points to them yet; `cirrus recover` finishes."""
 
@@ -83,6 +87,7 @@ class IntegrityError(CirrusError):
 
     def __init__(self, problem: str, remedy: str = ""):
         self.problem = problem  # what is wrong, without the remedy (`cirrus verify` lists these)
+        self.remedy = remedy
         super().__init__(f"{problem}: {remedy}" if remedy else problem)
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import attrs
 
 from cirrus.errors import CirrusError, InvalidInput, plain_text
-from cirrus.ledger import Ledger
-from cirrus.reading import read_history
+from cirrus.ledger import SUMMARY_KEY, Ledger
+from cirrus.reading import has_info, read_history
 from cirrus.storage.paths import normalise_cloudpath
 
 _CLOUDPATH = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
@@ -140,7 +140,7 @@ def _read_volume(ledger: Ledger, name: str) -> tuple[Node, dict[str, list[str]]]
 
 def _nothing_recorded(ledger: Ledger) -> str:
     """Why a volume has no records: a layer without provenance, or no layer at all (a typo)."""
-    if ledger.store.get("info") is None and ledger.store.get("provenance") is None:
+    if ledger.store.get(SUMMARY_KEY) is None and not has_info(ledger.store):
         return "no layer here (neither info nor provenance): check the source for a typo"
     return "no provenance recorded"
 

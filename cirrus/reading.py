@@ -12,9 +12,10 @@ from typing import Any
 
 import attrs
 
-from cirrus.errors import CirrusError, IntegrityError, InvalidInput, PermanentStorageError
+from cirrus.errors import CirrusError, IntegrityError, InvalidInput, UnreadableEncoding
 from cirrus.ledger import SUMMARY_KEY, Ledger, StoredRecord
 from cirrus.overlap import overlapped
+from cirrus.storage.base import Store
 from cirrus.summary import current_ids, parse_summary
 
 INFO = "info"  # CloudVolume's description of a layer: what makes a path a layer
@@ -36,14 +37,17 @@ def require_layer(path: str) -> None:
     from cirrus.storage import open_store
 
     store = open_store(path)
-    if store.get(SUMMARY_KEY) is not None:
-        return
+    if store.get(SUMMARY_KEY) is None and not has_info(store):
+        raise not_a_layer(store.cloudpath)
+
+
+def has_info(store: Store) -> bool:
+    """Whether the layer's `info` is there, also stored compressed in a form cirrus does not
+    read (CloudFiles' brotli or zstd): the layer is there."""
     try:
-        if store.get(INFO) is not None:
-            return
-    except PermanentStorageError:  # the summary read fine: `info` is there, in a form cirrus
-        return  # does not read (CloudFiles' brotli or zstd); what needs a layer reads on
-    raise not_a_layer(store.cloudpath)
+        return store.get(INFO) is not None
+    except UnreadableEncoding:
+        return True
 
 
 @attrs.frozen
@@ -64,8 +68,6 @@ class DamagedRecord:
     @classmethod
     def from_pointer(cls, pointer: Mapping[str, Any], error: IntegrityError) -> DamagedRecord:
         """The summary's pointer to a record that `error` says cannot be read."""
-        text = str(error)
-        remedy = text[len(error.problem) :].lstrip(": ") if text != error.problem else ""
         return cls(
             id=str(pointer["id"]),
             session=str(pointer.get("session", "?")),
@@ -75,7 +77,7 @@ class DamagedRecord:
             process_digest=pointer.get("process"),
             step=pointer.get("step"),
             problem=error.problem,
-            remedy=remedy,
+            remedy=error.remedy,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -181,8 +183,8 @@ def read_history(
     listed in `damaged`, never fatal. `must_be_layer`: refuse a path with neither `info` nor
     `provenance` (`not_a_layer`), checking `info` only when there is no summary."""
     blob = ledger.store.get(SUMMARY_KEY)
-    if blob is None and must_be_layer:
-        require_layer(ledger.cloudpath)
+    if blob is None and must_be_layer and not has_info(ledger.store):
+        raise not_a_layer(ledger.cloudpath)
     summary = parse_summary(None if blob is None else blob.data, ledger.cloudpath)
     section = summary.get("cirrus", {})
     ids = current_ids(summary)

@@ -194,11 +194,12 @@ def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
     """Fragments so far per volume, with failures, and whether the step was finished."""
     token = StepToken.loads(token)
     report: dict[str, Any] = {"step": token.id, "volumes": {}}
-    found = {layer: StepFiles.open(layer).fragments(token.id) for layer in token.volumes}
+    ledgers = {layer: Ledger.open(layer) for layer in token.volumes}
+    found = {layer: StepFiles.beside(ledgers[layer]).fragments(token.id) for layer in ledgers}
     manifest = _manifest(token)
     tally = _tally(token, manifest, found.values())
     for layer, fragments in found.items():
-        section = Ledger.open(layer).summary().get("cirrus", {})
+        section = ledgers[layer].summary().get("cirrus", {})
         report["volumes"][layer] = {
             "tasks": len(fragments),
             "failed": sorted(f["task"] for f in fragments if f["task"] not in tally.committed),

@@ -314,3 +314,61 @@ def test_a_forked_child_opens_its_own_connections(
     parent_ports = {r.port for r in server.requests if "parent" in r.path}
     child_ports = {r.port for r in server.requests if "child" in r.path}
     assert child_ports and not child_ports & parent_ports
+
+
+@pytest.fixture
+def tls_stand_in(tmp_path) -> Iterator[str]:
+    """An HTTPS server whose certificate nobody signed: its URL."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("protocol", ["s3", "gs"])
+def test_a_certificate_that_fails_verification_is_permanent(
+    protocol: str, tls_stand_in: str, s3_keys: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad CA bundle or a wrong endpoint is no outage: it fails at once, naming the fix."""
+    if protocol == "gs":
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", tls_stand_in)
+        path = "gs://bucket/layer"
+    else:
+        path = f"s3://{tls_stand_in}/bucket/layer"
+    store = Store(open_backend(path), RetryPolicy(deadline=20))
+    started = time.monotonic()
+    with pytest.raises(PermanentStorageError, match="certificate failed verification") as raised:
+        store.get("provenance")
+    assert time.monotonic() - started < 10  # not retried for the deadline
+    assert ("AWS_CA_BUNDLE" if protocol == "s3" else "REQUESTS_CA_BUNDLE") in str(raised.value)

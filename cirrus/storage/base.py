@@ -20,6 +20,26 @@ from cirrus.storage.retry import RetryPolicy
 # overlaps this many volumes, so none of its requests waits for, or discards, a connection.
 CONNECTIONS = 128
 
+
+def certificate_failure(error: BaseException) -> bool:
+    """Whether `error` comes from a TLS certificate that failed verification: a connection
+    error to the libraries, but one no retry fixes. Follows causes, `reason` and `args`."""
+    import ssl
+
+    seen: set[int] = set()
+    pending: list[Any] = [error]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(current))
+        pending += [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        pending += list(current.args)
+    return False
+
+
 # Credentials given in place of CloudFiles' secret files, as CloudVolume(path, secrets=...) takes
 # them: a dict or its JSON text (S3 keys, or a Google service-account key). None: the files.
 Secrets = Mapping[str, Any] | str | None

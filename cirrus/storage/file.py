@@ -23,7 +23,12 @@ import threading
 from collections.abc import Iterator
 
 from cirrus.canonical import sha256_hex
-from cirrus.errors import PermanentStorageError, PreconditionFailed, TransientStorageError
+from cirrus.errors import (
+    PermanentStorageError,
+    PreconditionFailed,
+    TransientStorageError,
+    UnreadableEncoding,
+)
 from cirrus.storage.base import Blob
 
 _HIDDEN = ".cirrus-"  # temp and lock files start with this and are never listed
@@ -87,18 +92,19 @@ class FileBackend:
             with open(path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            return self._get_compressed(path, key)
+            return None if "/" in key else self._get_compressed(path, key)
         except OSError as error:
             raise self._error(error, key, "read") from error
         return Blob(data, _token(data))
 
     def _get_compressed(self, path: str, key: str) -> Blob | None:
-        """A missing object that CloudFiles stored compressed: gzip is read, others refused."""
+        """A missing top-level object CloudFiles stored compressed (the layer's `provenance`,
+        `info`): gzip is read, others refused."""
         found = _compressed_beside(path)
         if found is None:
             return None
         if not found.endswith(".gz"):
-            raise PermanentStorageError(
+            raise UnreadableEncoding(
                 f"it is stored compressed as {found}, which cirrus does not read (only plain "
                 f"or gzip); decompress it to {path} (and remove {found})",
                 cloudpath=self.cloudpath,
@@ -116,8 +122,9 @@ class FileBackend:
         return Blob(data, _token(data))
 
     def _refuse_beside_compressed(self, path: str, key: str) -> None:
-        """Writing `path` beside a compressed copy would leave two objects CloudFiles may read."""
-        found = _compressed_beside(path)
+        """Writing `path` beside a compressed copy would leave two objects CloudFiles may read.
+        Only the layer's own files (`provenance`, `info`) are ever written compressed."""
+        found = None if "/" in key else _compressed_beside(path)
         if found is not None:
             raise PermanentStorageError(
                 f"{found} holds this object compressed (CloudFiles put(..., compress=...)); "

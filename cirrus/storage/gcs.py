@@ -22,7 +22,7 @@ from cirrus.errors import (
     StorageError,
     TransientStorageError,
 )
-from cirrus.storage.base import CONNECTIONS, Blob, Secrets, given_secrets
+from cirrus.storage.base import CONNECTIONS, Blob, Secrets, certificate_failure, given_secrets
 
 _CLIENTS: dict[tuple[Any, ...], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
@@ -130,6 +130,12 @@ class GCSBackend:
         from google.auth import exceptions as auth_exceptions
 
         where = {"cloudpath": self.cloudpath, "key": key}
+        if certificate_failure(error):
+            return PermanentStorageError(
+                f"the endpoint's TLS certificate failed verification ({error}); check the "
+                "endpoint, or point REQUESTS_CA_BUNDLE at the CA bundle that signed it",
+                **where,
+            )
         if isinstance(error, exceptions.PreconditionFailed):
             return PreconditionFailed("precondition failed (changed or exists)", **where)
         code = error.code if isinstance(error, exceptions.GoogleAPICallError) else None

@@ -20,8 +20,9 @@ from cirrus.errors import (
     PreconditionFailed,
     StorageError,
     TransientStorageError,
+    UnreadableEncoding,
 )
-from cirrus.storage.base import CONNECTIONS, Blob, Secrets, given_secrets
+from cirrus.storage.base import CONNECTIONS, Blob, Secrets, certificate_failure, given_secrets
 
 _ClientKey = tuple[Any, ...]
 _CLIENTS: dict[_ClientKey, Any] = {}
@@ -146,7 +147,7 @@ class S3Backend:
                     cloudpath=self.cloudpath,
                     key=key,
                 ) from None
-        raise PermanentStorageError(
+        raise UnreadableEncoding(
             f"stored with Content-Encoding: {encoding}, which cirrus does not read (only gzip); "
             "rewrite it uncompressed or gzip-compressed, e.g. "
             "CloudFiles(layer).put(name, data, compress=None)",
@@ -159,6 +160,12 @@ class S3Backend:
         from botocore import exceptions
 
         where = {"cloudpath": self.cloudpath, "key": key}
+        if certificate_failure(error):
+            return PermanentStorageError(
+                f"the endpoint's TLS certificate failed verification ({error}); check the "
+                "endpoint, or point AWS_CA_BUNDLE at the CA bundle that signed it",
+                **where,
+            )
         if _is_connection_error(error):
             return TransientStorageError(f"S3 connection failed: {error}", **where)
         if isinstance(error, exceptions.NoCredentialsError):
