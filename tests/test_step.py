@@ -49,6 +49,13 @@ def one_record(layer: str) -> cirrus.Record:
     return history[0].record
 
 
+def fail_attempt(step: cirrus.Step, task: str, layer: str, origin: list[int], why: str) -> None:
+    """One attempt of `task` that paints its chunk at `origin`, then fails with `why`."""
+    with pytest.raises(RuntimeError, match=why), cirrus.join(step.token, task=task) as session:
+        ss.paint(session, layer, origin)
+        raise RuntimeError(why)
+
+
 @pytest.fixture
 def layer(tmp_path) -> str:
     path = f"file://{tmp_path}/layer"
@@ -198,12 +205,8 @@ def test_a_task_rejoined_after_it_committed_keeps_both_attempts_writes(layer: st
 def test_storing_an_attempt_again_does_not_fold_it_twice(layer: str) -> None:
     """A retried store (its first response lost) or a retried abort must not double writes."""
     step = open_step(layer)
-    with pytest.raises(RuntimeError), cirrus.join(step.token, task="t") as session:
-        ss.paint(session, layer, [0, 0, 0])
-        raise RuntimeError("attempt 1")
-    with pytest.raises(RuntimeError), cirrus.join(step.token, task="t") as session:
-        ss.paint(session, layer, [16, 0, 0])
-        raise RuntimeError("attempt 2")
+    fail_attempt(step, "t", layer, [0, 0, 0], "attempt 1")
+    fail_attempt(step, "t", layer, [16, 0, 0], "attempt 2")
     files = StepFiles.open(layer)
     (stored,) = files.fragments(step.id)
     assert stored["attempts"] == 2 and len(stored["attempt_ids"]) == 2
@@ -276,9 +279,7 @@ def test_verify_reports_a_failed_task_rerun_after_the_finish(layer: str) -> None
 
     step = open_step(layer)
     ss.paint_fn(step.token, "x0_y0_z0", layer, [0, 0, 0])
-    with pytest.raises(RuntimeError), cirrus.join(step.token, task="x16_y0_z0") as session:
-        ss.paint(session, layer, [16, 0, 0])
-        raise RuntimeError("preempted")
+    fail_attempt(step, "x16_y0_z0", layer, [16, 0, 0], "preempted")
     step.finish()
     assert verify(layer).ok and one_record(layer).status == "failed"
     ss.paint_fn(step.token, "x16_y0_z0", layer, [16, 0, 0])  # same count, now committed
@@ -318,9 +319,7 @@ def test_a_rerun_that_skips_what_its_failed_attempt_wrote_completes_the_task_eve
 def test_every_failed_attempt_of_a_task_keeps_its_writes(layer: str) -> None:
     step = open_step(layer)
     for attempt, origin in enumerate(([0, 0, 0], [16, 0, 0]), 1):
-        with pytest.raises(RuntimeError), cirrus.join(step.token, task="t") as session:
-            ss.paint(session, layer, origin)
-            raise RuntimeError(f"attempt {attempt} failed")
+        fail_attempt(step, "t", layer, origin, f"attempt {attempt} failed")
     step.finish()
     record = one_record(layer)
     assert record.status == "failed" and record.tasks["count"] == 1
@@ -674,14 +673,10 @@ def test_verify_reports_any_attempt_after_the_finish_even_with_the_same_counts(
 
     step = open_step(layer)
     ss.paint_fn(step.token, "done", layer, [0, 0, 0])
-    with pytest.raises(RuntimeError), cirrus.join(step.token, task="flaky") as session:
-        ss.paint(session, layer, [16, 0, 0])
-        raise RuntimeError("attempt 1")
+    fail_attempt(step, "flaky", layer, [16, 0, 0], "attempt 1")
     step.finish()
     assert verify(layer).ok
-    with pytest.raises(RuntimeError), cirrus.join(step.token, task="flaky") as session:
-        ss.paint(session, layer, [32, 0, 0])
-        raise RuntimeError("attempt 2")
+    fail_attempt(step, "flaky", layer, [32, 0, 0], "attempt 2")
     (problem,) = verify(layer).problems
     assert "after its record's last task" in problem and "finish it again" in problem
     step.finish()

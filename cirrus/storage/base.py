@@ -8,7 +8,9 @@ the read-back-and-compare rule for ambiguous creates on top of any backend.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import os
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -19,6 +21,26 @@ from cirrus.storage.retry import RetryPolicy
 # Requests to one endpoint that a process's client keeps connections open for: a commit
 # overlaps this many volumes, so none of its requests waits for, or discards, a connection.
 CONNECTIONS = 128
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})  # 501: the server lacks it
+
+
+class ClientCache:
+    """Cloud clients by key, made once per process. A forked child makes its own: a parent's
+    pooled keep-alive sockets shared with a child cross their answers."""
+
+    def __init__(self) -> None:
+        self._forget()
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._clients: dict[Any, Any] = {}
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key not in self._clients:
+                self._clients[key] = make()
+            return self._clients[key]
 
 
 def certificate_failure(error: BaseException) -> bool:

@@ -13,7 +13,6 @@ import contextlib
 import importlib
 import json
 import os
-import threading
 from typing import Any
 
 from cirrus.errors import (
@@ -22,26 +21,22 @@ from cirrus.errors import (
     StorageError,
     TransientStorageError,
 )
-from cirrus.storage.base import CONNECTIONS, Blob, Secrets, certificate_failure, given_secrets
+from cirrus.storage.base import (
+    CONNECTIONS,
+    TRANSIENT_STATUSES,
+    Blob,
+    ClientCache,
+    Secrets,
+    certificate_failure,
+    given_secrets,
+)
 
-_CLIENTS: dict[tuple[Any, ...], Any] = {}
-_CLIENTS_LOCK = threading.Lock()
+_CLIENTS = ClientCache()
 _TIMEOUT = (5, 20)  # connect, read (seconds)
-_TRANSIENT_CODES = {408, 429, 500, 502, 503, 504}
 _CREDENTIALS_HELP = (
     "check the credentials CloudFiles uses (~/.cloudvolume/secrets/google-secret.json or "
     "GOOGLE_APPLICATION_CREDENTIALS) and that they may read and write this bucket"
 )
-
-
-def _forget_clients() -> None:
-    """In a forked child: drop the parent's clients, whose keep-alive sockets it still uses."""
-    global _CLIENTS_LOCK
-    _CLIENTS_LOCK = threading.Lock()  # another thread may have held it at the fork
-    _CLIENTS.clear()
-
-
-os.register_at_fork(after_in_child=_forget_clients)
 
 
 class GCSBackend:
@@ -145,7 +140,7 @@ class GCSBackend:
                 "needs conditional writes (if_generation_match): use a server that has them",
                 **where,
             )
-        if code in _TRANSIENT_CODES:
+        if code in TRANSIENT_STATUSES:
             return TransientStorageError(f"GCS answered {code}: {error.message}", **where)
         if _is_transient(error):
             return TransientStorageError(f"GCS request failed: {error!r}", **where)
@@ -165,44 +160,26 @@ class GCSBackend:
 
 
 def _is_transient(error: Exception) -> bool:
-    """What google-cloud-storage's own retry policy retries, and corrupt or failed transfers."""
+    """What google-cloud-storage's own retry policy retries (throttling, 5xx, connections
+    refused, reset or cut short), plus checksum mismatches, timeouts and the auth errors the
+    auth library marks retryable."""
     from google.auth import exceptions as auth_exceptions
+    from google.cloud.storage.retry import _should_retry  # present since 1.31; we need 2.18
 
-    if isinstance(error, _transfer_errors()):
+    if isinstance(error, (TimeoutError, *_corrupt_transfers())):
         return True
     if isinstance(error, auth_exceptions.GoogleAuthError) and error.retryable:
         return True  # TransportError, or a RefreshError the auth library marks retryable
-    try:  # the library's own predicate, where this version has it
-        from google.cloud.storage.retry import _should_retry
-    except ImportError:
-        return False
     return bool(_should_retry(error))
 
 
-def _transfer_errors() -> tuple[type[BaseException], ...]:
-    """Connections refused, reset or timed out, bodies cut short, checksums that do not match."""
-    import http.client
-
-    import requests
-    import urllib3
-
-    errors: list[type[BaseException]] = [
-        requests.ConnectionError,
-        requests.Timeout,
-        requests.exceptions.ChunkedEncodingError,
-        http.client.IncompleteRead,
-        http.client.BadStatusLine,
-        http.client.ResponseNotReady,
-        urllib3.exceptions.ProtocolError,
-        urllib3.exceptions.TimeoutError,
-        urllib3.exceptions.PoolError,
-        ConnectionError,
-        TimeoutError,
-    ]
+def _corrupt_transfers() -> tuple[type[BaseException], ...]:
+    """A download whose checksum did not match: the next one may."""
+    found = []
     for module in ("google.cloud.storage.exceptions", "google.resumable_media"):
         with contextlib.suppress(ImportError, AttributeError):
-            errors.append(importlib.import_module(module).DataCorruption)
-    return tuple(errors)
+            found.append(importlib.import_module(module).DataCorruption)
+    return tuple(found)
 
 
 _ClientKey = tuple[str | None, str | None, str | None]
@@ -220,10 +197,7 @@ def _client_key(bucket: str, secrets: Secrets) -> _ClientKey:
 
 def _client(key: _ClientKey, bucket: str) -> Any:
     """One client per (emulator, credentials) in this process."""
-    with _CLIENTS_LOCK:
-        if key not in _CLIENTS:
-            _CLIENTS[key] = _new_client(bucket, *key)
-        return _CLIENTS[key]
+    return _CLIENTS.get(key, lambda: _new_client(bucket, *key))
 
 
 def _secret_file(bucket: str) -> str | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,12 +21,18 @@ from cirrus.errors import (
     TransientStorageError,
     UnreadableEncoding,
 )
-from cirrus.storage.base import CONNECTIONS, Blob, Secrets, certificate_failure, given_secrets
+from cirrus.storage.base import (
+    CONNECTIONS,
+    TRANSIENT_STATUSES,
+    Blob,
+    ClientCache,
+    Secrets,
+    certificate_failure,
+    given_secrets,
+)
 
 _ClientKey = tuple[Any, ...]
-_CLIENTS: dict[_ClientKey, Any] = {}
-_CLIENTS_LOCK = threading.Lock()
-_TRANSIENT_STATUSES = {408, 429, 500, 502, 503, 504}
+_CLIENTS = ClientCache()
 _TRANSIENT_CODES = {
     "SlowDown",
     "Throttling",
@@ -41,16 +46,6 @@ _TRANSIENT_CODES = {
 }
 # Content-Encoding values that leave the stored bytes as they are.
 _PLAIN_ENCODINGS = {"", "identity", "aws-chunked"}
-
-
-def _forget_clients() -> None:
-    """In a forked child: drop the parent's clients, whose keep-alive sockets it still uses."""
-    global _CLIENTS_LOCK
-    _CLIENTS_LOCK = threading.Lock()  # another thread may have held it at the fork
-    _CLIENTS.clear()
-
-
-os.register_at_fork(after_in_child=_forget_clients)
 
 
 class S3Backend:
@@ -190,7 +185,7 @@ class S3Backend:
                 "which AWS S3, Ceph RGW and MinIO support: use such a server for this layer",
                 **where,
             )
-        if status in _TRANSIENT_STATUSES or code in _TRANSIENT_CODES:
+        if status in TRANSIENT_STATUSES or code in _TRANSIENT_CODES:
             return TransientStorageError(f"S3 answered {status} {code}: {message}", **where)
         if _is_missing_bucket(error):
             return PermanentStorageError(
@@ -282,10 +277,7 @@ def _client_key(endpoint: str | None, found: Mapping[str, str]) -> _ClientKey:
 
 def _client(key: _ClientKey) -> Any:
     """One boto3 client per (endpoint, credentials) in this process, without boto3's retries."""
-    with _CLIENTS_LOCK:
-        if key not in _CLIENTS:
-            _CLIENTS[key] = _new_client(*key)
-        return _CLIENTS[key]
+    return _CLIENTS.get(key, lambda: _new_client(*key))
 
 
 def _new_client(
