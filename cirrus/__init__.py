@@ -16,6 +16,7 @@ from cirrus.step import Step, TaskSession, join, step
 from cirrus.stepfinish import finish
 from cirrus.stepfinish import status as step_status
 from cirrus.steptoken import StepToken
+from cirrus.storage.paths import use_secrets
 
 __all__ = [
     "CloudVolume",
@@ -43,4 +44,5 @@ __all__ = [
     "session",
     "step",
     "step_status",
+    "use_secrets",
 ]

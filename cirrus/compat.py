@@ -15,7 +15,7 @@ from cirrus.ledger import Ledger, env_blobs
 from cirrus.model import Note, Process, utcnow
 from cirrus.reading import require_layer
 from cirrus.session import Session, make_record, validate_process
-from cirrus.storage.paths import normalise_cloudpath
+from cirrus.storage.paths import normalise_cloudpath, use_secrets
 from cirrus.writeset import WriteTracker
 
 
@@ -84,8 +84,11 @@ def CloudVolume(  # noqa: N802 - a factory named like the class it returns, as c
     """
     import cloudvolume
 
+    layer = normalise_cloudpath(cloudpath)
+    if kwargs.get("secrets") is not None:
+        use_secrets(layer, kwargs["secrets"])  # the provenance goes where the data goes
     volume = cloudvolume.CloudVolume(cloudpath, *args, **kwargs)
-    documentation = _Documentation(volume, normalise_cloudpath(cloudpath))
+    documentation = _Documentation(volume, layer)
     track(volume, documentation.gate)
     volume.sources, volume.motivation, volume.process = sources, motivation, process
     volume.commit = documentation.commit
@@ -98,6 +101,9 @@ def _annotate(volume: Any, notes: list[Note], process: Process | None = None) ->
     """Record notes (and optionally a process) on a volume without writing data."""
     cloudpath = volume if isinstance(volume, str) else volume.cloudpath
     layer = normalise_cloudpath(cloudpath)
+    secrets = getattr(getattr(volume, "config", None), "secrets", None)
+    if secrets is not None:
+        use_secrets(layer, secrets)  # a CloudVolume's own credentials
     summary = Ledger.open(layer).summary_blob()  # a malformed one is refused before staging
     if summary is None:
         require_layer(layer)  # a mistyped path would collect the notes meant for the volume

@@ -36,7 +36,7 @@ from cirrus.ledger import NOT_READ, Ledger, env_blobs
 from cirrus.model import Note, Process, Record, isoformat, utcnow
 from cirrus.redact import redact_url
 from cirrus.storage.base import Blob
-from cirrus.storage.paths import normalise_cloudpath
+from cirrus.storage.paths import normalise_cloudpath, use_secrets
 from cirrus.summary import open_session_info
 from cirrus.writeset import WriteTracker
 
@@ -96,12 +96,16 @@ class WriteScope:
         self._finalizer = weakref.finalize(self, _warn_unrecorded, self._trackers, self.id)
 
     def volume(self, cloudpath: str, **cloudvolume_kwargs: Any) -> Any:
-        """A CloudVolume for `cloudpath` (any CloudVolume keyword) whose writes are tracked."""
+        """A CloudVolume for `cloudpath` (any CloudVolume keyword) whose writes are tracked.
+
+        Its `secrets=`, if given, also reach the layer's provenance (`cirrus.use_secrets`)."""
         from cloudvolume import CloudVolume
 
         self._require_open()
         layer = normalise_cloudpath(cloudpath)
         self._check_layer(layer)
+        if cloudvolume_kwargs.get("secrets") is not None:
+            use_secrets(layer, cloudvolume_kwargs["secrets"])
         self._summaries[layer] = Ledger.open(layer).summary_blob()  # refuses a malformed one now
         volume = CloudVolume(cloudpath, **cloudvolume_kwargs)
         tracker = self._trackers.setdefault(layer, WriteTracker())

@@ -1,18 +1,21 @@
 """Storage beside CloudFiles' habits: compressed objects, aliases and their credentials,
-secrets given to a store, and cloudpaths CloudVolume would write elsewhere."""
+secrets given to a store or a volume, and cloudpaths CloudVolume would write elsewhere."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 
 import pytest
 
+import cirrus
 from cirrus.errors import InvalidInput, PermanentStorageError
 from cirrus.storage import open_store
 from cirrus.storage.paths import normalise_cloudpath, parse_cloudpath
 from tests.fixtures_cloud import unique_name
 from tests.servers.moto_server import authentication
+from tests.session_support import chunk_of, make_layer, process
 
 SUMMARY = json.dumps({"description": "by igneous", "owners": [], "sources": [], "processing": []})
 
@@ -139,3 +142,66 @@ def test_a_cloudpath_with_outer_whitespace_is_refused(cloudpath: str) -> None:
     """CloudVolume writes `a/b ` under `a/b /`: stripping it would file provenance apart."""
     with pytest.raises(InvalidInput, match="whitespace"):
         parse_cloudpath(cloudpath)
+
+
+@pytest.fixture
+def keyed_layer(s3_bucket: str, moto_endpoint: str, unknown_keys: None) -> Iterator[tuple]:
+    """An S3 layer that only a new moto user's keys may reach, and those keys; the keys given
+    to cirrus are forgotten afterwards."""
+    from cloudfiles.interfaces import reset_connection_pools
+
+    path = f"s3://{s3_bucket}/layer"
+    make_layer(path)  # before authentication is on
+    keys = moto_user_keys(moto_endpoint)
+    reset_connection_pools()  # CloudFiles would reuse its connection with the other keys
+    try:
+        with authentication(moto_endpoint):
+            yield path, keys
+    finally:
+        cirrus.use_secrets(path, None)
+        reset_connection_pools()
+
+
+def test_a_volumes_secrets_reach_its_provenance(keyed_layer: tuple) -> None:
+    """s.volume(path, secrets=...) writes the data with them; the records must not fall back to
+    other credentials (here the environment's keys, which the server refuses)."""
+    path, keys = keyed_layer
+    with cirrus.session(["gs://lab/aff"], "secrets test", process()) as s:
+        s.volume(path, secrets=keys)[0:64, 0:64, 0:64] = chunk_of(3)
+    (record,) = cirrus.history(path)
+    assert record.record.status == "committed" and record.record.session == s.id
+    cirrus.use_secrets(path, None)  # back to the environment's keys
+    with pytest.raises(PermanentStorageError, match="denied"):
+        cirrus.history(path)
+
+
+def test_a_compat_volumes_secrets_reach_its_provenance(keyed_layer: tuple) -> None:
+    path, keys = keyed_layer
+    vol = cirrus.CloudVolume(
+        path, secrets=json.dumps(keys), sources=["x"], motivation="m", process=process()
+    )
+    vol[0:64, 0:64, 0:64] = chunk_of(4)
+    vol.commit()
+    cirrus.use_secrets(path, None)
+    from cloudvolume import CloudVolume
+
+    cirrus.add_note(CloudVolume(path, secrets=keys), "checked")  # its own secrets again
+    assert [r.record.status for r in cirrus.history(path)] == ["committed", "committed"]
+
+
+def test_secrets_no_store_can_use_are_refused_before_anything_is_written(tmp_path) -> None:
+    path = f"file://{tmp_path}/layer"
+    make_layer(path)
+    with pytest.raises(InvalidInput, match="secrets must be a dict"):
+        cirrus.use_secrets("s3://bucket/layer", "not json")
+    with pytest.raises(InvalidInput, match="secrets must be a dict"):
+        cirrus.use_secrets("s3://bucket/layer", object())  # a Google object: gs:// only
+    from google.auth.credentials import AnonymousCredentials
+
+    cirrus.use_secrets("gs://bucket/layer", AnonymousCredentials())  # as CloudFiles takes it
+    cirrus.use_secrets("gs://bucket/layer", None)
+    with cirrus.session(["x"], "m", process()) as s:
+        with pytest.raises(InvalidInput, match="secrets"):
+            s.volume("s3://bucket/layer", secrets=[1, 2])
+        s.volume(path, secrets={"token": "t"})  # file:// takes none, as in CloudFiles
+    assert cirrus.history(path) == []

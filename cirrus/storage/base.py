@@ -63,8 +63,21 @@ def certificate_failure(error: BaseException) -> bool:
 
 
 # Credentials given in place of CloudFiles' secret files, as CloudVolume(path, secrets=...) takes
-# them: a dict or its JSON text (S3 keys, or a Google service-account key). None: the files.
-Secrets = Mapping[str, Any] | str | None
+# them: a dict or its JSON text (S3 keys, or a Google service-account key), or for gs:// a
+# google-auth credentials object. None: the files.
+Secrets = Any
+
+
+def is_credentials_object(secrets: Secrets) -> bool:
+    """A google-auth credentials object, which CloudFiles passes to the GCS client as it is."""
+    return callable(getattr(secrets, "before_request", None))
+
+
+def check_secrets(secrets: Secrets, protocol: str) -> Secrets:
+    """`secrets` for a `protocol` store, checked now: a clear error for what it cannot use."""
+    if protocol == "gs" and is_credentials_object(secrets):
+        return secrets
+    return given_secrets(secrets)
 
 
 def given_secrets(secrets: Mapping[str, Any] | str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from cirrus.storage.base import (
     Secrets,
     certificate_failure,
     given_secrets,
+    is_credentials_object,
 )
 
 _CLIENTS = ClientCache()
@@ -182,17 +183,20 @@ def _corrupt_transfers() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-_ClientKey = tuple[str | None, str | None, str | None]
+_ClientKey = tuple[str | None, str | None, Any]
 
 
 def _client_key(bucket: str, secrets: Secrets) -> _ClientKey:
-    """What tells one client from another: the emulator, a credentials file or given key."""
+    """What tells one client from another: the emulator, a credentials file, or the key or
+    credentials object given."""
     emulator = os.environ.get("STORAGE_EMULATOR_HOST")
     if emulator:
         return emulator, None, None
-    if secrets is not None:
-        return None, None, json.dumps(given_secrets(secrets), sort_keys=True)
-    return None, _secret_file(bucket), None
+    if secrets is None:
+        return None, _secret_file(bucket), None
+    if is_credentials_object(secrets):
+        return None, None, secrets
+    return None, None, json.dumps(given_secrets(secrets), sort_keys=True)
 
 
 def _client(key: _ClientKey, bucket: str) -> Any:
@@ -211,19 +215,19 @@ def _secret_file(bucket: str) -> str | None:
     return None
 
 
-def _new_client(bucket: str, emulator: str | None, secret: str | None, given: str | None) -> Any:
+def _new_client(bucket: str, emulator: str | None, secret: str | None, given: Any) -> Any:
     return _pooled(_authorised_client(bucket, emulator, secret, given))
 
 
-def _authorised_client(
-    bucket: str, emulator: str | None, secret: str | None, given: str | None
-) -> Any:
+def _authorised_client(bucket: str, emulator: str | None, secret: str | None, given: Any) -> Any:
     from google.cloud import storage
 
     if emulator:
         from google.auth.credentials import AnonymousCredentials
 
         return storage.Client(credentials=AnonymousCredentials(), project="cirrus-emulator")
+    if is_credentials_object(given):
+        return storage.Client(credentials=given, project=getattr(given, "project_id", None))
     if given:
         from google.oauth2 import service_account
 

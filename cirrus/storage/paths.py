@@ -11,9 +11,10 @@ from typing import TypeVar
 import attrs
 
 from cirrus.errors import InvalidInput, plain_text
-from cirrus.storage.base import Backend, Secrets, Store
+from cirrus.storage.base import Backend, Secrets, Store, check_secrets
 
 _WRAPPERS: list[Callable[[Backend], Backend]] = []
+_GIVEN_SECRETS: dict[str, Secrets] = {}  # layer -> credentials given for it in this process
 
 
 @attrs.frozen
@@ -107,9 +108,28 @@ def normalise_cloudpath(cloudpath: str) -> str:
     return parse_cloudpath(cloudpath).name
 
 
-def open_backend(cloudpath: str, secrets: Secrets = None) -> Backend:
-    """The raw backend for a layer, with any test wrappers (faults, counters) applied."""
+def use_secrets(cloudpath: str, secrets: Secrets) -> None:
+    """Reach `cloudpath`'s provenance with `secrets` in this process, as CloudVolume(cloudpath,
+    secrets=...) reaches its data; None goes back to CloudFiles' credential files.
+
+    `s.volume(path, secrets=...)` calls this, so the records, the step files and any roll-forward
+    on the layer use the credentials its data was written with.
+    """
     layer = parse_cloudpath(cloudpath)
+    if secrets is None:
+        _GIVEN_SECRETS.pop(layer.name, None)
+    elif layer.protocol in ("s3", "gs"):  # file:// and mem:// take none, as in CloudFiles
+        _GIVEN_SECRETS[layer.name] = check_secrets(secrets, layer.protocol)
+
+
+def open_backend(cloudpath: str, secrets: Secrets = None) -> Backend:
+    """The raw backend for a layer, with any test wrappers (faults, counters) applied.
+
+    `secrets`: the layer's credentials; by default those given to `use_secrets`, else
+    CloudFiles' credential files."""
+    layer = parse_cloudpath(cloudpath)
+    if secrets is None:
+        secrets = _GIVEN_SECRETS.get(layer.name)
     backend: Backend
     if layer.protocol == "mem":
         from cirrus.storage.mem import MemBackend
