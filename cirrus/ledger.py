@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import random
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -26,11 +24,9 @@ from cirrus.canonical import canonical_json, check_digest, is_digest, sha256_hex
 from cirrus.errors import (
     CorruptProvenance,
     IntegrityError,
-    PreconditionFailed,
-    StorageError,
 )
 from cirrus.model import Record, parse_time, superseded_unpublished, utcnow
-from cirrus.storage.base import Blob
+from cirrus.storage.base import NOT_READ, Blob
 from cirrus.storage.paths import OnLayer
 from cirrus.summary import (
     ENVS,
@@ -51,10 +47,8 @@ log = logging.getLogger("cirrus.ledger")
 SUMMARY_KEY = "provenance"
 RECORDS = "provenance.d/records/"
 CORRUPT = "provenance.d/corrupt/"
-PUBLISH_DEADLINE = 300.0
 LARGE_SUMMARY = 1 << 20  # bytes; every commit on the layer reads and rewrites the summary
 _warned_large: set[str] = set()  # layers warned about, once per process
-NOT_READ = object()  # `publish`/`update`: the summary has not been read yet
 
 
 def env_blobs(documents: Iterable[Mapping[str, Any]]) -> list[bytes]:
@@ -241,21 +235,16 @@ class Ledger(OnLayer):
     ) -> Blob | None:
         """Compare-and-swap the summary through `change` (None: nothing to write).
 
-        Starts from `read` when given (a stale one only costs a conflict). On a conflict the
-        summary is read again and `change` re-applied, with jittered backoff; the summary is
-        never written blindly. Returns the summary it stored, or, when `change` had nothing
-        to write, the one it read (`read` itself if given: possibly stale, which later only
-        costs a conflict).
+        Starts from `read` when given; on a conflict re-reads and re-applies `change`, never
+        writing blindly (`Store.update`). Returns the summary it stored, or, when `change` had
+        nothing to write, the one it read (`read` itself if given: possibly stale, which later
+        only costs a conflict).
         """
-        deadline = time.monotonic() + PUBLISH_DEADLINE
-        attempt = 0
-        while True:
-            blob = self.store.get(SUMMARY_KEY) if read is NOT_READ else read
-            read = NOT_READ
+
+        def rendered(blob: Blob | None) -> bytes | None:
             changed = change(parse_summary(None if blob is None else blob.data, self.cloudpath))
             if changed is None:
-                return blob
-            token = None if blob is None else blob.token
+                return None
             data = render_summary(changed)
             if len(data) > LARGE_SUMMARY and self.cloudpath not in _warned_large:
                 _warned_large.add(self.cloudpath)
@@ -266,18 +255,10 @@ class Ledger(OnLayer):
                     self.cloudpath,
                     len(data) / LARGE_SUMMARY,
                 )
-            try:
-                return Blob(data, self.store.swap(SUMMARY_KEY, data, token))
-            except PreconditionFailed:
-                attempt += 1
-                if time.monotonic() > deadline:
-                    raise StorageError(
-                        f"summary still contended after {attempt} attempts; anything staged "
-                        "stays safe: run `cirrus recover PATH` to publish it",
-                        cloudpath=self.cloudpath,
-                        key=SUMMARY_KEY,
-                    ) from None
-                time.sleep(random.uniform(0, min(2.0, 0.01 * 2 ** min(attempt, 8))))
+            return data
+
+        contended = "anything staged stays safe: run `cirrus recover PATH` to publish it"
+        return self.store.update(SUMMARY_KEY, rendered, read=read, contended=contended).blob
 
     def _orphans(
         self, summary: Mapping[str, Any], pending: Mapping[str, Mapping[str, Any]]

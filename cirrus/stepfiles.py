@@ -14,23 +14,20 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from cirrus.canonical import check_step_id, is_step_id
-from cirrus.errors import PreconditionFailed, StorageError
 from cirrus.overlap import overlapped
+from cirrus.storage.base import Blob
 from cirrus.storage.paths import OnLayer
 from cirrus.writeset import combine
 
 log = logging.getLogger("cirrus.stepfiles")
 
 STEPS = "provenance.d/steps/"
-FOLD_LAPS = 20  # tries at storing a task's fragment while other attempts of it store theirs
 
 
 def _pretty(document: Mapping[str, Any]) -> bytes:
@@ -78,32 +75,18 @@ class StepFiles(OnLayer):
 
         Returns whether this call stored anything (False: this attempt was folded in already).
         """
-        key = f"{STEPS}{check_step_id(step_id)}/tasks/{task}.json"
-        for lap in range(FOLD_LAPS):  # a lap: another attempt of the task stored one first
-            if lap:
-                time.sleep(random.uniform(0, min(1.0, 0.01 * 2**lap)))
-            try:
-                self.store.create(key, _pretty(fragment))
-                return True
-            except PreconditionFailed:
-                existing = self.store.get(key)
+
+        def folded(existing: Blob | None) -> bytes | None:
             if existing is None:
-                continue
+                return _pretty(fragment)
             earlier = json.loads(existing.data)
             merged = merge_attempts(earlier, fragment)
-            if merged == earlier:
-                return False
-            try:
-                self.store.swap(key, _pretty(merged), existing.token)
-                return True
-            except PreconditionFailed:
-                continue
-        raise StorageError(
-            f"task {task}'s fragment kept changing, or could not be read back, over {FOLD_LAPS} "
-            "tries; check the object and run the task again",
-            cloudpath=self.cloudpath,
-            key=key,
-        )
+            return None if merged == earlier else _pretty(merged)
+
+        key = f"{STEPS}{check_step_id(step_id)}/tasks/{task}.json"
+        contended = f"other attempts of task {task} keep storing theirs; run the task again"
+        # assumed absent first: the first attempt of a task stores its fragment in one request
+        return self.store.update(key, folded, read=None, contended=contended).written
 
     def put_expected(self, step_id: str, task_ids: list[str]) -> None:
         """The ids of the tasks a step expects, beside its manifest (which stays small)."""

@@ -18,13 +18,15 @@ import pytest
 from cirrus.errors import (
     PermanentStorageError,
     PreconditionFailed,
+    StorageError,
     TransientStorageError,
 )
-from cirrus.storage import Store, open_backend, open_store, wrap_backends
+from cirrus.storage import Blob, Store, open_backend, open_store, wrap_backends
 from cirrus.storage.base import CONNECTIONS
 from cirrus.storage.faults import CountingBackend, FaultyBackend
 from cirrus.storage.retry import RetryPolicy
 from tests.servers.moto_server import authentication, free_port
+from tests.session_support import hooked
 
 WRITERS = 16
 INCREMENTS = 20
@@ -177,6 +179,49 @@ def test_lost_response_on_create_is_recognised_as_success(layer_path: str) -> No
         with pytest.raises(PreconditionFailed):
             store.create("provenance.d/records/r.json", b"another record")
     assert open_store(layer_path).get("provenance.d/records/r.json").data == b"record"
+
+
+def add_op(op: str) -> Callable[[Blob | None], bytes | None]:
+    """A `Store.update` change adding `op` to a JSON counter once (idempotent, as required)."""
+
+    def change(blob: Blob | None) -> bytes | None:
+        ops = [] if blob is None else json.loads(blob.data)["ops"]
+        return None if op in ops else json.dumps({"ops": [*ops, op]}).encode()
+
+    return change
+
+
+def test_update_reapplies_its_change_to_what_won_the_conflict(tmp_path) -> None:
+    path = f"file://{tmp_path}/layer"
+    rival = open_store(path)
+    stale = rival.update("counter", add_op("first"), contended="-").blob
+    rival.update("counter", add_op("rival"), contended="-")
+    updated = open_store(path).update("counter", add_op("mine"), read=stale, contended="-")
+    assert updated.written and json.loads(updated.blob.data) == {"ops": ["first", "rival", "mine"]}
+    assert open_store(path).update("counter", add_op("mine"), contended="-").written is False
+
+
+def test_update_whose_swap_response_is_lost_finds_its_change_there(tmp_path) -> None:
+    path = f"file://{tmp_path}/layer"
+    open_store(path).update("counter", add_op("first"), contended="-")
+    with wrap_backends(lambda backend: FaultyBackend(backend, lost_response_rate=1.0)):
+        store = Store(open_backend(path), RetryPolicy(initial=0.01))
+        store.update("counter", add_op("mine"), contended="-")
+    assert counter_ops(open_store(path)) == ["first", "mine"]
+
+
+def test_update_gives_up_on_endless_conflicts_saying_what_to_do(tmp_path) -> None:
+    path = f"file://{tmp_path}/layer"
+    rival = open_store(path)
+    rival.update("counter", add_op("first"), contended="-")
+    laps = iter(range(10**6))
+
+    def rival_first(_cloudpath: str, _key: str) -> None:  # another writer always lands first
+        rival.update("counter", add_op(f"rival-{next(laps)}"), contended="-")
+
+    with hooked(before=rival_first), pytest.raises(StorageError, match="run it again") as error:
+        open_store(path).update("counter", add_op("mine"), contended="run it again", deadline=0.2)
+    assert "still contended" in str(error.value) and "mine" not in counter_ops(rival)
 
 
 def test_transient_errors_at_thirty_percent_still_converge(layer_path: str) -> None:

@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
 
-from cirrus.errors import InvalidInput, PreconditionFailed
+from cirrus.errors import InvalidInput, PreconditionFailed, StorageError
 from cirrus.storage.retry import RetryPolicy
 
 # Requests to one endpoint that a process's client keeps connections open for: a commit
 # overlaps this many volumes, so none of its requests waits for, or discards, a connection.
 CONNECTIONS = 128
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})  # 501: the server lacks it
+CONTENDED_DEADLINE = 300.0  # seconds `Store.update` keeps re-applying a change that conflicts
+NOT_READ = object()  # `Store.update(read=...)`: the object has not been read yet
 
 
 class ClientCache:
@@ -161,3 +165,49 @@ class Store:
         if token is None:
             return self.policy.call(self.backend.put_new, key, data)
         return self.policy.call(self.backend.put_if_match, key, data, token)
+
+    def update(
+        self,
+        key: str,
+        change: Callable[[Blob | None], bytes | None],
+        *,
+        read: Blob | None | object = NOT_READ,
+        contended: str,
+        deadline: float = CONTENDED_DEADLINE,
+    ) -> Updated:
+        """Read-modify-write `key` by compare-and-swap: `change` maps the object (None: absent)
+        to its new bytes, or None to write nothing.
+
+        Starts from `read` when given (a stale one only costs a conflict). On a conflict the
+        object is read again and `change` re-applied, with jittered backoff, so it must be
+        idempotent: a swap whose response was lost comes back as a conflict with itself. Past
+        `deadline` seconds of conflicts, StorageError with `contended`, which says what to do.
+        """
+        give_up = time.monotonic() + deadline
+        attempt = 0
+        while True:
+            blob = self.get(key) if read is NOT_READ else read
+            read = NOT_READ
+            data = change(blob)
+            if data is None:
+                return Updated(blob, written=False)
+            try:
+                token = self.swap(key, data, None if blob is None else blob.token)
+                return Updated(Blob(data, token), written=True)
+            except PreconditionFailed:
+                attempt += 1
+                if time.monotonic() > give_up:
+                    raise StorageError(
+                        f"still contended after {attempt} attempts; {contended}",
+                        cloudpath=self.cloudpath,
+                        key=key,
+                    ) from None
+                time.sleep(random.uniform(0, min(2.0, 0.01 * 2 ** min(attempt, 8))))
+
+
+@attrs.frozen
+class Updated:
+    """What `Store.update` left: the object as stored or as read, and whether it wrote it."""
+
+    blob: Blob | None
+    written: bool
