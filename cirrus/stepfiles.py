@@ -19,11 +19,12 @@ from typing import Any
 
 import attrs
 
-from cirrus.canonical import check_step_id, is_step_id
+from cirrus.canonical import check_step_id, is_step_id, sha256_hex
+from cirrus.errors import IntegrityError
 from cirrus.overlap import overlapped
 from cirrus.storage.base import Blob
 from cirrus.storage.paths import OnLayer
-from cirrus.writeset import combine
+from cirrus.writeset import check_writes, combine
 
 log = logging.getLogger("cirrus.stepfiles")
 
@@ -32,6 +33,32 @@ STEPS = "provenance.d/steps/"
 
 def _pretty(document: Mapping[str, Any]) -> bytes:
     return json.dumps(document, sort_keys=True, indent=1, ensure_ascii=False).encode("utf-8")
+
+
+FRAGMENT_FIELDS = {"task": str, "status": str, "started": str, "ended": str, "writes": dict}
+DAMAGED = "provenance.d/corrupt/"  # where a damaged fragment is kept when a re-run replaces it
+
+
+def parse_fragment(data: bytes, cloudpath: str, key: str) -> dict[str, Any]:
+    """A stored fragment, checked: the fields a finish reads, of the types it reads them as."""
+    try:
+        fragment = json.loads(data)
+        if not isinstance(fragment, dict):
+            raise ValueError(f"a JSON {type(fragment).__name__}, not an object")
+        for field, kind in FRAGMENT_FIELDS.items():
+            if not isinstance(fragment.get(field), kind):
+                raise ValueError(f"no {kind.__name__} {field!r}")
+        if fragment["status"] not in ("committed", "failed"):
+            raise ValueError(f"status {fragment['status']!r}")
+        check_writes(fragment["writes"])
+    except (ValueError, TypeError, KeyError) as error:
+        task = key.rsplit("/", 1)[-1].removesuffix(".json")
+        raise IntegrityError(
+            f"{cloudpath}: task {task}'s fragment {key} is damaged ({error})",
+            f"run that task again (cirrus.join(token, task={task!r})): its fragment is replaced "
+            f"and the damaged one kept under {DAMAGED}; then finish the step",
+        ) from None
+    return fragment
 
 
 def merge_attempts(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,7 +106,12 @@ class StepFiles(OnLayer):
         def folded(existing: Blob | None) -> bytes | None:
             if existing is None:
                 return _pretty(fragment)
-            earlier = json.loads(existing.data)
+            try:
+                earlier = parse_fragment(existing.data, self.cloudpath, key)
+            except IntegrityError as damaged:  # what it said is lost; this attempt replaces it
+                self.store.create(f"{DAMAGED}{sha256_hex(existing.data)}", existing.data)
+                log.warning("%s; kept under %s and replaced", damaged.problem, DAMAGED)
+                return _pretty(fragment)
             merged = merge_attempts(earlier, fragment)
             return None if merged == earlier else _pretty(merged)
 
@@ -106,7 +138,11 @@ class StepFiles(OnLayer):
         keys = self._task_keys(step_id)
         with overlapped(len(keys)) as run:
             blobs = run(self.store.get, keys)
-        return [json.loads(blob.data) for blob in blobs if blob is not None]
+        return [
+            parse_fragment(blob.data, self.cloudpath, key)
+            for key, blob in zip(keys, blobs, strict=True)
+            if blob is not None
+        ]
 
     def _task_keys(self, step_id: str) -> list[str]:
         return self.store.list(f"{STEPS}{check_step_id(step_id)}/tasks/")

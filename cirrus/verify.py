@@ -134,7 +134,11 @@ def _check_late_tasks(
         rid, record = standing.get(step_id, (None, None))
         if rid is not None and record is None:  # unreadable: reported already
             continue
-        fragments = steps.fragments(step_id)
+        try:
+            fragments = steps.fragments(step_id)
+        except IntegrityError as damaged:
+            report.problems.append(damaged.problem)
+            continue
         if fragments:
             problem = _unaccounted(fragments, record)
             if problem:

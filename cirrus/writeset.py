@@ -274,6 +274,29 @@ def _coalesce_axis(boxes: Any, axis: int) -> Any:
     return merged
 
 
+def check_writes(writes: Mapping[str, Any]) -> None:
+    """Raise ValueError unless `writes` has the shape `combine` reads (a stored write set)."""
+
+    def is_box(box: Any) -> bool:
+        return isinstance(box, list) and len(box) == 6 and all(type(n) is int for n in box)
+
+    for section in ("mips", "deleted"):
+        for mip, entry in writes.get(section, {}).items():
+            if not mip.isdigit() or not isinstance(entry, dict):
+                raise ValueError(f"writes.{section}[{mip!r}] is not a mip's entry")
+            if entry.get("all") is True:
+                continue
+            boxes = entry.get("boxes") or [entry.get("bounds")]
+            counts = [entry.get("chunks"), entry.get("bytes")] if section == "mips" else []
+            if not all(map(is_box, boxes)) or not all(type(n) is int for n in counts):
+                raise ValueError(f"writes.{section}[{mip!r}] has no boxes, bounds or counts")
+    operations = writes.get("operations", {})
+    if not isinstance(operations, dict) or not all(type(n) is int for n in operations.values()):
+        raise ValueError("writes.operations is not a count per operation")
+    if not isinstance(writes.get("info", []), list):
+        raise ValueError("writes.info is not a list")
+
+
 def combine(writesets: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Merge the write sets (JSON) of a step's tasks into one."""
     import numpy as np

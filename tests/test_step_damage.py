@@ -1,0 +1,98 @@
+"""A step's task fragment damaged in storage (truncated, edited): the finish, the status and a
+re-run of the task name it and the fix; nothing is published from it and nothing is lost."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+import cirrus
+from cirrus.errors import IntegrityError
+from cirrus.verify import verify
+from tests import step_support as ss
+
+GOOD = {
+    "task": "t1",
+    "status": "committed",
+    "started": "2026-01-01T00:00:00.000000Z",
+    "ended": "2026-01-01T00:00:01.000000Z",
+    "writes": {"mips": {"0": {"bounds": [0, 0, 0, 16, 16, 16], "chunks": 1, "bytes": 4096}}},
+}
+DAMAGE = {
+    "cut short": b'{"task": "t1", "stat',
+    "not an object": b"[]",
+    "no writes": json.dumps({k: v for k, v in GOOD.items() if k != "writes"}).encode(),
+    "an unknown status": json.dumps({**GOOD, "status": "done"}).encode(),
+    "a box of 5 numbers": json.dumps(
+        {**GOOD, "writes": {"mips": {"0": {"bounds": [0, 0, 0, 16, 16], "chunks": 1, "bytes": 1}}}}
+    ).encode(),
+    "a count that is text": json.dumps({**GOOD, "writes": {"operations": {"put": "1"}}}).encode(),
+}
+
+
+@pytest.fixture
+def layer(tmp_path) -> str:
+    path = f"file://{tmp_path}/layer"
+    ss.make_layer(path)
+    return path
+
+
+def open_step(layer: str) -> cirrus.Step:
+    process = cirrus.Process("paint chunks", {"value": 1})
+    return cirrus.step(sources=["gs://lab/aff"], motivation="m", process=process, volumes=[layer])
+
+
+def fragment_file(layer: str, step: cirrus.Step, task: str) -> str:
+    return os.path.join(
+        layer.removeprefix("file://"), f"provenance.d/steps/{step.id}/tasks/{task}.json"
+    )
+
+
+def damage(layer: str, step: cirrus.Step, task: str, data: bytes) -> None:
+    with open(fragment_file(layer, step, task), "wb") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_a_damaged_fragment_stops_the_finish_naming_the_task_and_the_fix(
+    layer: str, kind: str
+) -> None:
+    step = open_step(layer)
+    ss.paint_fn(step.token, "t1", layer, [0, 0, 0])
+    ss.paint_fn(step.token, "t2", layer, [16, 0, 0])
+    damage(layer, step, "t1", DAMAGE[kind])
+    for call in (step.finish, step.status):
+        with pytest.raises(IntegrityError, match=r"task t1's fragment .* is damaged") as error:
+            call()
+        assert "cirrus.join(token, task='t1')" in str(error.value)
+    assert list(cirrus.history(layer)) == []  # nothing published from it
+
+
+def test_rerunning_the_task_replaces_the_damaged_fragment_and_keeps_its_bytes(
+    layer: str,
+) -> None:
+    step = open_step(layer)
+    ss.paint_fn(step.token, "t1", layer, [0, 0, 0])
+    ss.paint_fn(step.token, "t2", layer, [16, 0, 0])
+    damage(layer, step, "t1", DAMAGE["cut short"])
+    ss.paint_fn(step.token, "t1", layer, [0, 0, 0])  # the re-run the error asks for
+    kept = hashlib.sha256(DAMAGE["cut short"]).hexdigest()
+    with open(os.path.join(layer.removeprefix("file://"), "provenance.d/corrupt", kept), "rb") as f:
+        assert f.read() == DAMAGE["cut short"]
+    step.finish()
+    (stored,) = cirrus.history(layer)
+    assert stored.record.status == "committed" and stored.record.tasks["count"] == 2
+    assert stored.record.writes["mips"]["0"]["bounds"] == [0, 0, 0, 32, 16, 16]
+
+
+def test_verify_reports_a_fragment_damaged_after_the_finish(layer: str) -> None:
+    step = open_step(layer)
+    ss.paint_fn(step.token, "t1", layer, [0, 0, 0])
+    step.finish()
+    assert verify(layer).ok
+    damage(layer, step, "t1", b"")
+    (problem,) = verify(layer).problems
+    assert "task t1's fragment" in problem and "damaged" in problem
