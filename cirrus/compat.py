@@ -10,11 +10,12 @@ import weakref
 from typing import Any
 
 from cirrus.commit import commit_records
+from cirrus.demands import validate_process
 from cirrus.handles import RULES, Gate, track
 from cirrus.ledger import Ledger, env_blobs
 from cirrus.model import Note, Process, utcnow
 from cirrus.reading import require_layer
-from cirrus.session import Session, make_record, validate_process
+from cirrus.session import Session, make_record
 from cirrus.storage.paths import normalise_cloudpath, use_secrets
 from cirrus.writeset import WriteTracker
 

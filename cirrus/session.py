@@ -22,11 +22,11 @@ from typing import Any
 
 from cirrus import termination
 from cirrus._version import __version__
-from cirrus.canonical import check_text, digest
+from cirrus.canonical import digest
 from cirrus.commit import commit_records
+from cirrus.demands import validate_motivation, validate_process, validate_sources
 from cirrus.errors import (
     CorruptProvenance,
-    InvalidInput,
     NotPublished,
     ProvenanceRequired,
     SessionClosed,
@@ -34,49 +34,12 @@ from cirrus.errors import (
 from cirrus.handles import Gate, track
 from cirrus.ledger import NOT_READ, Ledger, env_blobs
 from cirrus.model import Note, Process, Record, isoformat, utcnow
-from cirrus.redact import redact_url
 from cirrus.storage.base import Blob
 from cirrus.storage.paths import normalise_cloudpath, use_secrets
 from cirrus.summary import open_session_info
 from cirrus.writeset import WriteTracker
 
 log = logging.getLogger("cirrus.session")
-
-
-def validate_sources(sources: Any) -> tuple[str, ...]:
-    if isinstance(sources, str) or not isinstance(sources, Sequence):
-        raise InvalidInput(
-            f"sources must be a list of strings, got {type(sources).__name__} {sources!r}; "
-            'e.g. sources=["gs://lab/aff"] or sources=["tracer annotation"]'
-        )
-    if not sources:
-        raise InvalidInput(
-            "sources is empty; name where the data comes from: input cloudpaths, or free text "
-            'such as ["manual annotation"]'
-        )
-    for i, source in enumerate(sources):
-        if not isinstance(source, str) or not source.strip():
-            raise InvalidInput(f"sources[{i}] must be a non-empty string, got {source!r}")
-        check_text(source, f"sources[{i}]")
-    return tuple(dict.fromkeys(map(redact_url, sources)))  # a signed URL's secret stays out
-
-
-def validate_motivation(motivation: Any) -> str:
-    if not isinstance(motivation, str) or not motivation.strip():
-        raise InvalidInput(
-            "motivation must be a non-empty string saying why this data is made, "
-            f"got {motivation!r}"
-        )
-    return check_text(motivation, "motivation")
-
-
-def validate_process(process: Any) -> Process:
-    if not isinstance(process, Process):
-        raise InvalidInput(
-            f"process must be a cirrus.Process, got {type(process).__name__}; build one with "
-            'cirrus.Process("what the step does", {parameters}, cirrus.PythonGithubEnv("."))'
-        )
-    return process
 
 
 class WriteScope:

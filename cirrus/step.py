@@ -16,18 +16,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cirrus._version import __version__
+from cirrus.demands import validate_motivation, validate_process, validate_sources
 from cirrus.errors import InvalidInput, StepError
 from cirrus.ledger import Ledger, env_blobs
 from cirrus.model import Note, Process, isoformat, utcnow
 from cirrus.overlap import overlapped
-from cirrus.session import (
-    WriteScope,
-    current_user,
-    process_json,
-    validate_motivation,
-    validate_process,
-    validate_sources,
-)
+from cirrus.session import WriteScope, current_user, process_json
 from cirrus.stepfiles import StepFiles
 from cirrus.stepfinish import finish, status
 from cirrus.steptoken import StepToken, validate_task_id
