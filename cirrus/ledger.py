@@ -80,8 +80,8 @@ def _named_envs(summary: Blob | None) -> set[str]:
     return {
         path[len(ENVS) : -len(".json")]
         for entry in entries
-        if entry.get("cirrus_process")
-        for path in entry.get("code_envfiles") or []
+        if entry.get("cirrus_process") and isinstance(entry.get("code_envfiles"), list)
+        for path in entry["code_envfiles"]
         if isinstance(path, str) and path.startswith(ENVS) and path.endswith(".json")
     }
 

@@ -66,9 +66,9 @@ class WriteScope:
 
         self._require_open()
         layer = normalise_cloudpath(cloudpath)
-        self._check_layer(layer)
-        if cloudvolume_kwargs.get("secrets") is not None:
+        if cloudvolume_kwargs.get("secrets") is not None:  # before any provenance is read
             use_secrets(layer, cloudvolume_kwargs["secrets"])
+        self._check_layer(layer)
         self._summaries[layer] = Ledger.open(layer).summary_blob()  # refuses a malformed one now
         volume = CloudVolume(cloudpath, **cloudvolume_kwargs)
         tracker = self._trackers.setdefault(layer, WriteTracker())

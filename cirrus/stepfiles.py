@@ -20,7 +20,8 @@ from typing import Any
 import attrs
 
 from cirrus.canonical import check_step_id, is_step_id, sha256_hex
-from cirrus.errors import IntegrityError
+from cirrus.errors import IntegrityError, InvalidInput
+from cirrus.model import Note, parse_time
 from cirrus.overlap import overlapped
 from cirrus.storage.base import Blob
 from cirrus.storage.paths import OnLayer
@@ -35,7 +36,15 @@ def _pretty(document: Mapping[str, Any]) -> bytes:
     return json.dumps(document, sort_keys=True, indent=1, ensure_ascii=False).encode("utf-8")
 
 
-FRAGMENT_FIELDS = {"task": str, "status": str, "started": str, "ended": str, "writes": dict}
+FRAGMENT_FIELDS = {
+    "task": str,
+    "status": str,
+    "started": str,
+    "ended": str,
+    "host": str,
+    "writes": dict,
+    "notes": list,
+}
 DAMAGED = "provenance.d/corrupt/"  # where a damaged fragment is kept when a re-run replaces it
 
 
@@ -50,8 +59,20 @@ def parse_fragment(data: bytes, cloudpath: str, key: str) -> dict[str, Any]:
                 raise ValueError(f"no {kind.__name__} {field!r}")
         if fragment["status"] not in ("committed", "failed"):
             raise ValueError(f"status {fragment['status']!r}")
+        if not isinstance(fragment.get("error", ""), dict | None):
+            raise ValueError("an error that is not an object")
+        for field in ("started", "ended"):
+            if parse_time(fragment[field]).tzinfo is None:
+                raise ValueError(f"{field} without a timezone")
+        for note in fragment["notes"]:
+            Note.from_json(note)
+        attempts = fragment.get("attempt_ids", [])
+        if not isinstance(attempts, list) or not all(isinstance(a, str) for a in attempts):
+            raise ValueError("attempt_ids that are not a list of ids")
+        if type(fragment.get("attempts", 1)) is not int:
+            raise ValueError("an attempt count that is not a number")
         check_writes(fragment["writes"])
-    except (ValueError, TypeError, KeyError) as error:
+    except (ValueError, TypeError, KeyError, AttributeError, InvalidInput, RecursionError) as error:
         task = key.rsplit("/", 1)[-1].removesuffix(".json")
         raise IntegrityError(
             f"{cloudpath}: task {task}'s fragment {key} is damaged ({error})",
@@ -109,7 +130,8 @@ class StepFiles(OnLayer):
             try:
                 earlier = parse_fragment(existing.data, self.cloudpath, key)
             except IntegrityError as damaged:  # what it said is lost; this attempt replaces it
-                self.store.create(f"{DAMAGED}{sha256_hex(existing.data)}", existing.data)
+                kept = f"{DAMAGED}{sha256_hex(existing.data)}"
+                self.store.create(kept, existing.data, addressed=True)
                 log.warning("%s; kept under %s and replaced", damaged.problem, DAMAGED)
                 return _pretty(fragment)
             merged = merge_attempts(earlier, fragment)

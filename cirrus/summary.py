@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from cirrus.canonical import is_digest
 from cirrus.errors import CorruptProvenance
 
 SUMMARY_SCHEMA = "cirrus.summary/1"
@@ -79,12 +80,30 @@ def _shape_problem(summary: Any) -> str | None:
     ):
         return "has a 'cirrus' section of the wrong shape"
     pointers = section.get("records", [])
-    pointer_keys = ("id", "started", "ended")
-    if not isinstance(pointers, list) or not all(
-        isinstance(p, dict) and all(isinstance(p.get(key), str) for key in pointer_keys)
-        for p in pointers
-    ):
-        return "has a record pointer without a string id, started and ended"
+    if not isinstance(pointers, list):
+        return "has a 'cirrus.records' that is not a list"
+    for pointer in pointers:
+        problem = _pointer_problem(pointer)
+        if problem:
+            return f"has a record pointer {problem}"
+    return None
+
+
+def _pointer_problem(pointer: Any) -> str | None:
+    """What is wrong with one `cirrus.records` entry, as the ledger and `cirrus log` read it."""
+    if not isinstance(pointer, dict):
+        return "that is not an object"
+    if not isinstance(pointer.get("id"), str) or not is_digest(pointer["id"]):
+        return f"whose id {pointer.get('id')!r} is not a sha256"
+    for key in ("session", "status", "started", "ended"):
+        if not isinstance(pointer.get(key), str):
+            return f"{pointer['id'][:12]} without a string {key!r}"
+    for key in ("step", "superseded_by", "process"):
+        if not isinstance(pointer.get(key, ""), str | None):
+            return f"{pointer['id'][:12]} whose {key!r} is not a string"
+    tasks = pointer.get("tasks", {})
+    if not isinstance(tasks, dict) or not all(type(n) is int for n in tasks.values()):
+        return f"{pointer['id'][:12]} whose 'tasks' are not counts"
     return None
 
 

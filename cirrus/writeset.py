@@ -281,10 +281,13 @@ def check_writes(writes: Mapping[str, Any]) -> None:
         return isinstance(box, list) and len(box) == 6 and all(type(n) is int for n in box)
 
     for section in ("mips", "deleted"):
-        for mip, entry in writes.get(section, {}).items():
+        entries = writes.get(section, {})
+        if not isinstance(entries, dict):
+            raise ValueError(f"writes.{section} is not an object")
+        for mip, entry in entries.items():
             if not mip.isdigit() or not isinstance(entry, dict):
                 raise ValueError(f"writes.{section}[{mip!r}] is not a mip's entry")
-            if entry.get("all") is True:
+            if section == "deleted" and entry.get("all") is True:
                 continue
             boxes = entry.get("boxes") or [entry.get("bounds")]
             counts = [entry.get("chunks"), entry.get("bytes")] if section == "mips" else []

@@ -138,3 +138,49 @@ def test_lineage_skips_the_damaged_record_and_follows_the_rest(damaged: dict) ->
     assert '"manual tracing"  (free text)' in tree
     data = json.loads(invoke("lineage", seg, "--format", "json").output)
     assert data["damaged"] == 1 and {s["name"] for s in data["sources"]} == {image, other}
+
+
+POINTER_DAMAGE = {
+    "a step that is a list": {"step": ["x"]},
+    "no session": {"session": None},
+    "an id that is no sha256": {"id": "abc"},
+    "tasks that are text": {"tasks": "3"},
+    "superseded by a number": {"superseded_by": 3},
+}
+
+
+@pytest.mark.parametrize("kind", POINTER_DAMAGE)
+def test_a_record_pointer_of_the_wrong_shape_is_refused_and_repaired(
+    tmp_path: Path, kind: str
+) -> None:
+    """Such a pointer used to pass the summary's check, then fail every commit after staging
+    (`TypeError: unhashable type`), crash recover and verify, while repair said all was well."""
+    from cirrus.errors import CorruptProvenance
+    from cirrus.repair import repair_summary
+
+    (seg,) = layers(tmp_path, "seg")
+    write([seg], ["microscope"], "first", "segment")
+    (kept,) = cirrus.history(seg)
+    summary_file = _layer_dir(seg) / "provenance"
+    summary = json.loads(summary_file.read_text())
+    summary["cirrus"]["records"][0].update(POINTER_DAMAGE[kind])
+    summary_file.write_text(json.dumps(summary))
+    with pytest.raises(CorruptProvenance, match="record pointer .*cirrus repair"):
+        cirrus.history(seg)
+    with pytest.raises(CorruptProvenance, match="record pointer"):
+        write([seg], ["microscope"], "second", "segment")  # refused before any data
+    assert repair_summary(seg)
+    assert [stored.id for stored in cirrus.history(seg)] == [kept.id]
+
+
+def test_a_foreign_processing_entry_of_another_shape_does_not_block_commits(
+    tmp_path: Path,
+) -> None:
+    (seg,) = layers(tmp_path, "seg")
+    write([seg], ["microscope"], "first", "segment")
+    summary_file = _layer_dir(seg) / "provenance"
+    summary = json.loads(summary_file.read_text())
+    summary["processing"][0]["code_envfiles"] = 7
+    summary_file.write_text(json.dumps(summary))
+    write([seg], ["microscope"], "second", "segment")
+    assert len(cirrus.history(seg)) == 2

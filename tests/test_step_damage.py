@@ -17,20 +17,47 @@ from tests import step_support as ss
 GOOD = {
     "task": "t1",
     "status": "committed",
-    "started": "2026-01-01T00:00:00.000000Z",
-    "ended": "2026-01-01T00:00:01.000000Z",
+    "error": None,
+    "started": "2026-01-01T00:00:00.000000+00:00",
+    "ended": "2026-01-01T00:00:01.000000+00:00",
+    "host": "worker-1",
+    "notes": [{"kind": "result", "text": "ok", "time": "2026-01-01T00:00:01.000000+00:00"}],
     "writes": {"mips": {"0": {"bounds": [0, 0, 0, 16, 16, 16], "chunks": 1, "bytes": 4096}}},
 }
+
+
+def changed(**fields: object) -> bytes:
+    return json.dumps({**GOOD, **fields}).encode()
+
+
 DAMAGE = {
     "cut short": b'{"task": "t1", "stat',
     "not an object": b"[]",
     "no writes": json.dumps({k: v for k, v in GOOD.items() if k != "writes"}).encode(),
-    "an unknown status": json.dumps({**GOOD, "status": "done"}).encode(),
-    "a box of 5 numbers": json.dumps(
-        {**GOOD, "writes": {"mips": {"0": {"bounds": [0, 0, 0, 16, 16], "chunks": 1, "bytes": 1}}}}
-    ).encode(),
-    "a count that is text": json.dumps({**GOOD, "writes": {"operations": {"put": "1"}}}).encode(),
+    "no host": json.dumps({k: v for k, v in GOOD.items() if k != "host"}).encode(),
+    "no error": json.dumps({k: v for k, v in GOOD.items() if k != "error"}).encode(),
+    "an unknown status": changed(status="done"),
+    "an end that is no time": changed(ended="garbage"),
+    "a start without a timezone": changed(started="2026-01-01T00:00:00"),
+    "notes that are text": changed(notes="ok"),
+    "a note without a time": changed(notes=[{"kind": "result", "text": "ok"}]),
+    "a box of 5 numbers": changed(
+        writes={"mips": {"0": {"bounds": [0, 0, 0, 16, 16], "chunks": 1, "bytes": 1}}}
+    ),
+    "a count that is text": changed(writes={"operations": {"put": "1"}}),
+    "mips that are a list": changed(writes={"mips": []}),
+    "deletes that are text": changed(writes={"deleted": "all"}),
+    "a mip written 'all'": changed(writes={"mips": {"0": {"all": True}}}),
+    "attempt ids that are a number": changed(attempt_ids=7),
+    "nesting deeper than Python reads": b'{"task": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
 }
+
+
+def test_the_undamaged_fragment_is_accepted() -> None:
+    """The damage cases differ from this one in one field each, so each is what is refused."""
+    from cirrus.stepfiles import parse_fragment
+
+    assert parse_fragment(json.dumps(GOOD).encode(), "file:///l", "t1.json") == GOOD
 
 
 @pytest.fixture

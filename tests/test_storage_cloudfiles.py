@@ -175,6 +175,20 @@ def test_a_volumes_secrets_reach_its_provenance(keyed_layer: tuple) -> None:
         cirrus.history(path)
 
 
+def test_a_tasks_volume_secrets_reach_the_step_files(keyed_layer: tuple) -> None:
+    """A worker process knows the keys only from `t.volume(path, secrets=...)`: the step's
+    manifest, read before the first write, must be read with them too."""
+    path, keys = keyed_layer
+    cirrus.use_secrets(path, keys)  # where the step is opened
+    step = cirrus.step(["gs://lab/aff"], "secrets test", process(), volumes=[path])
+    cirrus.use_secrets(path, None)  # a worker: nothing given yet
+    with cirrus.join(step.token, task="t1") as t:
+        t.volume(path, secrets=keys)[0:64, 0:64, 0:64] = chunk_of(5)
+    step.finish()
+    (record,) = cirrus.history(path)
+    assert record.record.step == step.id and record.record.tasks["count"] == 1
+
+
 def test_a_compat_volumes_secrets_reach_its_provenance(keyed_layer: tuple) -> None:
     path, keys = keyed_layer
     vol = cirrus.CloudVolume(

@@ -186,7 +186,8 @@ class Store:
         give_up = time.monotonic() + deadline
         attempt = 0
         while True:
-            blob = self.get(key) if read is NOT_READ else read
+            fresh = read is NOT_READ  # a conflict on a given `read` is no sign of contention
+            blob = self.get(key) if fresh else read
             read = NOT_READ
             data = change(blob)
             if data is None:
@@ -202,7 +203,8 @@ class Store:
                         cloudpath=self.cloudpath,
                         key=key,
                     ) from None
-                time.sleep(random.uniform(0, min(2.0, 0.01 * 2 ** min(attempt, 8))))
+                if fresh:
+                    time.sleep(random.uniform(0, min(2.0, 0.01 * 2 ** min(attempt, 8))))
 
 
 @attrs.frozen
