@@ -21,10 +21,7 @@ from typing import Any
 import attrs
 
 from cirrus.canonical import canonical_json, check_digest, is_digest, sha256_hex, short
-from cirrus.errors import (
-    CorruptProvenance,
-    IntegrityError,
-)
+from cirrus.errors import CorruptProvenance, IntegrityError, InvalidInput
 from cirrus.model import Record, parse_time, superseded_unpublished, utcnow
 from cirrus.storage.base import NOT_READ, Blob
 from cirrus.storage.paths import OnLayer
@@ -342,8 +339,15 @@ class Ledger(OnLayer):
         return ids
 
     def read_record(self, record_id: str) -> StoredRecord:
-        document = self._read_verified(f"{RECORDS}{check_digest(record_id, 'record id')}.json")
-        return StoredRecord(record_id, Record.from_json(document))
+        key = f"{RECORDS}{check_digest(record_id, 'record id')}.json"
+        document = self._read_verified(key)
+        try:
+            return StoredRecord(record_id, Record.from_json(document))
+        except (ValueError, TypeError, KeyError, AttributeError, InvalidInput) as error:
+            raise IntegrityError(  # stored under its digest, but by something else
+                f"{self.cloudpath}/{key} is not a cirrus record ({type(error).__name__}: {error})",
+                f"move it out of {RECORDS}: cirrus writes only records there",
+            ) from None
 
     def read_env(self, env_id: str) -> dict[str, Any]:
         return self._read_verified(f"{ENVS}{check_digest(env_id, 'environment id')}.json")
@@ -363,7 +367,10 @@ class Ledger(OnLayer):
                 f"{self.cloudpath}/{key} was changed after it was written (sha256 {actual})",
                 restore,
             )
-        return json.loads(blob.data)
+        try:
+            return json.loads(blob.data)
+        except (ValueError, RecursionError) as error:
+            raise IntegrityError(f"{self.cloudpath}/{key} is not JSON ({error})", restore) from None
 
     def summary(self) -> dict[str, Any]:
         blob = self.store.get(SUMMARY_KEY)

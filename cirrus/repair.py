@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from typing import Any
 
 from cirrus.canonical import sha256_hex
-from cirrus.errors import CirrusError, CorruptProvenance
+from cirrus.errors import CirrusError, CorruptProvenance, IntegrityError
 from cirrus.ledger import CORRUPT, SUMMARY_KEY, Ledger
 from cirrus.model import is_interrupted
 from cirrus.stepfiles import StepFiles
@@ -26,6 +27,8 @@ from cirrus.summary import (
     parse_summary,
     render_summary,
 )
+
+log = logging.getLogger("cirrus.repair")
 
 
 def repair_summary(cloudpath: str) -> str | None:
@@ -43,21 +46,34 @@ def repair_summary(cloudpath: str) -> str | None:
     kept = f"{CORRUPT}{sha256_hex(blob.data)}"
     ledger.store.create(kept, blob.data)
     old = _readable_section(blob.data)
-    records = _standing(
-        {rid: ledger.read_record(rid).record.to_json() for rid in ledger.record_ids()},
-        _pointed_ids(old),
-    )
+    records = _standing(_intact_records(ledger), _pointed_ids(old))
     rebuilt = merge(empty_summary(), records)
     for session, info in _listed_sessions(old).items():  # still writing: keep them listed
         rebuilt = mark_session_open(rebuilt, session, info) or rebuilt
     finished = {record.get("step") for record in records.values()}
     steps = StepFiles.beside(ledger)
     for step_id in sorted(steps.step_ids() - finished):  # steps still running stay listed open
-        manifest = steps.manifest(step_id)
+        try:
+            manifest = steps.manifest(step_id)
+        except IntegrityError as damaged:  # its volumes are unknown here; a finish lists it
+            log.warning("%s; not listed as open: `cirrus step finish TOKEN` lists it", damaged)
+            continue
         if not _finished_elsewhere(manifest, ledger.cloudpath):
             rebuilt = mark_step_open(rebuilt, manifest["id"], open_step_info(manifest)) or rebuilt
     ledger.store.swap(SUMMARY_KEY, render_summary(rebuilt), blob.token)
     return kept
+
+
+def _intact_records(ledger: Ledger) -> dict[str, dict[str, Any]]:
+    """The layer's records that read back intact; a damaged one cannot be published again
+    (`cirrus verify` lists it), so it is left out with a warning rather than stop the repair."""
+    records = {}
+    for rid in ledger.record_ids():
+        try:
+            records[rid] = ledger.read_record(rid).record.to_json()
+        except IntegrityError as damaged:
+            log.warning("%s; left out of the rebuilt summary", damaged.problem)
+    return records
 
 
 def _standing(records: dict[str, dict[str, Any]], pointed: set[str]) -> dict[str, dict[str, Any]]:

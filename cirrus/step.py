@@ -17,12 +17,12 @@ from typing import Any
 
 from cirrus._version import __version__
 from cirrus.demands import validate_motivation, validate_process, validate_sources
-from cirrus.errors import InvalidInput, StepError
+from cirrus.errors import IntegrityError, InvalidInput, StepError
 from cirrus.ledger import Ledger, env_blobs
 from cirrus.model import Note, Process, isoformat, utcnow
 from cirrus.overlap import overlapped
 from cirrus.session import WriteScope, current_user, process_json
-from cirrus.stepfiles import StepFiles
+from cirrus.stepfiles import StepFiles, intact_manifest
 from cirrus.stepfinish import finish, status
 from cirrus.steptoken import StepToken, validate_task_id
 from cirrus.storage.paths import normalise_cloudpath
@@ -159,7 +159,10 @@ class TaskSession(WriteScope):
                 "open the step with every volume its tasks write"
             )
         if layer not in self._manifests_seen:  # one GET per volume and task
-            manifest = StepFiles.open(layer).manifest(self.token.id)
+            try:
+                manifest = StepFiles.open(layer).manifest(self.token.id)
+            except IntegrityError:  # damaged, so opened here: the other volumes hold copies
+                manifest = intact_manifest(self.token.id, self.token.volumes)
             if manifest is None:
                 raise StepError(
                     f"step {self.token.id} was never opened on {layer} (no manifest there), so "

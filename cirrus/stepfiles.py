@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from cirrus.canonical import check_step_id, is_step_id, sha256_hex
-from cirrus.errors import IntegrityError, InvalidInput
-from cirrus.model import Note, parse_time
+from cirrus.errors import IntegrityError
 from cirrus.overlap import overlapped
+from cirrus.stepcheck import DAMAGED, parse_expected, parse_fragment, parse_manifest
 from cirrus.storage.base import Blob
 from cirrus.storage.paths import OnLayer
-from cirrus.writeset import check_writes, combine
+from cirrus.writeset import combine
 
 log = logging.getLogger("cirrus.stepfiles")
 
@@ -34,52 +34,6 @@ STEPS = "provenance.d/steps/"
 
 def _pretty(document: Mapping[str, Any]) -> bytes:
     return json.dumps(document, sort_keys=True, indent=1, ensure_ascii=False).encode("utf-8")
-
-
-FRAGMENT_FIELDS = {
-    "task": str,
-    "status": str,
-    "started": str,
-    "ended": str,
-    "host": str,
-    "writes": dict,
-    "notes": list,
-}
-DAMAGED = "provenance.d/corrupt/"  # where a damaged fragment is kept when a re-run replaces it
-
-
-def parse_fragment(data: bytes, cloudpath: str, key: str) -> dict[str, Any]:
-    """A stored fragment, checked: the fields a finish reads, of the types it reads them as."""
-    try:
-        fragment = json.loads(data)
-        if not isinstance(fragment, dict):
-            raise ValueError(f"a JSON {type(fragment).__name__}, not an object")
-        for field, kind in FRAGMENT_FIELDS.items():
-            if not isinstance(fragment.get(field), kind):
-                raise ValueError(f"no {kind.__name__} {field!r}")
-        if fragment["status"] not in ("committed", "failed"):
-            raise ValueError(f"status {fragment['status']!r}")
-        if not isinstance(fragment.get("error", ""), dict | None):
-            raise ValueError("an error that is not an object")
-        for field in ("started", "ended"):
-            if parse_time(fragment[field]).tzinfo is None:
-                raise ValueError(f"{field} without a timezone")
-        for note in fragment["notes"]:
-            Note.from_json(note)
-        attempts = fragment.get("attempt_ids", [])
-        if not isinstance(attempts, list) or not all(isinstance(a, str) for a in attempts):
-            raise ValueError("attempt_ids that are not a list of ids")
-        if type(fragment.get("attempts", 1)) is not int:
-            raise ValueError("an attempt count that is not a number")
-        check_writes(fragment["writes"])
-    except (ValueError, TypeError, KeyError, AttributeError, InvalidInput, RecursionError) as error:
-        task = key.rsplit("/", 1)[-1].removesuffix(".json")
-        raise IntegrityError(
-            f"{cloudpath}: task {task}'s fragment {key} is damaged ({error})",
-            f"run that task again (cirrus.join(token, task={task!r})): its fragment is replaced "
-            f"and the damaged one kept under {DAMAGED}; then finish the step",
-        ) from None
-    return fragment
 
 
 def merge_attempts(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
@@ -114,8 +68,11 @@ class StepFiles(OnLayer):
         self.store.create(f"{STEPS}{check_step_id(manifest['id'])}/step.json", _pretty(manifest))
 
     def manifest(self, step_id: str) -> dict[str, Any] | None:
-        blob = self.store.get(f"{STEPS}{check_step_id(step_id)}/step.json")
-        return None if blob is None else json.loads(blob.data)
+        """The step's manifest here; None if it was never opened here, IntegrityError if the
+        file is damaged (`intact_manifest` reads another volume's copy)."""
+        key = f"{STEPS}{check_step_id(step_id)}/step.json"
+        blob = self.store.get(key)
+        return None if blob is None else parse_manifest(blob.data, self.cloudpath, key, step_id)
 
     def put_fragment(self, step_id: str, task: str, fragment: Mapping[str, Any]) -> bool:
         """Create the task's fragment, or fold this attempt into the one an earlier attempt of
@@ -148,8 +105,9 @@ class StepFiles(OnLayer):
         self.store.create(key, _pretty({"task_ids": task_ids}))
 
     def expected(self, step_id: str) -> list[str] | None:
-        blob = self.store.get(f"{STEPS}{check_step_id(step_id)}/expected.json")
-        return None if blob is None else json.loads(blob.data)["task_ids"]
+        key = f"{STEPS}{check_step_id(step_id)}/expected.json"
+        blob = self.store.get(key)
+        return None if blob is None else parse_expected(blob.data, self.cloudpath, key)
 
     def task_count(self, step_id: str) -> int:
         """How many tasks filed a fragment here (one LIST, no GETs)."""
@@ -181,3 +139,22 @@ class StepFiles(OnLayer):
             else:
                 log.warning("%s: ignoring %s, which is not a step manifest", self.cloudpath, key)
         return ids
+
+
+def intact_manifest(step_id: str, volumes: Sequence[str]) -> dict[str, Any] | None:
+    """The step's manifest from the first of its `volumes` holding an intact one (each holds
+    the same); None if none holds one, the first IntegrityError if every copy is damaged."""
+    damaged: list[IntegrityError] = []
+    for layer in volumes:
+        try:
+            manifest = StepFiles.open(layer).manifest(step_id)
+        except IntegrityError as error:
+            damaged.append(error)
+            continue
+        if manifest is not None:
+            if damaged:
+                log.warning("%s; read the copy on %s", damaged[0].problem, layer)
+            return manifest
+    if damaged:
+        raise damaged[0]
+    return None

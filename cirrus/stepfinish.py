@@ -12,12 +12,12 @@ from typing import Any
 import attrs
 
 from cirrus.commit import commit_records
-from cirrus.errors import StepError
+from cirrus.errors import IntegrityError, StepError
 from cirrus.ledger import Ledger, record_id
 from cirrus.model import Note, parse_time
 from cirrus.overlap import overlapped
 from cirrus.session import make_record
-from cirrus.stepfiles import StepFiles
+from cirrus.stepfiles import StepFiles, intact_manifest
 from cirrus.steptoken import StepToken
 from cirrus.summary import mark_step_open, open_step_info, published_ids
 from cirrus.writeset import combine
@@ -26,11 +26,10 @@ MAX_LISTED_FAILURES = 100
 
 
 def _manifest(token: StepToken) -> dict[str, Any]:
-    for layer in token.volumes:
-        manifest = StepFiles.open(layer).manifest(token.id)
-        if manifest is not None:
-            return manifest
-    raise StepError(f"step {token.id} has no manifest on {', '.join(token.volumes)}")
+    manifest = intact_manifest(token.id, token.volumes)
+    if manifest is None:
+        raise StepError(f"step {token.id} has no manifest on {', '.join(token.volumes)}")
+    return manifest
 
 
 DONE = object()  # `_list_again`: the layer's summary already points to the record
@@ -110,10 +109,17 @@ def _listed(tasks: list[str]) -> str:
 
 
 def _expected_ids(token: StepToken) -> list[str]:
+    damaged: list[IntegrityError] = []
     for layer in token.volumes:
-        ids = StepFiles.open(layer).expected(token.id)
+        try:
+            ids = StepFiles.open(layer).expected(token.id)
+        except IntegrityError as error:  # another volume's copy may be intact
+            damaged.append(error)
+            continue
         if ids is not None:
             return ids
+    if damaged:
+        raise damaged[0]
     raise StepError(f"step {token.id} expects named tasks but lists them on none of its volumes")
 
 

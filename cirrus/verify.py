@@ -116,7 +116,24 @@ def verify(
     if summary is not None:
         _check_summary(report, summary, records, set(record_ids))
         _check_late_tasks(report, StepFiles.beside(ledger), summary, records)
+    _check_manifests(report, StepFiles.beside(ledger))
     return report
+
+
+def _superseded(pointer: dict[str, Any], pointers: list[dict[str, Any]]) -> bool:
+    """Whether a pointer's `superseded_by` names another finish of its step (as it must)."""
+    later = [p for p in pointers if p.get("id") == pointer["superseded_by"]]
+    return bool(pointer.get("step")) and any(p.get("step") == pointer["step"] for p in later)
+
+
+def _check_manifests(report: Report, steps: StepFiles) -> None:
+    """Step manifests here that are damaged: tasks and finishes fall back to other volumes."""
+    for step_id in sorted(steps.step_ids()):
+        try:
+            steps.manifest(step_id)
+            steps.expected(step_id)
+        except IntegrityError as damaged:
+            report.problems.append(damaged.problem)
 
 
 def _check_late_tasks(
@@ -222,6 +239,12 @@ def _check_summary(
             report.problems.append(
                 f"summary: record {rid[:12]} has process {pointer.get('process')!r} in the "
                 "summary but a different one in the record"
+            )
+        if "superseded_by" in pointer and not _superseded(pointer, pointers):
+            report.problems.append(
+                f"summary: record {rid[:12]} is marked superseded by "
+                f"{str(pointer['superseded_by'])[:12]}, which is no finish of the same step, so "
+                "`cirrus log` hides it: remove `superseded_by` from its pointer"
             )
     # how sessions ended here: a pointer to a record that is not stored does not count
     ended: dict[str, list[dict[str, Any]]] = {}

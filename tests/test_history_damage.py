@@ -184,3 +184,46 @@ def test_a_foreign_processing_entry_of_another_shape_does_not_block_commits(
     summary_file.write_text(json.dumps(summary))
     write([seg], ["microscope"], "second", "segment")
     assert len(cirrus.history(seg)) == 2
+
+
+def test_a_file_under_its_own_digest_that_is_no_record_is_damaged_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    """Bytes another tool filed under their sha256 in records/: `cirrus log` used to crash with
+    an AttributeError, and commits after staging."""
+    import hashlib
+
+    from cirrus.repair import repair_summary
+
+    (seg,) = layers(tmp_path, "seg")
+    write([seg], ["microscope"], "first", "segment")
+    stray = b"[1, 2]"
+    rid = hashlib.sha256(stray).hexdigest()
+    _record_file(seg, rid).write_bytes(stray)
+    summary_file = _layer_dir(seg) / "provenance"
+    summary = json.loads(summary_file.read_text())
+    pointer = {**summary["cirrus"]["records"][0], "id": rid}
+    summary["cirrus"]["records"].append(pointer)
+    summary_file.write_text(json.dumps(summary))
+    history = cirrus.history(seg)
+    (damaged,) = history.damaged
+    assert damaged.id == rid and "is not a cirrus record" in damaged.problem
+    assert "move it out of provenance.d/records/" in damaged.remedy
+    write([seg], ["microscope"], "second", "segment")  # commits go on
+    summary_file.write_text("{")  # and a repair leaves the stray file out
+    assert repair_summary(seg)
+    assert [s.record.notes[0]["text"] for s in cirrus.history(seg)] == ["first", "second"]
+
+
+def test_verify_reports_a_stray_superseded_mark_that_hides_a_record(tmp_path: Path) -> None:
+    from cirrus.verify import verify
+
+    (seg,) = layers(tmp_path, "seg")
+    write([seg], ["microscope"], "first", "segment")
+    summary_file = _layer_dir(seg) / "provenance"
+    summary = json.loads(summary_file.read_text())
+    summary["cirrus"]["records"][0]["superseded_by"] = "x"
+    summary_file.write_text(json.dumps(summary))
+    assert list(cirrus.history(seg)) == []  # hidden, as a superseded finish is
+    (problem,) = verify(seg).problems
+    assert "superseded by x" in problem and "remove `superseded_by`" in problem

@@ -13,6 +13,7 @@ import cirrus
 from cirrus.errors import IntegrityError
 from cirrus.verify import verify
 from tests import step_support as ss
+from tests.session_support import plain
 
 GOOD = {
     "task": "t1",
@@ -55,7 +56,7 @@ DAMAGE = {
 
 def test_the_undamaged_fragment_is_accepted() -> None:
     """The damage cases differ from this one in one field each, so each is what is refused."""
-    from cirrus.stepfiles import parse_fragment
+    from cirrus.stepcheck import parse_fragment
 
     assert parse_fragment(json.dumps(GOOD).encode(), "file:///l", "t1.json") == GOOD
 
@@ -123,3 +124,66 @@ def test_verify_reports_a_fragment_damaged_after_the_finish(layer: str) -> None:
     damage(layer, step, "t1", b"")
     (problem,) = verify(layer).problems
     assert "task t1's fragment" in problem and "damaged" in problem
+
+
+def manifest_file(layer: str, step: cirrus.Step, name: str = "step.json") -> str:
+    return os.path.join(layer.removeprefix("file://"), f"provenance.d/steps/{step.id}/{name}")
+
+
+MANIFEST_DAMAGE = {
+    "cut short": lambda good: good[:40],
+    "no notes": lambda good: json.dumps({**json.loads(good), "notes": None}).encode(),
+    "a count that is text": lambda good: json.dumps(
+        {**json.loads(good), "expected_tasks": "3"}
+    ).encode(),
+    "another step's": lambda good: json.dumps({**json.loads(good), "id": "0" * 32}).encode(),
+}
+
+
+@pytest.mark.parametrize("kind", MANIFEST_DAMAGE)
+def test_a_damaged_manifest_is_named_and_the_other_volumes_copy_is_read(
+    tmp_path, kind: str
+) -> None:
+    a, b = (f"file://{tmp_path}/{name}" for name in "ab")
+    for path in (a, b):
+        ss.make_layer(path)
+    process = cirrus.Process("paint chunks", {"value": 1})
+    step = cirrus.step(["gs://lab/aff"], "m", process, volumes=[a, b], tasks=1)
+    with open(manifest_file(a, step), "rb") as f:
+        good = f.read()
+    with open(manifest_file(a, step), "wb") as f:
+        f.write(MANIFEST_DAMAGE[kind](good))
+    ss.paint_fn(step.token, "t1", a, [0, 0, 0])  # the task reads b's copy
+    step.finish()
+    (stored,) = cirrus.history(a)
+    assert stored.record.status == "committed" and stored.record.tasks["count"] == 1
+    (problem,) = verify(a).problems
+    assert "manifest" in problem and "damaged" in problem
+
+
+def test_a_step_whose_only_manifest_is_damaged_refuses_tasks_before_they_write(
+    layer: str,
+) -> None:
+    step = open_step(layer)
+    with open(manifest_file(layer, step), "wb") as f:
+        f.write(b"{")
+    with pytest.raises(IntegrityError, match=r"manifest .*step\.json is damaged.*copy an intact"):
+        ss.paint_fn(step.token, "t1", layer, [0, 0, 0])
+    assert plain(layer)[0:16, 0:16, 0:16].max() == 0  # refused before the write
+    for call in (step.finish, step.status):
+        with pytest.raises(IntegrityError, match="manifest"):
+            call()
+
+
+@pytest.mark.parametrize("stored", [b'{"task_ids": "t1"}', b"{}", b'{"task_ids": [1]}', b"{"])
+def test_a_damaged_list_of_expected_tasks_is_named(layer: str, stored: bytes) -> None:
+    """`{"task_ids": "t1"}` used to be read as the tasks 't' and '1', and a failed record was
+    published saying both filed nothing."""
+    process = cirrus.Process("paint chunks", {"value": 1})
+    step = cirrus.step(["gs://lab/aff"], "m", process, volumes=[layer], tasks=["t1"])
+    ss.paint_fn(step.token, "t1", layer, [0, 0, 0])
+    with open(manifest_file(layer, step, "expected.json"), "wb") as f:
+        f.write(stored)
+    with pytest.raises(IntegrityError, match=r"expected\.json is damaged"):
+        step.finish()
+    assert list(cirrus.history(layer)) == []

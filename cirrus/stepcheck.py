@@ -1,0 +1,137 @@
+"""A step's files as read back, checked: a file cut short or edited raises IntegrityError naming
+it and the fix, never a bare KeyError deep in a finish.
+
+Every field a finish, a task or a fold reads is checked, of the type it is read as.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from cirrus.errors import IntegrityError, InvalidInput
+from cirrus.model import Note, parse_time
+from cirrus.writeset import check_writes
+
+DAMAGED = "provenance.d/corrupt/"  # where a damaged fragment is kept when a re-run replaces it
+_UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, InvalidInput, RecursionError)
+
+FRAGMENT_FIELDS = {
+    "task": str,
+    "status": str,
+    "started": str,
+    "ended": str,
+    "host": str,
+    "writes": dict,
+    "notes": list,
+}
+MANIFEST_FIELDS = {
+    "id": str,
+    "volumes": list,
+    "sources": list,
+    "notes": list,
+    "process": dict,
+    "started": str,
+    "user": str,
+    "host": str,
+}
+
+
+def parse_fragment(data: bytes, cloudpath: str, key: str) -> dict[str, Any]:
+    """A task's stored fragment, checked."""
+    task = key.rsplit("/", 1)[-1].removesuffix(".json")
+    remedy = (
+        f"run that task again (cirrus.join(token, task={task!r})): its fragment is replaced "
+        f"and the damaged one kept under {DAMAGED}; then finish the step"
+    )
+    return _checked(data, f"{cloudpath}: task {task}'s fragment {key}", remedy, _check_fragment)
+
+
+def parse_manifest(data: bytes, cloudpath: str, key: str, step_id: str) -> dict[str, Any]:
+    """A step's stored manifest, checked (and that it is this step's)."""
+    remedy = (
+        "every volume of the step holds the same manifest: copy an intact one over it, or "
+        "restore it from a backup (meanwhile tasks and finishes read another volume's copy, "
+        "if the step has one)"
+    )
+
+    def check(manifest: dict[str, Any]) -> None:
+        _check_manifest(manifest)
+        if manifest["id"] != step_id:
+            raise ValueError(f"it names step {manifest['id']!r}")
+
+    return _checked(data, f"{cloudpath}: step {step_id}'s manifest {key}", remedy, check)
+
+
+def parse_expected(data: bytes, cloudpath: str, key: str) -> list[str]:
+    """The task ids a step expects, as stored beside its manifest, checked."""
+
+    def check(document: dict[str, Any]) -> None:
+        ids = document.get("task_ids")
+        if not isinstance(ids, list) or not all(isinstance(task, str) for task in ids):
+            raise ValueError("no list of task ids")
+
+    remedy = "every volume of the step holds the same list: copy an intact one over it"
+    return _checked(data, f"{cloudpath}: {key}", remedy, check)["task_ids"]
+
+
+def _checked(
+    data: bytes, what: str, remedy: str, check: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    try:
+        document = json.loads(data)
+        if not isinstance(document, dict):
+            raise ValueError(f"a JSON {type(document).__name__}, not an object")
+        check(document)
+    except _UNREADABLE as error:
+        raise IntegrityError(f"{what} is damaged ({error})", remedy) from None
+    return document
+
+
+def _require(document: dict[str, Any], fields: dict[str, type]) -> None:
+    for field, kind in fields.items():
+        if not isinstance(document.get(field), kind):
+            raise ValueError(f"no {kind.__name__} {field!r}")
+
+
+def _check_time(text: str, field: str) -> None:
+    if parse_time(text).tzinfo is None:
+        raise ValueError(f"{field} without a timezone")
+
+
+def _check_fragment(fragment: dict[str, Any]) -> None:
+    _require(fragment, FRAGMENT_FIELDS)
+    if fragment["status"] not in ("committed", "failed"):
+        raise ValueError(f"status {fragment['status']!r}")
+    if not isinstance(fragment.get("error", ""), dict | None):
+        raise ValueError("an error that is not an object")
+    for field in ("started", "ended"):
+        _check_time(fragment[field], field)
+    for note in fragment["notes"]:
+        Note.from_json(note)
+    attempts = fragment.get("attempt_ids", [])
+    if not isinstance(attempts, list) or not all(isinstance(a, str) for a in attempts):
+        raise ValueError("attempt_ids that are not a list of ids")
+    if type(fragment.get("attempts", 1)) is not int:
+        raise ValueError("an attempt count that is not a number")
+    check_writes(fragment["writes"])
+
+
+def _check_manifest(manifest: dict[str, Any]) -> None:
+    _require(manifest, MANIFEST_FIELDS)
+    for field in ("volumes", "sources"):
+        if not all(isinstance(item, str) for item in manifest[field]):
+            raise ValueError(f"{field} that are not all strings")
+    _check_time(manifest["started"], "started")
+    for note in manifest["notes"]:
+        Note.from_json(note)
+    process = manifest["process"]
+    if not isinstance(process.get("digest"), str) or not isinstance(
+        process.get("description"), str
+    ):
+        raise ValueError("a process without a digest and description")
+    if type(manifest.get("expected_tasks", 0)) is not int:
+        raise ValueError("an expected task count that is not a number")
+    if not isinstance(manifest.get("expected_ids", False), bool):
+        raise ValueError("expected_ids that is not true or false")
