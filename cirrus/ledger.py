@@ -23,6 +23,7 @@ import attrs
 from cirrus.canonical import canonical_json, check_digest, is_digest, sha256_hex, short
 from cirrus.errors import CorruptProvenance, IntegrityError, InvalidInput
 from cirrus.model import Record, parse_time, superseded_unpublished, utcnow
+from cirrus.readback import check_record
 from cirrus.storage.base import NOT_READ, Blob
 from cirrus.storage.paths import OnLayer
 from cirrus.summary import (
@@ -342,6 +343,7 @@ class Ledger(OnLayer):
         key = f"{RECORDS}{check_digest(record_id, 'record id')}.json"
         document = self._read_verified(key)
         try:
+            check_record(document)
             return StoredRecord(record_id, Record.from_json(document))
         except (ValueError, TypeError, KeyError, AttributeError, InvalidInput) as error:
             raise IntegrityError(  # stored under its digest, but by something else

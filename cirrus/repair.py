@@ -25,6 +25,7 @@ from cirrus.summary import (
     merge,
     open_step_info,
     parse_summary,
+    pointer_problem,
     render_summary,
 )
 
@@ -46,8 +47,12 @@ def repair_summary(cloudpath: str) -> str | None:
     kept = f"{CORRUPT}{sha256_hex(blob.data)}"
     ledger.store.create(kept, blob.data)
     old = _readable_section(blob.data)
-    records = _standing(_intact_records(ledger), _pointed_ids(old))
+    intact, damaged = _intact_records(ledger)
+    records = _standing(intact, _pointed_ids(old))
     rebuilt = merge(empty_summary(), records)
+    kept_pointers = [p for p in _old_pointers(old) if p["id"] in damaged]
+    if kept_pointers:  # so `cirrus log` still shows them, marked DAMAGED, with their fix
+        rebuilt.setdefault("cirrus", {}).setdefault("records", []).extend(kept_pointers)
     for session, info in _listed_sessions(old).items():  # still writing: keep them listed
         rebuilt = mark_session_open(rebuilt, session, info) or rebuilt
     finished = {record.get("step") for record in records.values()}
@@ -64,16 +69,26 @@ def repair_summary(cloudpath: str) -> str | None:
     return kept
 
 
-def _intact_records(ledger: Ledger) -> dict[str, dict[str, Any]]:
-    """The layer's records that read back intact; a damaged one cannot be published again
-    (`cirrus verify` lists it), so it is left out with a warning rather than stop the repair."""
-    records = {}
+def _intact_records(ledger: Ledger) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """The layer's records that read back intact, and the ids of those that do not: a damaged
+    record cannot be published again, so it does not stop the repair; its old pointer is kept
+    where the broken summary still has it (`cirrus verify` lists it either way)."""
+    records, damaged = {}, set()
     for rid in ledger.record_ids():
         try:
             records[rid] = ledger.read_record(rid).record.to_json()
-        except IntegrityError as damaged:
-            log.warning("%s; left out of the rebuilt summary", damaged.problem)
-    return records
+        except IntegrityError as problem:
+            log.warning("%s; it is not published again", problem.problem)
+            damaged.add(rid)
+    return records, damaged
+
+
+def _old_pointers(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """The well-formed record pointers of a malformed summary's readable `cirrus` section."""
+    pointers = section.get("records")
+    if not isinstance(pointers, list):
+        return []
+    return [pointer for pointer in pointers if pointer_problem(pointer) is None]
 
 
 def _standing(records: dict[str, dict[str, Any]], pointed: set[str]) -> dict[str, dict[str, Any]]:

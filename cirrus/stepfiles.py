@@ -22,7 +22,8 @@ import attrs
 from cirrus.canonical import check_step_id, is_step_id, sha256_hex
 from cirrus.errors import IntegrityError
 from cirrus.overlap import overlapped
-from cirrus.stepcheck import DAMAGED, parse_expected, parse_fragment, parse_manifest
+from cirrus.readback import DAMAGED, parse_expected, parse_fragment, parse_manifest
+from cirrus.steptoken import is_task_id
 from cirrus.storage.base import Blob
 from cirrus.storage.paths import OnLayer
 from cirrus.writeset import combine
@@ -125,7 +126,17 @@ class StepFiles(OnLayer):
         ]
 
     def _task_keys(self, step_id: str) -> list[str]:
-        return self.store.list(f"{STEPS}{check_step_id(step_id)}/tasks/")
+        """The keys of the step's fragments here; anything else in its folder (a `.DS_Store`,
+        a console's folder placeholder) is skipped, with a warning."""
+        prefix = f"{STEPS}{check_step_id(step_id)}/tasks/"
+        keys = []
+        for key in self.store.list(prefix):
+            name = key[len(prefix) :]
+            if name.endswith(".json") and is_task_id(name[: -len(".json")]):
+                keys.append(key)
+            else:
+                log.warning("%s: ignoring %s, which is not a task's fragment", self.cloudpath, key)
+        return keys
 
     def step_ids(self) -> set[str]:
         """Ids of the steps with a manifest here; anything else is skipped, with a warning."""

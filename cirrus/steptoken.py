@@ -17,9 +17,13 @@ TOKEN_VERSION = 1
 _TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=,+@-]{0,199}")
 
 
+def is_task_id(task: Any) -> bool:
+    return isinstance(task, str) and bool(_TASK_ID.fullmatch(task))
+
+
 def validate_task_id(task: Any) -> str:
     """Task ids become part of a key: letters, digits and ._:=,+@- only, no path separators."""
-    if not isinstance(task, str) or not _TASK_ID.fullmatch(task):
+    if not is_task_id(task):
         raise InvalidInput(
             f"task id {task!r} is not usable: use 1-200 characters from letters, digits and "
             "._:=,+@- starting with a letter or digit, e.g. 'x0-512_y0-512_z0-64'"

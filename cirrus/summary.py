@@ -83,13 +83,13 @@ def _shape_problem(summary: Any) -> str | None:
     if not isinstance(pointers, list):
         return "has a 'cirrus.records' that is not a list"
     for pointer in pointers:
-        problem = _pointer_problem(pointer)
+        problem = pointer_problem(pointer)
         if problem:
             return f"has a record pointer {problem}"
     return None
 
 
-def _pointer_problem(pointer: Any) -> str | None:
+def pointer_problem(pointer: Any) -> str | None:
     """What is wrong with one `cirrus.records` entry, as the ledger and `cirrus log` read it."""
     if not isinstance(pointer, dict):
         return "that is not an object"
@@ -200,7 +200,8 @@ def _supersede_step_records(pointers: list[dict[str, Any]]) -> None:
     whatever order the records were merged in. Fragments are never removed and a failed one is
     only ever replaced, so a later finish has at least as many tasks, as many committed, and
     no more expected tasks missing (on any volume): those decide, before the end time (a late
-    fragment may have ended before the others).
+    fragment may have ended before the others), and so do the volumes the tasks wrote (a late
+    task on another volume changes this volume's record only in its siblings).
     """
     latest: dict[str, tuple] = {}
     for entry in pointers:
@@ -234,6 +235,7 @@ def _pointer(rid: str, record: Mapping[str, Any]) -> dict[str, Any]:
         pointer["step"] = record["step"]
         tasks = record.get("tasks") or {}
         pointer["tasks"] = {key: tasks.get(key, 0) for key in ("count", "committed", "missing")}
+        pointer["tasks"]["volumes"] = 1 + len(record.get("siblings") or ())  # the tasks wrote
     return pointer
 
 
@@ -245,6 +247,7 @@ def _finish_order(pointer: Mapping[str, Any]) -> tuple:
         tasks.get("count", 0),
         tasks.get("committed", 0),
         -tasks.get("missing", 0),
+        tasks.get("volumes", 0),  # a late task on another volume changes only the siblings here
         pointer.get("status") == "committed",  # pointers written before `missing` was kept
         pointer["ended"],
         pointer["id"],

@@ -252,7 +252,9 @@ def _check_summary(
         ended.setdefault(records[rid]["session"], []).append(records[rid])
     unpublished = sorted(stored - seen)
     for rid in unpublished:
-        record = records.get(rid) or {}
+        record = records.get(rid)
+        if record is None:  # unreadable: reported already, and no recover publishes it
+            continue
         if superseded_unpublished(record, ended.get(record.get("session"), [])):
             report.remarks.append(
                 f"record {rid[:12]} of session {record['session'][:12]}, which ended here with "

@@ -285,7 +285,7 @@ def check_writes(writes: Mapping[str, Any]) -> None:
         if not isinstance(entries, dict):
             raise ValueError(f"writes.{section} is not an object")
         for mip, entry in entries.items():
-            if not mip.isdigit() or not isinstance(entry, dict):
+            if not (mip.isascii() and mip.isdigit()) or not isinstance(entry, dict):
                 raise ValueError(f"writes.{section}[{mip!r}] is not a mip's entry")
             if section == "deleted" and entry.get("all") is True:
                 continue
@@ -296,8 +296,9 @@ def check_writes(writes: Mapping[str, Any]) -> None:
     operations = writes.get("operations", {})
     if not isinstance(operations, dict) or not all(type(n) is int for n in operations.values()):
         raise ValueError("writes.operations is not a count per operation")
-    if not isinstance(writes.get("info", []), list):
-        raise ValueError("writes.info is not a list")
+    info = writes.get("info", [])
+    if not isinstance(info, list) or not all(isinstance(name, str) for name in info):
+        raise ValueError("writes.info is not a list of names")
 
 
 def combine(writesets: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

@@ -197,7 +197,8 @@ def test_a_file_under_its_own_digest_that_is_no_record_is_damaged_not_a_crash(
 
     (seg,) = layers(tmp_path, "seg")
     write([seg], ["microscope"], "first", "segment")
-    stray = b"[1, 2]"
+    (first,) = cirrus.history(seg)
+    stray = json.dumps({**first.record.to_json(), "notes": ["not a note"]}).encode()
     rid = hashlib.sha256(stray).hexdigest()
     _record_file(seg, rid).write_bytes(stray)
     summary_file = _layer_dir(seg) / "provenance"
@@ -227,3 +228,23 @@ def test_verify_reports_a_stray_superseded_mark_that_hides_a_record(tmp_path: Pa
     assert list(cirrus.history(seg)) == []  # hidden, as a superseded finish is
     (problem,) = verify(seg).problems
     assert "superseded by x" in problem and "remove `superseded_by`" in problem
+
+
+def test_repair_keeps_a_damaged_records_pointer_and_verify_calls_it_no_orphan(
+    damaged: dict,
+) -> None:
+    from cirrus.repair import repair_summary
+    from cirrus.verify import verify
+
+    seg, bad = damaged["seg"], damaged["ids"][1]
+    summary_file = _layer_dir(seg) / "provenance"
+    summary = json.loads(summary_file.read_text())
+    summary["owners"] = "lab"  # malformed, but its pointers are still readable
+    summary_file.write_text(json.dumps(summary))
+    assert repair_summary(seg)
+    history = cirrus.history(seg)
+    assert [d.id for d in history.damaged] == [bad] and [e.id for e in history.entries] == (
+        damaged["ids"]
+    )
+    problems = verify(seg).problems
+    assert len(problems) == 1 and bad in problems[0] and "orphan" not in problems[0]

@@ -234,6 +234,28 @@ def test_a_late_task_after_finish_supersedes_the_first_record_not_doubles_it(lay
     assert "open_steps" not in summary_json(layer)["cirrus"]
 
 
+def test_a_late_task_on_another_volume_makes_the_new_finish_stand_here_too(tmp_path) -> None:
+    """Here the second finish differs from the first only in its siblings (same tasks, same
+    end): it must still stand, whichever record id sorts first."""
+    from cirrus.summary import current_ids, empty_summary, merge
+
+    a, b = (f"file://{tmp_path}/{name}" for name in "ab")
+    for path in (a, b):
+        ss.make_layer(path)
+    step = open_step(a, b)
+    ss.paint_fn(step.token, "t1", a, [0, 0, 0])
+    first = step.finish()[a]
+    ss.paint_fn(step.token, "t2", b, [0, 0, 0])  # late, and only on b
+    second = step.finish()[a]
+    ledger = Ledger.open(a)
+    older, newer = (ledger.read_record(rid).record.to_json() for rid in (first, second))
+    assert older["tasks"]["count"] == newer["tasks"]["count"] and older["ended"] == newer["ended"]
+    for older_id, newer_id in (("f" * 64, "0" * 64), ("0" * 64, "f" * 64)):
+        merged = merge(empty_summary(), {older_id: older, newer_id: newer})
+        assert current_ids(merged) == [newer_id]
+    assert [stored.id for stored in cirrus.history(a)] == [second]
+
+
 def test_verify_reports_tasks_that_ran_after_the_finish_until_it_is_finished_again(
     layer: str,
 ) -> None:

@@ -56,7 +56,7 @@ DAMAGE = {
 
 def test_the_undamaged_fragment_is_accepted() -> None:
     """The damage cases differ from this one in one field each, so each is what is refused."""
-    from cirrus.stepcheck import parse_fragment
+    from cirrus.readback import parse_fragment
 
     assert parse_fragment(json.dumps(GOOD).encode(), "file:///l", "t1.json") == GOOD
 
@@ -137,6 +137,13 @@ MANIFEST_DAMAGE = {
         {**json.loads(good), "expected_tasks": "3"}
     ).encode(),
     "another step's": lambda good: json.dumps({**json.loads(good), "id": "0" * 32}).encode(),
+    "a process without envs": lambda good: json.dumps(
+        {**json.loads(good), "process": {**json.loads(good)["process"], "envs": None}}
+    ).encode(),
+    "expected ids without a count": lambda good: json.dumps(
+        {k: v for k, v in json.loads(good).items() if k != "expected_tasks"}
+        | {"expected_ids": True}
+    ).encode(),
 }
 
 
@@ -187,3 +194,17 @@ def test_a_damaged_list_of_expected_tasks_is_named(layer: str, stored: bytes) ->
     with pytest.raises(IntegrityError, match=r"expected\.json is damaged"):
         step.finish()
     assert list(cirrus.history(layer)) == []
+
+
+def test_files_in_a_steps_task_folder_that_are_no_fragments_are_skipped(layer: str) -> None:
+    """A Finder `.DS_Store` or a console's folder placeholder is no task to run again."""
+    step = open_step(layer)
+    ss.paint_fn(step.token, "t1", layer, [0, 0, 0])
+    folder = os.path.dirname(fragment_file(layer, step, "t1"))
+    for name in (".DS_Store", "notes.txt", "bad id!.json"):
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(b"\x00\x00\x00\x01Bud1")
+    assert step.status()["volumes"][layer]["tasks"] == 1
+    step.finish()
+    (stored,) = cirrus.history(layer)
+    assert stored.record.tasks["count"] == 1 and verify(layer).ok

@@ -72,6 +72,12 @@ def open_volume(path: str, target: str) -> None:
         s.volume(target.replace("LAYER", path))[0:16, 0:16, 0:16] = np.ones((16,) * 3, np.uint8)
 
 
+def open_volume_with(path: str, **cloudvolume_kwargs: object) -> None:
+    """An s3:// layer with the given CloudVolume keywords: refused before any request."""
+    with session() as s:
+        s.volume("s3://cirrus-bad-input/layer", **cloudvolume_kwargs)
+
+
 def break_summary(path: str, data: bytes | None) -> None:
     """A foreign tool leaves a bad `provenance` on a second layer; a session opens it."""
     other = path[: -len("/v")] + "/other"
@@ -242,6 +248,11 @@ BAD_INPUTS = {
         lambda p: open_volume(p, "/data/layer"),
         InvalidInput,
         "has no protocol",
+    ),
+    "volume-secrets-not-json": (
+        lambda p: open_volume_with(p, secrets="not json"),
+        InvalidInput,
+        "secrets must be a dict of credentials or its JSON text",
     ),
     "volume-unsupported-protocol": (
         lambda p: open_volume(p, "https://example.org/x"),

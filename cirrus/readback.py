@@ -1,7 +1,8 @@
-"""A step's files as read back, checked: a file cut short or edited raises IntegrityError naming
-it and the fix, never a bare KeyError deep in a finish.
+"""Documents cirrus stored, as read back: checked field by field, so an object cut short or
+edited raises IntegrityError naming it and the fix, never a bare KeyError deep in a commit.
 
-Every field a finish, a task or a fold reads is checked, of the type it is read as.
+Every field a finish, a task, a fold or a publish reads is checked, of the type it is read as:
+step fragments, manifests and expected-task lists here, records through `check_record`.
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ def _check_fragment(fragment: dict[str, Any]) -> None:
     _require(fragment, FRAGMENT_FIELDS)
     if fragment["status"] not in ("committed", "failed"):
         raise ValueError(f"status {fragment['status']!r}")
-    if not isinstance(fragment.get("error", ""), dict | None):
-        raise ValueError("an error that is not an object")
+    if "error" not in fragment or not isinstance(fragment["error"], dict | None):
+        raise ValueError("no error object or null")  # a finish reads it from every fragment
     for field in ("started", "ended"):
         _check_time(fragment[field], field)
     for note in fragment["notes"]:
@@ -126,12 +127,58 @@ def _check_manifest(manifest: dict[str, Any]) -> None:
     _check_time(manifest["started"], "started")
     for note in manifest["notes"]:
         Note.from_json(note)
-    process = manifest["process"]
-    if not isinstance(process.get("digest"), str) or not isinstance(
-        process.get("description"), str
-    ):
-        raise ValueError("a process without a digest and description")
+    check_process(manifest["process"])
     if type(manifest.get("expected_tasks", 0)) is not int:
         raise ValueError("an expected task count that is not a number")
     if not isinstance(manifest.get("expected_ids", False), bool):
         raise ValueError("expected_ids that is not true or false")
+    if manifest.get("expected_ids") and "expected_tasks" not in manifest:
+        raise ValueError("expected_ids without expected_tasks")
+
+
+def check_process(process: Any) -> None:
+    """A process as records and manifests hold it (`session.process_json`)."""
+    if not isinstance(process, dict):
+        raise ValueError("a process that is not an object")
+    _require(process, {"description": str, "parameters": dict, "envs": list, "digest": str})
+    if not all(isinstance(env, str) for env in process["envs"]):
+        raise ValueError("process envs that are not all ids")
+
+
+RECORD_FIELDS = {
+    "session": str,
+    "volume": str,
+    "status": str,
+    "started": str,
+    "ended": str,
+    "user": str,
+    "host": str,
+    "writes": dict,
+}
+
+
+def check_record(record: dict[str, Any]) -> None:
+    """Raise ValueError (or TypeError...) unless `record` has the shape a publish and a
+    history read it in; `Record.from_json` then builds it."""
+    _require(record, RECORD_FIELDS)
+    if record.get("process") is not None:
+        check_process(record["process"])
+    for field in ("sources", "siblings"):
+        items = record.get(field, [])
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise ValueError(f"{field} that are not a list of strings")
+    notes = record.get("notes", [])
+    if not isinstance(notes, list):
+        raise ValueError("notes that are not a list")
+    for note in notes:
+        Note.from_json(note)
+    for field in ("started", "ended"):
+        _check_time(record[field], field)
+    if not isinstance(record.get("error"), dict | None):
+        raise ValueError("an error that is not an object")
+    if not isinstance(record.get("step"), str | None):
+        raise ValueError("a step that is not an id")
+    tasks = record.get("tasks")
+    if tasks is not None and not isinstance(tasks, dict):
+        raise ValueError("tasks that are not an object")
+    check_writes(record["writes"])
