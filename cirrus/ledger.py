@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from cirrus.canonical import canonical_json, check_digest, is_digest, sha256_hex, short
-from cirrus.errors import CorruptProvenance, IntegrityError, InvalidInput
+from cirrus.errors import IntegrityError, InvalidInput
 from cirrus.model import Record, parse_time, superseded_unpublished, utcnow
 from cirrus.readback import check_record
 from cirrus.storage.base import NOT_READ, Blob
@@ -35,6 +35,7 @@ from cirrus.summary import (
     mark_session_open,
     mark_step_open,
     merge,
+    named_envs,
     parse_summary,
     published_ids,
     render_summary,
@@ -65,23 +66,6 @@ class Staged:
 
     record_id: str
     summary: Blob | None
-
-
-def _named_envs(summary: Blob | None) -> set[str]:
-    """Digests of the environments a summary's cirrus processes name: staged before it was."""
-    if summary is None:
-        return set()
-    try:
-        entries = parse_summary(summary.data, "").get("processing", [])
-    except CorruptProvenance:  # publishing reports it; staging goes on
-        return set()
-    return {
-        path[len(ENVS) : -len(".json")]
-        for entry in entries
-        if entry.get("cirrus_process") and isinstance(entry.get("code_envfiles"), list)
-        for path in entry["code_envfiles"]
-        if isinstance(path, str) and path.startswith(ENVS) and path.endswith(".json")
-    }
 
 
 @attrs.frozen
@@ -141,6 +125,24 @@ class Ledger(OnLayer):
         self.store.create(f"{RECORDS}{stored_as}.json", data, addressed=True)
         return stored_as
 
+    def restore_record(self, record: Record) -> bool:
+        """Store `record` again where its copy was damaged or deleted. Its bytes are known
+        exactly (its id is their sha256), so nothing is guessed; the damaged bytes are kept
+        under provenance.d/corrupt/. A step's record is rebuilt from its fragments at every
+        finish, so finishing again mends it. Returns whether anything was written."""
+        data = canonical_json(record.to_json())
+        key = f"{RECORDS}{sha256_hex(data)}.json"
+        blob = self.store.get(key)
+        if blob is not None and blob.data == data:
+            return False
+        if blob is None:
+            self.store.create(key, data)
+        else:
+            self.store.create(f"{CORRUPT}{sha256_hex(blob.data)}", blob.data, addressed=True)
+            self.store.swap(key, data, blob.token)
+        log.warning("%s/%s was damaged or missing; stored again", self.cloudpath, key)
+        return True
+
     def stage(
         self, record: Record, blobs: Sequence[bytes], *, read: Blob | None | object = NOT_READ
     ) -> Staged:
@@ -158,7 +160,7 @@ class Ledger(OnLayer):
     ) -> Blob | None:
         """Stage the environments the summary (`read`, or read now) does not name; returns it."""
         summary = self.store.get(SUMMARY_KEY) if read is NOT_READ else read
-        named = _named_envs(summary)
+        named = named_envs(None if summary is None else summary.data)
         self.stage_envs(blob for blob in blobs if sha256_hex(blob) not in named)
         return summary
 

@@ -2,7 +2,8 @@
 edited raises IntegrityError naming it and the fix, never a bare KeyError deep in a commit.
 
 Every field a finish, a task, a fold or a publish reads is checked, of the type it is read as:
-step fragments, manifests and expected-task lists here, records through `check_record`.
+step fragments, manifests and expected-task lists, records (`check_record`) and the summary
+(`summary_problem`, which `summary.parse_summary` turns into CorruptProvenance).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from cirrus.canonical import is_digest
 from cirrus.errors import IntegrityError, InvalidInput
 from cirrus.model import Note, parse_time
 from cirrus.writeset import check_writes
@@ -44,7 +46,8 @@ def parse_fragment(data: bytes, cloudpath: str, key: str) -> dict[str, Any]:
     task = key.rsplit("/", 1)[-1].removesuffix(".json")
     remedy = (
         f"run that task again (cirrus.join(token, task={task!r})): its fragment is replaced "
-        f"and the damaged one kept under {DAMAGED}; then finish the step"
+        f"and the damaged one kept under {DAMAGED}; then finish the step. If it cannot run "
+        "again, move the file out of tasks/ (its writes then go unrecorded) and finish"
     )
     return _checked(data, f"{cloudpath}: task {task}'s fragment {key}", remedy, _check_fragment)
 
@@ -52,9 +55,9 @@ def parse_fragment(data: bytes, cloudpath: str, key: str) -> dict[str, Any]:
 def parse_manifest(data: bytes, cloudpath: str, key: str, step_id: str) -> dict[str, Any]:
     """A step's stored manifest, checked (and that it is this step's)."""
     remedy = (
-        "every volume of the step holds the same manifest: copy an intact one over it, or "
-        "restore it from a backup (meanwhile tasks and finishes read another volume's copy, "
-        "if the step has one)"
+        "every volume of the step holds the same manifest: copy an intact one from another "
+        "of its volumes over it (tasks and finishes read such a copy meanwhile), or restore "
+        "it from a backup"
     )
 
     def check(manifest: dict[str, Any]) -> None:
@@ -73,7 +76,10 @@ def parse_expected(data: bytes, cloudpath: str, key: str) -> list[str]:
         if not isinstance(ids, list) or not all(isinstance(task, str) for task in ids):
             raise ValueError("no list of task ids")
 
-    remedy = "every volume of the step holds the same list: copy an intact one over it"
+    remedy = (
+        "every volume of the step holds the same list: copy an intact one from another of its "
+        'volumes over it, or restore it from a backup (it reads {"task_ids": [...]})'
+    )
     return _checked(data, f"{cloudpath}: {key}", remedy, check)["task_ids"]
 
 
@@ -182,3 +188,53 @@ def check_record(record: dict[str, Any]) -> None:
     if tasks is not None and not isinstance(tasks, dict):
         raise ValueError("tasks that are not an object")
     check_writes(record["writes"])
+
+
+def summary_problem(summary: Any) -> str | None:
+    """What makes a parsed `provenance` unreadable to CloudVolume or cirrus, or None."""
+    if not isinstance(summary, dict):
+        return f"is a JSON {type(summary).__name__}, not an object"
+    expected = {"description": str, "owners": list, "sources": list, "processing": list}
+    for key, kind in expected.items():
+        value = summary.get(key)
+        if value is not None and not isinstance(value, kind):
+            return f"has {key!r} of type {type(value).__name__}, expected {kind.__name__}"
+    if not all(isinstance(source, str) for source in summary.get("sources") or []):
+        return "has a source that is not a string"
+    if not all(isinstance(entry, dict) for entry in summary.get("processing") or []):
+        return "has a processing entry that is not an object"
+    section = summary.get("cirrus")
+    if section is None:
+        return None
+    if not isinstance(section, dict) or not all(
+        isinstance(section.get(key, {}), dict)
+        and all(isinstance(info, dict) for info in section.get(key, {}).values())
+        for key in ("open_steps", "open_sessions")
+    ):
+        return "has a 'cirrus' section of the wrong shape"
+    pointers = section.get("records", [])
+    if not isinstance(pointers, list):
+        return "has a 'cirrus.records' that is not a list"
+    for pointer in pointers:
+        problem = pointer_problem(pointer)
+        if problem:
+            return f"has a record pointer {problem}"
+    return None
+
+
+def pointer_problem(pointer: Any) -> str | None:
+    """What is wrong with one `cirrus.records` entry, as the ledger and `cirrus log` read it."""
+    if not isinstance(pointer, dict):
+        return "that is not an object"
+    if not isinstance(pointer.get("id"), str) or not is_digest(pointer["id"]):
+        return f"whose id {pointer.get('id')!r} is not a sha256"
+    for key in ("session", "status", "started", "ended"):
+        if not isinstance(pointer.get(key), str):
+            return f"{pointer['id'][:12]} without a string {key!r}"
+    for key in ("step", "superseded_by", "process"):
+        if not isinstance(pointer.get(key, ""), str | None):
+            return f"{pointer['id'][:12]} whose {key!r} is not a string"
+    tasks = pointer.get("tasks", {})
+    if not isinstance(tasks, dict) or not all(type(n) is int for n in tasks.values()):
+        return f"{pointer['id'][:12]} whose 'tasks' are not counts"
+    return None

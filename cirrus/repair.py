@@ -16,6 +16,7 @@ from cirrus.canonical import sha256_hex
 from cirrus.errors import CirrusError, CorruptProvenance, IntegrityError
 from cirrus.ledger import CORRUPT, SUMMARY_KEY, Ledger
 from cirrus.model import is_interrupted
+from cirrus.readback import pointer_problem
 from cirrus.stepfiles import StepFiles
 from cirrus.summary import (
     OPEN_SESSIONS,
@@ -25,7 +26,6 @@ from cirrus.summary import (
     merge,
     open_step_info,
     parse_summary,
-    pointer_problem,
     render_summary,
 )
 

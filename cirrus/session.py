@@ -112,6 +112,11 @@ class WriteScope:
             raise SessionClosed(f"{self.kind} {self.id} is {self.state}; open a new one")
 
     @property
+    def label(self) -> str:
+        """How log lines name this scope."""
+        return f"{self.kind} {self.id}"
+
+    @property
     def touched(self) -> list[str]:
         """The volumes that received writes, in the order they were opened."""
         return [layer for layer, tracker in self._trackers.items() if tracker.touched]
@@ -178,7 +183,7 @@ class WriteScope:
         try:
             self._close("failed", error)
         except Exception:  # the body's exception matters more; what was staged stays recoverable
-            log.exception("%s %s: could not record the failure", self.kind, self.id)
+            log.exception("%s: could not record the failure", self.label)
 
 
 class Session(WriteScope):

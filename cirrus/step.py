@@ -152,6 +152,10 @@ class TaskSession(WriteScope):
         self.records: dict[str, str] = {}
         self._manifests_seen: set[str] = set()
 
+    @property
+    def label(self) -> str:
+        return f"task {self.task} of step {self.token.id} (attempt {self.id})"
+
     def _check_layer(self, layer: str) -> None:
         if layer not in self.token.volumes:
             raise StepError(

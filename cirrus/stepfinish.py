@@ -55,6 +55,8 @@ def finish(token: str | Mapping[str, Any] | StepToken) -> dict[str, str]:
     with overlapped(len(written)) as run:
         summaries = dict(zip(written, run(list_again, written), strict=True))
     done = {layer: record_id(records[layer]) for layer, blob in summaries.items() if blob is DONE}
+    with overlapped(len(done)) as run:  # published before: mend a copy damaged since
+        run(lambda layer: Ledger.open(layer).restore_record(records[layer]), list(done))
     todo = {layer: record for layer, record in records.items() if layer not in done}
     ids = {**done, **commit_records(todo, [], {layer: summaries[layer] for layer in todo})}
     for layer in token.volumes:
@@ -120,7 +122,11 @@ def _expected_ids(token: StepToken) -> list[str]:
             return ids
     if damaged:
         raise damaged[0]
-    raise StepError(f"step {token.id} expects named tasks but lists them on none of its volumes")
+    raise IntegrityError(
+        f"step {token.id} expects named tasks, but none of its volumes holds their list "
+        f"(provenance.d/steps/{token.id}/expected.json)",
+        'restore it from a backup on any of them (it reads {"task_ids": [...]})',
+    )
 
 
 def _step_record(

@@ -12,8 +12,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from cirrus.canonical import is_digest
 from cirrus.errors import CorruptProvenance
+from cirrus.readback import summary_problem
 
 SUMMARY_SCHEMA = "cirrus.summary/1"
 NOTE_SEP = " \n "  # provenance-toolbox's separator between notes in `description`
@@ -50,7 +50,7 @@ def parse_summary(data: bytes | None, cloudpath: str) -> dict[str, Any]:
         raise CorruptProvenance(
             f"{cloudpath}/provenance is not valid JSON ({error}); {REPAIR_HINT}"
         ) from None
-    problem = _shape_problem(summary)
+    problem = summary_problem(summary)
     if problem:
         raise CorruptProvenance(f"{cloudpath}/provenance {problem}; {REPAIR_HINT}")
     filled = empty_summary()
@@ -58,53 +58,20 @@ def parse_summary(data: bytes | None, cloudpath: str) -> dict[str, Any]:
     return filled
 
 
-def _shape_problem(summary: Any) -> str | None:
-    if not isinstance(summary, dict):
-        return f"is a JSON {type(summary).__name__}, not an object"
-    expected = {"description": str, "owners": list, "sources": list, "processing": list}
-    for key, kind in expected.items():
-        value = summary.get(key)
-        if value is not None and not isinstance(value, kind):
-            return f"has {key!r} of type {type(value).__name__}, expected {kind.__name__}"
-    if not all(isinstance(source, str) for source in summary.get("sources") or []):
-        return "has a source that is not a string"
-    if not all(isinstance(entry, dict) for entry in summary.get("processing") or []):
-        return "has a processing entry that is not an object"
-    section = summary.get("cirrus")
-    if section is None:
-        return None
-    if not isinstance(section, dict) or not all(
-        isinstance(section.get(key, {}), dict)
-        and all(isinstance(info, dict) for info in section.get(key, {}).values())
-        for key in OPEN
-    ):
-        return "has a 'cirrus' section of the wrong shape"
-    pointers = section.get("records", [])
-    if not isinstance(pointers, list):
-        return "has a 'cirrus.records' that is not a list"
-    for pointer in pointers:
-        problem = pointer_problem(pointer)
-        if problem:
-            return f"has a record pointer {problem}"
-    return None
-
-
-def pointer_problem(pointer: Any) -> str | None:
-    """What is wrong with one `cirrus.records` entry, as the ledger and `cirrus log` read it."""
-    if not isinstance(pointer, dict):
-        return "that is not an object"
-    if not isinstance(pointer.get("id"), str) or not is_digest(pointer["id"]):
-        return f"whose id {pointer.get('id')!r} is not a sha256"
-    for key in ("session", "status", "started", "ended"):
-        if not isinstance(pointer.get(key), str):
-            return f"{pointer['id'][:12]} without a string {key!r}"
-    for key in ("step", "superseded_by", "process"):
-        if not isinstance(pointer.get(key, ""), str | None):
-            return f"{pointer['id'][:12]} whose {key!r} is not a string"
-    tasks = pointer.get("tasks", {})
-    if not isinstance(tasks, dict) or not all(type(n) is int for n in tasks.values()):
-        return f"{pointer['id'][:12]} whose 'tasks' are not counts"
-    return None
+def named_envs(data: bytes | None) -> set[str]:
+    """Digests of the environments a summary's cirrus processes name, so staged before it was;
+    none for a missing or malformed summary (publishing reports that)."""
+    try:
+        entries = parse_summary(data, "").get("processing", [])
+    except CorruptProvenance:
+        return set()
+    return {
+        path[len(ENVS) : -len(".json")]
+        for entry in entries
+        if entry.get("cirrus_process") and isinstance(entry.get("code_envfiles"), list)
+        for path in entry["code_envfiles"]
+        if isinstance(path, str) and path.startswith(ENVS) and path.endswith(".json")
+    }
 
 
 def render_summary(summary: Mapping[str, Any]) -> bytes:

@@ -115,8 +115,7 @@ def verify(
         _check_record(report, ledger.cloudpath, rid, record, envs)
     if summary is not None:
         _check_summary(report, summary, records, set(record_ids))
-        _check_late_tasks(report, StepFiles.beside(ledger), summary, records)
-    _check_manifests(report, StepFiles.beside(ledger))
+        _check_steps(report, StepFiles.beside(ledger), summary, records)
     return report
 
 
@@ -126,43 +125,38 @@ def _superseded(pointer: dict[str, Any], pointers: list[dict[str, Any]]) -> bool
     return bool(pointer.get("step")) and any(p.get("step") == pointer["step"] for p in later)
 
 
-def _check_manifests(report: Report, steps: StepFiles) -> None:
-    """Step manifests here that are damaged: tasks and finishes fall back to other volumes."""
-    for step_id in sorted(steps.step_ids()):
-        try:
-            steps.manifest(step_id)
-            steps.expected(step_id)
-        except IntegrityError as damaged:
-            report.problems.append(damaged.problem)
-
-
-def _check_late_tasks(
+def _check_steps(
     report: Report, steps: StepFiles, summary: dict[str, Any], records: dict[str, dict[str, Any]]
 ) -> None:
-    """Task fragments here that the step's standing record here does not account for: tasks
-    that ran after the finish (a queue's redelivery, a re-run), whose writes no record names
-    yet. A record's `ended` is its latest fragment's, so a later one ran after the finish."""
+    """Every step's files here, open or finished: a damaged manifest, list of expected tasks
+    or fragment; and, for a finished step, fragments its standing record here does not account
+    for: tasks that ran after the finish (a queue's redelivery, a re-run), whose writes no
+    record names yet. A record's `ended` is its latest fragment's, so a later one ran after."""
     section = summary.get("cirrus", {})
     standing: dict[str, tuple[str, dict[str, Any] | None]] = {}
     for pointer in section.get("records", []):
         if pointer.get("step") and "superseded_by" not in pointer:
             standing[pointer["step"]] = (pointer.get("id"), records.get(pointer.get("id")))
-    for step_id in sorted(steps.step_ids() - set(section.get("open_steps", {}))):
-        rid, record = standing.get(step_id, (None, None))
-        if rid is not None and record is None:  # unreadable: reported already
-            continue
+    for step_id in sorted(steps.step_ids()):
+        try:
+            steps.manifest(step_id)
+            steps.expected(step_id)
+        except IntegrityError as damaged:  # tasks and finishes read another volume's copy
+            report.problems.append(damaged.problem)
         try:
             fragments = steps.fragments(step_id)
         except IntegrityError as damaged:
             report.problems.append(damaged.problem)
             continue
-        if fragments:
-            problem = _unaccounted(fragments, record)
-            if problem:
-                report.problems.append(
-                    f"step {step_id[:12]}: {problem}: tasks ran after it was finished; finish "
-                    "it again (`cirrus step finish TOKEN`) to record their writes"
-                )
+        rid, record = standing.get(step_id, (None, None))
+        if step_id in section.get("open_steps", {}) or (rid is not None and record is None):
+            continue  # not finished yet, or its record is unreadable (reported already)
+        problem = _unaccounted(fragments, record) if fragments else ""
+        if problem:
+            report.problems.append(
+                f"step {step_id[:12]}: {problem}: tasks ran after it was finished; finish "
+                "it again (`cirrus step finish TOKEN`) to record their writes"
+            )
 
 
 def _unaccounted(fragments: list[dict[str, Any]], record: dict[str, Any] | None) -> str:

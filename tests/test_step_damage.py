@@ -13,6 +13,7 @@ import cirrus
 from cirrus.errors import IntegrityError
 from cirrus.verify import verify
 from tests import step_support as ss
+from tests.cli_support import invoke
 from tests.session_support import plain
 
 GOOD = {
@@ -116,6 +117,28 @@ def test_rerunning_the_task_replaces_the_damaged_fragment_and_keeps_its_bytes(
     assert stored.record.writes["mips"]["0"]["bounds"] == [0, 0, 0, 32, 16, 16]
 
 
+def test_verify_reports_a_damaged_fragment_of_a_step_still_open(layer: str) -> None:
+    step = open_step(layer)
+    ss.paint_fn(step.token, "t1", layer, [0, 0, 0])
+    damage(layer, step, "t1", b"{")
+    (problem,) = verify(layer).problems
+    assert "task t1's fragment" in problem and "damaged" in problem
+
+
+def test_a_damaged_fragment_names_a_way_out_when_the_task_cannot_run_again(layer: str) -> None:
+    """An unnamed task's id is random: no queue can run it again under it."""
+    step = open_step(layer)
+    with cirrus.join(step.token) as task:
+        ss.paint(task, layer, [0, 0, 0])
+    (name,) = os.listdir(os.path.dirname(fragment_file(layer, step, "x")))
+    damage(layer, step, name.removesuffix(".json"), b"{")
+    with pytest.raises(IntegrityError, match="move the file out of tasks/") as error:
+        step.finish()
+    os.rename(fragment_file(layer, step, name.removesuffix(".json")), f"{layer[7:]}/kept.json")
+    step.finish()  # the way out the message names
+    assert "move the file out" in str(error.value)
+
+
 def test_verify_reports_a_fragment_damaged_after_the_finish(layer: str) -> None:
     step = open_step(layer)
     ss.paint_fn(step.token, "t1", layer, [0, 0, 0])
@@ -161,7 +184,7 @@ def test_a_damaged_manifest_is_named_and_the_other_volumes_copy_is_read(
     with open(manifest_file(a, step), "wb") as f:
         f.write(MANIFEST_DAMAGE[kind](good))
     ss.paint_fn(step.token, "t1", a, [0, 0, 0])  # the task reads b's copy
-    step.finish()
+    invoke("step", "finish", step.token)  # so does the command
     (stored,) = cirrus.history(a)
     assert stored.record.status == "committed" and stored.record.tasks["count"] == 1
     (problem,) = verify(a).problems
@@ -196,6 +219,15 @@ def test_a_damaged_list_of_expected_tasks_is_named(layer: str, stored: bytes) ->
     assert list(cirrus.history(layer)) == []
 
 
+def test_a_list_of_expected_tasks_missing_everywhere_is_stored_data_gone(layer: str) -> None:
+    process = cirrus.Process("paint chunks", {"value": 1})
+    step = cirrus.step(["gs://lab/aff"], "m", process, volumes=[layer], tasks=["t1"])
+    os.remove(manifest_file(layer, step, "expected.json"))
+    with pytest.raises(IntegrityError, match=r"none of its volumes holds their list.*backup"):
+        step.finish()
+    invoke("step", "finish", step.token, code=3)  # stored data, not a usage error
+
+
 def test_files_in_a_steps_task_folder_that_are_no_fragments_are_skipped(layer: str) -> None:
     """A Finder `.DS_Store` or a console's folder placeholder is no task to run again."""
     step = open_step(layer)
@@ -208,3 +240,28 @@ def test_files_in_a_steps_task_folder_that_are_no_fragments_are_skipped(layer: s
     step.finish()
     (stored,) = cirrus.history(layer)
     assert stored.record.tasks["count"] == 1 and verify(layer).ok
+
+
+@pytest.mark.parametrize("how", ["edited", "deleted"])
+def test_finishing_again_mends_the_steps_own_record(layer: str, how: str) -> None:
+    """A step's record is rebuilt from its fragments at each finish, byte for byte, so a copy
+    damaged since is stored again (the damaged bytes kept), not left for a backup."""
+    step = open_step(layer)
+    ss.paint_fn(step.token, "t1", layer, [0, 0, 0])
+    rid = step.finish()[layer]
+    record = os.path.join(layer.removeprefix("file://"), f"provenance.d/records/{rid}.json")
+    with open(record, "rb") as f:
+        good = f.read()
+    if how == "edited":
+        with open(record, "ab") as f:
+            f.write(b" ")
+    else:
+        os.remove(record)
+    assert not verify(layer).ok
+    assert step.finish()[layer] == rid
+    with open(record, "rb") as f:
+        assert f.read() == good
+    assert verify(layer).ok and [stored.id for stored in cirrus.history(layer)] == [rid]
+    corrupt = os.path.join(layer.removeprefix("file://"), "provenance.d/corrupt")
+    kept = os.listdir(corrupt) if os.path.isdir(corrupt) else []
+    assert len(kept) == (1 if how == "edited" else 0)

@@ -189,6 +189,15 @@ def test_a_tasks_volume_secrets_reach_the_step_files(keyed_layer: tuple) -> None
     assert record.record.step == step.id and record.record.tasks["count"] == 1
 
 
+def test_an_access_error_points_at_the_credentials_that_were_used(keyed_layer: tuple) -> None:
+    path, keys = keyed_layer
+    wrong = {**keys, "AWS_SECRET_ACCESS_KEY": "wrong"}
+    with pytest.raises(PermanentStorageError, match=r"check the secrets given for this layer"):
+        open_store(path, secrets=wrong).get("provenance")
+    with pytest.raises(PermanentStorageError, match=r"aws-secret\.json.*cirrus\.use_secrets"):
+        open_store(path).get("provenance")  # the environment's keys: the files, or give some
+
+
 def test_a_compat_volumes_secrets_reach_its_provenance(keyed_layer: tuple) -> None:
     path, keys = keyed_layer
     vol = cirrus.CloudVolume(
@@ -214,6 +223,10 @@ def test_secrets_no_store_can_use_are_refused_before_anything_is_written(tmp_pat
 
     cirrus.use_secrets("gs://bucket/layer", AnonymousCredentials())  # as CloudFiles takes it
     cirrus.use_secrets("gs://bucket/layer", None)
+    with pytest.raises(InvalidInput, match="no client_email, private_key; give the contents"):
+        cirrus.use_secrets("gs://bucket/layer", {"AWS_ACCESS_KEY_ID": "k"})  # keys of S3
+    with pytest.raises(InvalidInput, match="no AWS_SECRET_ACCESS_KEY"):
+        cirrus.use_secrets("s3://bucket/layer", {"AWS_ACCESS_KEY_ID": "k"})
     with cirrus.session(["x"], "m", process()) as s:
         with pytest.raises(InvalidInput, match="secrets"):
             s.volume("s3://bucket/layer", secrets=[1, 2])

@@ -113,8 +113,9 @@ def _recover_one(path: str, abandon: str | None, abandon_dead: bool, force: bool
 def repair_command(path: str) -> None:
     """Set a malformed `provenance` summary of PATH aside and rebuild it from the records.
 
-    The original is kept under provenance.d/corrupt/<sha256>; a summary that parses is left
-    untouched.
+    Malformed: not JSON, or not the shape CloudVolume and cirrus read (a record pointer of the
+    wrong type, say). The original is kept under provenance.d/corrupt/<sha256>; a well-formed
+    summary is left untouched.
     """
     from cirrus.ledger import Ledger
     from cirrus.repair import repair_summary
@@ -189,9 +190,9 @@ def _require_step(parsed: StepToken) -> None:
     """An unknown step is an error, as `step finish` says: no volume of the token has its
     manifest (a token of another bucket or a copy-paste slip, most likely)."""
     from cirrus.errors import StepError
-    from cirrus.stepfiles import StepFiles
+    from cirrus.stepfiles import intact_manifest
 
-    if any(StepFiles.open(layer).manifest(parsed.id) is not None for layer in parsed.volumes):
+    if intact_manifest(parsed.id, parsed.volumes) is not None:  # damaged copies are skipped
         return
     raise StepError(
         f"step {parsed.id} is not known on {', '.join(parsed.volumes)}: none of them has its "

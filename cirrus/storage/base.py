@@ -77,11 +77,30 @@ def is_credentials_object(secrets: Secrets) -> bool:
     return callable(getattr(secrets, "before_request", None))
 
 
+_SECRET_KEYS = {  # what CloudFiles reads from given secrets, per protocol
+    "s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+    "gs": ("client_email", "private_key"),  # a Google service-account key
+}
+
+
 def check_secrets(secrets: Secrets, protocol: str) -> Secrets:
     """`secrets` for a `protocol` store, checked now: a clear error for what it cannot use."""
     if protocol == "gs" and is_credentials_object(secrets):
         return secrets
-    return given_secrets(secrets)
+    found = given_secrets(secrets)
+    missing = [key for key in _SECRET_KEYS.get(protocol, ()) if key not in found]
+    if missing:
+        raise InvalidInput(
+            f"secrets for {protocol}:// have no {', '.join(missing)}; give "
+            + (
+                "the keys as CloudVolume takes them: {'AWS_ACCESS_KEY_ID': ..., "
+                "'AWS_SECRET_ACCESS_KEY': ...}"
+                if protocol == "s3"
+                else "the contents of a service-account JSON key file, or a google-auth "
+                "credentials object"
+            )
+        )
+    return found
 
 
 def given_secrets(secrets: Mapping[str, Any] | str) -> dict[str, Any]:

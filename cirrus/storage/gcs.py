@@ -36,7 +36,12 @@ _CLIENTS = ClientCache()
 _TIMEOUT = (5, 20)  # connect, read (seconds)
 _CREDENTIALS_HELP = (
     "check the credentials CloudFiles uses (~/.cloudvolume/secrets/google-secret.json or "
-    "GOOGLE_APPLICATION_CREDENTIALS) and that they may read and write this bucket"
+    "GOOGLE_APPLICATION_CREDENTIALS), or give them in code with cirrus.use_secrets(path, "
+    "secrets), and that they may read and write this bucket"
+)
+_GIVEN_HELP = (
+    "check the secrets given for this layer (s.volume(path, secrets=...) or "
+    "cirrus.use_secrets) and that they may read and write this bucket"
 )
 
 
@@ -54,6 +59,10 @@ class GCSBackend:
         self.prefix = prefix.strip("/")
         self.bucket = bucket
         self._client_key = _client_key(bucket, secrets)
+
+    @property
+    def _credentials_help(self) -> str:
+        return _CREDENTIALS_HELP if self._client_key[2] is None else _GIVEN_HELP
 
     @property
     def _client(self) -> Any:
@@ -147,11 +156,11 @@ class GCSBackend:
             return TransientStorageError(f"GCS request failed: {error!r}", **where)
         if isinstance(error, auth_exceptions.DefaultCredentialsError):
             return PermanentStorageError(
-                f"no Google credentials found; {_CREDENTIALS_HELP}", **where
+                f"no Google credentials found; {self._credentials_help}", **where
             )
         if isinstance(error, (exceptions.Forbidden, exceptions.Unauthorized)):
             return PermanentStorageError(
-                f"GCS denied access; {_CREDENTIALS_HELP}: {error}", **where
+                f"GCS denied access; {self._credentials_help}: {error}", **where
             )
         if isinstance(error, exceptions.NotFound):
             return PermanentStorageError(

@@ -66,6 +66,7 @@ class S3Backend:
         self.endpoint = endpoint.rstrip("/") if endpoint else None
         self.service = service
         found = _credentials(bucket, service) if secrets is None else given_secrets(secrets)
+        self._given = secrets is not None  # which credentials an access error points at
         self._client_key = _client_key(self.endpoint, found)
 
     @property
@@ -165,7 +166,7 @@ class S3Backend:
             return TransientStorageError(f"S3 connection failed: {error}", **where)
         if isinstance(error, exceptions.NoCredentialsError):
             return PermanentStorageError(
-                f"no AWS credentials found; {_credentials_help(self.service)}", **where
+                f"no AWS credentials found; {_credentials_help(self.service, self._given)}", **where
             )
         if not isinstance(error, exceptions.ClientError):
             return PermanentStorageError(f"S3 request failed: {error!r}", **where)
@@ -194,9 +195,8 @@ class S3Backend:
                 **where,
             )
         if status == 403 or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            return PermanentStorageError(
-                f"S3 denied access ({code}); {_credentials_help(self.service)}", **where
-            )
+            help_text = _credentials_help(self.service, self._given)
+            return PermanentStorageError(f"S3 denied access ({code}); {help_text}", **where)
         return PermanentStorageError(f"S3 answered {status} {code}: {message}", **where)
 
 
@@ -246,11 +246,17 @@ def _secret_name(service: str) -> str:
     return f"{'aws' if service == 's3' else service}-secret.json"
 
 
-def _credentials_help(service: str) -> str:
+def _credentials_help(service: str, given: bool) -> str:
+    if given:
+        return (
+            "check the secrets given for this layer (s.volume(path, secrets=...) or "
+            "cirrus.use_secrets) and that they may read and write this bucket"
+        )
     environment = " or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY" if service == "s3" else ""
     return (
         f"check the credentials CloudFiles uses (~/.cloudvolume/secrets/{_secret_name(service)}"
-        f"{environment}) and that they may read and write this bucket"
+        f"{environment}), or give them in code with cirrus.use_secrets(path, secrets), and "
+        "that they may read and write this bucket"
     )
 
 
