@@ -23,7 +23,7 @@ import attrs
 from cirrus.canonical import canonical_json, check_digest, is_digest, sha256_hex, short
 from cirrus.errors import IntegrityError, InvalidInput
 from cirrus.model import Record, parse_time, superseded_unpublished, utcnow
-from cirrus.readback import check_record
+from cirrus.readback import CORRUPT, check_record
 from cirrus.storage.base import NOT_READ, Blob
 from cirrus.storage.paths import OnLayer
 from cirrus.summary import (
@@ -45,7 +45,6 @@ log = logging.getLogger("cirrus.ledger")
 
 SUMMARY_KEY = "provenance"
 RECORDS = "provenance.d/records/"
-CORRUPT = "provenance.d/corrupt/"
 LARGE_SUMMARY = 1 << 20  # bytes; every commit on the layer reads and rewrites the summary
 _warned_large: set[str] = set()  # layers warned about, once per process
 

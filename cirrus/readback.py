@@ -17,7 +17,7 @@ from cirrus.errors import IntegrityError, InvalidInput
 from cirrus.model import Note, parse_time
 from cirrus.writeset import check_writes
 
-DAMAGED = "provenance.d/corrupt/"  # where a damaged fragment is kept when a re-run replaces it
+CORRUPT = "provenance.d/corrupt/"  # where damaged or malformed objects are kept when replaced
 _UNREADABLE = (ValueError, TypeError, KeyError, AttributeError, InvalidInput, RecursionError)
 
 FRAGMENT_FIELDS = {
@@ -46,7 +46,7 @@ def parse_fragment(data: bytes, cloudpath: str, key: str) -> dict[str, Any]:
     task = key.rsplit("/", 1)[-1].removesuffix(".json")
     remedy = (
         f"run that task again (cirrus.join(token, task={task!r})): its fragment is replaced "
-        f"and the damaged one kept under {DAMAGED}; then finish the step. If it cannot run "
+        f"and the damaged one kept under {CORRUPT}; then finish the step. If it cannot run "
         "again, move the file out of tasks/ (its writes then go unrecorded) and finish"
     )
     return _checked(data, f"{cloudpath}: task {task}'s fragment {key}", remedy, _check_fragment)

@@ -14,9 +14,9 @@ from typing import Any
 
 from cirrus.canonical import sha256_hex
 from cirrus.errors import CirrusError, CorruptProvenance, IntegrityError
-from cirrus.ledger import CORRUPT, SUMMARY_KEY, Ledger
+from cirrus.ledger import SUMMARY_KEY, Ledger
 from cirrus.model import is_interrupted
-from cirrus.readback import pointer_problem
+from cirrus.readback import CORRUPT, pointer_problem
 from cirrus.stepfiles import StepFiles
 from cirrus.summary import (
     OPEN_SESSIONS,

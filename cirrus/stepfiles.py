@@ -22,7 +22,7 @@ import attrs
 from cirrus.canonical import check_step_id, is_step_id, sha256_hex
 from cirrus.errors import IntegrityError
 from cirrus.overlap import overlapped
-from cirrus.readback import DAMAGED, parse_expected, parse_fragment, parse_manifest
+from cirrus.readback import CORRUPT, parse_expected, parse_fragment, parse_manifest
 from cirrus.steptoken import is_task_id
 from cirrus.storage.base import Blob
 from cirrus.storage.paths import OnLayer
@@ -88,9 +88,9 @@ class StepFiles(OnLayer):
             try:
                 earlier = parse_fragment(existing.data, self.cloudpath, key)
             except IntegrityError as damaged:  # what it said is lost; this attempt replaces it
-                kept = f"{DAMAGED}{sha256_hex(existing.data)}"
+                kept = f"{CORRUPT}{sha256_hex(existing.data)}"
                 self.store.create(kept, existing.data, addressed=True)
-                log.warning("%s; kept under %s and replaced", damaged.problem, DAMAGED)
+                log.warning("%s; kept under %s and replaced", damaged.problem, CORRUPT)
                 return _pretty(fragment)
             merged = merge_attempts(earlier, fragment)
             return None if merged == earlier else _pretty(merged)
