@@ -72,9 +72,7 @@ def parse_expected(data: bytes, cloudpath: str, key: str) -> list[str]:
     """The task ids a step expects, as stored beside its manifest, checked."""
 
     def check(document: dict[str, Any]) -> None:
-        ids = document.get("task_ids")
-        if not isinstance(ids, list) or not all(isinstance(task, str) for task in ids):
-            raise ValueError("no list of task ids")
+        _check_strings(document.get("task_ids"), "task_ids")
 
     remedy = (
         "every volume of the step holds the same list: copy an intact one from another of its "
@@ -102,6 +100,18 @@ def _require(document: dict[str, Any], fields: dict[str, type]) -> None:
             raise ValueError(f"no {kind.__name__} {field!r}")
 
 
+def _check_strings(items: Any, what: str) -> None:
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise ValueError(f"{what} that are not a list of strings")
+
+
+def _check_notes(notes: Any) -> None:
+    if not isinstance(notes, list):
+        raise ValueError("notes that are not a list")
+    for note in notes:
+        Note.from_json(note)
+
+
 def _check_time(text: str, field: str) -> None:
     if parse_time(text).tzinfo is None:
         raise ValueError(f"{field} without a timezone")
@@ -115,11 +125,8 @@ def _check_fragment(fragment: dict[str, Any]) -> None:
         raise ValueError("no error object or null")  # a finish reads it from every fragment
     for field in ("started", "ended"):
         _check_time(fragment[field], field)
-    for note in fragment["notes"]:
-        Note.from_json(note)
-    attempts = fragment.get("attempt_ids", [])
-    if not isinstance(attempts, list) or not all(isinstance(a, str) for a in attempts):
-        raise ValueError("attempt_ids that are not a list of ids")
+    _check_notes(fragment["notes"])
+    _check_strings(fragment.get("attempt_ids", []), "attempt_ids")
     if type(fragment.get("attempts", 1)) is not int:
         raise ValueError("an attempt count that is not a number")
     check_writes(fragment["writes"])
@@ -128,11 +135,9 @@ def _check_fragment(fragment: dict[str, Any]) -> None:
 def _check_manifest(manifest: dict[str, Any]) -> None:
     _require(manifest, MANIFEST_FIELDS)
     for field in ("volumes", "sources"):
-        if not all(isinstance(item, str) for item in manifest[field]):
-            raise ValueError(f"{field} that are not all strings")
+        _check_strings(manifest[field], field)
     _check_time(manifest["started"], "started")
-    for note in manifest["notes"]:
-        Note.from_json(note)
+    _check_notes(manifest["notes"])
     check_process(manifest["process"])
     if type(manifest.get("expected_tasks", 0)) is not int:
         raise ValueError("an expected task count that is not a number")
@@ -147,8 +152,7 @@ def check_process(process: Any) -> None:
     if not isinstance(process, dict):
         raise ValueError("a process that is not an object")
     _require(process, {"description": str, "parameters": dict, "envs": list, "digest": str})
-    if not all(isinstance(env, str) for env in process["envs"]):
-        raise ValueError("process envs that are not all ids")
+    _check_strings(process["envs"], "process envs")
 
 
 RECORD_FIELDS = {
@@ -170,14 +174,8 @@ def check_record(record: dict[str, Any]) -> None:
     if record.get("process") is not None:
         check_process(record["process"])
     for field in ("sources", "siblings"):
-        items = record.get(field, [])
-        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
-            raise ValueError(f"{field} that are not a list of strings")
-    notes = record.get("notes", [])
-    if not isinstance(notes, list):
-        raise ValueError("notes that are not a list")
-    for note in notes:
-        Note.from_json(note)
+        _check_strings(record.get(field, []), field)
+    _check_notes(record.get("notes", []))
     for field in ("started", "ended"):
         _check_time(record[field], field)
     if not isinstance(record.get("error"), dict | None):

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import attrs
 
@@ -152,20 +152,28 @@ class StepFiles(OnLayer):
         return ids
 
 
-def intact_manifest(step_id: str, volumes: Sequence[str]) -> dict[str, Any] | None:
-    """The step's manifest from the first of its `volumes` holding an intact one (each holds
-    the same); None if none holds one, the first IntegrityError if every copy is damaged."""
+T = TypeVar("T")
+
+
+def first_intact(volumes: Sequence[str], read: Callable[[StepFiles], T | None]) -> T | None:
+    """`read` from the first of a step's `volumes` holding an intact copy (each holds the same
+    step files); None if none holds one, the first IntegrityError if every copy is damaged."""
     damaged: list[IntegrityError] = []
     for layer in volumes:
         try:
-            manifest = StepFiles.open(layer).manifest(step_id)
+            found = read(StepFiles.open(layer))
         except IntegrityError as error:
             damaged.append(error)
             continue
-        if manifest is not None:
+        if found is not None:
             if damaged:
                 log.warning("%s; read the copy on %s", damaged[0].problem, layer)
-            return manifest
+            return found
     if damaged:
         raise damaged[0]
     return None
+
+
+def intact_manifest(step_id: str, volumes: Sequence[str]) -> dict[str, Any] | None:
+    """The step's manifest from the first of its `volumes` holding an intact one."""
+    return first_intact(volumes, lambda files: files.manifest(step_id))

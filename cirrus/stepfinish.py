@@ -17,7 +17,7 @@ from cirrus.ledger import Ledger, record_id
 from cirrus.model import Note, parse_time
 from cirrus.overlap import overlapped
 from cirrus.session import make_record
-from cirrus.stepfiles import StepFiles, intact_manifest
+from cirrus.stepfiles import StepFiles, first_intact, intact_manifest
 from cirrus.steptoken import StepToken
 from cirrus.summary import mark_step_open, open_step_info, published_ids
 from cirrus.writeset import combine
@@ -111,22 +111,14 @@ def _listed(tasks: list[str]) -> str:
 
 
 def _expected_ids(token: StepToken) -> list[str]:
-    damaged: list[IntegrityError] = []
-    for layer in token.volumes:
-        try:
-            ids = StepFiles.open(layer).expected(token.id)
-        except IntegrityError as error:  # another volume's copy may be intact
-            damaged.append(error)
-            continue
-        if ids is not None:
-            return ids
-    if damaged:
-        raise damaged[0]
-    raise IntegrityError(
-        f"step {token.id} expects named tasks, but none of its volumes holds their list "
-        f"(provenance.d/steps/{token.id}/expected.json)",
-        'restore it from a backup on any of them (it reads {"task_ids": [...]})',
-    )
+    ids = first_intact(token.volumes, lambda files: files.expected(token.id))
+    if ids is None:
+        raise IntegrityError(
+            f"step {token.id} expects named tasks, but none of its volumes holds their list "
+            f"(provenance.d/steps/{token.id}/expected.json)",
+            'restore it from a backup on any of them (it reads {"task_ids": [...]})',
+        )
+    return ids
 
 
 def _step_record(
