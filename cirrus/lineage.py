@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from cirrus.errors import CirrusError, InvalidInput, plain_text
+from cirrus.errors import CirrusError, IntegrityError, InvalidInput, plain_text
 from cirrus.ledger import SUMMARY_KEY, Ledger
 from cirrus.reading import has_info, read_history
 from cirrus.storage.paths import normalise_cloudpath
@@ -106,6 +106,26 @@ def lineage(
         return visit(name, level, ancestors)
 
     return visit(root, 0, ())
+
+
+def raise_if_damaged(root: Node) -> None:
+    """Raise IntegrityError naming the volumes whose damaged records the lineage skipped (what
+    `cirrus lineage` exits 3 on, after printing the rest, as `cirrus log` does)."""
+    damaged: list[Node] = []
+
+    def walk(node: Node) -> None:
+        if node.damaged:
+            damaged.append(node)
+        for _via, parent in node.parents:
+            walk(parent)
+
+    walk(root)
+    if damaged:
+        named = ", ".join(f"{node.name} ({node.damaged})" for node in damaged)
+        raise IntegrityError(
+            f"the lineage skipped damaged records on {len(damaged)} volume(s): {named}",
+            "run `cirrus verify PATH` on each for what is wrong and how to mend it",
+        )
 
 
 SUMMARY_ONLY = "listed in the summary (a record is damaged)"

@@ -124,9 +124,10 @@ def test_log_shows_the_rest_marks_the_damaged_one_and_exits_3(
     assert "DAMAGED" in table and "segment v0" in table and "4 record(s), 1 damaged" in table
 
 
-def test_lineage_skips_the_damaged_record_and_follows_the_rest(damaged: dict) -> None:
+def test_lineage_skips_the_damaged_record_follows_the_rest_then_exits_3(damaged: dict) -> None:
     seg, image, other = damaged["seg"], damaged["image"], damaged["other"]
-    out = invoke("lineage", seg).output
+    result = invoke("lineage", seg, code=3)
+    out = result.stdout
     first, *rest = out.splitlines()
     assert first.startswith(f"{seg}  (3 record(s)") and "1 damaged" in first
     assert "unreadable" not in out
@@ -136,8 +137,20 @@ def test_lineage_skips_the_damaged_record_and_follows_the_rest(damaged: dict) ->
     # only the damaged record named `other`: the summary still lists it, so it is followed
     assert f"{other}  (1 record(s)" in tree and "listed in the summary" in tree
     assert '"manual tracing"  (free text)' in tree
-    data = json.loads(invoke("lineage", seg, "--format", "json").output)
+    # as `cirrus log` does: everything is shown, then one line names what was skipped
+    assert f"damaged records on 1 volume(s): {seg} (1)" in result.stderr
+    assert "cirrus verify" in result.stderr
+    data = json.loads(invoke("lineage", seg, "--format", "json", code=3).stdout)
     assert data["damaged"] == 1 and {s["name"] for s in data["sources"]} == {image, other}
+
+
+def test_lineage_exits_3_for_a_damaged_record_on_an_ancestor(damaged: dict) -> None:
+    image, seg = damaged["image"], damaged["seg"]
+    (acquired,) = [r.id for r in cirrus.history(image)]
+    _record_file(image, acquired).unlink()
+    result = invoke("lineage", seg, code=3)
+    assert f"{image}  (0 record(s)" in result.stdout
+    assert f"2 volume(s): {seg} (1), {image} (1)" in result.stderr
 
 
 POINTER_DAMAGE = {

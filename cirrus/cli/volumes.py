@@ -171,9 +171,10 @@ def lineage_command(path: str, depth: int, fmt: str) -> None:
 
     Free-text sources, unreadable volumes, cycles and the depth limit end a branch and are
     shown as such; they are not errors. Damaged records are counted on their volume and
-    skipped; the sources of the others (and the summary's) are still followed.
+    skipped; the sources of the others (and the summary's) are still followed, all is shown,
+    then the command exits 3.
     """
-    from cirrus.lineage import RENDERERS, lineage
+    from cirrus.lineage import RENDERERS, lineage, raise_if_damaged
 
     require_layer(path)  # its sources may be unreadable; PATH itself must be a layer
     root = lineage(path, depth=depth)
@@ -181,6 +182,7 @@ def lineage_command(path: str, depth: int, fmt: str) -> None:
         click.echo(json.dumps(root.to_json(), indent=2, ensure_ascii=False))
     else:
         click.echo(RENDERERS[fmt](root))
+    raise_if_damaged(root)  # shown, counted and skipped; exit 3 all the same
 
 
 # -- export ---------------------------------------------------------------------------------------
