@@ -63,7 +63,8 @@ def repair_summary(cloudpath: str) -> str | None:
         except IntegrityError as damaged:  # its volumes are unknown here; a finish lists it
             log.warning("%s; not listed as open: `cirrus step finish TOKEN` lists it", damaged)
             continue
-        if not _finished_elsewhere(manifest, ledger.cloudpath):
+        finished_empty = steps.finished_empty(step_id) and not steps.task_count(step_id)
+        if not finished_empty and not _finished_elsewhere(manifest, ledger.cloudpath):
             rebuilt = mark_step_open(rebuilt, manifest["id"], open_step_info(manifest)) or rebuilt
     ledger.store.swap(SUMMARY_KEY, render_summary(rebuilt), blob.token)
     return kept

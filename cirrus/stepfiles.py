@@ -7,11 +7,14 @@ fragment). The summary side of a step
 
 Layout under the layer:
     provenance.d/steps/<id>/step.json          the manifest, written when the step opens
+    provenance.d/steps/<id>/expected.json      the ids of the tasks it expects, if named
     provenance.d/steps/<id>/tasks/<task>.json  a task's fragment
+    provenance.d/steps/<id>/finished-empty.json  a finish that found no task on any volume
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -20,7 +23,7 @@ from typing import Any, TypeVar
 import attrs
 
 from cirrus.canonical import check_step_id, is_step_id, sha256_hex
-from cirrus.errors import IntegrityError
+from cirrus.errors import IntegrityError, PreconditionFailed
 from cirrus.overlap import overlapped
 from cirrus.readback import CORRUPT, parse_expected, parse_fragment, parse_manifest
 from cirrus.steptoken import is_task_id
@@ -109,6 +112,17 @@ class StepFiles(OnLayer):
         key = f"{STEPS}{check_step_id(step_id)}/expected.json"
         blob = self.store.get(key)
         return None if blob is None else parse_expected(blob.data, self.cloudpath, key)
+
+    def mark_finished_empty(self, step_id: str) -> None:
+        """Note that the step was finished with no task anywhere: it has no record to say so,
+        and `cirrus repair` would otherwise list it as still open."""
+        key = f"{STEPS}{check_step_id(step_id)}/finished-empty.json"
+        with contextlib.suppress(PreconditionFailed):  # there already: only its presence counts
+            self.store.create(key, _pretty({"step": step_id, "tasks": 0}))
+
+    def finished_empty(self, step_id: str) -> bool:
+        """Whether a finish found no task of the step on any of its volumes."""
+        return self.store.get(f"{STEPS}{check_step_id(step_id)}/finished-empty.json") is not None
 
     def task_count(self, step_id: str) -> int:
         """How many tasks filed a fragment here (one LIST, no GETs)."""

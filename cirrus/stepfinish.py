@@ -59,6 +59,9 @@ def finish(token: str | Mapping[str, Any] | StepToken) -> dict[str, str]:
         run(lambda layer: Ledger.open(layer).restore_record(records[layer]), list(done))
     todo = {layer: record for layer, record in records.items() if layer not in done}
     ids = {**done, **commit_records(todo, [], {layer: summaries[layer] for layer in todo})}
+    if not written:  # no record will say it was finished: a file does, before it is unlisted
+        with overlapped(len(token.volumes)) as run:
+            run(lambda layer: StepFiles.open(layer).mark_finished_empty(token.id), token.volumes)
     for layer in token.volumes:
         if layer not in written:
             Ledger.open(layer).clear_step(token.id)
@@ -208,7 +211,8 @@ def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
             "tasks": len(fragments),
             "failed": sorted(f["task"] for f in fragments if f["task"] not in tally.committed),
             "open": token.id in section.get("open_steps", {}),
-            "finished": any(e.get("step") == token.id for e in section.get("records", [])),
+            "finished": any(e.get("step") == token.id for e in section.get("records", []))
+            or (not fragments and StepFiles.beside(ledgers[layer]).finished_empty(token.id)),
         }
     if "expected_tasks" in manifest:
         report["expected"] = manifest["expected_tasks"]

@@ -315,6 +315,35 @@ def test_repair_does_not_reopen_a_finished_step_on_a_volume_its_tasks_skipped(tm
     assert "open_steps" not in summary_json(paths[1]).get("cirrus", {})
 
 
+def test_repair_does_not_reopen_a_step_finished_with_no_task(tmp_path):
+    """No record says such a step was finished; its finish leaves a file that does."""
+    paths = [normalise_cloudpath(f"file://{tmp_path}/{name}") for name in "ab"]
+    for path in paths:
+        make_layer(path)
+    empty = cirrus.step(["src"], "nothing to do", process(), volumes=paths)
+    running = cirrus.step(["src"], "still running", process(), volumes=paths)
+    assert empty.finish() == {}
+    assert [empty.status()["volumes"][p]["finished"] for p in paths] == [True, True]
+    assert [running.status()["volumes"][p]["finished"] for p in paths] == [False, False]
+    for path in paths:
+        put_raw(path, "provenance", b"{broken")
+        assert repair_summary(path)
+        assert set(summary_json(path)["cirrus"]["open_steps"]) == {running.id}
+
+
+def test_repair_lists_a_step_finished_with_no_task_open_again_once_a_late_task_files(layer):
+    empty = cirrus.step(["src"], "nothing to do, then a late task", process(), volumes=[layer])
+    empty.finish()
+    with cirrus.join(empty.token, task="late") as task:
+        task.volume(layer)[0:64, 0:64, 0:64] = chunk_of(1)
+    assert empty.status()["volumes"][layer]["finished"] is False  # the late task is unfinished
+    put_raw(layer, "provenance", b"{broken")
+    assert repair_summary(layer)
+    assert set(summary_json(layer)["cirrus"]["open_steps"]) == {empty.id}
+    empty.finish()
+    assert [h.record.tasks["count"] for h in cirrus.history(layer)] == [1]
+
+
 def test_a_compat_volume_commits_when_it_is_deleted(layer):
     """cirrus-volume had no explicit end: dropping the volume records its writes, at once."""
     import gc
