@@ -69,13 +69,12 @@ class WriteScope:
         if cloudvolume_kwargs.get("secrets") is not None:  # before any provenance is read
             use_secrets(layer, cloudvolume_kwargs["secrets"])
         self._check_layer(layer)
-        self._summaries[layer] = Ledger.open(layer).summary_blob()  # refuses a malformed one now
         volume = CloudVolume(cloudpath, **cloudvolume_kwargs)
         tracker = self._trackers.setdefault(layer, WriteTracker())
         return track(volume, Gate(layer, tracker, self._refusal, self._writing))
 
     def _check_layer(self, layer: str) -> None:
-        """Hook for step tasks, which admit only their step's volumes."""
+        """Before a handle on `layer` is made: refuse what it must not write (subclasses)."""
 
     def _writing(self, layer: str) -> None:
         """Called before each write to `layer`; tasks need nothing (their step is listed open)."""
@@ -205,6 +204,11 @@ class Session(WriteScope):
         self._open: set[str] = set()  # layers whose summary may list this session as writing
         self._listed: set[str] = set()  # ... and those where the listing is known to be stored
         self._opening: dict[str, threading.Lock] = {}  # per layer, held while listing there
+
+    def _check_layer(self, layer: str) -> None:
+        """Read the layer's summary: a malformed one is refused now, before any write, and the
+        listing before the first write starts from it."""
+        self._summaries[layer] = Ledger.open(layer).summary_blob()
 
     def _writing(self, layer: str) -> None:
         """Before the first write to `layer`: list this session there as writing.

@@ -150,7 +150,7 @@ class TaskSession(WriteScope):
         self._task_named = task is not None
         super().__init__()
         self.records: dict[str, str] = {}
-        self._manifests_seen: set[str] = set()
+        self._manifest: dict[str, Any] | None = None  # read at the first volume opened
 
     @property
     def label(self) -> str:
@@ -162,24 +162,28 @@ class TaskSession(WriteScope):
                 f"{layer} is not one of this step's volumes ({', '.join(self.token.volumes)}); "
                 "open the step with every volume its tasks write"
             )
-        if layer not in self._manifests_seen:  # one GET per volume and task
+        if self._manifest is None:  # one GET per task: the manifest names all the step's volumes
             try:
                 manifest = StepFiles.open(layer).manifest(self.token.id)
             except IntegrityError:  # damaged, so opened here: the other volumes hold copies
                 manifest = intact_manifest(self.token.id, self.token.volumes)
             if manifest is None:
-                raise StepError(
-                    f"step {self.token.id} was never opened on {layer} (no manifest there), so "
-                    "its fragments would never be finished: pass the token `cirrus.step(...)` "
-                    "returned, unchanged"
-                )
+                raise self._never_opened(layer, "no manifest there")
             if "expected_tasks" in manifest and not self._task_named:
                 raise StepError(
                     f"step {self.token.id} expects {manifest['expected_tasks']} tasks, so each "
                     "must join with its task id (`cirrus.join(token, task=...)`): an unnamed "
                     "task would count as another task each time it is re-run"
                 )
-            self._manifests_seen.add(layer)
+            self._manifest = manifest
+        if layer not in self._manifest["volumes"]:
+            raise self._never_opened(layer, "its manifest does not name it")
+
+    def _never_opened(self, layer: str, why: str) -> StepError:
+        return StepError(
+            f"step {self.token.id} was never opened on {layer} ({why}), so its fragments would "
+            "never be finished: pass the token `cirrus.step(...)` returned, unchanged"
+        )
 
     def _record(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
         ended = isoformat(utcnow())

@@ -569,6 +569,39 @@ def test_join_refuses_a_token_of_a_step_never_opened_before_writing(layer: str) 
     assert Ledger.open(layer).store.get("provenance") is None
 
 
+def test_a_task_reads_one_manifest_and_files_one_fragment_per_volume(tmp_path) -> None:
+    """What a task costs the provenance store, however many volumes it writes: the manifest
+    once, then a create per volume. It never reads the summary, which only finishes touch."""
+    paths = [f"file://{tmp_path}/{name}" for name in "abc"]
+    for path in paths:
+        ss.make_layer(path)
+    step = open_step(*paths)
+    keys = KeyCounter()
+    with (
+        wrap_backends(lambda backend: KeyCountingBackend(backend, keys)),
+        cirrus.join(step.token, task="t1") as task,
+    ):
+        for path in paths:
+            ss.paint(task, path, [0, 0, 0])
+    assert sum(keys.calls.values()) == 4, keys.calls
+    assert keys.count(method="get", kind="steps") == 1
+    assert keys.count(method="put_new", kind="steps") == 3
+    assert all(len(StepFiles.open(path).fragments(step.id)) == 1 for path in paths)
+
+
+def test_join_refuses_a_volume_added_to_the_token_by_hand(tmp_path, layer: str) -> None:
+    other = f"file://{tmp_path}/other"
+    ss.make_layer(other)
+    step = open_step(layer)
+    edited = json.loads(step.token)
+    edited["volumes"].append(other)
+    with cirrus.join(json.dumps(edited), task="t1") as task:
+        task.volume(layer)
+        with pytest.raises(StepError, match=f"never opened on {other} .its manifest does not"):
+            task.volume(other)
+    assert Ledger.open(other).store.list("provenance.d/") == []
+
+
 def test_opening_a_step_checks_every_volume_before_writing_to_any(tmp_path, layer: str) -> None:
     broken = f"file://{tmp_path}/broken"
     ss.make_layer(broken)
