@@ -1,11 +1,11 @@
-"""Nothing lost, nothing doubled, measured: sessions under injected faults, and 64-way contention.
+"""Nothing lost, nothing doubled, measured: sessions under injected faults.
 
 Per backend (file://, S3 on moto): N two-volume sessions in a row, every provenance call behind
 a seeded FaultyBackend (30% of calls fail, 30% of writes lose their response after being
 applied, 5% stall 50 ms): sessions committed, records kept vs expected, records and summary
 entries doubled, injected faults retried per commit, and p50/p99 commit latency against the
-same sessions without faults. Then 64 processes with independent sessions commit to one volume
-on Ceph RGW at the same moment: records kept vs 64.
+same sessions without faults. (Many processes committing at once, on file:// and Ceph RGW,
+are bench_steps.py's contention rows.)
 
     python -m benchmarks.bench_reliability [--quick]     (from the repository root)
 """
@@ -45,7 +45,6 @@ def run(quick: bool = False) -> list[dict]:
             os.environ.pop("CIRRUS_STORAGE_DEADLINE", None)
         else:
             os.environ["CIRRUS_STORAGE_DEADLINE"] = saved
-    rows += contention_rows(64)
     return rows
 
 
@@ -172,51 +171,6 @@ def faults_rows(backend: str, root: str, count: int) -> list[dict]:
             "ms",
         ),
     ]
-
-
-def contention_rows(writers: int) -> list[dict]:
-    """`writers` processes with independent sessions on one RGW volume: records kept."""
-    case = f"S3 (Ceph RGW), {writers} processes, independent sessions on one volume"
-    try:
-        with contextlib.ExitStack() as stack:
-            from tests.servers.rgw import rgw_server
-
-            rgw = stack.enter_context(rgw_server())
-            env = rgw.env()
-            stack.enter_context(environment(env))
-            from cloudfiles.interfaces import reset_connection_pools
-
-            reset_connection_pools()
-            return _contention(case, rgw, env, writers)
-    except Exception as error:  # no RGW here is a result to report, not a crash
-        reason = f"not measured: {type(error).__name__}: {error}"
-        return [{"benchmark": BENCHMARK, "case": case, "cirrus": reason[:300]}]
-
-
-def _contention(case: str, rgw, env: dict, writers: int) -> list[dict]:
-    import cirrus
-    from tests.reliability import support
-
-    bucket = rgw.make_bucket(f"bench-{uuid.uuid4().hex[:12]}")
-    layer = f"s3://{bucket}/layer"
-    support.make_layer(layer, support.CONTENTION_SIZE)
-    started = time.perf_counter()
-    done = support.commit_together(layer, writers, env)
-    wall = time.perf_counter() - started
-    kept = len(cirrus.history(layer))
-    seconds = sorted(item[2] for item in done if item[1] is not None)
-    base = {"benchmark": BENCHMARK, "baseline": None, "ratio": None}
-    rows = [
-        {**base, "case": f"{case}: records kept", "cirrus": kept, "baseline": writers,
-         "ratio": round(kept / writers, 2), "unit": "records", "goal": f"{writers} of {writers}"},
-        {**base, "case": f"{case}: wall time", "cirrus": round(wall, 1), "unit": "s"},
-    ]  # fmt: skip
-    if seconds:
-        rows.append(
-            {**base, "case": f"{case}: commit p50 / max", "unit": "s",
-             "cirrus": f"{statistics.median(seconds):.2f} / {seconds[-1]:.2f}"}
-        )  # fmt: skip
-    return rows
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """Startup costs: `import cirrus` vs `import cloudvolume`, and a code-environment capture vs
 `pip freeze`. Each measurement runs in a fresh interpreter (nothing cached in-process); the median
-of REPEATS runs is reported.
+of REPEATS runs is reported, the two sides' runs alternated.
 
 Run: `python -m benchmarks.bench_startup` from the repository root.
 """
@@ -39,12 +39,14 @@ def wall_of_child(*args: str) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def median_ms(measure: Callable[[], float]) -> float:
-    return round(statistics.median(measure() for _ in range(REPEATS)), 1)
-
-
 def row(case: str, cirrus: Callable[[], float], baseline: Callable[[], float]) -> dict:
-    cirrus_ms, baseline_ms = median_ms(cirrus), median_ms(baseline)
+    """Medians of REPEATS runs of each side, the two alternated so that drift hits both."""
+    runs: tuple[list[float], list[float]] = ([], [])
+    for index in range(REPEATS):
+        sides = ((0, cirrus), (1, baseline)) if index % 2 == 0 else ((1, baseline), (0, cirrus))
+        for side, measure in sides:
+            runs[side].append(measure())
+    cirrus_ms, baseline_ms = (round(statistics.median(times), 1) for times in runs)
     return {
         "benchmark": "startup",
         "case": case,
@@ -63,9 +65,22 @@ def run() -> list[dict]:
             lambda: timed_in_child("import cirrus"),
             lambda: timed_in_child("import cloudvolume"),
         ),
+        # what cirrus adds: a session's first handle imports cloudvolume anyway
         row(
-            "PythonGithubEnv('.') capture vs pip freeze subprocess",
+            "import cirrus, cloudvolume vs import cloudvolume",
+            lambda: timed_in_child("import cirrus, cloudvolume"),
+            lambda: timed_in_child("import cloudvolume"),
+        ),
+        # what a pipeline pays: cirrus captures in its own process; pip freeze is a subprocess
+        row(
+            "PythonGithubEnv('.') capture, in process, vs pip freeze subprocess",
             lambda: timed_in_child(capture),
+            lambda: wall_of_child(sys.executable, "-m", "pip", "freeze"),
+        ),
+        # both as whole processes (interpreter start and exit on both sides)
+        row(
+            "PythonGithubEnv('.') capture vs pip freeze, each a whole python process",
+            lambda: wall_of_child(sys.executable, "-c", capture),
             lambda: wall_of_child(sys.executable, "-m", "pip", "freeze"),
         ),
     ]

@@ -5,9 +5,12 @@
 Runs `run()` of each `benchmarks/bench_*.py` present (with `quick=` when it takes it), in this
 order: session, storage, steps, startup, then any other. A module that fails to import or to run
 becomes an `error: ...` row and the others still run. Prints the machine, then one table
-(benchmark, case, cirrus, baseline, ratio, goal), and writes the machine and all rows to JSON
-(default benchmarks/results/latest.json). Starting servers is each module's business: nothing is
-started here. Exit status 1 when any row is an error.
+(benchmark, case, cirrus, baseline, ratio, goal, met), and writes the machine and all rows to
+JSON (default benchmarks/results/latest.json). Starting servers is each module's business: nothing
+is started here. Exit status 1 when any row is an error, or, in a full run, not measured.
+
+A goal is checked here, not by hand: `<= X` and `= X` on the ratio, `~ X` (within 5%) on the
+ratio, `none lost` on the cirrus figure; anything else (`info: ...`) has no verdict.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import importlib
 import inspect
 import json
 import math
+import re
 import sys
 import time
 import traceback
@@ -29,8 +33,9 @@ from benchmarks import machine as machine_info
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "latest.json"
 ORDER = ("session", "storage", "steps", "startup")
-COLUMNS = ("benchmark", "case", "cirrus", "baseline", "ratio", "goal")
-FIELDS = ("benchmark", "case", "cirrus", "baseline", "ratio", "unit", "goal")
+COLUMNS = ("benchmark", "case", "cirrus", "baseline", "ratio", "goal", "met")
+FIELDS = ("benchmark", "case", "cirrus", "baseline", "ratio", "unit", "goal", "met")
+_BOUND = re.compile(r"(?:ratio\s*)?(<=|=|~)\s*([0-9]+(?:\.[0-9]+)?)")
 
 
 def discover() -> list[str]:
@@ -100,14 +105,35 @@ def normalise(name: str, raw: Any) -> dict:
                 break
     result["unit"] = unit
     cirrus, baseline = result.get("cirrus"), result.get("baseline")
-    if result.get("ratio") is None and _number(cirrus) and _number(baseline) and baseline:
+    if "ratio" not in result and _number(cirrus) and _number(baseline) and baseline:
         result["ratio"] = round(cirrus / baseline, 4)
     if isinstance(result.get("ratio"), float) and not math.isfinite(result["ratio"]):
         result["ratio"] = None
+    result["met"] = goal_met(result)
     for field in FIELDS:
         result.setdefault(field, "" if field in ("case", "unit", "goal") else None)
     ordered = {field: result.pop(field) for field in FIELDS}
     return {**ordered, **result}
+
+
+def goal_met(result: Mapping[str, Any]) -> bool | None:
+    """Whether the row meets its goal; None when the goal is no bound or a side is missing."""
+    goal, ratio = str(result.get("goal") or ""), result.get("ratio")
+    if goal.startswith("none lost"):
+        return result.get("cirrus") == 0 if _number(result.get("cirrus")) else None
+    bound = _BOUND.match(goal)
+    if bound is None or not _number(ratio):
+        return None
+    op, limit = bound.group(1), float(bound.group(2))
+    if op == "<=":
+        return ratio <= limit
+    if op == "=":
+        return round(ratio, 4) == limit
+    return abs(ratio - limit) <= 0.05 * limit
+
+
+def is_unmeasured(row: Mapping[str, Any]) -> bool:
+    return isinstance(row.get("cirrus"), str) and row["cirrus"].startswith("not measured")
 
 
 def _number(value: Any) -> bool:
@@ -157,6 +183,7 @@ def table(rows: list[dict]) -> str:
                     fmt_value(r["baseline"], r["unit"]),
                     fmt_ratio(r["ratio"]),
                     str(r["goal"] or ""),
+                    {True: "yes", False: "NO", None: ""}[r.get("met")],
                 ]
             )
         else:
@@ -238,7 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=1, default=str) + "\n")
     print(f"\nresults: {args.json}")
-    return 1 if any(is_error(r) for r in rows) else 0
+    unmeasured = [] if args.quick else [r for r in rows if is_unmeasured(r)]
+    for r in unmeasured:
+        print(f"[run] not measured in a full run: {r['benchmark']}: {r['case']}", file=sys.stderr)
+    return 1 if unmeasured or any(is_error(r) for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -64,3 +66,27 @@ def test_the_step_finish_benchmark_runs_on_real_layers(tmp_path):
     from benchmarks.bench_steps import finish_time
 
     assert finish_time(f"file://{tmp_path}/finish", 10) > 0
+
+
+@pytest.mark.parametrize(
+    ("goal", "cirrus", "baseline", "met"),
+    [
+        ("<= 1.02", 1.01, 1.0, True),
+        ("<= 1.02", 1.03, 1.0, False),
+        ("<= 3.0", 81.4, 1.0, False),
+        ("ratio = 1.00 (depends on volumes only)", 18, 18, True),
+        ("ratio = 1.00 (depends on volumes only)", 19, 18, False),
+        ("ratio ~ 1.00 (write sets differ only in counts)", 20967, 20952, True),
+        ("none lost", 0, 61, True),
+        ("none lost", 1, 61, False),
+        ("info: share of the step", 2.6, 1102.0, None),
+        ("<= 3.0", "not measured: no server", None, None),
+    ],
+)
+def test_goals_are_checked_by_the_runner_not_by_hand(goal, cirrus, baseline, met):
+    from benchmarks.run import normalise, table
+
+    row = normalise("session", {"case": "c", "cirrus": cirrus, "baseline": baseline, "goal": goal})
+    assert row["met"] is met
+    verdict = table([row]).splitlines()[-1].split()[-1]
+    assert verdict == {True: "yes", False: "NO", None: verdict}[met]
