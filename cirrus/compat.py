@@ -5,12 +5,16 @@ Both log through cirrus's ledger: one record per session, never one commit per w
 
 from __future__ import annotations
 
+import atexit
+import sys
 import uuid
 import weakref
 from typing import Any
 
+from cirrus import termination
 from cirrus.commit import commit_records
 from cirrus.demands import validate_process
+from cirrus.errors import Terminated
 from cirrus.handles import RULES, Gate, track
 from cirrus.ledger import Ledger, env_blobs
 from cirrus.model import Note, Process, utcnow
@@ -29,6 +33,7 @@ class _Documentation:
         self.session: Session | None = None
         self.key: tuple | None = None
         self.gate = Gate(layer, WriteTracker(), self.refusal, self.writing)
+        self.sigterm = False  # whether the open session took SIGTERM over (`termination`)
 
     def refusal(self) -> str | None:
         volume = self.volume
@@ -54,6 +59,7 @@ class _Documentation:
         self.commit()  # the provenance changed, or the last commit stopped while publishing
         self.session = Session(volume.sources, volume.motivation, volume.process)
         self.session._finalizer.detach()  # this volume commits it itself, even at exit
+        self.sigterm = termination.enter()  # SIGTERM raises, so the exit records the writes
         self.gate.tracker = self.session._trackers.setdefault(self.layer, WriteTracker())
         self.key = key
         return None
@@ -63,10 +69,38 @@ class _Documentation:
 
     def commit(self) -> dict[str, str]:
         """Commit the open session; if that fails it stays open, so a retry reaches it."""
-        session = self.session
-        records = session.commit() if session is not None and session.state == "open" else {}
+        return self._end(None)
+
+    def at_end(self) -> None:
+        """When the volume goes away or the program exits: committed, unless the program is
+        ending on an exception (Ctrl-C, SIGTERM, a crash), which the records then name."""
+        self._end(_EXIT.get("error"))
+
+    def _end(self, error: BaseException | None) -> dict[str, str]:
+        session, records = self.session, {}
+        if session is not None and session.state == "open":
+            if error is None:
+                records = session.commit()
+            else:
+                reason = {"type": type(error).__name__, "message": str(error) or repr(error)}
+                records = session._close("failed", reason)
+        if self.sigterm:
+            termination.leave()
+            self.sigterm = False
         self.session, self.key = None, None
         return records
+
+
+_EXIT: dict[str, BaseException | None] = {}
+
+
+def _note_exit() -> None:
+    """At exit, before the volumes' finalizers run: the exception that ends a script, if any
+    (an interactive interpreter keeps the last one it printed, so it names none)."""
+    interactive = hasattr(sys, "ps1") or "IPython" in sys.modules
+    _EXIT["error"] = None if interactive else getattr(sys, "last_value", None)
+    if termination.raised():
+        _EXIT["error"] = Terminated()
 
 
 def CloudVolume(  # noqa: N802 - a factory named like the class it returns, as cirrus-volume's
@@ -94,7 +128,10 @@ def CloudVolume(  # noqa: N802 - a factory named like the class it returns, as c
     volume.sources, volume.motivation, volume.process = sources, motivation, process
     volume.commit = documentation.commit
     # cirrus-volume had no explicit end: commit when the volume goes away or the program exits.
-    weakref.finalize(volume, documentation.commit)
+    weakref.finalize(volume, documentation.at_end)
+    if not _EXIT:  # registered after weakref's own exit hook, so it runs before the finalizers
+        atexit.register(_note_exit)
+        _EXIT["error"] = None
     return volume
 
 

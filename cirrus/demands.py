@@ -45,7 +45,17 @@ def validate_motivation(motivation: Any) -> str:
 def validate_process(process: Any) -> Process:
     if not isinstance(process, Process):
         raise InvalidInput(
-            f"process must be a cirrus.Process, got {type(process).__name__}; build one with "
+            f"process must be a cirrus.Process, got {_qualified(process)}; build one with "
             'cirrus.Process("what the step does", {parameters}, cirrus.PythonGithubEnv("."))'
         )
     return process
+
+
+def _qualified(value: Any) -> str:
+    """`provenancetoolbox.process.Process`, where a bare `Process` would read as cirrus's."""
+    kind = type(value)
+    return (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )

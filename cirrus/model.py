@@ -20,7 +20,7 @@ from cirrus.redact import redact_url
 NOTE_KINDS = ("motivation", "result", "generic")
 RECORD_SCHEMA = "cirrus.record/1"
 _SECRET_KEY = re.compile(
-    r"(passw(or)?d|secret|token(?![a-z])|credential|private[_-]?key|access[_-]?key|api[_-]?key"
+    r"(passw(or)?d|secret(?!ar(y|ies))|token(?![a-z])|credential|private[_-]?key|access[_-]?key|api[_-]?key"
     r"|(^|[_-])key$)",
     re.IGNORECASE,
 )

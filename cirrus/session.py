@@ -56,7 +56,10 @@ class WriteScope:
         self._sigterm = 0  # `with` blocks on this scope that took SIGTERM over
         self._summaries: dict[str, Blob | None] = {}  # layer -> summary as last read or stored
         self._staged: dict[str, str] = {}  # set once closing staged every record: publishing
-        self._finalizer = weakref.finalize(self, _warn_unrecorded, self._trackers, self.id)
+        self._interrupted: list[str] = []  # commits cut short before every record was staged
+        self._finalizer = weakref.finalize(
+            self, _warn_unrecorded, self._trackers, self.id, self._interrupted
+        )
 
     def volume(self, cloudpath: str, **cloudvolume_kwargs: Any) -> Any:
         """A CloudVolume for `cloudpath` (any CloudVolume keyword) whose writes are tracked.
@@ -143,6 +146,7 @@ class WriteScope:
                 # again (the same records are staged again, so nothing is doubled); unrecorded
                 # writes still warn when the session is collected.
                 self.state = "open"
+                self._interrupted.append(type(problem).__name__)
                 raise
             # Publishing started (NotPublished, or a Ctrl-C): some volumes may have their
             # record already, so the session may not end again with another; `recover` ends it.
@@ -370,15 +374,26 @@ def process_json(process: Process | Mapping[str, Any] | None) -> dict[str, Any] 
     return {**body, "digest": digest(body)}
 
 
-def _warn_unrecorded(trackers: dict[str, WriteTracker], session_id: str) -> None:
+def _warn_unrecorded(
+    trackers: dict[str, WriteTracker], session_id: str, interrupted: list[str]
+) -> None:
     touched = [layer for layer, tracker in trackers.items() if tracker.touched]
-    if touched:
+    if not touched:
+        return
+    wrote = f"cirrus session {session_id} wrote to {', '.join(touched)}"
+    if interrupted:  # some records may be staged: recover publishes them
         message = (
-            f"cirrus session {session_id} wrote to {', '.join(touched)} and was never committed: "
-            "that data has no provenance. Call s.commit() (or use `with cirrus.session(...)`)"
+            f"{wrote} and its commit was cut short ({interrupted[-1]}) before every record was "
+            "staged: `cirrus recover PATH` publishes those staged, and 10 minutes on gives the "
+            "others an interrupted record"
         )
-        warnings.warn(message, ResourceWarning, stacklevel=2)
-        print(f"WARNING: {message}", file=sys.stderr)
+    else:
+        message = (
+            f"{wrote} and was never committed: that data has no provenance. Call s.commit() "
+            "(or use `with cirrus.session(...)`)"
+        )
+    warnings.warn(message, ResourceWarning, stacklevel=2)
+    print(f"WARNING: {message}", file=sys.stderr)
 
 
 def session(sources: Sequence[str], motivation: str, process: Process) -> Session:

@@ -24,7 +24,7 @@ from cirrus.errors import Terminated
 log = logging.getLogger("cirrus.termination")
 
 # Touched only from the main thread (where Python runs signal handlers), so no lock is needed.
-_state = {"scopes": 0, "holds": 0, "held": False}
+_state = {"scopes": 0, "holds": 0, "held": False, "raised": False}
 
 
 def _main_thread() -> bool:
@@ -37,7 +37,14 @@ def _handle(signum: int, _frame: Any) -> None:
         log.warning("SIGTERM: finishing the commit first (send SIGTERM again to stop at once)")
         return
     _state["held"] = False
+    _state["raised"] = True
     raise Terminated(signum)
+
+
+def raised() -> bool:
+    """Whether SIGTERM was raised as `Terminated` in this process (a SystemExit, so an exit
+    hook cannot tell it from `sys.exit` otherwise)."""
+    return bool(_state["raised"])
 
 
 def enter() -> bool:
@@ -84,7 +91,7 @@ def held() -> Iterator[None]:
 
 def _after_fork_in_child() -> None:
     """A forked child has none of its parent's scopes: SIGTERM gets its default action back."""
-    _state.update(scopes=0, holds=0, held=False)
+    _state.update(scopes=0, holds=0, held=False, raised=False)
     with contextlib.suppress(ValueError):  # forked from a thread CPython does not make main
         if signal.getsignal(signal.SIGTERM) is _handle:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -200,6 +200,23 @@ def test_orphan_found_by_verify_and_published_by_recover(tmp_path: Path) -> None
     assert "nothing to recover" in invoke("recover", a).output
 
 
+def test_recover_with_nothing_staged_says_how_to_close_a_session_still_listed(
+    tmp_path: Path,
+) -> None:
+    """A session killed before it staged a record leaves only its listing there."""
+    import numpy as np
+
+    import cirrus
+
+    (a,) = layers(tmp_path, "a")
+    s = cirrus.session(["src"], "killed early", cirrus.Process("p", {}))
+    s.volume(a)[0:64, 0:64, 0:64] = np.ones((64, 64, 64), np.uint8)
+    s._finalizer.detach()  # as after a SIGKILL: no warning, no commit
+    out = invoke("recover", a).output
+    assert "nothing to recover" in out
+    assert f"1 session(s) still listed as writing ({s.id})" in out and "--abandon-dead" in out
+
+
 def test_repair_a_malformed_summary(tmp_path: Path) -> None:
     (path,) = layers(tmp_path, "v")
     write([path], ["x"], "kept through repair")

@@ -395,7 +395,7 @@ def test_converted_parameters_are_recorded_as_plain_json(tmp_path: Any) -> None:
 @pytest.mark.parametrize(
     "key",
     ["password", "db_passwd", "aws_secret_access_key", "github_token", "token", "api_key",
-     "apiKey", "private-key", "credentials", "key"],
+     "apiKey", "private-key", "credentials", "key", "secretKey", "client_secret"],
 )  # fmt: skip
 def test_secret_looking_keys_are_refused(key: str) -> None:
     with pytest.raises(ParameterError, match="looks like a secret") as caught:
@@ -407,6 +407,7 @@ def test_secret_looking_keys_are_refused(key: str) -> None:
     "params",
     [
         {"monkey": "george", "keyboard": "us", "tokenizer": "bert", "max_tokens": 512},
+        {"secretary": "bob", "secretaries": "alice, bob"},
         {"use_token": True, "token_ttl": 3600, "password": None, "secret": ""},
     ],
 )
@@ -582,3 +583,14 @@ def test_note_times_are_utc() -> None:
 def test_naive_note_time_refused_at_construction() -> None:
     with pytest.raises(InvalidInput, match="timezone"):
         Note("generic", "x", dt.datetime(2024, 5, 1))
+
+
+def test_a_process_of_another_library_is_named_with_its_module() -> None:
+    import cirrus
+    from cirrus.errors import InvalidInput
+
+    class Process:  # provenance-toolbox's is also called Process
+        pass
+
+    with pytest.raises(InvalidInput, match=r"got tests\.test_model\..*Process; build one"):
+        cirrus.session(["src"], "why", Process())

@@ -149,6 +149,22 @@ def test_a_commit_that_fails_while_staging_stays_open_and_retries_without_doubli
         assert [h.id for h in cirrus.history(path)] == [ids[normalise_cloudpath(path)]]
 
 
+def test_a_session_dropped_after_its_commit_was_cut_short_says_to_recover(tmp_path, capsys):
+    """Not "never committed": a record may be staged, and recover publishes it."""
+    import gc
+
+    from cirrus.rollforward import recover
+
+    s, paths = failed_commit(tmp_path)
+    with pytest.warns(ResourceWarning, match=r"commit was cut short \(StorageError\)"):
+        del s
+        gc.collect()
+    assert "`cirrus recover PATH` publishes those staged" in capsys.readouterr().err
+    a = normalise_cloudpath(paths[0])
+    assert a in recover(a)
+    assert [h.record.status for h in cirrus.history(a)] == ["committed"]
+
+
 def test_after_a_failed_commit_new_writes_are_refused_until_it_is_retried(tmp_path):
     """The records are built when the commit starts: a write after a failed commit would be in
     none of them, so it is refused before any data is written."""
@@ -342,6 +358,48 @@ def test_repair_lists_a_step_finished_with_no_task_open_again_once_a_late_task_f
     assert set(summary_json(layer)["cirrus"]["open_steps"]) == {empty.id}
     empty.finish()
     assert [h.record.tasks["count"] for h in cirrus.history(layer)] == [1]
+
+
+COMPAT_SCRIPT = """
+import os, signal, sys, time
+import numpy as np
+import cirrus
+path, ending = sys.argv[1], sys.argv[2]
+vol = cirrus.CloudVolume(path, sources=["src"], motivation="why", process=cirrus.Process("p", {}))
+vol[0:64, 0:64, 0:64] = np.ones((64, 64, 64), np.uint8)
+if ending == "ctrl-c":
+    raise KeyboardInterrupt
+if ending == "sigterm":
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize(
+    ("ending", "code", "status", "error"),
+    [
+        ("normal", 0, "committed", None),
+        ("ctrl-c", -2, "failed", "KeyboardInterrupt"),  # Python re-raises SIGINT
+        ("sigterm", 143, "failed", "Terminated"),
+    ],
+)
+def test_a_compat_volume_records_how_the_program_ended(layer, ending, code, status, error):
+    """cirrus-volume committed at exit; a program stopped by Ctrl-C or SIGTERM is no success."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", COMPAT_SCRIPT, layer, ending],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == code, done.stderr
+    (entry,) = cirrus.history(layer)
+    assert entry.record.status == status
+    assert (entry.record.error or {}).get("type") == error
+    assert entry.record.writes["mips"]["0"]["chunks"] == 1
+    assert cirrus.history(layer).open_sessions == {}
 
 
 def test_a_compat_volume_commits_when_it_is_deleted(layer):

@@ -94,6 +94,14 @@ def _recover_one(path: str, abandon: str | None, abandon_dead: bool, force: bool
     done = recover(path)
     if not done:
         click.echo(f"{path}: nothing to recover; every staged record is published")
+        listed = Ledger.open(path).summary().get("cirrus", {}).get("open_sessions", {})
+        if listed:  # a session killed before it staged anything has only its listing
+            click.echo(
+                f"{path}: {len(listed)} session(s) still listed as writing "
+                f"({', '.join(sorted(listed)[:3])}{', ...' if len(listed) > 3 else ''}): if "
+                "a process is gone, `cirrus recover PATH --abandon-dead` on its host, or "
+                "`--abandon SESSION`, records it as interrupted"
+            )
     interrupted = 0
     for layer, ids in done.items():
         click.echo(f"{layer}: published {len(ids)} record(s)")
