@@ -23,7 +23,8 @@ from cirrus.errors import Terminated
 
 log = logging.getLogger("cirrus.termination")
 
-# Touched only from the main thread (where Python runs signal handlers), so no lock is needed.
+# Touched from the main thread (where Python runs signal handlers), and by `leave` of a
+# compatibility volume collected in another thread: a counter, so no lock is needed.
 _state = {"scopes": 0, "holds": 0, "held": False, "raised": False}
 
 
@@ -32,6 +33,10 @@ def _main_thread() -> bool:
 
 
 def _handle(signum: int, _frame: Any) -> None:
+    if _state["scopes"] == 0:  # left off the main thread, which could not restore the default
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+        return
     if _state["holds"] and not _state["held"]:
         _state["held"] = True
         log.warning("SIGTERM: finishing the commit first (send SIGTERM again to stop at once)")
@@ -67,7 +72,7 @@ def leave() -> None:
     _state["scopes"] -= 1
     if _state["scopes"] == 0:
         _state["held"] = False
-        if signal.getsignal(signal.SIGTERM) is _handle:
+        if _main_thread() and signal.getsignal(signal.SIGTERM) is _handle:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 

@@ -402,6 +402,39 @@ def test_a_compat_volume_records_how_the_program_ended(layer, ending, code, stat
     assert cirrus.history(layer).open_sessions == {}
 
 
+THREAD_COMMIT_SCRIPT = """
+import os, signal, sys, threading, time
+import numpy as np
+import cirrus
+vol = cirrus.CloudVolume(
+    sys.argv[1], sources=["src"], motivation="why", process=cirrus.Process("p", {})
+)
+vol[0:64, 0:64, 0:64] = np.ones((64, 64, 64), np.uint8)
+worker = threading.Thread(target=vol.commit)
+worker.start()
+worker.join()
+print("COMMITTED", flush=True)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(30)
+"""
+
+
+def test_a_compat_volume_committed_from_a_thread_gives_sigterm_its_default_back(layer):
+    """No session is open any more: SIGTERM ends the process as if cirrus had never been."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", THREAD_COMMIT_SCRIPT, layer],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "COMMITTED" in done.stdout, done.stderr
+    assert done.returncode == -15, done.stderr  # killed by the signal, not Terminated (143)
+    assert [h.record.status for h in cirrus.history(layer)] == ["committed"]
+
+
 def test_a_compat_volume_commits_when_it_is_deleted(layer):
     """cirrus-volume had no explicit end: dropping the volume records its writes, at once."""
     import gc
