@@ -79,11 +79,7 @@ class _Documentation:
     def _end(self, error: BaseException | None) -> dict[str, str]:
         session, records = self.session, {}
         if session is not None and session.state == "open":
-            if error is None:
-                records = session.commit()
-            else:
-                reason = {"type": type(error).__name__, "message": str(error) or repr(error)}
-                records = session._close("failed", reason)
+            records = session.commit() if error is None else session.fail(error)
         if self.sigterm:
             termination.leave()
             self.sigterm = False

@@ -131,6 +131,12 @@ class WriteScope:
         """Close without success; volumes that received data still get a `failed` entry."""
         return self._close("failed", {"type": "Aborted", "message": reason})
 
+    def fail(self, error: BaseException) -> dict[str, str]:
+        """Close as failed because of `error` (the body's exception, a Ctrl-C at exit): the
+        volumes that received data get a `failed` record naming its type and message."""
+        message = str(error) or repr(error)  # a bare KeyboardInterrupt has no message
+        return self._close("failed", {"type": type(error).__name__, "message": message})
+
     def _close(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
         self._require_open()
         with termination.held():  # a SIGTERM now waits for the records to be committed
@@ -167,24 +173,23 @@ class WriteScope:
         self._sigterm += termination.enter()  # SIGTERM in the body raises Terminated
         return self
 
-    def __exit__(self, kind: type | None, value: BaseException | None, _tb: Any) -> None:
+    def __exit__(self, _kind: type | None, value: BaseException | None, _tb: Any) -> None:
         try:
             with termination.held():  # from here on a SIGTERM waits for the records
-                self._exit(kind, value)
+                self._exit(value)
         finally:
             if self._sigterm:
                 termination.leave()
                 self._sigterm -= 1
 
-    def _exit(self, kind: type | None, value: BaseException | None) -> None:
+    def _exit(self, value: BaseException | None) -> None:
         if self.state != "open":
             return
         if value is None:
             self.commit()
             return
-        error = {"type": kind.__name__ if kind else "Error", "message": str(value)}
         try:
-            self._close("failed", error)
+            self.fail(value)
         except Exception:  # the body's exception matters more; what was staged stays recoverable
             log.exception("%s: could not record the failure", self.label)
 
