@@ -1,9 +1,12 @@
-"""Commit records across volumes: stage everything everywhere, then publish each volume.
+"""Commit records across volumes: journal them if several, stage them, publish each volume.
 
 DESIGN.md's commit protocol. Each volume's few round trips overlap the other volumes', so 100
-volumes cost little more than one at cloud latency. A crash between staging and publishing
-leaves staged records that the next commit or `cirrus.recover` rolls forward
-(`cirrus/rollforward.py`), on the sibling volumes too.
+volumes cost little more than one at cloud latency. A session's records on several volumes are
+first journaled on one volume (`cirrus.journal`): from then on the session is committed, and a
+crash anywhere after leaves volumes that the next commit or `cirrus.recover` completes from the
+journal (`cirrus/rollforward.py`). Every record is staged before any is published, so a crash
+in between leaves staged records that are rolled forward, on the sibling volumes too. A single
+record, or a step's finish (finished again after a crash), needs no journal.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 from cirrus import termination
 from cirrus.errors import NotPublished
-from cirrus.ledger import NOT_READ, Ledger, Staged
+from cirrus.journal import Journal, write_journal
+from cirrus.ledger import NOT_READ, Ledger, Staged, record_id
 from cirrus.model import Record
 from cirrus.overlap import overlapped
 from cirrus.rollforward import complete_sessions
@@ -24,17 +28,21 @@ def commit_records(
     env_blobs: Iterable[bytes],
     summaries: Mapping[str, Blob | None] | None = None,
     on_staged: Callable[[dict[str, str]], None] | None = None,
+    journal: str | None = None,
 ) -> dict[str, str]:
     """Stage everything on every volume, then publish each volume; returns {layer: record id}.
 
-    `summaries`: the summaries as last known (they are read where missing). `on_staged` is
-    called with the staged ids once every record is staged, before any is published. The id
-    returned for a layer is the session's record that stands there: a record staged now stays
-    unpublished where the session already ended (`Ledger._ended_already`).
+    `summaries`: the summaries as last known (they are read where missing). `journal`: the
+    layer to journal a commit of several volumes on first (its listings name it). `on_staged`
+    is called with the ids once the commit point is passed (the journal written, or else every
+    record staged), before any is published. The id returned for a layer is the session's
+    record that stands there: a record staged now stays unpublished where the session already
+    ended (`Ledger._ended_already`).
     """
     if not records:
         return {}
-    ledgers = {layer: Ledger.open(layer) for layer in records}
+    journaled = journal is not None and len(records) > 1
+    ledgers: dict[str, Ledger] = {}
     blobs = list(env_blobs)
     known = dict(summaries or {})
 
@@ -47,11 +55,21 @@ def commit_records(
         return done.standing.get(staged.record_id, staged.record_id)
 
     with termination.held(), overlapped(len(records)) as run:  # SIGTERM waits for the commit
-        staged = dict(zip(records, run(stage, records), strict=True))
-        ids = {layer: done.record_id for layer, done in staged.items()}
-        if on_staged is not None:
-            on_staged(ids)
+        ids: dict[str, str] = {}
+        if journaled:
+            (session,) = {record.session for record in records.values()}
+            records = write_journal(journal, Journal(session, dict(records))).records
+            ids = {layer: record_id(record) for layer, record in records.items()}
+            if on_staged is not None:
+                on_staged(ids)
+        ledgers.update((layer, Ledger.open(layer)) for layer in records)
         try:
+            staged = dict(zip(records, run(stage, records), strict=True))
+            ids = {layer: done.record_id for layer, done in staged.items()}
+            if on_staged is not None and not journaled:
+                on_staged(ids)
             return dict(zip(staged, run(publish, staged, staged.values()), strict=True))
         except Exception as error:
+            if not ids:  # staging failed before the commit point: nothing is committed
+                raise
             raise NotPublished(ids, error) from error

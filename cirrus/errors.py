@@ -66,15 +66,16 @@ class UnreadableEncoding(PermanentStorageError):
 
 
 class NotPublished(CirrusError):
-    """Records were staged but not every summary points to them yet; `cirrus recover` finishes."""
+    """A commit passed its commit point (records staged, or journaled) but not every summary
+    points to them yet; `cirrus recover` finishes."""
 
     def __init__(self, staged: dict[str, str], cause: BaseException):
         self.staged = staged
         self.cause = cause
         layers = ", ".join(staged)
         super().__init__(
-            f"records are staged on {layers} but not all are published ({cause}); nothing is "
-            "lost: `cirrus recover PATH` publishes them"
+            f"the records for {layers} are committed but not all are published ({cause}); "
+            "nothing is lost: `cirrus recover PATH` (any of them) publishes them"
         )
 
 

@@ -1,23 +1,25 @@
 """Roll a crashed commit forward on every volume of its session, and explain what it left out.
 
-A commit stages one record per volume, then publishes each volume's summary (DESIGN.md, commit
-protocol). A crash in between leaves staged records no summary points to (orphans). `recover`,
-and every commit that finds orphans on a volume it publishes, roll them forward and follow the
-`siblings` each record names, so the session ends published wherever it was staged.
+A session that wrote several volumes journals its records on one of them before it stages any
+(`cirrus.journal`); then each volume stages its record and publishes its summary (DESIGN.md,
+commit protocol). A crash after the journal leaves volumes with a staged record no summary
+points to (an orphan), or with none while they still list the session as writing. `recover`,
+and every commit that finds orphans on a volume it publishes, roll the orphans forward, follow
+the `siblings` each record names, and publish the journal's record on each volume still listing
+the session: it ends published everywhere, as if its commit had finished.
 
-A crash while the records were still being staged also leaves siblings with no record of the
-session at all, although it wrote data there. Once the session is evidently dead (its records
-ended more than `INTERRUPTED_AFTER` seconds ago; a live commit stages all of its records within
-seconds), each such sibling gets an interrupted record: the session's process, sources and
-notes, status `failed`, error type `Interrupted` and an empty write set, since the writes were
-never tallied. Its content is a function of the session's other records only (no clock), so
-recoveries racing each other create the same object once. Step records are left alone: their
-siblings keep the step open with its fragments until `cirrus step finish` is run again.
+Without a journal to complete it (a session older than journals, or a journal deleted or
+damaged since) a staged record's siblings may hold no record of the session, although it wrote
+data there. Once the session is evidently dead (its records ended more than `INTERRUPTED_AFTER`
+seconds ago; a live commit stages all of its records within seconds), each such sibling gets an
+interrupted record: the session's process, sources and notes, status `failed`, error type
+`Interrupted` and an empty write set, since the writes were never tallied. Its content is a
+function of the session's other records only (no clock), so recoveries racing each other create
+the same object once. Step records are left alone: their siblings keep the step open with its
+fragments until `cirrus step finish` is run again.
 
-Not covered: a commit killed before its first record was staged leaves no record that names the
-session (each volume's summary still lists it as writing there, see `cirrus.session`); and a
-session whose commit failed while staging and is retried after the threshold, once its orphans
-were rolled forward, ends with both its record and an interrupted one there.
+Not covered: a session killed before its journal was written staged nothing, and each volume's
+summary still lists it as writing there (`cirrus.abandon` records it).
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from typing import Any
 import attrs
 
 from cirrus.canonical import canonical_json, sha256_hex
-from cirrus.errors import IntegrityError
+from cirrus.errors import IntegrityError, InvalidInput
+from cirrus.journal import Journal, read_journal
 from cirrus.ledger import Ledger, Published
 from cirrus.model import INTERRUPTED, Record, parse_time, utcnow
 from cirrus.overlap import overlapped
 from cirrus.reading import require_layer
 from cirrus.storage.paths import normalise_cloudpath
+from cirrus.summary import OPEN_SESSIONS, published_ids
 from cirrus.writeset import WriteTracker
 
 log = logging.getLogger("cirrus.rollforward")
@@ -67,8 +71,9 @@ def recover(cloudpath: str) -> dict[str, list[str]]:
         if siblings:
             walk.sessions.add(pointer["session"])
             walk.queue.extend(siblings)
-    walk.run()
-    walk.interrupt()
+    # Sessions listed here may have died after their journal, before staging anything here.
+    walk.sessions.update(walk.listing(layer))
+    walk.finish()
     return walk.done
 
 
@@ -83,8 +88,7 @@ def complete_sessions(layer: str, published: Published) -> None:
     walk = _Walk()
     walk.take(layer, published)
     try:
-        walk.run()
-        walk.interrupt()
+        walk.finish()
     except Exception as error:
         log.warning(
             "%s: could not complete sibling volumes of rolled-forward records (%s); "
@@ -126,6 +130,7 @@ class _Walk:
         self.sessions: set[str] = set()
         self.queue: list[str] = []
         self.done: dict[str, list[str]] = {}
+        self._journals: dict[str, Journal | None] = {}  # session -> its journal, once read
 
     def take(self, layer: str, published: Published) -> None:
         self.summaries[layer] = published.summary
@@ -135,6 +140,11 @@ class _Walk:
             self.sessions.add(record["session"])
             self.queue.extend(record.get("siblings", []))
 
+    def listing(self, layer: str) -> dict[str, dict[str, Any]]:
+        """The sessions `layer`'s summary (as visited) lists as writing: id -> listing."""
+        listed = self.summaries[layer].get("cirrus", {}).get(OPEN_SESSIONS, {})
+        return {sid: info for sid, info in listed.items() if isinstance(info, dict)}
+
     def run(self) -> None:
         """Publish orphans on the queued layers, then on the siblings of what that found."""
         while self.queue:
@@ -142,18 +152,83 @@ class _Walk:
             if layer not in self.summaries:
                 self.take(layer, Ledger.open(layer).publish())
 
-    def interrupt(self) -> None:
-        """Give each visited layer that a dead session named, but holds no record of it, one."""
+    def finish(self) -> None:
+        """Visit the queued layers, then end each session found on every volume it wrote."""
+        ended: set[str] = set()
+        while True:
+            self.run()
+            sessions = sorted(self.sessions - ended)
+            if not sessions:
+                return
+            ended.update(sessions)
+            self.interrupt(sessions)
+
+    def interrupt(self, sessions: list[str]) -> None:
+        """Complete each of `sessions` from its journal; else give each visited layer that a
+        dead session named, but holds no record of it, an interrupted one."""
         holders: dict[str, dict[str, dict[str, Any]]] = {}  # session -> layer -> pointer
         for layer, summary in sorted(self.summaries.items()):
             for pointer in summary.get("cirrus", {}).get("records", []):
-                if pointer.get("session") in self.sessions:
+                if pointer.get("session") in sessions:
                     holders.setdefault(pointer["session"], {}).setdefault(layer, pointer)
-        for session, held in sorted(holders.items()):
+        for session in sessions:
+            held = holders.get(session, {})
+            journal = self._journal(session)
+            if journal is not None:
+                self._complete(journal)
+                continue
+            if not held:
+                continue
             named = set(held).union(*(siblings_of(lay, p) for lay, p in held.items()))
             missing = sorted(layer for layer in named - set(held) if layer in self.summaries)
             if missing and not any(p.get("step") for p in held.values()):
                 self._interrupt(session, held, sorted(named), missing)
+
+    def _journal(self, session: str) -> Journal | None:
+        """The session's journal, if a visited layer still lists the session and names one."""
+        if session not in self._journals:
+            homes = {
+                info.get("journal")
+                for layer in self.summaries
+                for sid, info in self.listing(layer).items()
+                if sid == session and isinstance(info.get("journal"), str)
+            }
+            self._journals[session] = None
+            for home in sorted(homes):
+                try:
+                    self._journals[session] = read_journal(home, session)
+                except (IntegrityError, InvalidInput) as error:  # `cirrus verify` reports it
+                    log.warning(
+                        "session %s cannot be completed from its journal: %s", session, error
+                    )
+                if self._journals[session] is not None:
+                    break
+        return self._journals[session]
+
+    def _complete(self, journal: Journal) -> None:
+        """Publish the journal's record on each of its volumes that lacks it: the session
+        committed, and these are the records its commit would have published."""
+        ids = journal.ids()
+        for layer, record in sorted(journal.records.items()):
+            summary = self.summaries.get(layer)
+            if summary is not None and ids[layer] in published_ids(summary):
+                continue
+            ledger = Ledger.open(layer)
+            if summary is None and ledger.store.get("info") is None:
+                log.warning(
+                    "%s: no longer a volume; session %s is not recorded", layer, journal.session
+                )
+                continue
+            staged = ledger.stage(record, [])  # its environments came with its listing
+            published = ledger.publish({staged.record_id: record}, read=staged.summary)
+            self.take(layer, published)
+            if staged.record_id in published.added:
+                log.warning(
+                    "%s: session %s had committed (its journal says so) but died before "
+                    "publishing here; published its record",
+                    layer,
+                    journal.session,
+                )
 
     def _interrupt(
         self, session: str, held: dict[str, dict[str, Any]], named: list[str], missing: list[str]

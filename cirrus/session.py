@@ -32,7 +32,7 @@ from cirrus.errors import (
     SessionClosed,
 )
 from cirrus.handles import Gate, track
-from cirrus.ledger import NOT_READ, Ledger, env_blobs
+from cirrus.ledger import NOT_READ, Ledger, env_blobs, record_id
 from cirrus.model import Note, Process, Record, isoformat, utcnow
 from cirrus.storage.base import Blob
 from cirrus.storage.paths import normalise_cloudpath, use_secrets
@@ -55,7 +55,7 @@ class WriteScope:
         self._trackers: dict[str, WriteTracker] = {}
         self._sigterm = 0  # `with` blocks on this scope that took SIGTERM over
         self._summaries: dict[str, Blob | None] = {}  # layer -> summary as last read or stored
-        self._staged: dict[str, str] = {}  # set once closing staged every record: publishing
+        self._staged: dict[str, str] = {}  # set once closing passed its commit point
         self._interrupted: list[str] = []  # commits cut short before every record was staged
         self._finalizer = weakref.finalize(
             self, _warn_unrecorded, self._trackers, self.id, self._interrupted
@@ -148,8 +148,8 @@ class WriteScope:
             self.records = self._record(status, error)
         except BaseException as problem:
             if not self._staged:
-                # Not everything was staged: stay open so commit() or abort() can be tried
-                # again (the same records are staged again, so nothing is doubled); unrecorded
+                # The commit point was not reached: stay open so commit() or abort() can be
+                # tried again (the same records are staged again, so nothing is doubled); unrecorded
                 # writes still warn when the session is collected.
                 self.state = "open"
                 self._interrupted.append(type(problem).__name__)
@@ -162,9 +162,13 @@ class WriteScope:
             if isinstance(problem, NotPublished) and isinstance(problem.cause, CorruptProvenance):
                 raise problem.cause from None  # its message says how to repair
             raise
-        self.state = "committed" if status == "committed" else "failed"
+        self.state = self._ended_as(status)
         self._finalizer.detach()
         return self.records
+
+    def _ended_as(self, status: str) -> str:
+        """The state closing with `status` leaves."""
+        return "committed" if status == "committed" else "failed"
 
     def _record(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
         raise NotImplementedError
@@ -197,22 +201,21 @@ class WriteScope:
 class Session(WriteScope):
     """One pipeline step's writes and notes, recorded on every volume it touched, once."""
 
-    def __init__(
-        self, sources: Sequence[str], motivation: str, process: Process, *, step: str | None = None
-    ):
+    def __init__(self, sources: Sequence[str], motivation: str, process: Process):
         self.sources = validate_sources(sources)
         self.motivation = validate_motivation(motivation)
         self.process = validate_process(process)
         self.env_blobs = env_blobs(self.process.env_documents())
         self.process_record = process_json(self.process)  # once, not once per volume
         super().__init__()
-        self.step = step
         self.notes.append(Note("motivation", self.motivation))
         self.records: dict[str, str] = {}
         self._built: dict[str, dict[str, Record]] = {}  # status -> records, kept for retries
         self._open: set[str] = set()  # layers whose summary may list this session as writing
         self._listed: set[str] = set()  # ... and those where the listing is known to be stored
         self._opening: dict[str, threading.Lock] = {}  # per layer, held while listing there
+        self._home: str | None = None  # the first volume listed: a commit journals there
+        self._home_lock = threading.Lock()
 
     def _check_layer(self, layer: str) -> None:
         """Read the layer's summary: a malformed one is refused now, before any write, and the
@@ -233,6 +236,8 @@ class Session(WriteScope):
             reason = self._refusal()  # closing started since the gate let this write in
             if reason is not None:
                 raise ProvenanceRequired(f"{layer}: {reason}")
+            with self._home_lock:  # every listing names the same volume
+                self._home = self._home or layer
             ledger = Ledger.open(layer)
             read = self._summaries.get(layer, NOT_READ)
             read = ledger.stage_envs_for(self.env_blobs, read)  # the listing names them
@@ -251,7 +256,8 @@ class Session(WriteScope):
 
     @functools.cached_property
     def _listing(self) -> dict[str, Any]:
-        """What each volume's summary says of this session while it writes there."""
+        """What each volume's summary says of this session while it writes there, and where its
+        commit will be journaled (`cirrus.journal`)."""
         return open_session_info(
             process=self.process_record,
             sources=self.sources,
@@ -261,6 +267,7 @@ class Session(WriteScope):
             host=socket.gethostname(),
             pid=os.getpid(),
             cirrus_version=__version__,
+            journal=self._home,
         )
 
     def _record(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
@@ -281,7 +288,11 @@ class Session(WriteScope):
             )
         # every touched volume was listed, and its environments staged with the listing
         ids = commit_records(
-            self._built[status], (), self._summaries, on_staged=self._staged.update
+            self._built[status],
+            (),
+            self._summaries,
+            on_staged=self._staged.update,
+            journal=self._home,
         )
         for layer in sorted(self._open - set(self._built[status])):
             try:  # listed, but every write there was refused: nothing to record
@@ -291,6 +302,14 @@ class Session(WriteScope):
                     "%s: session %s is still listed as writing (%s)", layer, self.id, problem
                 )
         return ids
+
+    def _ended_as(self, status: str) -> str:
+        """A commit whose journal an earlier attempt stored (its answer lost) stands, even if
+        the session was aborted since (`cirrus.journal.write_journal`)."""
+        stood = {
+            layer: record_id(record) for layer, record in self._built.get("committed", {}).items()
+        }
+        return "committed" if stood and stood == self.records else super()._ended_as(status)
 
     def _build(self, status: str, error: dict[str, str] | None) -> dict[str, Record]:
         touched = self.touched
@@ -306,7 +325,6 @@ class Session(WriteScope):
                 writes=self._trackers[layer].to_json(),
                 siblings=tuple(other for other in touched if other != layer),
                 error=error,
-                step=self.step,
             )
             for layer in touched
         }
@@ -386,11 +404,11 @@ def _warn_unrecorded(
     if not touched:
         return
     wrote = f"cirrus session {session_id} wrote to {', '.join(touched)}"
-    if interrupted:  # some records may be staged: recover publishes them
+    if interrupted:  # its journal, or its one record, may have been stored unanswered
         message = (
-            f"{wrote} and its commit was cut short ({interrupted[-1]}) before every record was "
-            "staged: `cirrus recover PATH` publishes those staged, and 10 minutes on gives the "
-            "others an interrupted record"
+            f"{wrote} and its commit was cut short ({interrupted[-1]}): run `cirrus recover "
+            "PATH` on one of them; it publishes the records if the commit got as far as "
+            "storing them, and otherwise says the session is still listed there"
         )
     else:
         message = (

@@ -11,7 +11,8 @@ Checks, each reported as a problem (verification fails) or a remark (information
 - a finished step's record here accounts for every task fragment here: their number, the
   committed ones, and their end times (else tasks ran after the finish: finish it again);
 - open steps, and sessions that wrote and have not committed (still running, or dead), are
-  listed as remarks.
+  listed as remarks; a session listed here whose journal says it committed is a problem
+  (`cirrus recover` publishes its record here).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import attrs
 
 from cirrus.canonical import digest
 from cirrus.errors import CorruptProvenance, IntegrityError, InvalidInput
+from cirrus.journal import read_journal
 from cirrus.ledger import ENVS, Ledger
 from cirrus.model import superseded_unpublished
 from cirrus.overlap import THREADS
@@ -115,6 +117,7 @@ def verify(
         _check_record(report, ledger.cloudpath, rid, record, envs)
     if summary is not None:
         _check_summary(report, summary, records, set(record_ids))
+        _check_open_sessions(report)
         _check_steps(report, StepFiles.beside(ledger), summary, records)
     return report
 
@@ -270,7 +273,24 @@ def _check_summary(
             f"step {step_id[:12]} is open since {info.get('started')} "
             f"({info.get('description')}); `cirrus step status` / `cirrus step finish`"
         )
+
+
+def _check_open_sessions(report: Report) -> None:
+    """A session listed as writing here is running, or died before its commit point (a
+    remark), or after it: then its journal holds the record this volume lacks (a problem)."""
     for session, info in report.open_sessions.items():
+        home = info.get("journal") if isinstance(info, dict) else None
+        try:
+            journal = read_journal(home, session) if isinstance(home, str) else None
+        except IntegrityError as error:
+            report.problems.append(f"session {session[:12]}: {error}")
+            continue
+        if journal is not None and report.volume in journal.records:
+            report.problems.append(
+                f"session {session[:12]} committed (its journal on {home} says so) but its "
+                f"record here is not published: `cirrus recover {report.volume}` publishes it"
+            )
+            continue
         report.remarks.append(
             f"session {session[:12]} (started {info.get('started')}) has written here "
             f"({info.get('description')}, {info.get('user')}@{info.get('host')} pid "

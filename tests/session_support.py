@@ -72,7 +72,7 @@ class KeyCounter:
     def kind(key: str) -> str:
         if key == "provenance":
             return "summary"
-        for part in ("records", "envs", "corrupt", "steps"):
+        for part in ("records", "envs", "corrupt", "steps", "journals"):
             if key.startswith(f"provenance.d/{part}/"):
                 return part
         return key

@@ -94,8 +94,10 @@ def test_three_volumes_hundreds_of_chunks_one_record_and_one_publish_each(layer_
         # total provenance traffic per volume is a handful, not proportional to the chunks
         assert keys.count(path) <= 8, keys.calls
         assert "open_sessions" not in summary_json(path)["cirrus"]  # the record replaced it
-    if CountingBackend:  # 3 x (env, record, open mark, publish)
-        assert counter["put_new"] + counter["put_if_match"] == 12
+    # the commit point: one journal of the three records, on the volume written first
+    assert [keys.count(path, "put_new", "journals") for path in paths] == [1, 0, 0]
+    if CountingBackend:  # 3 x (env, record, open mark, publish) + the journal
+        assert counter["put_new"] + counter["put_if_match"] == 13
         assert counter["put_if_match"] == 3
 
     for path in paths:
@@ -143,7 +145,8 @@ def test_a_repeat_session_costs_three_requests_per_volume(layer_path):
     """Writing and committing: the open mark's swap before the first write (from the summary
     read when the volume was opened), the record's create and the publishing swap, which starts
     from the summary the mark stored. No LIST: nobody else is listed, so no orphan can exist.
-    The code environment is not written again once the summary names it."""
+    The code environment is not written again once the summary names it. One journal of the
+    session's records, on the first volume, is its commit point."""
     paths = three_layers(layer_path)
     proc = cirrus.Process("fill", {"value": 1}, StaticEnv())
     for round_ in range(2):
@@ -163,7 +166,9 @@ def test_a_repeat_session_costs_three_requests_per_volume(layer_path):
                 path, "put_new", "summary"
             )
             assert swaps == 2  # listed as writing, then the record
-            assert keys.count(path) == (4 if round_ == 0 else 3), keys.calls
+            journal = int(path == paths[0])  # the commit point, on the volume written first
+            assert keys.count(path, "put_new", "journals") == journal
+            assert keys.count(path) == (4 if round_ == 0 else 3) + journal, keys.calls
     for path in paths:
         history = cirrus.history(path)
         assert [r.record.notes[0]["text"] for r in history] == ["round 0", "round 1"]

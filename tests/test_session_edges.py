@@ -12,6 +12,7 @@ import cirrus
 from cirrus.errors import (
     CorruptProvenance,
     InvalidInput,
+    NotPublished,
     ProvenanceRequired,
     SessionClosed,
     StorageError,
@@ -114,16 +115,21 @@ def test_a_damaged_staged_record_does_not_block_commits(layer, caplog):
     other.commit()
 
 
-def failed_commit(tmp_path) -> tuple[cirrus.Session, list[str]]:
-    """A session over volumes a and b whose commit failed while staging b: it stays open."""
-    paths = [f"file://{tmp_path}/a", f"file://{tmp_path}/b"]
+def failed_commit(
+    tmp_path, names: str = "ab", refuse: str = "journals", landed: bool = False
+) -> tuple[cirrus.Session, list[str]]:
+    """A session over volumes `names` whose commit failed at its first create of a `refuse`
+    object (the create applied first if `landed`: its response was lost). That is before the
+    commit point, the journal of several volumes or the one record, so it stays open."""
+    paths = [f"file://{tmp_path}/{name}" for name in names]
     for path in paths:
         make_layer(path)
     s = cirrus.session(["src"], "why", process())
     for path in paths:
         s.volume(path)[0:64, 0:64, 0:64] = chunk_of(4)
+    refused = []
 
-    class RefuseRecordsOnB:
+    class RefuseTheCreate:
         def __init__(self, backend):
             self.backend, self.cloudpath = backend, backend.cloudpath
 
@@ -131,38 +137,44 @@ def failed_commit(tmp_path) -> tuple[cirrus.Session, list[str]]:
             return getattr(self.backend, name)
 
         def put_new(self, key, data):
-            if self.cloudpath.endswith("/b") and key.startswith("provenance.d/records/"):
+            if key.startswith(f"provenance.d/{refuse}/") and not refused:
+                refused.append(key)
+                if landed:
+                    self.backend.put_new(key, data)
                 raise StorageError("refused by the test", cloudpath=self.cloudpath, key=key)
             return self.backend.put_new(key, data)
 
-    with wrap_backends(RefuseRecordsOnB), pytest.raises(StorageError, match="refused"):
+    with wrap_backends(RefuseTheCreate), pytest.raises(StorageError, match="refused"):
         s.commit()
-    assert s.state == "open"
+    assert s.state == "open" and refused
     return s, paths
 
 
-def test_a_commit_that_fails_while_staging_stays_open_and_retries_without_doubling(tmp_path):
-    s, paths = failed_commit(tmp_path)
-    ids = s.commit()  # the same records again: a's staged record is not doubled
+def test_a_commit_that_fails_before_its_journal_stays_open_and_retries_without_doubling(
+    tmp_path,
+):
+    s, paths = failed_commit(tmp_path, landed=True)  # the journal is there; its answer is not
+    ids = s.commit()  # the same journal again: found equal, not doubled
     assert s.state == "committed"
     for path in paths:
         assert [h.id for h in cirrus.history(path)] == [ids[normalise_cloudpath(path)]]
 
 
 def test_a_session_dropped_after_its_commit_was_cut_short_says_to_recover(tmp_path, capsys):
-    """Not "never committed": a record may be staged, and recover publishes it."""
+    """Not "never committed": its journal may be stored, and recover then publishes it all."""
     import gc
 
     from cirrus.rollforward import recover
 
-    s, paths = failed_commit(tmp_path)
+    s, paths = failed_commit(tmp_path, landed=True)
     with pytest.warns(ResourceWarning, match=r"commit was cut short \(StorageError\)"):
         del s
         gc.collect()
-    assert "`cirrus recover PATH` publishes those staged" in capsys.readouterr().err
-    a = normalise_cloudpath(paths[0])
-    assert a in recover(a)
-    assert [h.record.status for h in cirrus.history(a)] == ["committed"]
+    assert "`cirrus recover PATH` on one of them" in capsys.readouterr().err
+    a, b = (normalise_cloudpath(path) for path in paths)
+    assert sorted(recover(b)) == [a, b]  # b lists the session and names a, its journal's
+    for path in (a, b):
+        assert [h.record.status for h in cirrus.history(path)] == ["committed"]
 
 
 def test_after_a_failed_commit_new_writes_are_refused_until_it_is_retried(tmp_path):
@@ -179,34 +191,73 @@ def test_after_a_failed_commit_new_writes_are_refused_until_it_is_retried(tmp_pa
     assert cirrus.history(late) == [] and cirrus.history(late).open_sessions == {}
 
 
-def test_an_abort_after_a_failed_commit_ends_the_session_once_on_every_volume(tmp_path):
-    """The committed record staged on a before the commit failed stays unpublished: the
-    session ended there with its failed record, whoever recovers the volume later."""
+def test_an_abort_after_a_commit_failed_before_its_journal_fails_it_on_every_volume(tmp_path):
     s, paths = failed_commit(tmp_path)
     ids = s.abort("gave up after the storage error")
+    assert s.state == "failed"
     for path in paths + paths:  # and again after a recover
         (stored,) = cirrus.history(path)
         assert stored.id == ids[normalise_cloudpath(path)] and stored.record.status == "failed"
         cirrus.recover(path)
-    report = verify(paths[0])
-    assert report.ok and any("left unpublished" in remark for remark in report.remarks)
+    assert verify(paths[0]).ok
+
+
+def test_an_abort_after_a_journal_that_landed_unanswered_publishes_the_commit(tmp_path, caplog):
+    """The journal is the commit point: once stored, the session committed, whatever the
+    process heard. An abort then publishes the committed records, and says so."""
+    s, paths = failed_commit(tmp_path, landed=True)
+    ids = s.abort("gave up after the storage error")
+    assert s.state == "committed"
+    assert "had committed already" in caplog.text
+    for path in paths:
+        (stored,) = cirrus.history(path)
+        assert stored.id == ids[normalise_cloudpath(path)] and stored.record.status == "committed"
+        assert stored.record.writes["mips"]
+
+
+def test_a_commit_that_fails_after_its_journal_is_committed_and_recover_publishes_it(tmp_path):
+    """Staging b failed after the journal: the session committed, so it may not end again
+    with an abort; recover from either volume publishes the journal's records on both."""
+    paths = [normalise_cloudpath(f"file://{tmp_path}/{name}") for name in "ab"]
+    for path in paths:
+        make_layer(path)
+    s = cirrus.session(["src"], "why", process())
+    for path in paths:
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(4)
+
+    def refuse_records_on_b(cloudpath: str, key: str) -> None:
+        if cloudpath.endswith("/b") and key.startswith("provenance.d/records/"):
+            raise StorageError("refused by the test", cloudpath=cloudpath, key=key)
+
+    with hooked(before=refuse_records_on_b), pytest.raises(NotPublished, match="committed"):
+        s.commit()
+    assert s.state == "unpublished" and sorted(s.records) == paths
+    with pytest.raises(SessionClosed, match="cirrus recover"):
+        s.abort()
+    report = verify(paths[1])
+    assert any("committed (its journal on" in problem for problem in report.problems)
+    assert cirrus.recover(paths[1]) == {path: [s.records[path]] for path in paths}
+    for path in paths:
+        (stored,) = cirrus.history(path)
+        assert stored.id == s.records[path] and stored.record.status == "committed"
+        assert cirrus.history(path).open_sessions == {}
+    assert all(verify(path).ok for path in paths)
 
 
 def test_an_abort_after_another_commit_published_the_staged_record_keeps_that_one(tmp_path):
-    """Between the failed commit and the abort, another session's commit on a rolls the staged
-    `committed` record forward: the session has ended on a, so its `failed` record stays
-    unpublished there and the abort returns the record that stands."""
-    s, paths = failed_commit(tmp_path)
-    a, b = (normalise_cloudpath(path) for path in paths)
+    """One volume: its record is the commit point, and it landed unanswered. Another session's
+    commit on the volume rolls it forward; the session has ended there, so the abort's
+    `failed` record stays unpublished and the abort returns the record that stands."""
+    s, (a,) = failed_commit(tmp_path, names="a", refuse="records", landed=True)
+    a = normalise_cloudpath(a)
     with cirrus.session(["src"], "another writer", process()) as other:
         other.volume(a)[64:128, 0:64, 0:64] = chunk_of(5)
     (rolled,) = [h for h in cirrus.history(a) if h.record.session == s.id]
     assert rolled.record.status == "committed"
     ids = s.abort("gave up after the storage error")
     assert ids[a] == rolled.id
-    for path, status in ((a, "committed"), (b, "failed")):
-        mine = [h for h in cirrus.history(path) if h.record.session == s.id]
-        assert [(h.id, h.record.status) for h in mine] == [(ids[path], status)]
+    mine = [h for h in cirrus.history(a) if h.record.session == s.id]
+    assert [(h.id, h.record.status) for h in mine] == [(ids[a], "committed")]
     cirrus.recover(a)
     assert [h.record.session for h in cirrus.history(a)].count(s.id) == 1
     assert verify(a).ok
@@ -283,7 +334,8 @@ def test_repair_keeps_a_session_listed_while_it_is_still_writing(layer):
 
 
 def test_repair_publishes_one_record_per_session_the_last_it_staged(tmp_path):
-    s, paths = failed_commit(tmp_path)  # a's `committed` record is staged, unpublished
+    # a's `committed` record is staged, unpublished: a commit point nobody heard of
+    s, paths = failed_commit(tmp_path, names="a", refuse="records", landed=True)
     ids = s.abort("gave up")
     put_raw(paths[0], "provenance", b"{broken")
     assert repair_summary(paths[0])
@@ -294,7 +346,7 @@ def test_repair_publishes_one_record_per_session_the_last_it_staged(tmp_path):
 def test_repair_keeps_the_record_a_readable_summary_pointed_to(tmp_path):
     """The staged `committed` record was rolled forward before the abort: it stands, and the
     abort's `failed` one stays unpublished, also after repair while the pointers can be read."""
-    s, paths = failed_commit(tmp_path)
+    s, paths = failed_commit(tmp_path, names="a", refuse="records", landed=True)
     a = normalise_cloudpath(paths[0])
     with cirrus.session(["src"], "another writer", process()) as other:
         other.volume(a)[64:128, 0:64, 0:64] = chunk_of(5)

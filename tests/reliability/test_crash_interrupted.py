@@ -1,11 +1,13 @@
-"""kill -9 while a 3-volume commit is staging: recovery leaves no volume's data unexplained.
+"""kill -9 while a 3-volume commit is staging: every volume ends with a record of the session.
 
 The child (crash_child.py) paints a chunk on each of three file:// volumes in session 0, then
-again in session 1, and SIGKILLs itself while session 1's records are being staged. Volumes
-whose record was never written hold session 1's data but no record of it. Once the session is
-evidently dead, `cirrus.recover` (or the next commit that rolls the orphans forward) gives each
-of them an interrupted record built from the staged ones; while it may still be committing
-(its records are young), they are left alone.
+again in session 1, and SIGKILLs itself while session 1's records are being staged, after its
+journal. Recovery gives the volumes whose record was never staged the journal's record, at once,
+as if the commit had finished. Without the journal (deleted or damaged since), those volumes
+hold session 1's data but no record of it: once the session is evidently dead, `cirrus.recover`
+(or the next commit that rolls the orphans forward) gives each of them an interrupted record
+built from the staged ones; while it may still be committing (its records are young), they are
+left alone.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 import cirrus
 from cirrus import rollforward
+from cirrus.journal import journal_key
 from cirrus.ledger import Ledger
 from cirrus.writeset import WriteTracker
 from tests.cli_support import run
@@ -27,7 +31,7 @@ from tests.reliability.test_crashes import CRASH_POINTS, ROOT, fresh_layers, run
 
 pytestmark = pytest.mark.slow
 SESSION_0, SESSION_1 = f"{1:032x}", f"{2:032x}"  # crash_child's session ids
-STAGING = [name for name, (_, while_staging) in CRASH_POINTS.items() if while_staging]
+GAPS = ["after-one-record", "after-two-records"]  # some volumes have their record, not all
 SHARED = ("session", "process", "sources", "notes", "started", "user", "host", "cirrus_version")
 
 
@@ -40,20 +44,26 @@ def staged_sessions(paths: list[str]) -> dict[str, set[str]]:
     return out
 
 
-def crash_while_staging(base, point: str, want_gap: bool, **options) -> tuple[list, list]:
+def crash_while_staging(
+    base, point: str, lose_journal: bool = True, **options
+) -> tuple[list, list]:
     """Kill session 1's commit at `point`; returns (paths, volumes holding a session-1 record).
 
     The child lands the crash's kind of write one at a time, so a kill after the nth record
-    leaves exactly n volumes with one: `want_gap` checks that some, but not all, have it.
+    leaves exactly n volumes with one. `lose_journal`: then delete the journal, as a lifecycle
+    rule or a person might, so only the staged records are left to recover from.
     """
     crash, _ = CRASH_POINTS[point]
     paths = fresh_layers(base)
     done = run_child(paths, [0, 1], {"session": 1, **crash}, **options)
     assert done.returncode < 0 and "CRASH at" in done.stdout, done.stdout + done.stderr
+    journal = Path(paths[0].removeprefix("file://")) / journal_key(SESSION_1)
+    assert journal.exists()  # on the volume written first
+    if lose_journal:
+        journal.unlink()
     staged = staged_sessions(paths)
     holders = [path for path in paths if SESSION_1 in staged[path]]
-    if want_gap:
-        assert len(holders) == crash["nth"] < len(paths), (point, holders)
+    assert len(holders) == crash["nth"] < len(paths), (point, holders)
     return paths, holders
 
 
@@ -115,19 +125,29 @@ def recover_in_processes(origins: list[str]) -> None:
         assert child.returncode == 0, err.decode()
 
 
-@pytest.mark.parametrize("point", STAGING)
-def test_recover_gives_volumes_never_staged_on_an_interrupted_record(tmp_path, point, monkeypatch):
+@pytest.mark.parametrize("point", GAPS)
+def test_recover_completes_the_volumes_never_staged_on_from_the_journal(tmp_path, point):
+    """At once, and with the records the commit would have published: nothing is interrupted."""
+    paths, holders = crash_while_staging(tmp_path, point, lose_journal=False, real_clock=True)
+    done = cirrus.recover(holders[-1])
+    assert sorted(done) == sorted(paths)
+    for path in paths:
+        assert Counter(h.record.session for h in cirrus.history(path))[SESSION_1] == 1
+        (stored,) = session_records(path, SESSION_1)
+        assert stored.record.status == "committed" and stored.record.writes["mips"], path
+        assert cirrus.history(path).open_sessions == {}
+    check_data(paths)
+    run("verify", *paths)
+    for path in paths:
+        assert cirrus.recover(path) == {}
+
+
+@pytest.mark.parametrize("point", GAPS)
+def test_without_its_journal_recover_gives_volumes_never_staged_on_an_interrupted_record(
+    tmp_path, point, monkeypatch
+):
     monkeypatch.setattr(rollforward, "INTERRUPTED_AFTER", 0.0)  # session 1 is evidently dead
-    want_gap = point in ("after-one-record", "after-two-records")  # some records, not all
-    paths, holders = crash_while_staging(tmp_path, point, want_gap)
-    if not holders:
-        # killed before any record of session 1 existed: no record names it, nothing to
-        # recover; each volume's summary still lists it as writing there since its first write
-        for path in paths:
-            assert cirrus.recover(path) == {}
-            assert not session_records(path, SESSION_1)
-            assert list(cirrus.history(path).open_sessions) == [SESSION_1]
-        return
+    paths, holders = crash_while_staging(tmp_path, point)
     shutil.copytree(tmp_path / "layers", tmp_path / "crashed")
 
     done = cirrus.recover(holders[-1])
@@ -143,7 +163,7 @@ def test_recover_gives_volumes_never_staged_on_an_interrupted_record(tmp_path, p
     assert support.snapshot(paths) == after
     check_data(paths)
     run("verify", *paths)
-    assert bool(interrupted) or not want_gap
+    assert interrupted
     for path, rid in interrupted.items():
         assert "failed: Interrupted" in run("log", path).stdout
         assert "unknown: the session died" in run("show", path, rid).stdout
@@ -160,7 +180,7 @@ def test_recover_gives_volumes_never_staged_on_an_interrupted_record(tmp_path, p
 def test_a_young_orphan_gets_no_interrupted_sibling(tmp_path, monkeypatch):
     """Records that ended moments ago may belong to a commit still staging: left alone."""
     assert rollforward.INTERRUPTED_AFTER >= 60
-    paths, holders = crash_while_staging(tmp_path, "after-one-record", True, real_clock=True)
+    paths, holders = crash_while_staging(tmp_path, "after-one-record", real_clock=True)
     done = cirrus.recover(holders[0])
     assert sorted(done) == sorted(holders)  # what was staged is published, nothing more
     for path in paths:
@@ -183,7 +203,7 @@ def test_the_next_commit_explains_the_siblings_of_the_orphans_it_rolls_forward(
     tmp_path, monkeypatch
 ):
     monkeypatch.setattr(rollforward, "INTERRUPTED_AFTER", 0.0)
-    paths, holders = crash_while_staging(tmp_path, "after-one-record", True)
+    paths, holders = crash_while_staging(tmp_path, "after-one-record")
     with cirrus.session(["later"], "next commit", support.session_process(2)) as s:
         support.paint(s, holders[0], 5, value=99)
     assert cirrus.history(holders[0])[-1].record.session == s.id
@@ -202,10 +222,32 @@ def test_the_next_commit_explains_the_siblings_of_the_orphans_it_rolls_forward(
 
 def test_a_sibling_volume_deleted_since_is_left_alone(tmp_path, monkeypatch):
     monkeypatch.setattr(rollforward, "INTERRUPTED_AFTER", 0.0)
-    paths, holders = crash_while_staging(tmp_path, "after-one-record", True)
+    paths, holders = crash_while_staging(tmp_path, "after-one-record")
     gone = next(path for path in paths if path not in holders)
     shutil.rmtree(gone.removeprefix("file://"))
     done = cirrus.recover(holders[0])
     assert gone not in done and not (tmp_path / "layers" / gone.rsplit("/", 1)[-1]).exists()
     for path in set(paths) - set(holders) - {gone}:
         assert [r.record.error["type"] for r in session_records(path, SESSION_1)] == ["Interrupted"]
+
+
+def test_the_next_commit_completes_the_siblings_from_the_journal(tmp_path):
+    paths, holders = crash_while_staging(
+        tmp_path, "after-one-record", lose_journal=False, real_clock=True
+    )
+    with cirrus.session(["later"], "next commit", support.session_process(2)) as s:
+        support.paint(s, holders[0], 5, value=99)
+    for path in paths:
+        (stored,) = session_records(path, SESSION_1)
+        assert stored.record.status == "committed", path
+    run("verify", *paths)
+
+
+def test_a_damaged_journal_is_reported_and_recovery_falls_back(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(rollforward, "INTERRUPTED_AFTER", 0.0)
+    paths, holders = crash_while_staging(tmp_path, "after-one-record", lose_journal=False)
+    journal = Path(paths[0].removeprefix("file://")) / journal_key(SESSION_1)
+    journal.write_bytes(journal.read_bytes()[:100])  # truncated
+    cirrus.recover(holders[0])
+    assert "cannot be completed from its journal" in caplog.text and "is damaged" in caplog.text
+    check_explained(paths, holders)

@@ -94,7 +94,7 @@ def test_sessions_commit_exactly_once_under_30_percent_faults(root, monkeypatch)
 def test_a_deadline_too_short_fails_clearly_and_recover_completes(root, monkeypatch):
     """30% failures and a 0.1 s deadline per call, while sessions commit: some give up. Each
     gives up with a cirrus error, quickly; afterwards `cirrus.recover` publishes every record
-    that was staged, and no session appears twice anywhere."""
+    that was staged or journaled, and no session appears twice anywhere."""
     deadline = 0.1
     monkeypatch.setenv("CIRRUS_STORAGE_DEADLINE", str(deadline))
     paths = layers(root)
@@ -115,9 +115,9 @@ def test_a_deadline_too_short_fails_clearly_and_recover_completes(root, monkeypa
             elapsed = time.monotonic() - started
             # a commit is a few dozen calls, each giving up after `deadline`
             assert elapsed < 60 * deadline + 10, elapsed
-            assert str(error).startswith(tuple(paths)) or "staged" in str(error), error
+            assert str(error).startswith(tuple(paths)) or "not all are published" in str(error)
             outcomes[index] = f"{s.state}: {type(error).__name__}"
-            if s.state == "unpublished":  # staged everywhere, not published everywhere
+            if s.state == "unpublished":  # journaled: committed, not published everywhere
                 unpublished.append(s)
             continue
         sessions.append(s)
@@ -132,7 +132,7 @@ def test_a_deadline_too_short_fails_clearly_and_recover_completes(root, monkeypa
         assert all(n == 1 for n in per_session.values()), per_session  # nothing doubled
         # every committed session is on every volume; every staged record is published
         assert {s.id for s in sessions} <= set(per_session)
-        # a session that failed after staging everywhere is now complete everywhere
+        # a session that failed after its journal is now complete everywhere
         assert {s.id for s in unpublished} <= set(per_session)
         assert sorted(Ledger.open(path).record_ids()) == sorted(h.id for h in history)
         summary = Ledger.open(path).summary()

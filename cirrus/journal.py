@@ -1,0 +1,105 @@
+"""A multi-volume session's commit point: every record it will publish, in one object.
+
+A session that wrote several volumes creates its journal on the volume it wrote first (each
+volume's listing of the session names that volume) before it stages any record. Once the
+journal exists the session is committed: a process killed while staging or publishing leaves
+volumes that `cirrus recover`, and the next commit that rolls its records forward, complete from
+the journal with the very records the commit would have published. Before it, nothing is
+staged, and the session is one that died before committing (`cirrus.abandon`).
+
+    <first volume>/provenance.d/journals/<session>.json     create-only, never rewritten
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import attrs
+
+from cirrus.canonical import canonical_json
+from cirrus.errors import IntegrityError, InvalidInput, PreconditionFailed
+from cirrus.ledger import Ledger, record_id
+from cirrus.model import Record
+from cirrus.readback import check_record
+
+log = logging.getLogger("cirrus.journal")
+
+JOURNALS = "provenance.d/journals/"
+SCHEMA = "cirrus.journal/1"
+_SESSION_ID = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex, as `Session` makes them
+
+
+@attrs.frozen
+class Journal:
+    """The records one session publishes, by volume, as its journal holds them."""
+
+    session: str
+    records: dict[str, Record]
+
+    def ids(self) -> dict[str, str]:
+        return {layer: record_id(record) for layer, record in self.records.items()}
+
+    def to_bytes(self) -> bytes:
+        records = {layer: record.to_json() for layer, record in self.records.items()}
+        return canonical_json({"schema": SCHEMA, "session": self.session, "records": records})
+
+
+def journal_key(session: str) -> str:
+    if not isinstance(session, str) or not _SESSION_ID.match(session):
+        raise InvalidInput(f"session id must be 32 lowercase hex characters, got {session!r}")
+    return f"{JOURNALS}{session}.json"
+
+
+def write_journal(home: str, journal: Journal) -> Journal:
+    """Create `journal` on the layer `home`; returns the journal that stands.
+
+    That is `journal`, unless an earlier attempt of the same session created one already (its
+    response lost, say, and the session then aborted): its commit point passed with those
+    records, so they stand and are what gets published.
+    """
+    ledger = Ledger.open(home)
+    try:
+        ledger.store.create(journal_key(journal.session), journal.to_bytes())
+        return journal
+    except PreconditionFailed:
+        stored = read_journal(home, journal.session)
+        if stored is None:  # deleted in between: nothing stands, so ours may
+            raise
+        log.warning(
+            "%s: session %s had committed already (its journal was written by an earlier "
+            "attempt); those records stand, not these",
+            home,
+            journal.session,
+        )
+        return stored
+
+
+def read_journal(home: str, session: str) -> Journal | None:
+    """The session's journal on `home` (None: there is none). IntegrityError if damaged."""
+    if not _SESSION_ID.match(session):
+        return None  # no `Session` made that id, so no journal has it
+    ledger = Ledger.open(home)
+    key = journal_key(session)
+    blob = ledger.store.get(key)
+    if blob is None:
+        return None
+    try:
+        document = json.loads(blob.data)
+        if document.get("schema") != SCHEMA or document.get("session") != session:
+            raise ValueError(f"not the journal of session {session}")
+        records = {}
+        for layer, data in document["records"].items():
+            check_record(data)
+            records[layer] = Record.from_json(data)
+            if records[layer].session != session or records[layer].volume != layer:
+                raise ValueError(f"its record for {layer} is another session's or volume's")
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, InvalidInput) as e:
+        raise IntegrityError(
+            f"{home}/{key} is damaged ({type(e).__name__}: {e})",
+            "cirrus only creates it; restore it from a backup or an earlier object version, or "
+            "move it aside: recovery then records the volumes it would have completed as "
+            "interrupted",
+        ) from None
+    return Journal(session, records)
