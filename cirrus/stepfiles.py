@@ -191,3 +191,27 @@ def first_intact(volumes: Sequence[str], read: Callable[[StepFiles], T | None]) 
 def intact_manifest(step_id: str, volumes: Sequence[str]) -> dict[str, Any] | None:
     """The step's manifest from the first of its `volumes` holding an intact one."""
     return first_intact(volumes, lambda files: files.manifest(step_id))
+
+
+def unaccounted(fragments: list[dict[str, Any]], record: Mapping[str, Any] | None) -> str:
+    """What a step's fragments on a volume say that its record there (or the summary's pointer
+    to it: same counts and end) does not ('' if nothing): tasks that ran after the finish."""
+    if record is None:
+        return (
+            f"{len(fragments)} tasks filed fragments here, but the step is neither open here "
+            "nor recorded here"
+        )
+    tasks = record.get("tasks") or {}
+    committed = sum(f["status"] == "committed" for f in fragments)
+    latest = max(f["ended"] for f in fragments)
+    counted = tasks.get("count", 0)
+    if len(fragments) > counted:
+        return f"{len(fragments)} tasks filed fragments here but its record counts {counted}"
+    if committed > tasks.get("committed", 0):
+        return (
+            f"{committed} tasks here have committed but its record counts "
+            f"{tasks.get('committed', 0)}"
+        )
+    if latest > record.get("ended", ""):
+        return f"a task here ended at {latest}, after its record's last task ({record['ended']})"
+    return ""

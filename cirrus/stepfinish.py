@@ -17,7 +17,7 @@ from cirrus.ledger import Ledger, record_id
 from cirrus.model import Note, parse_time
 from cirrus.overlap import overlapped
 from cirrus.session import make_record
-from cirrus.stepfiles import StepFiles, first_intact, intact_manifest
+from cirrus.stepfiles import StepFiles, first_intact, intact_manifest, unaccounted
 from cirrus.steptoken import StepToken
 from cirrus.summary import mark_step_open, open_step_info, published_ids
 from cirrus.writeset import combine
@@ -198,7 +198,8 @@ def _task_summary(
 
 
 def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
-    """Fragments so far per volume, with failures, and whether the step was finished."""
+    """Fragments so far per volume, with failures, and whether the step is finished: its
+    record there accounts for every fragment there (`late` says what it does not)."""
     token = StepToken.loads(token)
     report: dict[str, Any] = {"step": token.id, "volumes": {}}
     ledgers = {layer: Ledger.open(layer) for layer in token.volumes}
@@ -207,12 +208,19 @@ def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
     tally = _tally(token, manifest, found.values())
     for layer, fragments in found.items():
         section = ledgers[layer].summary().get("cirrus", {})
+        standing = [
+            pointer
+            for pointer in section.get("records", [])
+            if pointer.get("step") == token.id and "superseded_by" not in pointer
+        ]
+        late = unaccounted(fragments, standing[-1]) if standing and fragments else ""
         report["volumes"][layer] = {
             "tasks": len(fragments),
             "failed": sorted(f["task"] for f in fragments if f["task"] not in tally.committed),
             "open": token.id in section.get("open_steps", {}),
-            "finished": any(e.get("step") == token.id for e in section.get("records", []))
+            "finished": (bool(standing) and not late)
             or (not fragments and StepFiles.beside(ledgers[layer]).finished_empty(token.id)),
+            "late": late,  # tasks that ran after the finish: finish again to record them
         }
     if "expected_tasks" in manifest:
         report["expected"] = manifest["expected_tasks"]

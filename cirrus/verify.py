@@ -29,7 +29,7 @@ from cirrus.journal import read_journal
 from cirrus.ledger import ENVS, Ledger
 from cirrus.model import superseded_unpublished
 from cirrus.overlap import THREADS
-from cirrus.stepfiles import StepFiles
+from cirrus.stepfiles import StepFiles, unaccounted
 from cirrus.summary import NOTE_SEP, note_key, note_line, processing_entry
 
 POINTER_FIELDS = ("session", "status", "started", "ended", "step")
@@ -154,31 +154,12 @@ def _check_steps(
         rid, record = standing.get(step_id, (None, None))
         if step_id in section.get("open_steps", {}) or (rid is not None and record is None):
             continue  # not finished yet, or its record is unreadable (reported already)
-        problem = _unaccounted(fragments, record) if fragments else ""
+        problem = unaccounted(fragments, record) if fragments else ""
         if problem:
             report.problems.append(
                 f"step {step_id[:12]}: {problem}: tasks ran after it was finished; finish "
                 "it again (`cirrus step finish TOKEN`) to record their writes"
             )
-
-
-def _unaccounted(fragments: list[dict[str, Any]], record: dict[str, Any] | None) -> str:
-    """What a step's fragments here say that its record here does not ('' if nothing)."""
-    if record is None:
-        return (
-            f"{len(fragments)} tasks filed fragments here, but the step is neither open here "
-            "nor recorded here"
-        )
-    tasks = record.get("tasks") or {}
-    committed = sum(f["status"] == "committed" for f in fragments)
-    latest = max(f["ended"] for f in fragments)
-    if len(fragments) > tasks.get("count", 0):
-        return f"{len(fragments)} tasks filed fragments here but its record counts {tasks['count']}"
-    if committed > tasks.get("committed", 0):
-        return f"{committed} tasks here have committed but its record counts {tasks['committed']}"
-    if latest > record.get("ended", ""):
-        return f"a task here ended at {latest}, after its record's last task ({record['ended']})"
-    return ""
 
 
 def _check_record(

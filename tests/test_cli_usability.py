@@ -257,6 +257,39 @@ def test_step_status_and_finish_name_the_expected_tasks_still_missing(tmp_path: 
     assert "failed: Incomplete: 1 of 3 expected tasks filed nothing (t9)" in out
 
 
+def test_step_status_says_finish_again_after_a_task_ran_since_the_finish(tmp_path: Path) -> None:
+    """A queue re-delivers a task after the finish: its fragment now ends later than the record
+    says. `step status` agrees with `verify` (not "finished") until the step is finished again."""
+    (a,) = layers(tmp_path, "a")
+    step = cirrus.step(["x"], "late", cirrus.Process("tasks", {"n": 1}), [a])
+    data = np.ones((CHUNK,) * 3, np.uint8)
+
+    def run_task() -> None:
+        with cirrus.join(step.token, task="t0") as t:
+            t.volume(a, progress=False)[0:CHUNK, 0:CHUNK, 0:CHUNK] = data
+
+    run_task()
+    invoke("step", "finish", step.token)
+    assert (
+        ": 1 task(s) recorded, 0 failed, finished\n" in invoke("step", "status", step.token).stdout
+    )
+    run_task()  # the re-run, after the finish
+    out = invoke("step", "status", step.token).stdout
+    assert "finished before tasks that ran since (a task here ended at" in out
+    assert "finish it again" in out
+    report = json.loads(invoke("step", "status", "--json", step.token).stdout)
+    assert report["volumes"][a]["finished"] is False and report["volumes"][a]["late"]
+    assert "finish it again" in invoke("verify", a, code=1).stdout
+    invoke("step", "finish", step.token)
+    out = invoke("step", "status", step.token).stdout
+    assert ": 1 task(s) recorded, 0 failed, finished\n" in out
+    assert (
+        json.loads(invoke("step", "status", "--json", step.token).stdout)["volumes"][a]["late"]
+        == ""
+    )
+    invoke("verify", a)
+
+
 # -- 7. show's argument ---------------------------------------------------------------------------
 def test_show_calls_its_argument_id_as_the_readme_does() -> None:
     help_text = invoke("show", "--help").stdout

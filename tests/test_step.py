@@ -81,7 +81,7 @@ def test_200_tasks_on_4_task_queue_workers_leave_one_record(tmp_path, layer: str
     assert tq.is_empty()
 
     report = step.status()["volumes"][layer]
-    assert report == {"tasks": 200, "failed": [], "open": True, "finished": False}
+    assert report == {"tasks": 200, "failed": [], "open": True, "finished": False, "late": ""}
     assert step.id in summary_json(layer)["cirrus"]["open_steps"]
 
     ids = step.finish()
@@ -109,6 +109,7 @@ def test_200_tasks_on_4_task_queue_workers_leave_one_record(tmp_path, layer: str
         "failed": [],
         "open": True,
         "finished": False,
+        "late": "",
     }
     assert step_status(step.token)["volumes"][layer]["finished"] is True
     assert step_status(step.token)["volumes"][layer]["open"] is False

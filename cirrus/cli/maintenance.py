@@ -228,6 +228,8 @@ def step_status_command(token: str, as_json: bool) -> None:
     click.echo(f"step {report['step']}")
     for layer, info in report["volumes"].items():
         state = "finished" if info["finished"] else "open" if info["open"] else "not open"
+        if info["late"]:
+            state = f"finished before tasks that ran since ({info['late']}): finish it again"
         click.echo(
             f"  {layer}: {info['tasks']} task(s) recorded, {len(info['failed'])} failed, {state}"
         )
