@@ -359,3 +359,16 @@ def test_the_terminal_table_and_python_views_strip_escape_codes(
     found = cirrus.history(path)
     assert ESC not in str(found) and ESC not in found._repr_html_()
     assert "chunk boundary 23" in found[0].record.error["message"]  # stored text unchanged
+
+
+def test_a_lost_step_token_is_printed_again_from_a_volume(tmp_path: Path) -> None:
+    a, b = layers(tmp_path, "a", "b")
+    step = cirrus.step(["x"], "token lost", cirrus.Process("tasks", {"n": 1}), [a, b])
+    cirrus.step(["x"], "another", cirrus.Process("tasks", {"n": 2}), [a])
+    printed = invoke("step", "token", b, step.id[:10]).stdout.strip()
+    assert json.loads(printed) == json.loads(step.token)
+    with cirrus.join(printed, task="t0") as t:  # a worker can join with it
+        t.volume(b, progress=False)[0:CHUNK, 0:CHUNK, 0:CHUNK] = np.ones((CHUNK,) * 3, np.uint8)
+    assert "finished" in invoke("step", "finish", printed).stdout
+    out = invoke("step", "token", a, "zz", code=2).stderr
+    assert "'zz' is not one of the steps opened on" in out and step.id[:12] in out

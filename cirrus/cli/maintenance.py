@@ -36,9 +36,11 @@ def recover_command(
 ) -> None:
     """Publish records of each PATH (and its sibling volumes) that an interrupted commit staged.
 
-    A volume such a session wrote to but never staged a record on gets an `interrupted` record
-    (status failed, writes unknown) once the session is 10 minutes old. Safe to run at any
-    time: records already published are left alone. A session killed before it committed
+    A session killed after its commit point (its journal) is completed on every volume it wrote,
+    with the records its commit would have published. Without a journal (deleted or damaged),
+    a volume it wrote but never staged a record on gets an `interrupted` record (status failed,
+    writes unknown) once the session is 10 minutes old. Safe to run at any time: records
+    already published are left alone. A session killed before it committed
     stays listed as writing on every volume it wrote; `--abandon SESSION` (an id or its
     prefix) records it as interrupted from that listing on each PATH given, and
     `--abandon-dead` every one listed from this host whose process is gone. Every PATH is
@@ -243,6 +245,35 @@ def step_status_command(token: str, as_json: bool) -> None:
             named = report["unexpected_tasks"]
             shown = f"{', '.join(named[:20])}{', ...' if len(named) > 20 else ''}"
             click.echo(f"  filed under ids the step does not expect: {shown}")
+
+
+@step_group.command("token", epilog=EXIT_CODES)
+@click.argument("path")
+@click.argument("step_id", metavar="STEP")
+def step_token_command(path: str, step_id: str) -> None:
+    """Print the token of a step opened on PATH: STEP is its id or a unique prefix of it.
+
+    For a step whose token was lost (a notebook restarted, a queue purged): the token is the
+    step's id and volumes, which its manifest on each volume holds. `cirrus log PATH` shows
+    the ids of open steps.
+    """
+    from cirrus.errors import InvalidInput
+    from cirrus.stepfiles import StepFiles
+    from cirrus.steptoken import StepToken
+
+    require_layer(path)
+    files = StepFiles.open(path)
+    known = sorted(files.step_ids())
+    matches = [sid for sid in known if sid.startswith(step_id)] if step_id else []
+    if len(matches) != 1:
+        problem = "matches several" if matches else "is not one"
+        shown = ", ".join(sid[:12] for sid in (matches or known)[:10]) or "none"
+        raise InvalidInput(
+            f"{step_id!r} {problem} of the steps opened on {files.cloudpath} ({shown}); "
+            "`cirrus log PATH` shows open steps"
+        )
+    manifest = files.manifest(matches[0])  # a damaged one raises, naming the fix
+    click.echo(StepToken(matches[0], tuple(manifest["volumes"])).dumps())
 
 
 @step_group.command("finish", epilog=EXIT_CODES)
