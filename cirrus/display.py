@@ -17,6 +17,7 @@ from typing import Any
 from cirrus.canonical import short
 from cirrus.display_env import env_diff, env_lines
 from cirrus.model import is_interrupted
+from cirrus.summary import NOTE_SEP, processing_line
 
 FIRST_LINE = 200  # characters of an error's first line that `cirrus log` shows
 # ANSI escape sequences (CSI: colours, cursor moves; OSC: titles, links; two-byte ones), then any
@@ -214,8 +215,10 @@ def history_text(
     open_steps: Open | None = None,
     total: int | None = None,
     open_sessions: Open | None = None,
+    others: Mapping[str, Any] | None = None,
 ) -> str:
-    """Newest first, one block per record, like `git log`; `total` when only some are given.
+    """Newest first, one block per record, like `git log`; `total` when only some are given;
+    last, what the summary says that other tools wrote (`summary.other_tools`).
 
     A record's header shows the first line of its error (`record_text` has all of it); text
     of several lines keeps its lines, indented under the record.
@@ -245,7 +248,20 @@ def history_text(
         if results:
             out += _labelled("notes", results)
         out.append(f"  by:         {cells['who']}")
+    if others:
+        out += ["", *other_tools_lines(others)]
     return clean("\n".join(out))
+
+
+def other_tools_lines(others: Mapping[str, Any]) -> list[str]:
+    """What other tools wrote in the summary, labelled: older provenance cirrus kept."""
+    out = ["written by other tools (in the summary, not cirrus records):"]
+    out += _labelled("processing", [processing_line(e) for e in others.get("processing", [])])
+    out += _labelled("sources", [str(source) for source in others.get("sources", [])])
+    description = str(others.get("description") or "")
+    out += _labelled("description", [line for line in description.split(NOTE_SEP) if line])
+    out += _labelled("owners", [str(owner) for owner in others.get("owners", [])])
+    return out
 
 
 def record_count(shown: int, total: int | None, damaged: int = 0) -> str:
@@ -263,7 +279,7 @@ def _lines(items: Iterable[str]) -> list[str]:
 
 def _labelled(label: str, items: Sequence[str]) -> list[str]:
     """`  label:     first line`, then every further line (of any item) under the first."""
-    head = f"  {label + ':':<12}"
+    head = f"  {label + ':':<{max(12, len(label) + 2)}}"
     lines = _lines(items)
     return [f"{head if i == 0 else ' ' * len(head)}{line}" for i, line in enumerate(lines)]
 

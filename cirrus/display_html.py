@@ -12,6 +12,7 @@ from cirrus.display import (
     Open,
     clean,
     open_lines,
+    other_tools_lines,
     record_count,
     row,
     session_facts,
@@ -29,8 +30,10 @@ def history_html(
     open_steps: Open | None = None,
     open_sessions: Open | None = None,
     total: int | None = None,
+    others: Mapping[str, Any] | None = None,
 ) -> str:
-    """An HTML table, newest first, for Jupyter; `total` when only some are given."""
+    """An HTML table, newest first, for Jupyter; `total` when only some are given; then what
+    other tools wrote in the summary."""
     records = list(records)
     head = "".join(f"<th>{name}</th>" for name in COLUMNS)
     body = []
@@ -43,8 +46,13 @@ def history_html(
     opened = "".join(f"<p><b>{html.escape(line)}</b></p>" for line in lines)
     return (
         f'<div class="cirrus-history">{opened}<table><caption>{caption}</caption>'
-        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        f"{_pre(other_tools_lines(others)) if others else ''}</div>"
     )
+
+
+def _pre(lines: list[str]) -> str:
+    return f"<pre>{html.escape(chr(10).join(lines))}</pre>"
 
 
 def record_html(record: Mapping[str, Any]) -> str:

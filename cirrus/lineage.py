@@ -19,8 +19,9 @@ import attrs
 
 from cirrus.errors import CirrusError, IntegrityError, InvalidInput, plain_text
 from cirrus.ledger import SUMMARY_KEY, Ledger
-from cirrus.reading import has_info, read_history
+from cirrus.reading import History, has_info, read_history
 from cirrus.storage.paths import normalise_cloudpath
+from cirrus.summary import processing_line
 
 _CLOUDPATH = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 DEFAULT_DEPTH = 10
@@ -129,6 +130,7 @@ def raise_if_damaged(root: Node) -> None:
 
 
 SUMMARY_ONLY = "listed in the summary (a record is damaged)"
+OTHER_TOOLS = "listed in the summary by another tool"
 
 
 def _read_volume(ledger: Ledger, name: str) -> tuple[Node, dict[str, list[str]]]:
@@ -143,7 +145,7 @@ def _read_volume(ledger: Ledger, name: str) -> tuple[Node, dict[str, list[str]]]
         records=len(records),
         processes=_unique(r.process["description"] for r in records if r.process),
         latest=max(ended, default=None),
-        detail="" if records or history.damaged else _nothing_recorded(ledger),
+        detail="" if records or history.damaged else _nothing_recorded(ledger, history),
         damaged=len(history.damaged),
     )
     sources: dict[str, list[str]] = {}
@@ -155,11 +157,21 @@ def _read_volume(ledger: Ledger, name: str) -> tuple[Node, dict[str, list[str]]]
     if history.damaged:
         for source in ledger.summary().get("sources", []):
             sources.setdefault(source, [SUMMARY_ONLY])
+    for source in history.other_tools.get("sources", []):  # no cirrus record here at all
+        if isinstance(source, str):
+            sources.setdefault(source, [OTHER_TOOLS])
     return node, sources
 
 
-def _nothing_recorded(ledger: Ledger) -> str:
-    """Why a volume has no records: a layer without provenance, or no layer at all (a typo)."""
+def _nothing_recorded(ledger: Ledger, history: History) -> str:
+    """Why a volume has no records: its provenance predates cirrus (other tools wrote its
+    summary), it has none, or it is no layer at all (a typo)."""
+    processing = history.other_tools.get("processing", [])
+    if processing:
+        shown = _unique(processing_line(entry) for entry in processing[-3:])
+        return f"no cirrus record; other tools recorded: {'; '.join(shown)}"
+    if history.other_tools:
+        return "no cirrus record; its summary (another tool's) names its sources"
     if ledger.store.get(SUMMARY_KEY) is None and not has_info(ledger.store):
         return "no layer here (neither info nor provenance): check the source for a typo"
     return "no provenance recorded"

@@ -16,7 +16,7 @@ from cirrus.errors import CirrusError, IntegrityError, InvalidInput, UnreadableE
 from cirrus.ledger import SUMMARY_KEY, Ledger, StoredRecord
 from cirrus.overlap import overlapped
 from cirrus.storage.base import Store
-from cirrus.summary import current_ids, parse_summary
+from cirrus.summary import current_ids, other_tools, parse_summary
 
 INFO = "info"  # CloudVolume's description of a layer: what makes a path a layer
 
@@ -118,6 +118,7 @@ class History(list):
         open_sessions: dict[str, Any] | None = None,
         total: int | None = None,
         damaged: list[DamagedRecord] = (),  # type: ignore[assignment]
+        other_tools: dict[str, Any] | None = None,
     ):
         super().__init__(records)
         self.volume = volume
@@ -125,6 +126,8 @@ class History(list):
         self.open_sessions = dict(open_sessions or {})  # wrote here, not committed (or died)
         self.damaged = list(damaged)
         self.total = len(self) + len(self.damaged) if total is None else total
+        # what the summary says that no cirrus record put there (`summary.other_tools`)
+        self.other_tools = dict(other_tools or {})
 
     @property
     def entries(self) -> list[Entry]:
@@ -150,13 +153,16 @@ class History(list):
             "total": self.total,
             "open_steps": self.open_steps,
             "open_sessions": self.open_sessions,
+            "other_tools": self.other_tools,
         }
 
     def __str__(self) -> str:
         from cirrus.display import history_text
 
         entries = [entry.to_json() for entry in self.entries]
-        return history_text(entries, self.volume, self.open_steps, self.total, self.open_sessions)
+        return history_text(
+            entries, self.volume, self.open_steps, self.total, self.open_sessions, self.other_tools
+        )
 
     __repr__ = __str__
 
@@ -164,7 +170,9 @@ class History(list):
         from cirrus.display_html import history_html
 
         entries = [entry.to_json() for entry in self.entries]
-        return history_html(entries, self.volume, self.open_steps, self.open_sessions, self.total)
+        return history_html(
+            entries, self.volume, self.open_steps, self.open_sessions, self.total, self.other_tools
+        )
 
 
 def _read_entry(ledger: Ledger, pointer: Mapping[str, Any]) -> Entry:
@@ -199,6 +207,7 @@ def read_history(
         section.get("open_sessions"),
         total=len(ids),
         damaged=[entry for entry in entries if isinstance(entry, DamagedRecord)],
+        other_tools=other_tools(summary),
     )
 
 

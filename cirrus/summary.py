@@ -245,6 +245,34 @@ def processing_entry(process: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def other_tools(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """What the summary says that no cirrus record put there: processing entries other tools
+    appended (igneous, provenance-toolbox, CloudVolume scripts) and, on a layer with no cirrus
+    record at all, its description, owners and sources. Empty when there is nothing."""
+    found: dict[str, Any] = {}
+    processing = [
+        entry
+        for entry in summary.get("processing") or []
+        if isinstance(entry, dict) and not entry.get("cirrus_process")
+    ]
+    if processing:
+        found["processing"] = processing
+    if not summary.get("cirrus", {}).get("records"):
+        for key in ("description", "owners", "sources"):
+            if summary.get(key):
+                found[key] = summary[key]
+    return found
+
+
+def processing_line(entry: Mapping[str, Any]) -> str:
+    """One other tool's processing entry as people read it: what ran, when, by whom."""
+    method = entry.get("method")
+    task = entry.get("task") or (method.get("task") if isinstance(method, dict) else method)
+    line = str(task or next(iter(entry), "?"))
+    extra = [str(entry[key]) for key in ("date", "by") if entry.get(key)]
+    return f"{line} ({', '.join(extra)})" if extra else line
+
+
 def note_line(note: Mapping[str, Any]) -> str:
     """A note in provenance-toolbox's `timestamp;TYPE;text` form.
 

@@ -367,3 +367,45 @@ def test_history_refuses_a_mistyped_path_as_the_command_does(tmp_path: Path) -> 
     assert not Path(typo[len("file://") :]).exists()
     (empty,) = layers(tmp_path, "empty")  # an `info` and no provenance: a layer, empty history
     assert len(cirrus.history(empty)) == 0 and len(cirrus.history(real)) == 1
+
+
+def test_provenance_other_tools_wrote_is_shown_and_followed(tmp_path: Path) -> None:
+    """A layer made before cirrus: plain CloudVolume wrote its summary (sources, a processing
+    entry as igneous appends them, a provenance-toolbox note). `cirrus log` shows it instead of
+    "no provenance recorded", and the lineage of a layer cirrus made from it follows its
+    sources further back."""
+    from cloudvolume import CloudVolume
+
+    raw, old, seg = layers(tmp_path, "raw", "old", "seg")
+    volume = CloudVolume(old, progress=False)
+    volume.provenance.description = "2020-01-02T03:04:05;MOTIVATION;bootstrap the aligned stack"
+    volume.provenance.owners = ["lab@example.org"]
+    volume.provenance.sources = [raw, "em acquisition 2019"]
+    volume.provenance.processing.append(
+        {"method": {"task": "DownsampleTask", "mip": 0}, "by": "will@host", "date": "2020-01-03"}
+    )
+    volume.commit_provenance()
+    write([seg], [old], description="watershed")
+
+    out = invoke("log", old).output
+    assert "no provenance recorded" not in out
+    assert "written by other tools" in out
+    assert "DownsampleTask (2020-01-03, will@host)" in out
+    assert raw in out and "em acquisition 2019" in out
+    assert "bootstrap the aligned stack" in out and "lab@example.org" in out
+    data = json.loads(invoke("log", old, "--json").output)
+    assert data["other_tools"]["processing"][0]["method"]["task"] == "DownsampleTask"
+
+    lineage = invoke("lineage", seg).output
+    lines = lineage.splitlines()
+    depth = {p: next(i for i, line in enumerate(lines) if p in line) for p in (seg, old, raw)}
+    assert depth[seg] < depth[old] < depth[raw]
+    assert "other tools recorded: DownsampleTask" in lineage
+    assert '"em acquisition 2019"  (free text)' in lineage
+    assert "listed in the summary by another tool" in lineage
+    invoke("verify", old)  # another tool's summary is no problem
+
+    # on a layer cirrus writes as well, the other tools' processing entries stay shown
+    write([old], [raw], description="relabel")
+    out = invoke("log", old).output
+    assert "DownsampleTask" in out and "relabel" in out

@@ -36,7 +36,7 @@ def print_log(path: str, as_json: bool = False, limit: int | None = None) -> Non
         _log_table(found)
     else:
         click.echo(str(found))
-        if not found.entries and not found.open_steps and not found.open_sessions:
+        if not (found.entries or found.open_steps or found.open_sessions or found.other_tools):
             click.echo("no provenance recorded here")
     found.raise_if_damaged()
 
@@ -45,7 +45,7 @@ def _log_table(found: Any) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from cirrus.display import COLUMNS, open_lines, record_count, row
+    from cirrus.display import COLUMNS, open_lines, other_tools_lines, record_count, row
 
     entries = [entry.to_json() for entry in found.entries]
     console = rich_console()
@@ -60,6 +60,8 @@ def _log_table(found: Any) -> None:
     for line in open_lines(found.open_steps, found.open_sessions):
         console.print(Text(line, style="yellow"))
     console.print(table)
+    if found.other_tools:
+        console.print(Text("\n".join(other_tools_lines(found.other_tools))))
 
 
 @click.command("log", epilog=EXIT_CODES)
