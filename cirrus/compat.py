@@ -168,3 +168,68 @@ def add_result(volume: Any, text: str) -> str:
 
 def add_note(volume: Any, text: str) -> str:
     return _annotate(volume, [Note("generic", text)])
+
+
+def from_numpy(
+    arr: Any,
+    vol_path: str,
+    resolution: tuple[float, float, float] = (4, 4, 40),
+    voxel_offset: tuple[int, int, int] = (0, 0, 0),
+    chunk_size: tuple[int, int, int] = (128, 128, 64),
+    layer_type: str | None = None,
+    max_mip: int = 0,
+    encoding: str = "raw",
+    compress: Any = None,
+    progress: bool = False,
+    *,
+    sources: list[str],
+    motivation: str,
+    process: Process,
+) -> Any:
+    """`CloudVolume.from_numpy`, recorded: a new layer at `vol_path` holding `arr` at mip 0.
+
+    The write is one cirrus session, committed before this returns, where CloudVolume's own
+    overwrites the layer's `provenance` blindly. Refused before anything is written when the
+    provenance is incomplete or `vol_path` is a layer already (write into it with
+    `cirrus.CloudVolume(vol_path, ...)`). Returns `cirrus.CloudVolume(vol_path, ...)` with the
+    same sources, motivation and process, so later writes are recorded too.
+    """
+    import cloudvolume
+    import numpy as np
+
+    from cirrus.errors import InvalidInput
+    from cirrus.reading import has_info
+    from cirrus.storage import open_store
+
+    session = Session(sources, motivation, process)  # refuses incomplete provenance first
+    if has_info(open_store(vol_path)):
+        raise InvalidInput(
+            f"{normalise_cloudpath(vol_path)} is a layer already (it has an info file); "
+            "from_numpy makes a new one: write into this one with "
+            "cirrus.CloudVolume(path, sources=..., motivation=..., process=...)"
+        )
+    arr = np.asarray(arr)
+    if arr.ndim not in (3, 4):
+        raise InvalidInput(f"arr must be 3 or 4 dimensional (x, y, z[, channel]), got {arr.shape}")
+    if layer_type is None:  # as CloudVolume.from_numpy chooses
+        segmentation = arr.dtype in (bool, np.uint16, np.uint32, np.uint64)
+        layer_type = "segmentation" if segmentation else "image"
+    info = cloudvolume.CloudVolume.create_new_info(
+        arr.shape[3] if arr.ndim == 4 else 1,
+        layer_type,
+        np.dtype(arr.dtype).name,
+        encoding,
+        resolution,
+        voxel_offset,
+        arr.shape[:3],
+        chunk_size=chunk_size,
+        max_mip=max_mip,
+    )
+    options = {"bounded": True, "compress": compress, "progress": progress}
+    cloudvolume.CloudVolume(vol_path, info=info, **options).commit_info()
+    with session:
+        session.volume(vol_path, **options)[:, :, :] = arr
+    return CloudVolume(vol_path, sources=sources, motivation=motivation, process=process, **options)
+
+
+CloudVolume.from_numpy = from_numpy  # type: ignore[attr-defined]  # as cirrus-volume's had it

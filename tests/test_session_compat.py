@@ -18,6 +18,7 @@ from tests.session_support import (
     chunk_of,
     make_layer,
     plain,
+    process,
     put_raw,
     raw_summary,
     summary_json,
@@ -235,3 +236,40 @@ def test_annotations_and_recover_work_where_info_is_stored_compressed(tmp_path) 
     record_id = cirrus.add_note(path, "checked by hand")
     assert cirrus.recover(path) == {}
     assert [stored.id for stored in cirrus.history(path)] == [record_id]
+
+
+def test_from_numpy_makes_a_recorded_layer_and_never_overwrites_one(tmp_path) -> None:
+    """cirrus-volume had `CloudVolume.from_numpy`: a new layer from an array, recorded in one
+    session (CloudVolume's own overwrites `provenance` blindly)."""
+    import numpy as np
+    from cloudvolume import CloudVolume
+
+    path = normalise_cloudpath(f"file://{tmp_path}/fromnp")
+    labels = np.arange(64 * 64 * 32, dtype=np.uint32).reshape(64, 64, 32)
+    why = {"sources": ["gs://lab/aff"], "motivation": "seed a toy segmentation"}
+    with pytest.raises(InvalidInput, match="process must be a cirrus.Process"):
+        cirrus.CloudVolume.from_numpy(labels, path, process=None, **why)
+    assert not (tmp_path / "fromnp").exists()  # refused before anything was written
+
+    volume = cirrus.CloudVolume.from_numpy(
+        labels, path, resolution=(8, 8, 40), chunk_size=(32, 32, 16), process=process(), **why
+    )
+    plain_volume = CloudVolume(path, progress=False)
+    assert plain_volume.layer_type == "segmentation" and plain_volume.resolution.tolist() == [
+        8,
+        8,
+        40,
+    ]
+    assert (plain_volume[:, :, :][..., 0] == labels).all()
+    (stored,) = cirrus.history(path)
+    assert stored.record.status == "committed" and stored.record.sources == ("gs://lab/aff",)
+    assert stored.record.writes["mips"]["0"]["chunks"] == 8
+    assert [e.get("method") for e in summary_json(path)["processing"]] == [None]  # no blind entry
+
+    volume[0:32, 0:32, 0:16] = np.zeros((32, 32, 16), np.uint32)  # later writes are recorded too
+    volume.commit()
+    assert len(cirrus.history(path)) == 2
+
+    with pytest.raises(InvalidInput, match="is a layer already"):
+        cirrus.CloudVolume.from_numpy(labels, path, process=process(), **why)
+    assert len(cirrus.history(path)) == 2 and (CloudVolume(path)[0:1, 0:1, 0:1] == 0).all()
