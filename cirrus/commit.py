@@ -30,7 +30,7 @@ def commit_records(
     on_staged: Callable[[dict[str, str]], None] | None = None,
     journal: str | None = None,
 ) -> dict[str, str]:
-    """Stage everything on every volume, then publish each volume; returns {layer: record id}.
+    """Journal (if several), stage everything, then publish each volume; returns {layer: id}.
 
     `summaries`: the summaries as last known (they are read where missing). `journal`: the
     layer to journal a commit of several volumes on first (its listings name it). `on_staged`

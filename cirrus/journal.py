@@ -67,11 +67,13 @@ def write_journal(home: str, journal: Journal) -> Journal:
         stored = read_journal(home, journal.session)
         if stored is None:  # deleted in between: nothing stands, so ours may
             raise
+        ended = "/".join(sorted({record.status for record in stored.records.values()}))
         log.warning(
-            "%s: session %s had committed already (its journal was written by an earlier "
-            "attempt); those records stand, not these",
+            "%s: session %s had ended already, %s: an earlier attempt stored its journal, whose "
+            "answer was lost; those records stand, not these",
             home,
             journal.session,
+            ended,
         )
         return stored
 

@@ -31,18 +31,19 @@ from typing import Any
 import attrs
 
 from cirrus.canonical import canonical_json, sha256_hex
-from cirrus.errors import IntegrityError, InvalidInput
+from cirrus.errors import IntegrityError, InvalidInput, StorageError
 from cirrus.journal import Journal, read_journal
-from cirrus.ledger import Ledger, Published
+from cirrus.ledger import SUMMARY_KEY, Ledger, Published
 from cirrus.model import INTERRUPTED, Record, parse_time, utcnow
 from cirrus.overlap import overlapped
-from cirrus.reading import require_layer
+from cirrus.reading import has_info, require_layer
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.summary import OPEN_SESSIONS, published_ids
 from cirrus.writeset import WriteTracker
 
 log = logging.getLogger("cirrus.rollforward")
 
+UNREADABLE = object()  # `_Walk._journal`: a journal storage would not let us read
 INTERRUPTED_AFTER = 600.0  # seconds since a session's records ended before it counts as dead
 INTERRUPTED_MESSAGE = (
     "the process died while committing (this record was recovered from the session's records on "
@@ -130,7 +131,8 @@ class _Walk:
         self.sessions: set[str] = set()
         self.queue: list[str] = []
         self.done: dict[str, list[str]] = {}
-        self._journals: dict[str, Journal | None] = {}  # session -> its journal, once read
+        self._journals: dict[str, Journal | None | object] = {}  # session -> its journal
+        self._homes: dict[str, str] = {}  # session -> the layer its journal was read from
 
     def take(self, layer: str, published: Published) -> None:
         self.summaries[layer] = published.summary
@@ -174,7 +176,9 @@ class _Walk:
         for session in sessions:
             held = holders.get(session, {})
             journal = self._journal(session)
-            if journal is not None:
+            if journal is UNREADABLE:
+                continue
+            if isinstance(journal, Journal):
                 self._complete(journal)
                 continue
             if not held:
@@ -184,8 +188,9 @@ class _Walk:
             if missing and not any(p.get("step") for p in held.values()):
                 self._interrupt(session, held, sorted(named), missing)
 
-    def _journal(self, session: str) -> Journal | None:
-        """The session's journal, if a visited layer still lists the session and names one."""
+    def _journal(self, session: str) -> Journal | None | object:
+        """The session's journal, if a visited layer still lists the session and names one;
+        UNREADABLE when storage would not say (it may have committed: leave it as it is)."""
         if session not in self._journals:
             homes = {
                 info.get("journal")
@@ -193,32 +198,61 @@ class _Walk:
                 for sid, info in self.listing(layer).items()
                 if sid == session and isinstance(info.get("journal"), str)
             }
-            self._journals[session] = None
+            found: Journal | None | object = None
             for home in sorted(homes):
                 try:
-                    self._journals[session] = read_journal(home, session)
+                    journal = read_journal(home, session)
                 except (IntegrityError, InvalidInput) as error:  # `cirrus verify` reports it
                     log.warning(
                         "session %s cannot be completed from its journal: %s", session, error
                     )
-                if self._journals[session] is not None:
+                    continue
+                except StorageError as error:
+                    log.warning(
+                        "session %s: its journal on %s could not be read (%s); left as it is",
+                        session,
+                        home,
+                        error,
+                    )
+                    found = UNREADABLE
+                    continue
+                if journal is not None:
+                    found = journal
+                    self._homes[session] = home
                     break
+            self._journals[session] = found
         return self._journals[session]
 
-    def _complete(self, journal: Journal) -> None:
-        """Publish the journal's record on each of its volumes that lacks it: the session
-        committed, and these are the records its commit would have published."""
-        ids = journal.ids()
-        for layer, record in sorted(journal.records.items()):
-            summary = self.summaries.get(layer)
-            if summary is not None and ids[layer] in published_ids(summary):
-                continue
+    def _visit(self, layer: str) -> bool:
+        """Publish `layer`'s orphans if it was not visited yet; False if it is no volume now."""
+        if layer not in self.summaries:
             ledger = Ledger.open(layer)
-            if summary is None and ledger.store.get("info") is None:
+            if ledger.store.get(SUMMARY_KEY) is None and not has_info(ledger.store):
+                return False
+            self.take(layer, ledger.publish())
+        return True
+
+    def _complete(self, journal: Journal) -> None:
+        """Publish the journal's record on each of its volumes that lacks it but lists the
+        session (so it wrote there): the session committed, and these are the records its commit
+        would have published. Then drop its listing where it has no record (every write there
+        was refused), as its commit would have."""
+        session, ids = journal.session, journal.ids()
+        for layer, record in sorted(journal.records.items()):
+            if not self._visit(layer):
+                log.warning("%s: no longer a volume; session %s is not recorded", layer, session)
+                continue
+            if ids[layer] in published_ids(self.summaries[layer]):
+                continue
+            if session not in self.listing(layer):
                 log.warning(
-                    "%s: no longer a volume; session %s is not recorded", layer, journal.session
+                    "%s: the journal of session %s names this volume, which does not list the "
+                    "session as writing: its record is not published here",
+                    layer,
+                    session,
                 )
                 continue
+            ledger = Ledger.open(layer)
             staged = ledger.stage(record, [])  # its environments came with its listing
             published = ledger.publish({staged.record_id: record}, read=staged.summary)
             self.take(layer, published)
@@ -227,8 +261,15 @@ class _Walk:
                     "%s: session %s had committed (its journal says so) but died before "
                     "publishing here; published its record",
                     layer,
-                    journal.session,
+                    session,
                 )
+        home = self._homes.get(session)
+        if home is not None and home not in journal.records:
+            self._visit(home)
+        for layer in sorted(set(self.summaries) - set(journal.records)):
+            if session in self.listing(layer):
+                Ledger.open(layer).clear_session(session)
+                self.summaries[layer] = Ledger.open(layer).summary()
 
     def _interrupt(
         self, session: str, held: dict[str, dict[str, Any]], named: list[str], missing: list[str]

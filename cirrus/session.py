@@ -7,6 +7,7 @@ per touched volume and commits them all (`cirrus/commit.py`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import getpass
 import logging
@@ -56,7 +57,7 @@ class WriteScope:
         self._sigterm = 0  # `with` blocks on this scope that took SIGTERM over
         self._summaries: dict[str, Blob | None] = {}  # layer -> summary as last read or stored
         self._staged: dict[str, str] = {}  # set once closing passed its commit point
-        self._interrupted: list[str] = []  # commits cut short before every record was staged
+        self._interrupted: list[str] = []  # commits cut short before their commit point
         self._finalizer = weakref.finalize(
             self, _warn_unrecorded, self._trackers, self.id, self._interrupted
         )
@@ -106,9 +107,9 @@ class WriteScope:
     def _require_open(self) -> None:
         if self.state == "unpublished":
             raise SessionClosed(
-                f"{self.kind} {self.id} stopped while publishing its records, which are staged "
-                f"on {', '.join(self.records)}; it cannot end again: `cirrus recover PATH` on "
-                "any of them publishes them all"
+                f"{self.kind} {self.id} stopped while publishing its records for "
+                f"{', '.join(self.records)}, which are committed; it cannot end again: `cirrus "
+                "recover PATH` on any of them publishes them all"
             )
         if self.state != "open":
             raise SessionClosed(f"{self.kind} {self.id} is {self.state}; open a new one")
@@ -236,13 +237,19 @@ class Session(WriteScope):
             reason = self._refusal()  # closing started since the gate let this write in
             if reason is not None:
                 raise ProvenanceRequired(f"{layer}: {reason}")
-            with self._home_lock:  # every listing names the same volume
-                self._home = self._home or layer
-            ledger = Ledger.open(layer)
-            read = self._summaries.get(layer, NOT_READ)
-            read = ledger.stage_envs_for(self.env_blobs, read)  # the listing names them
-            self._open.add(layer)  # before the swap: its response may be lost after it landed
-            self._summaries[layer] = ledger.mark_session_open(self.id, self._listing, read=read)
+            # Every listing names the same volume for the journal: the first one listed. Until
+            # one listing is stored, the first is made under the lock, so a volume whose
+            # listing fails (a read-only bucket) does not become it.
+            first = self._home_lock if self._home is None else contextlib.nullcontext()
+            with first:
+                home = self._home or layer
+                ledger = Ledger.open(layer)
+                read = self._summaries.get(layer, NOT_READ)
+                read = ledger.stage_envs_for(self.env_blobs, read)  # the listing names them
+                self._open.add(layer)  # before the swap: its answer may be lost after it landed
+                listing = {**self._listing, "journal": home}
+                self._summaries[layer] = ledger.mark_session_open(self.id, listing, read=read)
+                self._home = home
             self._listed.add(layer)
 
     def _refusal(self) -> str | None:
@@ -256,8 +263,8 @@ class Session(WriteScope):
 
     @functools.cached_property
     def _listing(self) -> dict[str, Any]:
-        """What each volume's summary says of this session while it writes there, and where its
-        commit will be journaled (`cirrus.journal`)."""
+        """What each volume's summary says of this session while it writes there (`_writing`
+        adds where its commit will be journaled, `cirrus.journal`)."""
         return open_session_info(
             process=self.process_record,
             sources=self.sources,
@@ -267,7 +274,6 @@ class Session(WriteScope):
             host=socket.gethostname(),
             pid=os.getpid(),
             cirrus_version=__version__,
-            journal=self._home,
         )
 
     def _record(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
@@ -304,12 +310,12 @@ class Session(WriteScope):
         return ids
 
     def _ended_as(self, status: str) -> str:
-        """A commit whose journal an earlier attempt stored (its answer lost) stands, even if
-        the session was aborted since (`cirrus.journal.write_journal`)."""
-        stood = {
-            layer: record_id(record) for layer, record in self._built.get("committed", {}).items()
-        }
-        return "committed" if stood and stood == self.records else super()._ended_as(status)
+        """The records that stood may be an earlier attempt's, whose journal was stored unanswered
+        (`cirrus.journal.write_journal`): the session ended as they say."""
+        for built, records in self._built.items():
+            if self.records == {layer: record_id(rec) for layer, rec in records.items()}:
+                return super()._ended_as(built)
+        return super()._ended_as(status)
 
     def _build(self, status: str, error: dict[str, str] | None) -> dict[str, Record]:
         touched = self.touched

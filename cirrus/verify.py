@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 
 from cirrus.canonical import digest
-from cirrus.errors import CorruptProvenance, IntegrityError, InvalidInput
+from cirrus.errors import CorruptProvenance, IntegrityError, InvalidInput, StorageError
 from cirrus.journal import read_journal
 from cirrus.ledger import ENVS, Ledger
 from cirrus.model import superseded_unpublished
@@ -263,8 +263,14 @@ def _check_open_sessions(report: Report) -> None:
         home = info.get("journal") if isinstance(info, dict) else None
         try:
             journal = read_journal(home, session) if isinstance(home, str) else None
-        except IntegrityError as error:
-            report.problems.append(f"session {session[:12]}: {error}")
+        except (IntegrityError, InvalidInput) as error:  # damaged, or a listing edited by hand
+            report.problems.append(f"session {session[:12]}'s journal ({home}): {error}")
+            continue
+        except StorageError as error:
+            report.remarks.append(
+                f"session {session[:12]} is listed as writing here; its journal on {home} could "
+                f"not be read ({error}), so whether it committed is unknown"
+            )
             continue
         if journal is not None and report.volume in journal.records:
             report.problems.append(

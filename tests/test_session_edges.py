@@ -116,11 +116,12 @@ def test_a_damaged_staged_record_does_not_block_commits(layer, caplog):
 
 
 def failed_commit(
-    tmp_path, names: str = "ab", refuse: str = "journals", landed: bool = False
+    tmp_path, names: str = "ab", refuse: str = "journals", landed: bool = False, close="commit"
 ) -> tuple[cirrus.Session, list[str]]:
-    """A session over volumes `names` whose commit failed at its first create of a `refuse`
-    object (the create applied first if `landed`: its response was lost). That is before the
-    commit point, the journal of several volumes or the one record, so it stays open."""
+    """A session over volumes `names` whose commit (or `close`) failed at its first create of
+    a `refuse` object (the create applied first if `landed`: its response was lost). That is
+    before the commit point, the journal of several volumes or the one record, so it stays
+    open."""
     paths = [f"file://{tmp_path}/{name}" for name in names]
     for path in paths:
         make_layer(path)
@@ -145,7 +146,7 @@ def failed_commit(
             return self.backend.put_new(key, data)
 
     with wrap_backends(RefuseTheCreate), pytest.raises(StorageError, match="refused"):
-        s.commit()
+        getattr(s, close)()
     assert s.state == "open" and refused
     return s, paths
 
@@ -208,7 +209,7 @@ def test_an_abort_after_a_journal_that_landed_unanswered_publishes_the_commit(tm
     s, paths = failed_commit(tmp_path, landed=True)
     ids = s.abort("gave up after the storage error")
     assert s.state == "committed"
-    assert "had committed already" in caplog.text
+    assert "had ended already, committed" in caplog.text
     for path in paths:
         (stored,) = cirrus.history(path)
         assert stored.id == ids[normalise_cloudpath(path)] and stored.record.status == "committed"
@@ -499,3 +500,138 @@ def test_a_compat_volume_commits_when_it_is_deleted(layer):
         assert len(cirrus.history(layer)) == 1
     finally:
         gc.enable()
+
+
+class _Killed(BaseException):
+    """A process dying at a chosen storage write, as far as this process can tell."""
+
+
+def _deny(cloudpath_end: str, methods: tuple[str, ...]):
+    """A backend wrapper refusing `methods` on the layer ending with `cloudpath_end` (a 403)."""
+    from cirrus.errors import PermanentStorageError
+
+    class Deny:
+        def __init__(self, backend):
+            self.backend, self.cloudpath = backend, backend.cloudpath
+
+        def __getattr__(self, name):
+            attribute = getattr(self.backend, name)
+            if name in methods and self.cloudpath.endswith(cloudpath_end):
+
+                def refused(*args, **kwargs):
+                    raise PermanentStorageError("403 Forbidden", cloudpath=self.cloudpath)
+
+                return refused
+            return attribute
+
+    return Deny
+
+
+def test_a_volume_whose_listing_failed_does_not_hold_the_journal(tmp_path):
+    """The first write goes to a read-only volume: its listing fails, so the journal goes to
+    the first volume listed, and the session over the others commits."""
+    a, b, c = (normalise_cloudpath(f"file://{tmp_path}/{n}") for n in "abc")
+    for path in (a, b, c):
+        make_layer(path)
+    s = cirrus.session(["src"], "why", process())
+    with wrap_backends(_deny("/a", ("put_new", "put_if_match"))):
+        with pytest.raises(StorageError, match="403"):
+            s.volume(a)[0:64, 0:64, 0:64] = chunk_of(1)
+        s.volume(b)[0:64, 0:64, 0:64] = chunk_of(2)
+        s.volume(c)[0:64, 0:64, 0:64] = chunk_of(3)
+        ids = s.commit()
+    assert sorted(ids) == [b, c] and s.state == "committed"
+    for path in (b, c):
+        assert [h.record.status for h in cirrus.history(path)] == ["committed"]
+        assert cirrus.history(path).open_sessions == {}
+
+
+def test_a_journal_home_that_cannot_be_read_leaves_the_session_alone(tmp_path, caplog):
+    """Its home is unreadable from here (another account's bucket, a deleted one): recover,
+    abandon and verify on the other volume still work, and nothing is guessed."""
+    a, b = (normalise_cloudpath(f"file://{tmp_path}/{n}") for n in "ab")
+    for path in (a, b):
+        make_layer(path)
+    s = cirrus.session(["src"], "why", process())
+    for path in (a, b):
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
+    s._finalizer.detach()  # as if the process died in the body: no journal
+    with wrap_backends(_deny("/a", ("get",))):
+        assert cirrus.recover(b) == {}
+        assert "could not be read" in caplog.text
+        report = verify(b)
+        assert report.ok and any("whether it committed is unknown" in r for r in report.remarks)
+        cirrus.abandon(b, s.id, force=True)
+    (stored,) = cirrus.history(b)
+    assert stored.record.error["type"] == "Interrupted"
+
+
+def test_the_home_that_got_no_data_stops_listing_a_committed_session(tmp_path):
+    """CloudVolume refused the first write (after the listing), then the process died after
+    its journal: recovery publishes the records and drops the home's leftover listing, so no
+    one is told to abandon a session that committed."""
+    import numpy as np
+
+    a, b, c = (normalise_cloudpath(f"file://{tmp_path}/{n}") for n in "abc")
+    for path in (a, b, c):
+        make_layer(path)
+    s = cirrus.session(["src"], "why", process())
+    with pytest.raises(Exception):  # noqa: B017 - CloudVolume's own dtype error
+        s.volume(a)[0:64, 0:64, 0:64] = np.zeros((64, 64, 64), dtype=np.float32)
+    s.volume(b)[0:64, 0:64, 0:64] = chunk_of(2)
+    s.volume(c)[0:64, 0:64, 0:64] = chunk_of(3)
+    assert s.touched == [b, c] and list(cirrus.history(a).open_sessions) == [s.id]
+
+    def die(_cloudpath: str, key: str) -> None:
+        if key.startswith("provenance.d/journals/"):
+            raise _Killed
+
+    with hooked(after=die), pytest.raises(_Killed):
+        s.commit()
+    s._finalizer.detach()
+    assert sorted(cirrus.recover(b)) == [b, c]
+    for path in (b, c):
+        assert [h.record.status for h in cirrus.history(path)] == ["committed"]
+    assert cirrus.history(a) == [] and cirrus.history(a).open_sessions == {}
+    assert all(verify(path).ok for path in (a, b, c))
+
+
+def test_an_abort_whose_journal_landed_unanswered_then_a_commit_ends_failed(tmp_path, caplog):
+    """The abort's journal was stored: the session ended failed, whatever the retry asks."""
+    s, paths = failed_commit(tmp_path, landed=True, close="abort")
+    ids = s.commit()
+    assert s.state == "failed"
+    assert "had ended already, failed" in caplog.text
+    for path in paths:
+        (stored,) = cirrus.history(path)
+        assert stored.id == ids[normalise_cloudpath(path)] and stored.record.status == "failed"
+
+
+def test_a_journal_completes_no_volume_that_does_not_list_its_session(tmp_path, caplog):
+    """Only a volume that lists the session (so the session wrote there) gets a record from its
+    journal: a journal naming another volume (edited, or copied with a layer) adds none there."""
+    import json as _json
+
+    a, c = (normalise_cloudpath(f"file://{tmp_path}/{n}") for n in "ac")
+    for path in (a, c):
+        make_layer(path)
+    s = cirrus.session(["src"], "journal names c", process())
+    for path in (a, c):
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
+
+    def die(_cloudpath: str, key: str) -> None:
+        if key.startswith("provenance.d/journals/"):
+            raise _Killed
+
+    with hooked(after=die), pytest.raises(_Killed):
+        s.commit()
+    s._finalizer.detach()
+    unlisted = summary_json(c)
+    del unlisted["cirrus"]["open_sessions"][s.id]  # c never listed it, as far as c says
+    put_raw(c, "provenance", _json.dumps(unlisted).encode())
+    assert (
+        cirrus.recover(a) == {a: [s.records[a]]} if s.records else sorted(cirrus.recover(a)) == [a]
+    )
+    assert [h.record.status for h in cirrus.history(a)] == ["committed"]
+    assert cirrus.history(c) == []
+    assert "does not list the session as writing" in caplog.text
