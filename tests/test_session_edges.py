@@ -115,6 +115,17 @@ def test_a_damaged_staged_record_does_not_block_commits(layer, caplog):
     other.commit()
 
 
+def written_session(tmp_path, names: str = "ab") -> tuple[cirrus.Session, list[str]]:
+    """An open session that wrote a chunk to each of the new volumes `names`."""
+    paths = [normalise_cloudpath(f"file://{tmp_path}/{name}") for name in names]
+    for path in paths:
+        make_layer(path)
+    s = cirrus.session(["src"], "why", process())
+    for path in paths:
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(4)
+    return s, paths
+
+
 def failed_commit(
     tmp_path, names: str = "ab", refuse: str = "journals", landed: bool = False, close="commit"
 ) -> tuple[cirrus.Session, list[str]]:
@@ -122,12 +133,7 @@ def failed_commit(
     a `refuse` object (the create applied first if `landed`: its response was lost). That is
     before the commit point, the journal of several volumes or the one record, so it stays
     open."""
-    paths = [f"file://{tmp_path}/{name}" for name in names]
-    for path in paths:
-        make_layer(path)
-    s = cirrus.session(["src"], "why", process())
-    for path in paths:
-        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(4)
+    s, paths = written_session(tmp_path, names)
     refused = []
 
     class RefuseTheCreate:
@@ -219,12 +225,7 @@ def test_an_abort_after_a_journal_that_landed_unanswered_publishes_the_commit(tm
 def test_a_commit_that_fails_after_its_journal_is_committed_and_recover_publishes_it(tmp_path):
     """Staging b failed after the journal: the session committed, so it may not end again
     with an abort; recover from either volume publishes the journal's records on both."""
-    paths = [normalise_cloudpath(f"file://{tmp_path}/{name}") for name in "ab"]
-    for path in paths:
-        make_layer(path)
-    s = cirrus.session(["src"], "why", process())
-    for path in paths:
-        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(4)
+    s, paths = written_session(tmp_path)
 
     def refuse_records_on_b(cloudpath: str, key: str) -> None:
         if cloudpath.endswith("/b") and key.startswith("provenance.d/records/"):
@@ -267,12 +268,7 @@ def test_an_abort_after_another_commit_published_the_staged_record_keeps_that_on
 def test_a_ctrl_c_while_publishing_leaves_the_session_unpublished_not_open(tmp_path):
     """Some volumes may have the record already: an abort now would end the session twice
     there. The session refuses and names `cirrus recover`, which publishes the rest."""
-    paths = [normalise_cloudpath(f"file://{tmp_path}/{name}") for name in "ab"]
-    for path in paths:
-        make_layer(path)
-    s = cirrus.session(["src"], "why", process())
-    for path in paths:
-        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(4)
+    s, paths = written_session(tmp_path)
 
     def ctrl_c_on_b(cloudpath: str, key: str) -> None:
         if cloudpath.endswith("/b") and key == "provenance":
