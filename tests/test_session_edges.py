@@ -523,6 +523,18 @@ def _deny(cloudpath_end: str, methods: tuple[str, ...]):
     return Deny
 
 
+def killed_after_its_journal(s: cirrus.Session) -> None:
+    """Commit `s` and "die" right after its journal is stored: nothing staged, nothing else."""
+
+    def die(_cloudpath: str, key: str) -> None:
+        if key.startswith("provenance.d/journals/"):
+            raise _Killed
+
+    with hooked(after=die), pytest.raises(_Killed):
+        s.commit()
+    s._finalizer.detach()
+
+
 def test_a_volume_whose_listing_failed_does_not_hold_the_journal(tmp_path):
     """The first write goes to a read-only volume: its listing fails, so the journal goes to
     the first volume listed, and the session over the others commits."""
@@ -572,19 +584,12 @@ def test_the_home_that_got_no_data_stops_listing_a_committed_session(tmp_path):
     for path in (a, b, c):
         make_layer(path)
     s = cirrus.session(["src"], "why", process())
-    with pytest.raises(Exception):  # noqa: B017 - CloudVolume's own dtype error
+    with pytest.raises(ValueError):  # CloudVolume refuses float32 for a uint8 layer
         s.volume(a)[0:64, 0:64, 0:64] = np.zeros((64, 64, 64), dtype=np.float32)
     s.volume(b)[0:64, 0:64, 0:64] = chunk_of(2)
     s.volume(c)[0:64, 0:64, 0:64] = chunk_of(3)
     assert s.touched == [b, c] and list(cirrus.history(a).open_sessions) == [s.id]
-
-    def die(_cloudpath: str, key: str) -> None:
-        if key.startswith("provenance.d/journals/"):
-            raise _Killed
-
-    with hooked(after=die), pytest.raises(_Killed):
-        s.commit()
-    s._finalizer.detach()
+    killed_after_its_journal(s)
     assert sorted(cirrus.recover(b)) == [b, c]
     for path in (b, c):
         assert [h.record.status for h in cirrus.history(path)] == ["committed"]
@@ -614,20 +619,11 @@ def test_a_journal_completes_no_volume_that_does_not_list_its_session(tmp_path, 
     s = cirrus.session(["src"], "journal names c", process())
     for path in (a, c):
         s.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
-
-    def die(_cloudpath: str, key: str) -> None:
-        if key.startswith("provenance.d/journals/"):
-            raise _Killed
-
-    with hooked(after=die), pytest.raises(_Killed):
-        s.commit()
-    s._finalizer.detach()
+    killed_after_its_journal(s)
     unlisted = summary_json(c)
     del unlisted["cirrus"]["open_sessions"][s.id]  # c never listed it, as far as c says
     put_raw(c, "provenance", _json.dumps(unlisted).encode())
-    assert (
-        cirrus.recover(a) == {a: [s.records[a]]} if s.records else sorted(cirrus.recover(a)) == [a]
-    )
+    assert sorted(cirrus.recover(a)) == [a]
     assert [h.record.status for h in cirrus.history(a)] == ["committed"]
     assert cirrus.history(c) == []
     assert "does not list the session as writing" in caplog.text
