@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from cirrus import termination
+from cirrus.canonical import canonical_json, sha256_hex
 from cirrus.errors import NotPublished
 from cirrus.journal import Journal, write_journal
-from cirrus.ledger import NOT_READ, Ledger, Staged, record_id
+from cirrus.ledger import NOT_READ, Ledger, Staged
 from cirrus.model import Record
 from cirrus.overlap import overlapped
 from cirrus.rollforward import complete_sessions
@@ -47,7 +48,8 @@ def commit_records(
     known = dict(summaries or {})
 
     def stage(layer: str) -> Staged:
-        return ledgers[layer].stage(records[layer], blobs, read=known.get(layer, NOT_READ))
+        read = known.get(layer, NOT_READ)
+        return ledgers[layer].stage(records[layer], blobs, read=read, data=encoded[layer])
 
     def publish(layer: str, staged: Staged) -> str:
         done = ledgers[layer].publish({staged.record_id: records[layer]}, read=staged.summary)
@@ -56,10 +58,15 @@ def commit_records(
 
     with termination.held(), overlapped(len(records)) as run:  # SIGTERM waits for the commit
         ids: dict[str, str] = {}
+        encoded = {layer: canonical_json(record.to_json()) for layer, record in records.items()}
         if journaled:
             (session,) = {record.session for record in records.values()}
-            records = write_journal(journal, Journal(session, dict(records))).records
-            ids = {layer: record_id(record) for layer, record in records.items()}
+            ours = Journal(session, dict(records))
+            stands = write_journal(journal, ours, encoded)
+            if stands is not ours:  # an earlier attempt's journal: its records are published
+                records = stands.records
+                encoded = {layer: canonical_json(rec.to_json()) for layer, rec in records.items()}
+            ids = {layer: sha256_hex(data) for layer, data in encoded.items()}
             if on_staged is not None:
                 on_staged(ids)
         ledgers.update((layer, Ledger.open(layer)) for layer in records)

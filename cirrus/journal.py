@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 
 import attrs
 
@@ -41,9 +42,14 @@ class Journal:
     def ids(self) -> dict[str, str]:
         return {layer: record_id(record) for layer, record in self.records.items()}
 
-    def to_bytes(self) -> bytes:
-        records = {layer: record.to_json() for layer, record in self.records.items()}
-        return canonical_json({"schema": SCHEMA, "session": self.session, "records": records})
+    def to_bytes(self, encoded: Mapping[str, bytes] | None = None) -> bytes:
+        """Its canonical JSON. `encoded`: each record's canonical JSON, when the caller has it
+        (a commit stages those very bytes): spliced in as `canonical_json` would write them."""
+        if encoded is None:
+            encoded = {layer: canonical_json(rec.to_json()) for layer, rec in self.records.items()}
+        records = b",".join(canonical_json(key) + b":" + encoded[key] for key in sorted(encoded))
+        head = canonical_json({"schema": SCHEMA, "session": self.session})
+        return b'{"records":{' + records + b"}," + head[1:]
 
 
 def journal_key(session: str) -> str:
@@ -52,7 +58,9 @@ def journal_key(session: str) -> str:
     return f"{JOURNALS}{session}.json"
 
 
-def write_journal(home: str, journal: Journal) -> Journal:
+def write_journal(
+    home: str, journal: Journal, encoded: Mapping[str, bytes] | None = None
+) -> Journal:
     """Create `journal` on the layer `home`; returns the journal that stands.
 
     That is `journal`, unless an earlier attempt of the same session created one already (its
@@ -61,7 +69,7 @@ def write_journal(home: str, journal: Journal) -> Journal:
     """
     ledger = Ledger.open(home)
     try:
-        ledger.store.create(journal_key(journal.session), journal.to_bytes())
+        ledger.store.create(journal_key(journal.session), journal.to_bytes(encoded))
         return journal
     except PreconditionFailed:
         stored = read_journal(home, journal.session)

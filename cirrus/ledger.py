@@ -118,8 +118,9 @@ class Ledger(OnLayer):
             self.store.create(f"{ENVS}{ids[-1]}.json", data, addressed=True)
         return ids
 
-    def stage_record(self, record: Record) -> str:
-        data = canonical_json(record.to_json())
+    def stage_record(self, record: Record, data: bytes | None = None) -> str:
+        """Store `record` under its id; `data`: its canonical JSON, when the caller has it."""
+        data = canonical_json(record.to_json()) if data is None else data
         stored_as = sha256_hex(data)
         self.store.create(f"{RECORDS}{stored_as}.json", data, addressed=True)
         return stored_as
@@ -143,7 +144,12 @@ class Ledger(OnLayer):
         return True
 
     def stage(
-        self, record: Record, blobs: Sequence[bytes], *, read: Blob | None | object = NOT_READ
+        self,
+        record: Record,
+        blobs: Sequence[bytes],
+        *,
+        read: Blob | None | object = NOT_READ,
+        data: bytes | None = None,
     ) -> Staged:
         """Stage a record and the environments the summary does not name yet.
 
@@ -152,13 +158,15 @@ class Ledger(OnLayer):
         nobody else commits in between.
         """
         summary = self.stage_envs_for(blobs, read)
-        return Staged(self.stage_record(record), summary)
+        return Staged(self.stage_record(record, data), summary)
 
     def stage_envs_for(
         self, blobs: Sequence[bytes], read: Blob | None | object = NOT_READ
     ) -> Blob | None:
         """Stage the environments the summary (`read`, or read now) does not name; returns it."""
         summary = self.store.get(SUMMARY_KEY) if read is NOT_READ else read
+        if not blobs:
+            return summary
         named = named_envs(None if summary is None else summary.data)
         self.stage_envs(blob for blob in blobs if sha256_hex(blob) not in named)
         return summary

@@ -239,7 +239,10 @@ def coalesce(boxes: Any) -> Any:
     until no two do; returns them sorted, as an n x 6 int64 array."""
     import numpy as np
 
-    current = np.unique(np.asarray(boxes, dtype=np.int64).reshape(-1, 6), axis=0)
+    current = np.asarray(boxes, dtype=np.int64).reshape(-1, 6)
+    if len(current) < 2:  # a session that wrote one box per volume: nothing to merge
+        return current
+    current = np.unique(current, axis=0)
     while True:
         before = len(current)
         for axis in range(3):

@@ -535,6 +535,25 @@ def killed_after_its_journal(s: cirrus.Session) -> None:
     s._finalizer.detach()
 
 
+def test_a_journal_holds_the_very_bytes_its_commit_stages_as_canonical_json(tmp_path):
+    """The journal splices in each record's canonical JSON, as staged: it must still be the
+    canonical JSON of its document, whatever characters the volumes' names hold."""
+    from cirrus.canonical import canonical_json
+    from cirrus.journal import journal_key, read_journal
+
+    s, paths = written_session(tmp_path, ["seg-\u00fc\u6f22", 'q"x\\y', "a"])
+    ids = s.commit()
+    data = (tmp_path / "seg-\u00fc\u6f22" / journal_key(s.id)).read_bytes()
+    document = json.loads(data)
+    assert data == canonical_json(document)
+    assert sorted(document["records"]) == sorted(paths)
+    for layer, record in document["records"].items():
+        name = layer.rsplit("/", 1)[1]
+        staged = tmp_path / name / "provenance.d" / "records" / f"{ids[layer]}.json"
+        assert staged.read_bytes() == canonical_json(record)
+    assert read_journal(paths[0], s.id).ids() == ids
+
+
 def test_a_volume_whose_listing_failed_does_not_hold_the_journal(tmp_path):
     """The first write goes to a read-only volume: its listing fails, so the journal goes to
     the first volume listed, and the session over the others commits."""
