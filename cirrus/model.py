@@ -7,7 +7,6 @@ sha256 of its canonical JSON.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -15,15 +14,10 @@ import attrs
 
 from cirrus.canonical import check_text, container_as_dict, digest, normalise_json, type_name
 from cirrus.errors import InvalidInput, ParameterError
-from cirrus.redact import redact_url
+from cirrus.redact import SECRET_NAME, redact_url
 
 NOTE_KINDS = ("motivation", "result", "generic")
 RECORD_SCHEMA = "cirrus.record/1"
-_SECRET_KEY = re.compile(
-    r"(passw(or)?d|secret(?!ar(y|ies))|token(?![a-z])|credential|private[_-]?key|access[_-]?key|api[_-]?key"
-    r"|(^|[_-])key$)",
-    re.IGNORECASE,
-)
 
 
 @runtime_checkable
@@ -110,7 +104,7 @@ def _could_be_secret(value: Any) -> bool:
 def _refuse_secrets(value: Any, path: str, allowed: set[str]) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
-            if _SECRET_KEY.search(key) and key not in allowed and _could_be_secret(item):
+            if SECRET_NAME.search(key) and key not in allowed and _could_be_secret(item):
                 raise ParameterError(
                     f"{path}.{key}",
                     "looks like a secret and would be stored in every record; remove it, or "
@@ -161,13 +155,13 @@ class Process:
                 'say what the step does, e.g. Process("watershed at 8x8x40", {...})'
             )
         for env in code_envs:
-            if not isinstance(env, CodeEnv):
+            if isinstance(env, type) or not isinstance(env, CodeEnv):
                 raise InvalidInput(
-                    f"code environment {env!r} is not one; pass cirrus.PythonGithubEnv(path) or "
-                    "cirrus.DockerEnv(...)"
+                    f"code environment {env!r} is not one; pass one made by calling "
+                    "cirrus.PythonGithubEnv(path) or cirrus.DockerEnv(...)"
                 )
         params = normalise_parameters({} if parameters is None else parameters, allow_secrets)
-        self.__attrs_init__(description, params, tuple(code_envs))
+        self.__attrs_init__(redact_url(description), params, tuple(code_envs))
         self.env_documents()  # refuse an environment that is not JSON now, not at commit time
 
     def env_documents(self) -> list[dict[str, Any]]:
@@ -197,12 +191,19 @@ class Process:
         return digest(self.to_json())
 
 
+def _redacted(text: Any) -> Any:
+    return redact_url(text) if isinstance(text, str) else text  # the validator judges the rest
+
+
 @attrs.frozen
 class Note:
-    """A timestamped note: motivation, result or generic; text kept exactly as given."""
+    """A timestamped note: motivation, result or generic; text kept as given, but for the
+    credentials in URLs in it (`redact_url`): notes are shared with every reader of the volume."""
 
     kind: str = attrs.field(validator=attrs.validators.in_(NOTE_KINDS))
-    text: str = attrs.field()
+    text: str = attrs.field(
+        converter=lambda text: redact_url(text) if isinstance(text, str) else text
+    )
     time: dt.datetime = attrs.field(factory=utcnow)
 
     @time.validator
@@ -224,6 +225,22 @@ class Note:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Note:
         return cls(data["kind"], data["text"], parse_time(data["time"]))
+
+
+def error_message(error: BaseException) -> str:
+    """What a failed record says of `error`: its text, else its repr (a bare Ctrl-C has no
+    text), else its type; credentials in URLs out, and what UTF-8 cannot encode replaced. A
+    failure must always be recordable, even one whose `__str__` raises."""
+    for render in (str, repr):
+        try:
+            text = render(error)
+        except Exception:
+            continue
+        if text:
+            break
+    else:
+        text = type(error).__name__
+    return redact_url(text.encode("utf-8", "replace").decode("utf-8"))
 
 
 @attrs.frozen

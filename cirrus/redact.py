@@ -12,7 +12,9 @@ from urllib.parse import SplitResult, unquote_plus, urlsplit, urlunsplit
 
 _SSH_SCHEMES = {"ssh", "git+ssh", "ssh+git"}
 _SCHEME_NAME = r"[A-Za-z][A-Za-z0-9+.-]*"
-_WORD_START = r"(?<![A-Za-z0-9+.-])"  # a scheme starts a word, so scans stay linear
+# a scheme starts a word (so scans stay linear), or follows a lone `+`/`-` that starts a word, as
+# a diff line's sign does (`+git+https://user:token@host/...` in requirements.txt)
+_WORD_START = r"(?:(?<![A-Za-z0-9+.-])|(?<=[+-])(?<![^\s][+-]))"
 _NOT_USERINFO = r"/\s@?#\"'<>,;|&="  # what ends a user name or password in running text
 _SCHEME = re.compile(rf"{_SCHEME_NAME}://")
 _DOS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
@@ -26,9 +28,12 @@ _USERINFO = re.compile(
     rf"{_WORD_START}(?P<scheme>{_SCHEME_NAME})://(?P<user>[^:{_NOT_USERINFO}]*)"
     rf"(?::[^{_NOT_USERINFO}]*)?@"
 )
-_SECRET_PARAMETER = re.compile(
-    r"signature|credential|token(?![a-z])|passw(or)?d|^auth$|authorization|secret|^sig$"
-    r"|(^|[_-])(api[_-]?)?key$",
+# names of fields, parameters and query keys whose values are secrets: `Process` refuses such
+# parameters, and `redact_url` blanks such query values
+SECRET_NAME = re.compile(
+    r"passw(or)?d|passphrase|[_-]pwd$|secret(?!ar(y|ies))|token(?![a-z])|credential"
+    r"|(^|[_-])creds?$|private[_-]?key|access[_-]?key|api[_-]?key|(^|[_-])key$|signature$"
+    r"|(^|[_-])sig$|(^|[_-])auth$|authori[sz]ation|cookie|jwt|bearer",
     re.IGNORECASE,
 )
 REDACTED = "REDACTED"
@@ -123,7 +128,7 @@ def _redact_parameters(query: str) -> str:
     pieces = []
     for piece in query.split("&"):
         key, equals, value = piece.partition("=")
-        if equals and value and _SECRET_PARAMETER.search(unquote_plus(key)):
+        if equals and value and SECRET_NAME.search(unquote_plus(key)):
             piece = f"{key}={REDACTED}"
         pieces.append(piece)
     return "&".join(pieces)

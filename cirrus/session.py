@@ -23,18 +23,21 @@ from typing import Any
 
 from cirrus import termination
 from cirrus._version import __version__
-from cirrus.canonical import digest
+from cirrus.canonical import check_text, digest
 from cirrus.commit import commit_records
 from cirrus.demands import validate_motivation, validate_process, validate_sources
 from cirrus.errors import (
     CorruptProvenance,
+    InvalidInput,
     NotPublished,
     ProvenanceRequired,
     SessionClosed,
 )
 from cirrus.handles import Gate, track
 from cirrus.ledger import NOT_READ, Ledger, env_blobs, record_id
-from cirrus.model import Note, Process, Record, isoformat, utcnow
+from cirrus.model import Note, Process, Record, error_message, isoformat, utcnow
+from cirrus.reading import not_a_layer
+from cirrus.redact import redact_url
 from cirrus.storage.base import Blob
 from cirrus.storage.paths import normalise_cloudpath, use_secrets
 from cirrus.summary import open_session_info
@@ -73,7 +76,7 @@ class WriteScope:
         if cloudvolume_kwargs.get("secrets") is not None:  # before any provenance is read
             use_secrets(layer, cloudvolume_kwargs["secrets"])
         self._check_layer(layer)
-        volume = CloudVolume(cloudpath, **cloudvolume_kwargs)
+        volume = _open_volume(CloudVolume, cloudpath, cloudvolume_kwargs)
         tracker = self._trackers.setdefault(layer, WriteTracker())
         return track(volume, Gate(layer, tracker, self._refusal, self._writing))
 
@@ -130,13 +133,17 @@ class WriteScope:
 
     def abort(self, reason: str = "aborted by the user") -> dict[str, str]:
         """Close without success; volumes that received data still get a `failed` entry."""
-        return self._close("failed", {"type": "Aborted", "message": reason})
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidInput(f"abort(reason): give the reason as non-empty text, got {reason!r}")
+        check_text(reason, "abort(reason)")
+        return self._close("failed", {"type": "Aborted", "message": redact_url(reason)})
 
     def fail(self, error: BaseException) -> dict[str, str]:
         """Close as failed because of `error` (the body's exception, a Ctrl-C at exit): the
         volumes that received data get a `failed` record naming its type and message."""
-        message = str(error) or repr(error)  # a bare KeyboardInterrupt has no message
-        return self._close("failed", {"type": type(error).__name__, "message": message})
+        return self._close(
+            "failed", {"type": type(error).__name__, "message": error_message(error)}
+        )
 
     def _close(self, status: str, error: dict[str, str] | None) -> dict[str, str]:
         self._require_open()
@@ -350,6 +357,20 @@ class Session(WriteScope):
         from cirrus.display_html import session_html
 
         return session_html(self)
+
+
+def _open_volume(cloudvolume: Any, cloudpath: str, kwargs: Mapping[str, Any]) -> Any:
+    """CloudVolume(cloudpath, **kwargs), a missing `info` refused as cirrus refuses a typo."""
+    from cloudvolume.exceptions import InfoUnavailableError
+
+    try:
+        return cloudvolume(cloudpath, **kwargs)
+    except InfoUnavailableError:
+        error = not_a_layer(normalise_cloudpath(cloudpath))
+        raise InvalidInput(
+            f"{error}; to make a new layer, pass its info: s.volume(path, info=...), then "
+            "commit_info() in the session"
+        ) from None
 
 
 def current_user() -> str:

@@ -141,6 +141,10 @@ def test_tokens_appear_nowhere_in_the_json(repo: Path) -> None:
         ),
         ("https://h/cb#access_token=a&state=s", "https://h/cb#access_token=REDACTED&state=s"),
         ("precomputed://https://u:pw@h/seg?sig=s", "precomputed://https://h/seg?sig=REDACTED"),
+        # a diff line's sign before the URL (requirements.txt: `+git+https://...`)
+        ("+git+https://u:T1@github.com/o/r.git", "+git+https://github.com/o/r.git"),
+        ("x\n-https://u:T2@h/r.git\n+ https://T3@h/s", "x\n-https://h/r.git\n+ https://h/s"),
+        ("a+https://u:T4@h/x", "a+https://h/x"),
         ("https://u:P1@h/x,https://u2:P2@h2/y", "https://h/x,https://h2/y"),
         ("https://u:P1@h/x;s3://AKIA:P2@b/y", "https://h/x;s3://b/y"),
         ("https://h/x?a=1|https://u:P3@h2/y", "https://h/x?a=1|https://h2/y"),

@@ -395,7 +395,9 @@ def test_converted_parameters_are_recorded_as_plain_json(tmp_path: Any) -> None:
 @pytest.mark.parametrize(
     "key",
     ["password", "db_passwd", "aws_secret_access_key", "github_token", "token", "api_key",
-     "apiKey", "private-key", "credentials", "key", "secretKey", "client_secret"],
+     "apiKey", "private-key", "credentials", "key", "secretKey", "client_secret",
+     "Authorization", "auth", "x-auth", "db_pwd", "passphrase", "creds", "cookie", "jwt",
+     "bearer", "X-Amz-Signature"],
 )  # fmt: skip
 def test_secret_looking_keys_are_refused(key: str) -> None:
     with pytest.raises(ParameterError, match="looks like a secret") as caught:
@@ -408,6 +410,7 @@ def test_secret_looking_keys_are_refused(key: str) -> None:
     [
         {"monkey": "george", "keyboard": "us", "tokenizer": "bert", "max_tokens": 512},
         {"secretary": "bob", "secretaries": "alice, bob"},
+        {"author": "ann", "authority": "lab", "pwd": "/data/run1", "signature_version": "s3v4"},
         {"use_token": True, "token_ttl": 3600, "password": None, "secret": ""},
     ],
 )
@@ -594,3 +597,17 @@ def test_a_process_of_another_library_is_named_with_its_module() -> None:
 
     with pytest.raises(InvalidInput, match=r"got tests\.test_model\..*Process; build one"):
         cirrus.session(["src"], "why", Process())
+
+
+def test_a_code_environment_class_instead_of_one_is_refused_by_name() -> None:
+    import cirrus
+
+    with pytest.raises(InvalidInput, match="is not one; pass one made by calling"):
+        Process("p", {}, cirrus.PythonGithubEnv)
+
+
+def test_credentials_in_a_description_or_note_are_taken_out() -> None:
+    process = Process("segment https://u:T1@h.lab.org/aff", {})
+    assert process.description == "segment https://h.lab.org/aff"
+    note = Note("result", "see https://h/r?X-Goog-Signature=T2&alt=media")
+    assert note.text == "see https://h/r?X-Goog-Signature=REDACTED&alt=media"

@@ -453,6 +453,38 @@ def test_notebook_style_abort_writes_a_failed_record(tmp_path):
     assert provenance_keys(untouched) == []
 
 
+@pytest.mark.parametrize("reason", [123, None, "", "  ", "bad \udcff"])
+def test_an_abort_with_a_bad_reason_is_refused_and_leaves_the_session_able_to_end(tmp_path, reason):
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path)
+    s = cirrus.session(sources=["src"], motivation="explore", process=process())
+    s.volume(path)[0:64, 0:64, 0:64] = chunk_of(5)
+    with pytest.raises(InvalidInput, match="abort"):
+        s.abort(reason)
+    assert s.state == "open" and cirrus.history(path) == []
+    s.abort("wrong parameters")
+    assert s.state == "failed"
+    assert cirrus.history(path)[0].record.error["message"] == "wrong parameters"
+
+
+def test_an_exception_that_cannot_say_what_it_is_still_fails_the_session(tmp_path):
+    """Its `__str__` raises: the record falls back to its repr, and the session still ends."""
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            return self.missing  # AttributeError
+
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path)
+    with pytest.raises(Unprintable), cirrus.session(["src"], "why", process()) as s:
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(5)
+        raise Unprintable()
+    assert s.state == "failed"
+    (stored,) = cirrus.history(path)
+    assert stored.record.error == {"type": "Unprintable", "message": "Unprintable()"}
+    assert not summary_json(path)["cirrus"].get("open_sessions")  # no longer listed as writing
+
+
 def test_an_empty_session_records_nothing(tmp_path):
     path = f"file://{tmp_path}/layer"
     make_layer(path)

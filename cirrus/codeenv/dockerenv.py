@@ -20,6 +20,7 @@ import attrs
 
 from cirrus.codeenv.runtime import elapsed_ms, installed_packages, warn_capture_failed
 from cirrus.errors import CaptureError, InvalidInput
+from cirrus.redact import redact_url
 
 KIND = "docker"
 MOUNTINFO = "/proc/self/mountinfo"
@@ -217,16 +218,17 @@ class DockerEnv:
                 "instead of recording the failure"
             )
         digests = found["repo_digests"]
+        image, tag, error = (_redacted(found.get(k)) for k in ("image", "tag", "capture_error"))
         packages = tuple(map(tuple, installed_packages())) if include_packages else None
         self.__attrs_init__(
-            found["image"],
-            found["tag"],
+            image,
+            tag,
             found["image_id"],
             include_packages,
             strict,
             None if digests is None else tuple(digests),
             found["container_id"],
-            found.get("capture_error"),
+            error,
             packages,
             elapsed_ms(start),
         )
@@ -245,3 +247,8 @@ class DockerEnv:
         if self.capture_error is not None:
             document["capture_error"] = self.capture_error
         return document
+
+
+def _redacted(text: str | None) -> str | None:
+    """Credentials in a URL out: an image named by URL, or a DOCKER_HOST in an error."""
+    return None if text is None else redact_url(text)

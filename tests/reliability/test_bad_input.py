@@ -174,6 +174,16 @@ BAD_INPUTS = {
         InvalidInput,
         "code environment '.' is not one",
     ),
+    "process-env-a-class": (
+        lambda p: cirrus.Process("p", {}, cirrus.PythonGithubEnv),
+        InvalidInput,
+        "is not one; pass one made by calling cirrus.PythonGithubEnv(path)",
+    ),
+    "abort-reason-not-text": (
+        lambda p: session().abort(123),
+        InvalidInput,
+        "abort(reason): give the reason as non-empty text, got 123",
+    ),
     "parameters-a-list": (
         lambda p: cirrus.Process("p", [1, 2]),
         ParameterError,
@@ -266,8 +276,8 @@ BAD_INPUTS = {
     ),
     "volume-no-info": (
         lambda p: open_volume(p, "LAYER-missing"),
-        "cloudvolume.exceptions.InfoUnavailableError",
-        "No info file was found",
+        InvalidInput,
+        "v-missing is not a CloudVolume layer: it has neither an `info` nor a `provenance`",
     ),
     "step-volume-no-info": (
         lambda p: cirrus.step(["gs://lab/aff"], "why", GOOD, volumes=[p, f"{p}-typo"]),

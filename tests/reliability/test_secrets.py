@@ -49,6 +49,8 @@ ENVIRONMENT = {
     "LAB_DB_PASSWORD": "PLANTED-db",
     "MY_UNRELATED_SETTING": "PLANTED-unrelated",
 }
+PRIVATE_DEPENDENCY = "git+https://alice:ghp_PLANTEDrequirement@github.com/lab/private.git"
+MOTIVATION = "secrets scan of https://bob:PLANTEDmotivation@lab.org/run?n=1"
 CONTAINER = "c" * 64
 IMAGE_ID = "sha256:" + "d" * 64
 
@@ -71,6 +73,9 @@ def repo(tmp_path) -> Path:
     for name, url in REMOTES.items():
         git(path, "remote", "add", name, url)
     (path / "step.py").write_text("THRESHOLD = 0.4\n")  # dirty: the diff is recorded
+    # a private dependency: its diff line starts `+git+https://...`
+    (path / "requirements.txt").write_text(f"{PRIVATE_DEPENDENCY}\n")
+    git(path, "add", "requirements.txt")
     return path
 
 
@@ -83,7 +88,9 @@ def planted(monkeypatch):
 
 
 def test_parameters_that_look_like_secrets_are_refused_unless_allowed():
-    for key in ("password", "db_password", "aws_secret_access_key", "api_key", "token", "key"):
+    keys = ["password", "db_password", "aws_secret_access_key", "api_key", "token", "key"]
+    keys += ["Authorization", "auth", "db_pwd", "passphrase", "creds", "cookie", "jwt"]
+    for key in keys:
         with pytest.raises(ParameterError, match=f"parameters.{key}: looks like a secret"):
             cirrus.Process("p", {key: "PLANTED"})
     with pytest.raises(ParameterError, match=r"parameters.db.credentials: looks like a secret"):
@@ -111,16 +118,25 @@ def test_no_planted_secret_reaches_any_stored_object(tmp_path, repo, planted, fa
     paths = [normalise_cloudpath(f"file://{tmp_path}/layers/v{i}") for i in range(2)]
     for path in paths:
         support.make_layer(path)
-    with cirrus.session(SOURCES, "secrets scan", process) as s:
+    with cirrus.session(SOURCES, MOTIVATION, process) as s:
         for i, path in enumerate(paths):
             support.paint(s, path, 0, i + 1)
-        s.result("done")
+        s.result("done; see https://h.lab.org/report?X-Goog-Signature=PLANTEDresult")
+    with pytest.raises(RuntimeError), cirrus.session(SOURCES, MOTIVATION, process) as s:
+        support.paint(s, paths[0], 2, 3)
+        raise RuntimeError("GET https://h.lab.org/aff?X-Amz-Signature=PLANTEDerror (403)")
+    s = cirrus.session(SOURCES, MOTIVATION, process)
+    support.paint(s, paths[1], 2, 3)
+    s.abort("gave up on https://carol:PLANTEDabort@h.lab.org/aff")
+    assert [r.record.error["message"] for r in cirrus.history(paths[0])[-1:]] == [
+        "GET https://h.lab.org/aff?X-Amz-Signature=REDACTED (403)"
+    ]
     assert cirrus.history(paths[0])[0].record.sources == (
         "gs://lab/aff",
         SIGNED_SOURCE.replace("PLANTEDgoog", "REDACTED"),
         "s3://lab/aff",
     )
-    step = cirrus.step(SOURCES, "secrets scan, step", process, paths)
+    step = cirrus.step(SOURCES, MOTIVATION, process, paths)
     for i in range(2):
         with cirrus.join(step.token, task=f"t{i}") as t:
             support.paint(t, paths[i], 1 + i, 7)
@@ -138,6 +154,8 @@ def test_no_planted_secret_reaches_any_stored_object(tmp_path, repo, planted, fa
     # what is meant to be there is there
     everything = b"".join(f.read_bytes() for f in provenance)
     assert b"https://github.com/lab/pipeline.git" in everything
+    assert b"+git+https://github.com/lab/private.git" in everything  # the staged diff
+    assert b"https://lab.org/run?n=1" in everything  # the motivation, its URL without userinfo
     assert b"lab/segmenter" in everything and IMAGE_ID.encode() in everything
     assert b"/home/alice/analysis.ipynb" in everything
     assert CONTAINER.encode() not in everything  # the container id is not part of the env
