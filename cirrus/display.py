@@ -190,8 +190,17 @@ COLUMNS = ("time", "status", "record", "process", "motivation", "notes", "source
 Open = Mapping[str, Mapping[str, Any]]  # id -> what the summary says of an open step or session
 
 
-def open_lines(open_steps: Open | None, open_sessions: Open | None = None) -> list[str]:
-    """Steps still running, and sessions that wrote and did not commit (running, or dead)."""
+def open_lines(
+    open_steps: Open | None, open_sessions: Open | None = None, unpublished: Sequence[str] = ()
+) -> list[str]:
+    """Steps still running, sessions that wrote and did not commit (running, or dead), and
+    records stored that the summary no longer names (`reading.unpublished_records`)."""
+    named = ", ".join(short(rid) for rid in unpublished[:3]) + (", ..." if unpublished[3:] else "")
+    lost = [
+        f"UNPUBLISHED: {len(unpublished)} record(s) stored here are not in the summary ({named}): "
+        "a tool rewrote `provenance` from an older copy, or a commit was cut short; "
+        "`cirrus recover PATH` publishes them again"
+    ]
     steps = [
         f"OPEN STEP {short(step_id)}: {_one_line(info.get('description', '?'))} "
         f"[{short(info.get('process'))}] since {when(info.get('started'))} "
@@ -206,7 +215,7 @@ def open_lines(open_steps: Open | None, open_sessions: Open | None = None) -> li
         "if that process is gone, these writes were never committed"
         for session, info in (open_sessions or {}).items()
     ]
-    return steps + sessions
+    return (lost if unpublished else []) + steps + sessions
 
 
 def history_text(
@@ -216,6 +225,7 @@ def history_text(
     total: int | None = None,
     open_sessions: Open | None = None,
     others: Mapping[str, Any] | None = None,
+    unpublished: Sequence[str] = (),
 ) -> str:
     """Newest first, one block per record, like `git log`; `total` when only some are given;
     last, what the summary says that other tools wrote (`summary.other_tools`).
@@ -226,7 +236,7 @@ def history_text(
     records = list(records)
     count = record_count(len(records), total, sum(bool(r.get("damaged")) for r in records))
     out = [f"{volume}: {count}" if volume else count]
-    out += open_lines(open_steps, open_sessions)
+    out += open_lines(open_steps, open_sessions, unpublished)
     for record in reversed(records):
         out.append("")
         if record.get("damaged"):

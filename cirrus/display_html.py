@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from cirrus.display import (
@@ -31,6 +31,7 @@ def history_html(
     open_sessions: Open | None = None,
     total: int | None = None,
     others: Mapping[str, Any] | None = None,
+    unpublished: Sequence[str] = (),
 ) -> str:
     """An HTML table, newest first, for Jupyter; `total` when only some are given; then what
     other tools wrote in the summary."""
@@ -42,7 +43,7 @@ def history_html(
         body.append("<tr>" + "".join(f"<td>{_cell(cells[c])}</td>" for c in COLUMNS) + "</tr>")
     count = record_count(len(records), total, sum(bool(r.get("damaged")) for r in records))
     caption = html.escape(f"{volume}: {count}" if volume else "history")
-    lines = open_lines(open_steps, open_sessions)
+    lines = open_lines(open_steps, open_sessions, unpublished)
     opened = "".join(f"<p><b>{html.escape(line)}</b></p>" for line in lines)
     return (
         f'<div class="cirrus-history">{opened}<table><caption>{caption}</caption>'

@@ -230,7 +230,7 @@ class Ledger(OnLayer):
             if rid in published or record.get("step"):
                 continue
             theirs = [p["id"] for p in pointers if p.get("session") == record["session"]]
-            if theirs and superseded_unpublished(record, self._readable(theirs)):
+            if theirs and superseded_unpublished(record, self.readable_records(theirs)):
                 standing[rid] = theirs[-1]
         return standing
 
@@ -291,7 +291,7 @@ class Ledger(OnLayer):
                     log.warning("%s: damaged record not rolled forward: %s", self.cloudpath, error)
                     continue
                 ended_with = [r for r in pending.values() if r["session"] == record["session"]]
-                ended_with += self._readable(ended.get(record["session"], []))
+                ended_with += self.readable_records(ended.get(record["session"], []))
                 if not superseded_unpublished(record, ended_with):
                     found[record_id] = record
         if found:
@@ -310,7 +310,7 @@ class Ledger(OnLayer):
             )
         return found
 
-    def _readable(self, record_ids: Iterable[str]) -> list[dict[str, Any]]:
+    def readable_records(self, record_ids: Iterable[str]) -> list[dict[str, Any]]:
         """The records stored under `record_ids`, skipping damaged ones (`verify` reports them)."""
         found = []
         for rid in record_ids:

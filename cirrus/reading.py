@@ -14,6 +14,7 @@ import attrs
 
 from cirrus.errors import CirrusError, IntegrityError, InvalidInput, UnreadableEncoding
 from cirrus.ledger import SUMMARY_KEY, Ledger, StoredRecord
+from cirrus.model import superseded_unpublished
 from cirrus.overlap import overlapped
 from cirrus.storage.base import Store
 from cirrus.summary import current_ids, other_tools, parse_summary
@@ -119,6 +120,7 @@ class History(list):
         total: int | None = None,
         damaged: list[DamagedRecord] = (),  # type: ignore[assignment]
         other_tools: dict[str, Any] | None = None,
+        unpublished: list[str] = (),  # type: ignore[assignment]
     ):
         super().__init__(records)
         self.volume = volume
@@ -128,6 +130,8 @@ class History(list):
         self.total = len(self) + len(self.damaged) if total is None else total
         # what the summary says that no cirrus record put there (`summary.other_tools`)
         self.other_tools = dict(other_tools or {})
+        # stored records no summary names, of no session or step still running here
+        self.unpublished = list(unpublished)
 
     @property
     def entries(self) -> list[Entry]:
@@ -135,7 +139,15 @@ class History(list):
         return sorted([*self, *self.damaged], key=_order)
 
     def raise_if_damaged(self) -> History:
-        """Raise IntegrityError naming the damaged records, if any; else return the history."""
+        """Raise IntegrityError naming the damaged records, or the records stored that the
+        summary does not name, if any; else return the history."""
+        if self.unpublished and not self.damaged:
+            raise IntegrityError(
+                f"{self.volume}: {len(self.unpublished)} record(s) stored here are not in the "
+                "summary (a tool rewrote `provenance` from an older copy, or a commit was cut "
+                "short), the first: " + self.unpublished[0],
+                "run `cirrus recover PATH` to publish them again",
+            )
         if not self.damaged:
             return self
         first = self.damaged[0]
@@ -154,6 +166,7 @@ class History(list):
             "open_steps": self.open_steps,
             "open_sessions": self.open_sessions,
             "other_tools": self.other_tools,
+            "unpublished": self.unpublished,
         }
 
     def __str__(self) -> str:
@@ -161,7 +174,13 @@ class History(list):
 
         entries = [entry.to_json() for entry in self.entries]
         return history_text(
-            entries, self.volume, self.open_steps, self.total, self.open_sessions, self.other_tools
+            entries,
+            self.volume,
+            self.open_steps,
+            self.total,
+            self.open_sessions,
+            self.other_tools,
+            self.unpublished,
         )
 
     __repr__ = __str__
@@ -171,7 +190,13 @@ class History(list):
 
         entries = [entry.to_json() for entry in self.entries]
         return history_html(
-            entries, self.volume, self.open_steps, self.open_sessions, self.total, self.other_tools
+            entries,
+            self.volume,
+            self.open_steps,
+            self.open_sessions,
+            self.total,
+            self.other_tools,
+            self.unpublished,
         )
 
 
@@ -208,7 +233,32 @@ def read_history(
         total=len(ids),
         damaged=[entry for entry in entries if isinstance(entry, DamagedRecord)],
         other_tools=other_tools(summary),
+        unpublished=unpublished_records(ledger, summary),
     )
+
+
+def unpublished_records(ledger: Ledger, summary: Mapping[str, Any]) -> list[str]:
+    """Records stored on the layer that its summary does not name, sorted, leaving out those of
+    sessions and steps the summary lists as running (their commit is under way) and those kept
+    unpublished on purpose (`model.superseded_unpublished`). One LIST, and a GET for each
+    record not named: what a blind rewrite of `provenance` from an older copy leaves."""
+    section = summary.get("cirrus", {})
+    pointers = section.get("records", [])
+    named = {pointer.get("id") for pointer in pointers}
+    running = set(section.get("open_sessions") or {}) | set(section.get("open_steps") or {})
+    found = []
+    for rid in sorted(set(ledger.record_ids()) - named):
+        try:
+            record = ledger.read_record(rid).record.to_json()
+        except IntegrityError:  # `cirrus verify` reports it; recover cannot publish it
+            continue
+        if record["session"] in running or record.get("step") in running:
+            continue
+        ended = [p["id"] for p in pointers if p.get("session") == record["session"]]
+        if ended and superseded_unpublished(record, ledger.readable_records(ended)):
+            continue
+        found.append(rid)
+    return found
 
 
 def history(cloudpath: str, *, newest: int | None = None) -> History:

@@ -261,3 +261,57 @@ def test_repair_keeps_a_damaged_records_pointer_and_verify_calls_it_no_orphan(
     )
     problems = verify(seg).problems
     assert len(problems) == 1 and bad in problems[0] and "orphan" not in problems[0]
+
+
+def test_a_summary_rewritten_from_a_stale_copy_is_flagged_until_recovered(tmp_path: Path) -> None:
+    """Plain CloudVolume saves `provenance` from the copy it read when opened, after a cirrus
+    commit: the record is still stored, but the summary no longer names it. The history must
+    not look empty and clean."""
+    from cloudvolume import CloudVolume
+
+    (seg,) = layers(tmp_path, "seg")
+    stale = CloudVolume(seg)  # reads the summary now, before the commit
+    record_id = write([seg], ["gs://lab/aff"], "segment it", "segment")[seg]
+    stale.provenance.processing.append({"method": "manual edit"})
+    stale.commit_provenance()  # a blind rewrite from the stale copy
+
+    found = cirrus.history(seg)
+    assert list(found) == [] and found.unpublished == [record_id]
+    assert found.to_json()["unpublished"] == [record_id]
+    assert f"UNPUBLISHED: 1 record(s) stored here are not in the summary ({record_id[:12]})" in (
+        str(found)
+    )
+    assert "UNPUBLISHED" in found._repr_html_()
+    with pytest.raises(IntegrityError, match="not in the summary") as raised:
+        found.raise_if_damaged()
+    assert "cirrus recover PATH" in raised.value.remedy
+    result = invoke("log", seg, code=3)
+    assert "UNPUBLISHED: 1 record(s)" in result.output
+
+    cirrus.recover(seg)
+    found = cirrus.history(seg)
+    assert [r.id for r in found] == [record_id] and found.unpublished == []
+    invoke("log", seg)
+
+
+def test_a_record_of_a_session_still_committing_is_not_flagged(tmp_path: Path) -> None:
+    """Staged, not published yet, and its session still listed as writing: a commit under
+    way (or one `cirrus log` already shows as an open session), not a lost record."""
+    from tests.session_support import chunk_of, hooked
+
+    (seg,) = layers(tmp_path, "seg")
+
+    class Stop(Exception):
+        pass
+
+    def stop(_cloudpath: str, key: str) -> None:
+        if key.startswith("provenance.d/records/"):
+            raise Stop
+
+    s = cirrus.session(["gs://lab/aff"], "why", cirrus.Process("p", {}))
+    s.volume(seg)[0:64, 0:64, 0:64] = chunk_of(1)
+    with hooked(after=stop), pytest.raises(Stop):
+        s.commit()
+    found = cirrus.history(seg)
+    assert found.unpublished == [] and list(found.open_sessions) == [s.id]
+    s.abort("stopped by the test")
