@@ -225,6 +225,7 @@ def from_numpy(
         chunk_size=chunk_size,
         max_mip=max_mip,
     )
+    _check_encoding(arr, info)  # before the info is stored: a refusal leaves no layer behind
     options = {"bounded": True, "compress": compress, "progress": progress}
     cloudvolume.CloudVolume(vol_path, info=info, **options).commit_info()
     with session:
@@ -233,3 +234,23 @@ def from_numpy(
 
 
 CloudVolume.from_numpy = from_numpy  # type: ignore[attr-defined]  # as cirrus-volume's had it
+
+
+def _check_encoding(arr: Any, info: dict[str, Any]) -> None:
+    """Encode one chunk's worth of `arr` as the layer will: CloudVolume refuses a dtype its
+    encoding cannot take (jpeg and uint32, say) only at the first chunk it uploads."""
+    from cloudvolume.chunks import encode
+
+    from cirrus.errors import InvalidInput
+
+    scale = info["scales"][0]
+    size = scale["chunk_sizes"][0]
+    sample = arr[: size[0], : size[1], : size[2]]
+    sample = sample.reshape(*sample.shape[:3], -1)
+    try:
+        encode(sample, scale["encoding"], scale.get("compressed_segmentation_block_size"))
+    except Exception as error:  # CloudVolume's own: ValueError, NotImplementedError, ...
+        raise InvalidInput(
+            f"arr ({arr.dtype}) cannot be stored with encoding={scale['encoding']!r}: "
+            f"{type(error).__name__}: {error}; choose an encoding for {arr.dtype} (e.g. 'raw')"
+        ) from None

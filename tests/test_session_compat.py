@@ -250,6 +250,9 @@ def test_from_numpy_makes_a_recorded_layer_and_never_overwrites_one(tmp_path) ->
     with pytest.raises(InvalidInput, match="process must be a cirrus.Process"):
         cirrus.CloudVolume.from_numpy(labels, path, process=None, **why)
     assert not (tmp_path / "fromnp").exists()  # refused before anything was written
+    with pytest.raises(InvalidInput, match="cannot be stored with encoding='jpeg'.*Only accepts"):
+        cirrus.CloudVolume.from_numpy(labels, path, encoding="jpeg", process=process(), **why)
+    assert not (tmp_path / "fromnp").exists()  # so a retry with another encoding may make it
 
     volume = cirrus.CloudVolume.from_numpy(
         labels, path, resolution=(8, 8, 40), chunk_size=(32, 32, 16), process=process(), **why
