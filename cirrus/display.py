@@ -180,7 +180,8 @@ def damaged_lines(entry: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _one_line(text: Any) -> str:
+def one_line(text: Any) -> str:
+    """Stored text on one line: `clean`, with runs of whitespace and line breaks as one space."""
     return " ".join(clean(str(text)).split())
 
 
@@ -202,16 +203,16 @@ def open_lines(
         "`cirrus recover PATH` publishes them again"
     ]
     steps = [
-        f"OPEN STEP {short(step_id)}: {_one_line(info.get('description', '?'))} "
+        f"OPEN STEP {short(step_id)}: {one_line(info.get('description', '?'))} "
         f"[{short(info.get('process'))}] since {when(info.get('started'))} "
-        f"by {_one_line(info.get('user', '?'))}"
+        f"by {one_line(info.get('user', '?'))}"
         for step_id, info in (open_steps or {}).items()
     ]
     sessions = [
-        f"OPEN SESSION {short(session)}: {_one_line(info.get('description', '?'))} "
+        f"OPEN SESSION {short(session)}: {one_line(info.get('description', '?'))} "
         f"[{short(info.get('process'))}] started {when(info.get('started'))} "
-        f"by {_one_line(info.get('user', '?'))}@{_one_line(info.get('host', '?'))} "
-        f"pid {info.get('pid', '?')}; motivation: {_one_line(info.get('motivation', '?'))}; "
+        f"by {one_line(info.get('user', '?'))}@{one_line(info.get('host', '?'))} "
+        f"pid {info.get('pid', '?')}; motivation: {one_line(info.get('motivation', '?'))}; "
         "if that process is gone, these writes were never committed"
         for session, info in (open_sessions or {}).items()
     ]

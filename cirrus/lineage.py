@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from cirrus.display import one_line
 from cirrus.errors import CirrusError, IntegrityError, InvalidInput, plain_text
 from cirrus.ledger import SUMMARY_KEY, Ledger
 from cirrus.reading import History, has_info, read_history
@@ -196,11 +197,11 @@ def _label(node: Node) -> str:
         if node.damaged:
             facts += f", {node.damaged} damaged and skipped: run cirrus verify"
         if node.detail:
-            facts += f", {node.detail}"
-        return f"{node.name}  ({facts})"
+            facts += f", {one_line(node.detail)}"
+        return f"{one_line(node.name)}  ({facts})"
     if node.kind == "text":
         return f"{json.dumps(node.name, ensure_ascii=False)}  (free text)"
-    return f"{node.name}  [{node.detail}]"
+    return f"{one_line(node.name)}  [{one_line(node.detail)}]"
 
 
 def render_text(root: Node) -> str:
@@ -209,8 +210,9 @@ def render_text(root: Node) -> str:
     def walk(node: Node, prefix: str) -> None:
         for i, (via, parent) in enumerate(node.parents):
             last = i == len(node.parents) - 1
-            how = f"  <- {', '.join(via)}" if via else ""
-            lines.append(f"{prefix}{'└── ' if last else '├── '}{_label(parent)}{how}")
+            how = f"  <- {', '.join(map(one_line, via))}" if via else ""
+            branch = "└── " if last else "├── "
+            lines.append(f"{prefix}{branch}{_label(parent)}{how}")
             walk(parent, prefix + ("    " if last else "│   "))
 
     walk(root, "")

@@ -253,6 +253,17 @@ def test_lineage_follows_three_levels(chain: dict[str, str]) -> None:
     assert tree["sources"][0]["name"] == chain["b"]
 
 
+def test_lineage_keeps_each_volume_on_one_line_whatever_its_description(tmp_path: Path) -> None:
+    """A description with a line break or a control character must not break the tree."""
+    a, b = layers(tmp_path, "a", "b")
+    write([a], ["manual tracing"], "trace", "trace")
+    write([b], [a], "segment", "watershed\nat 8x8x40\x08\x1b[31m red")
+    lines = invoke("lineage", b).output.splitlines()
+    assert len(lines) == 3, lines  # b, a, and the free text a came from
+    assert lines[1].endswith("<- watershed at 8x8x40 red")
+    assert not any(c in "".join(lines) for c in "\x08\x1b")
+
+
 def test_lineage_shows_cycles_and_unreadable_sources(tmp_path: Path) -> None:
     x, y, bad, bare = layers(tmp_path, "x", "y", "bad", "bare")
     write([bad], ["anything"])
