@@ -107,17 +107,30 @@ def abandon_dead(cloudpath: str) -> dict[str, str]:
 
 def _listed(ledger: Ledger, session: str, recovered: list[str]) -> tuple[str, dict[str, Any]]:
     """The one listed session `session` names (an id or a prefix), and its listing."""
-    listed = ledger.summary().get("cirrus", {}).get(OPEN_SESSIONS, {})
+    summary = ledger.summary()
+    listed = summary.get("cirrus", {}).get(OPEN_SESSIONS, {})
     matches = sorted(sid for sid in listed if sid.startswith(session)) if session else []
+    ended = [
+        pointer
+        for pointer in summary.get("cirrus", {}).get("records", [])
+        if session and str(pointer.get("session", "")).startswith(session)
+    ]
+    hint = (
+        f"; `cirrus recover` just published {len(recovered)} staged record(s) here, which "
+        "may have ended it: `cirrus log` shows them"
+        if recovered
+        else ""
+    )
+    if not matches and len({pointer["session"] for pointer in ended}) == 1:
+        last = ended[-1]
+        raise InvalidInput(
+            f"session {last['session']} is not listed as writing on {ledger.cloudpath}: it "
+            f"ended here already, {last.get('status')} (record {str(last.get('id'))[:12]}; "
+            f"`cirrus log` shows it), so there is nothing to abandon{hint}"
+        )
     if len(matches) != 1:
         known = ", ".join(sid[:12] for sid in listed) or "none"
         problem = "matches several" if matches else "is not one"
-        hint = (
-            f"; `cirrus recover` just published {len(recovered)} staged record(s) here, which "
-            "may have ended it: `cirrus log` shows them"
-            if recovered
-            else ""
-        )
         raise InvalidInput(
             f"{session!r} {problem} of the sessions {ledger.cloudpath} lists as writing "
             f"(listed: {known}){hint}"

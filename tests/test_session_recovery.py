@@ -365,3 +365,17 @@ def test_a_session_cannot_open_a_volume_whose_provenance_is_not_json(tmp_path):
     assert "provenance" in str(raised.value) and "cirrus repair" in str(raised.value)
     assert raw_summary(path) == b"{not json"
     assert provenance_keys(path) == ["provenance"]
+
+
+def test_abandoning_a_session_again_says_it_ended_already(tmp_path):
+    """`--abandon` run twice (a script re-run): the second says the session ended, and how."""
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path)
+    s = cirrus.session(["src"], "why", process())
+    s.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
+    s._finalizer.detach()  # the process "died": its listing stays
+    record_id = cirrus.abandon(path, s.id[:8], force=True)
+    with pytest.raises(InvalidInput, match="ended here already, failed") as refused:
+        cirrus.abandon(path, s.id[:8], force=True)
+    assert f"record {record_id[:12]}" in str(refused.value)
+    assert "nothing to abandon" in str(refused.value)
