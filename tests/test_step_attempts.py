@@ -1,0 +1,65 @@
+"""Steps: what a task's attempts leave behind when one is cut short, fails late or ran late.
+
+Each test stops a task where users' tasks stop (a storage error while filing, a failure after
+an earlier attempt committed, a worker clock behind) and checks what `status`, `verify` and
+`finish` then tell the user.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import pytest
+
+import cirrus
+from cirrus.errors import PermanentStorageError
+from tests import step_support as ss
+
+
+def open_step(*layers: str, tasks=None) -> cirrus.Step:
+    process = cirrus.Process("paint chunks", {"value": 1, "chunk": ss.CHUNK})
+    return cirrus.step(["gs://lab/aff"], "bootstrap", process, list(layers), tasks=tasks)
+
+
+def one_record(layer: str) -> cirrus.Record:
+    history = cirrus.history(layer)
+    assert len(history) == 1, history
+    return history[0].record
+
+
+@pytest.fixture
+def two(tmp_path) -> tuple[str, str]:
+    """Two volumes a task writes together, as a segmentation and its boundaries."""
+    paths = tuple(f"file://{tmp_path}/{name}" for name in ("seg", "bnd"))
+    for path in paths:
+        ss.make_layer(path)
+    return paths
+
+
+def block_fragments(tmp_path, name: str, step: cirrus.Step) -> str:
+    """Make filing any fragment on volume `name` fail: a file where its tasks/ folder goes."""
+    blocker = tmp_path / name / "provenance.d" / "steps" / step.id / "tasks"
+    blocker.write_text("not a folder")
+    return str(blocker)
+
+
+def test_a_task_whose_fragment_cannot_be_filed_is_told_to_rerun_not_to_recover(
+    tmp_path, two, capsys
+) -> None:
+    """`cirrus recover` knows nothing of task fragments; re-running the task files them."""
+    seg, bnd = two
+    step = open_step(seg, bnd)
+    blocker = block_fragments(tmp_path, "bnd", step)
+    task = cirrus.join(step.token, task="a")
+    with pytest.raises(PermanentStorageError), task:
+        ss.paint(task, seg, [0, 0, 0])
+        ss.paint(task, bnd, [0, 0, 0])
+    os.remove(blocker)
+    with pytest.warns(ResourceWarning, match=r"task a of step .* cut short") as caught:
+        del task
+        gc.collect()
+    message = str(caught[0].message)
+    assert "re-run task a under its id" in message and "finish the step again" in message
+    assert "cirrus recover" not in message
+    assert "re-run task a under its id" in capsys.readouterr().err
