@@ -213,11 +213,14 @@ def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
             for pointer in section.get("records", [])
             if pointer.get("step") == token.id and "superseded_by" not in pointer
         ]
-        late = unaccounted(fragments, standing[-1]) if standing and fragments else ""
+        is_open = token.id in section.get("open_steps", {})
+        late = ""
+        if fragments and (standing or not is_open):  # e.g. finished with no task, then one ran
+            late = unaccounted(fragments, standing[-1] if standing else None)
         report["volumes"][layer] = {
             "tasks": len(fragments),
             "failed": sorted(f["task"] for f in fragments if f["task"] not in tally.committed),
-            "open": token.id in section.get("open_steps", {}),
+            "open": is_open,
             "finished": (bool(standing) and not late)
             or (not fragments and StepFiles.beside(ledgers[layer]).finished_empty(token.id)),
             "late": late,  # tasks that ran after the finish: finish again to record them

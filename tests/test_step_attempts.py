@@ -15,6 +15,7 @@ import pytest
 import cirrus
 from cirrus.errors import PermanentStorageError
 from tests import step_support as ss
+from tests.cli_support import invoke
 
 
 def open_step(*layers: str, tasks=None) -> cirrus.Step:
@@ -63,3 +64,21 @@ def test_a_task_whose_fragment_cannot_be_filed_is_told_to_rerun_not_to_recover(
     assert "re-run task a under its id" in message and "finish the step again" in message
     assert "cirrus recover" not in message
     assert "re-run task a under its id" in capsys.readouterr().err
+
+
+def test_status_after_a_finish_with_no_tasks_says_a_task_ran_since(tmp_path) -> None:
+    layer = f"file://{tmp_path}/layer"
+    ss.make_layer(layer)
+    step = open_step(layer)
+    assert step.finish() == {}
+    assert step.status()["volumes"][layer]["finished"]
+    ss.paint_fn(step.token, "late", layer, [0, 0, 0])
+    report = step.status()["volumes"][layer]
+    assert not report["finished"] and "1 tasks filed fragments here" in report["late"]
+    out = invoke("step", "status", step.token).stdout
+    assert ": 1 task(s) recorded, 0 failed, finished before tasks that ran since (" in out
+    assert "finish it again" in out
+    step.finish()
+    report = step.status()["volumes"][layer]
+    assert report["finished"] and report["late"] == ""
+    assert one_record(layer).tasks["count"] == 1
