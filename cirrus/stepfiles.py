@@ -43,7 +43,10 @@ def _pretty(document: Mapping[str, Any]) -> bytes:
 def merge_attempts(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
     """A task's fragment after another attempt: both attempts' writes (a failed attempt's chunks
     stay written, and a re-run may skip them), committed if either attempt was. An attempt
-    already folded in (a retried store whose first response was lost) changes nothing."""
+    already folded in (a retried store whose first response was lost) changes nothing.
+
+    An attempt that fails after the task committed may have overwritten committed chunks, so
+    its error is kept (`failed_after_commit`) until an attempt commits again."""
     folded = list(earlier.get("attempt_ids", []))
     new = [attempt for attempt in later.get("attempt_ids", []) if attempt not in folded]
     if later.get("attempt_ids") and not new:
@@ -51,7 +54,7 @@ def merge_attempts(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict
     committed = "committed" in (earlier["status"], later["status"])
     notes = list(earlier.get("notes", []))
     notes += [note for note in later.get("notes", []) if note not in notes]
-    return {
+    merged = {
         **later,
         "status": "committed" if committed else later["status"],
         "error": None if committed else later["error"],
@@ -62,6 +65,23 @@ def merge_attempts(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict
         "attempts": earlier.get("attempts", 1) + max(1, len(new)),
         "attempt_ids": folded + new,
     }
+    after_commit = _failed_after_commit(earlier, later, new)
+    if after_commit:
+        merged["failed_after_commit"] = after_commit
+    return merged
+
+
+def _failed_after_commit(
+    earlier: Mapping[str, Any], later: Mapping[str, Any], new: list[str]
+) -> list[dict[str, Any]]:
+    """The attempts that failed since the task last committed, with their errors."""
+    if later["status"] == "committed":  # it wrote its chunks again, whole
+        return []
+    kept = list(earlier.get("failed_after_commit", []))
+    if earlier["status"] == "committed":
+        failure = {"error": later["error"], "ended": later["ended"]}
+        kept.append({**failure, "attempt": new[0]} if new else failure)
+    return kept
 
 
 @attrs.define

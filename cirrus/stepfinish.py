@@ -187,7 +187,7 @@ def _task_summary(
         named = {"missing_tasks": tally.named_missing, "unexpected_tasks": tally.unexpected}
         for key, tasks in named.items():
             expected.update({key: tasks[:MAX_LISTED_FAILURES]} if tasks else {})
-    return {
+    summary = {
         **expected,
         "count": len(fragments),
         "committed": len(fragments) - len(failures),
@@ -195,6 +195,15 @@ def _task_summary(
         "failures": [{"task": f["task"], "error": f["error"]} for f in listed],
         "hosts": len({f["host"] for f in fragments}),
     }
+    # committed tasks whose later attempt failed after writing: committed chunks may be overwritten
+    after = sorted((f for f in fragments if f.get("failed_after_commit")), key=lambda f: f["task"])
+    if after:
+        summary["failed_after_commit"] = len(after)
+        summary["failures_after_commit"] = [
+            {"task": f["task"], "error": f["failed_after_commit"][-1]["error"]}
+            for f in after[:MAX_LISTED_FAILURES]
+        ]
+    return summary
 
 
 def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
@@ -220,6 +229,9 @@ def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
         report["volumes"][layer] = {
             "tasks": len(fragments),
             "failed": sorted(f["task"] for f in fragments if f["task"] not in tally.committed),
+            "failed_after_commit": sorted(
+                f["task"] for f in fragments if f.get("failed_after_commit")
+            ),
             "open": is_open,
             "finished": (bool(standing) and not late)
             or (not fragments and StepFiles.beside(ledgers[layer]).finished_empty(token.id)),

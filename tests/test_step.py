@@ -81,7 +81,14 @@ def test_200_tasks_on_4_task_queue_workers_leave_one_record(tmp_path, layer: str
     assert tq.is_empty()
 
     report = step.status()["volumes"][layer]
-    assert report == {"tasks": 200, "failed": [], "open": True, "finished": False, "late": ""}
+    assert report == {
+        "tasks": 200,
+        "failed": [],
+        "failed_after_commit": [],
+        "open": True,
+        "finished": False,
+        "late": "",
+    }
     assert step.id in summary_json(layer)["cirrus"]["open_steps"]
 
     ids = step.finish()
@@ -107,6 +114,7 @@ def test_200_tasks_on_4_task_queue_workers_leave_one_record(tmp_path, layer: str
     assert never_finished.status()["volumes"][layer] == {
         "tasks": 1,
         "failed": [],
+        "failed_after_commit": [],
         "open": True,
         "finished": False,
         "late": "",

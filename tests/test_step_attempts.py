@@ -82,3 +82,44 @@ def test_status_after_a_finish_with_no_tasks_says_a_task_ran_since(tmp_path) -> 
     report = step.status()["volumes"][layer]
     assert report["finished"] and report["late"] == ""
     assert one_record(layer).tasks["count"] == 1
+
+
+def fail_after_writing(step: cirrus.Step, task: str, layer: str, value: int, why: str) -> None:
+    """One attempt of `task` that paints its chunk at the origin with `value`, then fails."""
+    with pytest.raises(RuntimeError, match=why), cirrus.join(step.token, task=task) as session:
+        ss.paint(session, layer, [0, 0, 0], value)
+        raise RuntimeError(why)
+
+
+def test_a_failed_attempt_after_the_task_committed_is_kept_not_erased(tmp_path) -> None:
+    """A duplicate delivery overwrites committed data, then fails: the task stays committed,
+    but its fragment, the step's record, `status` and `step finish` say an attempt failed
+    after it, until an attempt commits again."""
+    from cloudvolume import CloudVolume
+
+    from cirrus.stepfiles import StepFiles
+
+    layer = f"file://{tmp_path}/layer"
+    ss.make_layer(layer)
+    step = open_step(layer, tasks=["a"])
+    ss.paint_fn(step.token, "a", layer, [0, 0, 0])
+    fail_after_writing(step, "a", layer, 9, "duplicate delivery died")
+    assert CloudVolume(layer)[0, 0, 0].flatten().tolist() == [9]  # the committed data is gone
+    (fragment,) = StepFiles.open(layer).fragments(step.id)
+    assert fragment["status"] == "committed" and fragment["attempts"] == 2
+    (late,) = fragment["failed_after_commit"]
+    assert late["error"] == {"type": "RuntimeError", "message": "duplicate delivery died"}
+    assert late["attempt"] == fragment["attempt_ids"][1]
+    assert step.status()["volumes"][layer]["failed_after_commit"] == ["a"]
+    out = invoke("step", "finish", step.token).stdout
+    assert "1 committed, 0 failed, 1 failed again after it committed" in out
+    assert "failed after committing: a: RuntimeError: duplicate delivery died" in out
+    tasks = one_record(layer).tasks
+    assert (tasks["committed"], tasks["failed"], tasks["failed_after_commit"]) == (1, 0, 1)
+    assert tasks["failures_after_commit"] == [
+        {"task": "a", "error": {"type": "RuntimeError", "message": "duplicate delivery died"}}
+    ]
+    ss.paint_fn(step.token, "a", layer, [0, 0, 0])  # run again: it commits what it wrote
+    step.finish()
+    assert "failed_after_commit" not in one_record(layer).tasks
+    assert step.status()["volumes"][layer]["failed_after_commit"] == []
