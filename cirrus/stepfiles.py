@@ -213,9 +213,26 @@ def intact_manifest(step_id: str, volumes: Sequence[str]) -> dict[str, Any] | No
     return first_intact(volumes, lambda files: files.manifest(step_id))
 
 
-def unaccounted(fragments: list[dict[str, Any]], record: Mapping[str, Any] | None) -> str:
+def filed_attempts(fragments: Sequence[Mapping[str, Any]]) -> int:
+    """How many attempts these fragments fold in (never fewer at a later finish)."""
+    return sum(fragment.get("attempts", 1) for fragment in fragments)
+
+
+def step_attempts(found: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
+    """How many attempts of a step's tasks its fragments on all its volumes fold in, each once
+    however many volumes it filed on (fragments from before `attempt_ids`: their count)."""
+    ids = {a for fragments in found.values() for f in fragments for a in f.get("attempt_ids", [])}
+    unnamed = [f for fragments in found.values() for f in fragments if not f.get("attempt_ids")]
+    return len(ids) + filed_attempts(unnamed)
+
+
+def unaccounted(
+    fragments: list[dict[str, Any]], record: Mapping[str, Any] | None, attempts: int = 0
+) -> str:
     """What a step's fragments on a volume say that its record there (or the summary's pointer
-    to it: same counts and end) does not ('' if nothing): tasks that ran after the finish."""
+    to it: same counts and end) does not ('' if nothing): tasks that ran after the finish.
+    `attempts`, if given, is `step_attempts` over all the step's volumes, which a record since
+    this version also counts: attempts run after the finish, whatever their clocks said."""
     if record is None:
         return (
             f"{len(fragments)} tasks filed fragments here, but the step is neither open here "
@@ -234,4 +251,12 @@ def unaccounted(fragments: list[dict[str, Any]], record: Mapping[str, Any] | Non
         )
     if latest > record.get("ended", ""):
         return f"a task here ended at {latest}, after its record's last task ({record['ended']})"
+    filed = filed_attempts(fragments)
+    if "attempts" in tasks and filed > tasks["attempts"]:  # a re-run whose clock is behind
+        return f"{filed} attempts of tasks filed here but its record counts {tasks['attempts']}"
+    if "step_attempts" in tasks and attempts > tasks["step_attempts"]:
+        return (
+            f"{attempts} attempts of its tasks filed on its volumes but its record counts "
+            f"{tasks['step_attempts']}"
+        )
     return ""

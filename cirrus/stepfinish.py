@@ -6,7 +6,7 @@ stores one record, and finishing again after late fragments supersedes the older
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -17,7 +17,14 @@ from cirrus.ledger import Ledger, record_id
 from cirrus.model import Note, parse_time
 from cirrus.overlap import overlapped
 from cirrus.session import make_record
-from cirrus.stepfiles import StepFiles, first_intact, intact_manifest, unaccounted
+from cirrus.stepfiles import (
+    StepFiles,
+    filed_attempts,
+    first_intact,
+    intact_manifest,
+    step_attempts,
+    unaccounted,
+)
 from cirrus.steptoken import StepToken
 from cirrus.summary import mark_step_open, open_step_info, published_ids
 from cirrus.writeset import combine
@@ -41,7 +48,7 @@ def finish(token: str | Mapping[str, Any] | StepToken) -> dict[str, str]:
     manifest = _manifest(token)
     fragments = {layer: StepFiles.open(layer).fragments(token.id) for layer in token.volumes}
     written = [layer for layer, found in fragments.items() if found]
-    tally = _tally(token, manifest, fragments.values())
+    tally = _tally(token, manifest, fragments)
     if "expected_tasks" in manifest:  # every volume, every time: a missing task may write any
         written = list(token.volumes)
     records = {
@@ -92,21 +99,26 @@ class Tally:
     committed: set[str]
     missing: list[str]  # expected tasks with no fragment anywhere (`?` each, for a bare count)
     unexpected: list[str]  # tasks filed under an id the step does not expect (a typo?)
+    attempts: int  # attempts filed on any volume (`stepfiles.step_attempts`): only ever grows
 
     @property
     def named_missing(self) -> list[str]:
         return [task for task in self.missing if task != "?"]
 
 
-def _tally(token: StepToken, manifest: Mapping[str, Any], fragments: Iterable[list[dict]]) -> Tally:
+def _tally(
+    token: StepToken, manifest: Mapping[str, Any], fragments: Mapping[str, list[dict]]
+) -> Tally:
     """How the step's tasks stand, from every volume's fragments (read once per finish)."""
-    found = [fragment for layer in fragments for fragment in layer]
+    found = [fragment for layer in fragments.values() for fragment in layer]
     seen = {fragment["task"] for fragment in found}
     committed = {f["task"] for f in found if f["status"] == "committed"}
+    attempts = step_attempts(fragments)
     if manifest.get("expected_ids"):
         expected = set(_expected_ids(token))
-        return Tally(committed, sorted(expected - seen), sorted(seen - expected))
-    return Tally(committed, ["?"] * max(0, manifest.get("expected_tasks", 0) - len(seen)), [])
+        return Tally(committed, sorted(expected - seen), sorted(seen - expected), attempts)
+    missing = ["?"] * max(0, manifest.get("expected_tasks", 0) - len(seen))
+    return Tally(committed, missing, [], attempts)
 
 
 def _listed(tasks: list[str]) -> str:
@@ -194,6 +206,8 @@ def _task_summary(
         "failed": len(failures),
         "failures": [{"task": f["task"], "error": f["error"]} for f in listed],
         "hosts": len({f["host"] for f in fragments}),
+        "attempts": filed_attempts(fragments),  # a re-run adds one, if not a task
+        "step_attempts": tally.attempts,  # ... here or on another volume: the newer finish
     }
     # committed tasks whose later attempt failed after writing: committed chunks may be overwritten
     after = sorted((f for f in fragments if f.get("failed_after_commit")), key=lambda f: f["task"])
@@ -214,7 +228,7 @@ def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
     ledgers = {layer: Ledger.open(layer) for layer in token.volumes}
     found = {layer: StepFiles.beside(ledgers[layer]).fragments(token.id) for layer in ledgers}
     manifest = _manifest(token)
-    tally = _tally(token, manifest, found.values())
+    tally = _tally(token, manifest, found)
     for layer, fragments in found.items():
         section = ledgers[layer].summary().get("cirrus", {})
         standing = [
@@ -225,7 +239,7 @@ def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
         is_open = token.id in section.get("open_steps", {})
         late = ""
         if fragments and (standing or not is_open):  # e.g. finished with no task, then one ran
-            late = unaccounted(fragments, standing[-1] if standing else None)
+            late = unaccounted(fragments, standing[-1] if standing else None, tally.attempts)
         report["volumes"][layer] = {
             "tasks": len(fragments),
             "failed": sorted(f["task"] for f in fragments if f["task"] not in tally.committed),

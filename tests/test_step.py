@@ -427,6 +427,8 @@ def test_task_failed_then_succeeded_counts_as_committed(tmp_path, layer: str) ->
         "failed": 0,
         "failures": [],
         "hosts": 1,
+        "attempts": 2,  # the failed attempt and the re-run, folded into one fragment
+        "step_attempts": 2,
     }
 
 

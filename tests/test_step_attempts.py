@@ -14,6 +14,7 @@ import pytest
 
 import cirrus
 from cirrus.errors import PermanentStorageError
+from cirrus.verify import verify
 from tests import step_support as ss
 from tests.cli_support import invoke
 
@@ -123,3 +124,42 @@ def test_a_failed_attempt_after_the_task_committed_is_kept_not_erased(tmp_path) 
     step.finish()
     assert "failed_after_commit" not in one_record(layer).tasks
     assert step.status()["volumes"][layer]["failed_after_commit"] == []
+
+
+def test_a_rerun_after_the_finish_stands_when_its_worker_clock_is_behind(
+    tmp_path, monkeypatch
+) -> None:
+    """The re-run's fragment ends no later than the first attempt's, and counts no more tasks:
+    only its attempt is new. `status` and `verify` must see it, and the finish that records it
+    must stand whichever record id sorts first."""
+    import datetime as dt
+    import sys
+
+    from cirrus.ledger import Ledger
+    from cirrus.summary import current_ids, empty_summary, merge
+
+    layer = f"file://{tmp_path}/layer"
+    ss.make_layer(layer)
+    step = open_step(layer)
+    ss.paint_fn(step.token, "t0", layer, [0, 0, 0])
+    first = step.finish()[layer]
+    hour_behind = lambda: dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)  # noqa: E731
+    for module in ("cirrus.step", "cirrus.session"):
+        monkeypatch.setattr(sys.modules[module], "utcnow", hour_behind)
+    with cirrus.join(step.token, task="t0") as task:
+        ss.paint(task, layer, [0, 0, 0])
+        ss.paint(task, layer, [16, 0, 0])  # one chunk more than the first attempt
+    monkeypatch.undo()
+    report = step.status()["volumes"][layer]
+    assert not report["finished"] and "2 attempts" in report["late"]
+    (problem,) = verify(layer).problems
+    assert "2 attempts" in problem and "finish it again" in problem
+    second = step.finish()[layer]
+    assert [stored.id for stored in cirrus.history(layer)] == [second]
+    assert one_record(layer).writes["mips"]["0"]["chunks"] == 3
+    assert verify(layer).ok and step.status()["volumes"][layer]["finished"]
+    ledger = Ledger.open(layer)
+    older, newer = (ledger.read_record(rid).record.to_json() for rid in (first, second))
+    for older_id, newer_id in (("f" * 64, "0" * 64), ("0" * 64, "f" * 64)):
+        merged = merge(empty_summary(), {older_id: older, newer_id: newer})
+        assert current_ids(merged) == [newer_id]
