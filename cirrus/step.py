@@ -216,6 +216,8 @@ class TaskSession(WriteScope):
                 "step": self.token.id,
                 "task": self.task,
                 "attempt_ids": [self.id],  # folds this attempt into the task's fragment once
+                # every volume this attempt files on: a finish finds a fragment it never filed
+                "attempt_volumes": {self.id: list(layers)},
                 "status": status,
                 "error": error,
                 "started": isoformat(self.started),

@@ -65,6 +65,9 @@ def merge_attempts(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict
         "attempts": earlier.get("attempts", 1) + max(1, len(new)),
         "attempt_ids": folded + new,
     }
+    wrote = {**earlier.get("attempt_volumes", {}), **later.get("attempt_volumes", {})}
+    if wrote:
+        merged["attempt_volumes"] = wrote
     after_commit = _failed_after_commit(earlier, later, new)
     if after_commit:
         merged["failed_after_commit"] = after_commit
@@ -260,3 +263,40 @@ def unaccounted(
             f"{tasks['step_attempts']}"
         )
     return ""
+
+
+def cut_short(found: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, list[str]]:
+    """{volume: task ids} of the tasks whose attempt wrote there (its `attempt_volumes` on any
+    volume say so) but whose fragment there does not fold that attempt in: it was cut short
+    while filing (killed, or a storage error) and its writes there are unrecorded. A later
+    attempt filed on every volume it wrote settles it: the task was re-run.
+
+    `found` maps each of the step's volumes to its fragments; fragments from before
+    `attempt_volumes` name no volumes, so they are never found cut short."""
+    by_task: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for layer, fragments in found.items():
+        for fragment in fragments:
+            by_task.setdefault(fragment["task"], {})[layer] = fragment
+    short: dict[str, set[str]] = {}
+    for task, files in by_task.items():
+        wrote: dict[str, list[str]] = {}
+        for fragment in files.values():
+            wrote.update(fragment.get("attempt_volumes", {}))
+        filed = {
+            attempt: {layer for layer, f in files.items() if attempt in f.get("attempt_ids", [])}
+            for attempt in wrote
+        }
+        missed = {a: {v for v in volumes if v in found} - filed[a] for a, volumes in wrote.items()}
+        whole = {attempt for attempt, layers in missed.items() if not layers}
+        for attempt, layers in missed.items():
+            if layers and not any(_rerun_after(attempt, whole, f) for f in files.values()):
+                for layer in layers:
+                    short.setdefault(layer, set()).add(task)
+    return {layer: sorted(tasks) for layer, tasks in short.items()}
+
+
+def _rerun_after(attempt: str, whole: set[str], fragment: Mapping[str, Any]) -> bool:
+    """Whether `fragment` folded in an attempt from `whole` after `attempt` (its `attempt_ids`
+    are in the order they were filed there, by compare-and-swap: no clock involved)."""
+    ids = list(fragment.get("attempt_ids", []))
+    return attempt in ids and any(later in whole for later in ids[ids.index(attempt) + 1 :])

@@ -19,6 +19,7 @@ from cirrus.overlap import overlapped
 from cirrus.session import make_record
 from cirrus.stepfiles import (
     StepFiles,
+    cut_short,
     filed_attempts,
     first_intact,
     intact_manifest,
@@ -47,8 +48,9 @@ def finish(token: str | Mapping[str, Any] | StepToken) -> dict[str, str]:
     token = StepToken.loads(token)
     manifest = _manifest(token)
     fragments = {layer: StepFiles.open(layer).fragments(token.id) for layer in token.volumes}
-    written = [layer for layer, found in fragments.items() if found]
     tally = _tally(token, manifest, fragments)
+    # a volume a task wrote is recorded, also when its fragment there was never filed
+    written = [layer for layer, found in fragments.items() if found or layer in tally.cut_short]
     if "expected_tasks" in manifest:  # every volume, every time: a missing task may write any
         written = list(token.volumes)
     records = {
@@ -100,6 +102,8 @@ class Tally:
     missing: list[str]  # expected tasks with no fragment anywhere (`?` each, for a bare count)
     unexpected: list[str]  # tasks filed under an id the step does not expect (a typo?)
     attempts: int  # attempts filed on any volume (`stepfiles.step_attempts`): only ever grows
+    # volume -> tasks that wrote there but were cut short filing there (`stepfiles.cut_short`)
+    cut_short: dict[str, list[str]] = attrs.field(factory=dict)
 
     @property
     def named_missing(self) -> list[str]:
@@ -113,12 +117,12 @@ def _tally(
     found = [fragment for layer in fragments.values() for fragment in layer]
     seen = {fragment["task"] for fragment in found}
     committed = {f["task"] for f in found if f["status"] == "committed"}
-    attempts = step_attempts(fragments)
+    attempts, short = step_attempts(fragments), cut_short(fragments)
     if manifest.get("expected_ids"):
         expected = set(_expected_ids(token))
-        return Tally(committed, sorted(expected - seen), sorted(seen - expected), attempts)
+        return Tally(committed, sorted(expected - seen), sorted(seen - expected), attempts, short)
     missing = ["?"] * max(0, manifest.get("expected_tasks", 0) - len(seen))
-    return Tally(committed, missing, [], attempts)
+    return Tally(committed, missing, [], attempts, short)
 
 
 def _listed(tasks: list[str]) -> str:
@@ -154,8 +158,9 @@ def _step_record(
     error = None
     if failures:
         error = {"type": "TaskFailures", "message": f"{len(failures)} of {len(fragments)} failed"}
-    if tally.missing:
-        error = _incomplete(tally, manifest["expected_tasks"], error)
+    short = tally.cut_short.get(layer, [])
+    if tally.missing or short:
+        error = _incomplete(tally, manifest.get("expected_tasks", 0), short, error)
     record = make_record(
         session=manifest["id"],
         layer=layer,
@@ -163,12 +168,12 @@ def _step_record(
         sources=manifest["sources"],
         notes=notes,
         started=parse_time(manifest["started"]),
-        status="failed" if failures or tally.missing else "committed",
+        status="failed" if failures or tally.missing or short else "committed",
         writes=combine(f["writes"] for f in fragments),
         siblings=tuple(other for other in written if other != layer),
         error=error,
         step=manifest["id"],
-        tasks=_task_summary(manifest, fragments, failures, tally),
+        tasks=_task_summary(manifest, fragments, failures, tally, short),
     )
     # A step's record is a pure function of its fragments, so finishing twice stores it once.
     return attrs.evolve(
@@ -179,18 +184,34 @@ def _step_record(
     )
 
 
-def _incomplete(tally: Tally, expected: int, error: dict | None) -> dict[str, str]:
-    """The error of a step finished while expected tasks filed nothing."""
-    message = f"{len(tally.missing)} of {expected} expected tasks filed nothing"
-    message += _listed(tally.named_missing)
-    if tally.unexpected:
-        message += f"; tasks filed under ids it does not expect{_listed(tally.unexpected)}"
-    message += f"; and {error['message']}" if error else ""
-    return {"type": "Incomplete", "message": f"{message}; run them, then finish again"}
+def _incomplete(
+    tally: Tally, expected: int, short: list[str], error: dict | None
+) -> dict[str, str]:
+    """The error of a step finished while expected tasks filed nothing, or while tasks that
+    wrote to this volume were cut short before filing their fragment here."""
+    parts = []
+    if tally.missing:
+        message = f"{len(tally.missing)} of {expected} expected tasks filed nothing"
+        message += _listed(tally.named_missing)
+        if tally.unexpected:
+            message += f"; tasks filed under ids it does not expect{_listed(tally.unexpected)}"
+        parts.append(f"{message}; run them, then finish again")
+    if short:
+        parts.append(
+            f"{len(short)} task(s) wrote here but their fragment here is missing{_listed(short)}"
+            ": they were cut short while filing it, so their writes here are unrecorded; "
+            "re-run them under their ids, then finish the step again"
+        )
+    parts += [error["message"]] if error else []
+    return {"type": "Incomplete", "message": "; and ".join(parts)}
 
 
 def _task_summary(
-    manifest: Mapping[str, Any], fragments: list[dict], failures: list[dict], tally: Tally
+    manifest: Mapping[str, Any],
+    fragments: list[dict],
+    failures: list[dict],
+    tally: Tally,
+    short: list[str],
 ) -> dict[str, Any]:
     listed = sorted(failures, key=lambda f: f["task"])[:MAX_LISTED_FAILURES]
     expected: dict[str, Any] = {}
@@ -209,6 +230,9 @@ def _task_summary(
         "attempts": filed_attempts(fragments),  # a re-run adds one, if not a task
         "step_attempts": tally.attempts,  # ... here or on another volume: the newer finish
     }
+    if short:  # tasks that wrote here but were cut short filing here
+        summary["incomplete"] = len(short)
+        summary["incomplete_tasks"] = short[:MAX_LISTED_FAILURES]
     # committed tasks whose later attempt failed after writing: committed chunks may be overwritten
     after = sorted((f for f in fragments if f.get("failed_after_commit")), key=lambda f: f["task"])
     if after:
@@ -246,6 +270,7 @@ def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
             "failed_after_commit": sorted(
                 f["task"] for f in fragments if f.get("failed_after_commit")
             ),
+            "incomplete": tally.cut_short.get(layer, []),  # wrote here, fragment missing
             "open": is_open,
             "finished": (bool(standing) and not late)
             or (not fragments and StepFiles.beside(ledgers[layer]).finished_empty(token.id)),

@@ -8,6 +8,7 @@ an earlier attempt committed, a worker clock behind) and checks what `status`, `
 from __future__ import annotations
 
 import gc
+import json
 import os
 
 import pytest
@@ -163,3 +164,72 @@ def test_a_rerun_after_the_finish_stands_when_its_worker_clock_is_behind(
     for older_id, newer_id in (("f" * 64, "0" * 64), ("0" * 64, "f" * 64)):
         merged = merge(empty_summary(), {older_id: older, newer_id: newer})
         assert current_ids(merged) == [newer_id]
+
+
+def test_a_task_killed_between_its_fragments_is_incomplete_on_the_volume_it_missed(
+    two,
+) -> None:
+    seg, bnd = two
+    step = open_step(seg, bnd, tasks=["a", "b"])
+    ss.paint_fn(step.token, "b", seg, [16, 0, 0])
+    ss.paint_fn(step.token, "b", bnd, [16, 0, 0])
+    child = ss.context().Process(
+        target=ss.killed_between_fragments, args=(step.token, "a", [seg, bnd])
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == -9
+    report = step.status()
+    assert report["volumes"][bnd]["incomplete"] == ["a"]
+    assert report["volumes"][seg]["incomplete"] == []
+    assert "cut short while filing here: a" in invoke("step", "status", step.token).stdout
+    out = invoke("step", "finish", step.token, code=1).stdout
+    assert "Incomplete" in out
+    record = one_record(bnd)
+    assert record.status == "failed" and record.error["type"] == "Incomplete"
+    assert "task(s) wrote here but their fragment here is missing (a)" in record.error["message"]
+    assert record.tasks["incomplete_tasks"] == ["a"]
+    assert one_record(seg).status == "committed"
+    ss.paint_fn(step.token, "a", seg, [0, 0, 0])  # re-run as told: it files everywhere
+    ss.paint_fn(step.token, "a", bnd, [0, 0, 0])
+    assert step.status()["volumes"][bnd]["incomplete"] == []
+    step.finish()
+    for path in (seg, bnd):
+        record = one_record(path)
+        assert record.status == "committed" and record.tasks["count"] == 2, path
+        assert record.writes["mips"]["0"]["bounds"] == [0, 0, 0, 32, 16, 16]
+
+
+def test_a_fragment_that_cannot_be_filed_leaves_its_volume_reported(tmp_path, two) -> None:
+    """No expected tasks, and the task's only fragment is missing on bnd: bnd is still
+    recorded, as failed, naming the task, not left without a record."""
+    seg, bnd = two
+    step = open_step(seg, bnd)
+    blocker = block_fragments(tmp_path, "bnd", step)
+    with pytest.raises(PermanentStorageError), cirrus.join(step.token, task="a") as task:
+        ss.paint(task, seg, [0, 0, 0])
+        ss.paint(task, bnd, [0, 0, 0])
+    os.remove(blocker)
+    assert step.status()["volumes"][bnd]["incomplete"] == ["a"]
+    ids = step.finish()
+    assert sorted(ids) == sorted([seg, bnd])
+    record = one_record(bnd)
+    assert record.status == "failed" and "(a)" in record.error["message"]
+    assert "re-run them under their ids, then finish the step again" in record.error["message"]
+    assert one_record(seg).status == "committed"
+
+
+def test_a_fragment_from_the_previous_version_still_finishes(tmp_path, two) -> None:
+    """Without `attempt_volumes` (nor `failed_after_commit`) a fragment names no volumes, so
+    it is never found cut short, and finishes as before."""
+    seg, bnd = two
+    step = open_step(seg, bnd)
+    ss.paint_fn(step.token, "a", seg, [0, 0, 0])
+    path = tmp_path / "seg" / "provenance.d" / "steps" / step.id / "tasks" / "a.json"
+    fragment = json.loads(path.read_text())
+    del fragment["attempt_volumes"]
+    path.write_text(json.dumps(fragment))
+    assert step.status()["volumes"][seg]["incomplete"] == []
+    assert sorted(step.finish()) == [seg]
+    record = one_record(seg)
+    assert record.status == "committed" and record.tasks["step_attempts"] == 1

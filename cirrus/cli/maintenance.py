@@ -237,6 +237,13 @@ def step_status_command(token: str, as_json: bool) -> None:
         )
         for task in info["failed"][:20]:
             click.echo(f"    failed: {task}")
+        short = info.get("incomplete", [])
+        if short:
+            click.echo(
+                f"    cut short while filing here: {', '.join(short[:20])}"
+                f"{', ...' if len(short) > 20 else ''} (their writes here are unrecorded: "
+                "re-run them under their ids, then finish again)"
+            )
         for task in info.get("failed_after_commit", [])[:20]:
             click.echo(
                 f"    failed after committing (its chunks may be overwritten; re-run it): {task}"
