@@ -80,12 +80,19 @@ def writes_lines(writes: Mapping[str, Any] | None, tasks: Mapping[str, Any] | No
     if others:
         lines.append(", ".join(f"{kind} x{count}" for kind, count in others.items()))
     if tasks:
-        failed = tasks.get("failed", 0)
         lines.append(
-            f"tasks: {tasks.get('count', 0)} ({tasks.get('committed', 0)} committed, "
-            f"{failed} failed) on {tasks.get('hosts', 0)} host(s)"
+            f"tasks: {tasks.get('count', 0)} ({tasks_counts(tasks)}) on "
+            f"{tasks.get('hosts', 0)} host(s)"
         )
     return lines or ["nothing written"]
+
+
+def tasks_counts(tasks: Mapping[str, Any]) -> str:
+    """How a step record's tasks ended: committed, failed, and failed again after committing
+    (an attempt that may have overwritten committed chunks)."""
+    text = f"{tasks.get('committed', 0)} committed, {tasks.get('failed', 0)} failed"
+    after = tasks.get("failed_after_commit", 0)
+    return f"{text}, {after} failed again after it committed" if after else text
 
 
 def record_writes(record: Mapping[str, Any]) -> list:
@@ -332,6 +339,12 @@ def record_text(
     for failure in (record.get("tasks") or {}).get("failures") or []:
         error = failure.get("error") or {}
         writes.append(f"failed task {failure['task']}: {error.get('type')}: {error.get('message')}")
+    for failure in (record.get("tasks") or {}).get("failures_after_commit") or []:
+        error = failure.get("error") or {}
+        writes.append(
+            f"task {failure['task']} failed after committing: {error.get('type')}: "
+            f"{error.get('message')}"
+        )
     out += _field("writes", writes)
     if record.get("siblings"):
         out += _field("siblings", record["siblings"])

@@ -129,6 +129,16 @@ def _check_fragment(fragment: dict[str, Any]) -> None:
     _check_strings(fragment.get("attempt_ids", []), "attempt_ids")
     if type(fragment.get("attempts", 1)) is not int:
         raise ValueError("an attempt count that is not a number")
+    wrote = fragment.get("attempt_volumes", {})
+    if not isinstance(wrote, dict):
+        raise ValueError("attempt_volumes that is not an object")
+    for volumes in wrote.values():
+        _check_strings(volumes, "attempt_volumes")
+    later = fragment.get("failed_after_commit", [])
+    if not isinstance(later, list) or not all(
+        isinstance(item, dict) and isinstance(item.get("error"), dict | None) for item in later
+    ):
+        raise ValueError("failed_after_commit that is not a list of failed attempts")
     check_writes(fragment["writes"])
 
 

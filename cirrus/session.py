@@ -21,6 +21,8 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import attrs
+
 from cirrus import termination
 from cirrus._version import __version__
 from cirrus.canonical import check_text, digest
@@ -62,7 +64,22 @@ class WriteScope:
         self._staged: dict[str, str] = {}  # set once closing passed its commit point
         self._interrupted: list[str] = []  # commits cut short before their commit point
         self._finalizer = weakref.finalize(
-            self, _warn_unrecorded, self._trackers, self.id, self._interrupted
+            self, _warn_unrecorded, self._trackers, self._unrecorded_advice(), self._interrupted
+        )
+
+    def _unrecorded_advice(self) -> Unrecorded:
+        """What the warning for writes left unrecorded says (made now: the finalizer may not
+        hold the scope): a session's commit may have stored its journal, so `recover` ends it."""
+        return Unrecorded(
+            who=f"cirrus session {self.id}",
+            cut_short=(
+                "run `cirrus recover PATH` on one of them; it publishes the records if the "
+                "commit got as far as storing them, and otherwise says the session is still "
+                "listed there"
+            ),
+            never_closed=(
+                "that data has no provenance. Call s.commit() (or use `with cirrus.session(...)`)"
+            ),
         )
 
     def volume(self, cloudpath: str, **cloudvolume_kwargs: Any) -> Any:
@@ -424,24 +441,27 @@ def process_json(process: Process | Mapping[str, Any] | None) -> dict[str, Any] 
     return {**body, "digest": digest(body)}
 
 
+@attrs.frozen
+class Unrecorded:
+    """How the warning for a scope dropped with unrecorded writes names it, and the way out
+    when its commit was cut short or it was never closed."""
+
+    who: str
+    cut_short: str
+    never_closed: str
+
+
 def _warn_unrecorded(
-    trackers: dict[str, WriteTracker], session_id: str, interrupted: list[str]
+    trackers: dict[str, WriteTracker], advice: Unrecorded, interrupted: list[str]
 ) -> None:
     touched = [layer for layer, tracker in trackers.items() if tracker.touched]
     if not touched:
         return
-    wrote = f"cirrus session {session_id} wrote to {', '.join(touched)}"
+    wrote = f"{advice.who} wrote to {', '.join(touched)}"
     if interrupted:  # its journal, or its one record, may have been stored unanswered
-        message = (
-            f"{wrote} and its commit was cut short ({interrupted[-1]}): run `cirrus recover "
-            "PATH` on one of them; it publishes the records if the commit got as far as "
-            "storing them, and otherwise says the session is still listed there"
-        )
+        message = f"{wrote} and its commit was cut short ({interrupted[-1]}): {advice.cut_short}"
     else:
-        message = (
-            f"{wrote} and was never committed: that data has no provenance. Call s.commit() "
-            "(or use `with cirrus.session(...)`)"
-        )
+        message = f"{wrote} and was never committed: {advice.never_closed}"
     warnings.warn(message, ResourceWarning, stacklevel=2)
     print(f"WARNING: {message}", file=sys.stderr)
 

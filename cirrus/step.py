@@ -21,7 +21,7 @@ from cirrus.errors import IntegrityError, InvalidInput, StepError
 from cirrus.ledger import Ledger, env_blobs
 from cirrus.model import Note, Process, isoformat, utcnow
 from cirrus.overlap import overlapped
-from cirrus.session import WriteScope, current_user, process_json
+from cirrus.session import Unrecorded, WriteScope, current_user, process_json
 from cirrus.stepfiles import StepFiles, intact_manifest
 from cirrus.stepfinish import finish, status
 from cirrus.steptoken import StepToken, validate_task_id
@@ -156,6 +156,19 @@ class TaskSession(WriteScope):
     def label(self) -> str:
         return f"task {self.task} of step {self.token.id} (attempt {self.id})"
 
+    def _unrecorded_advice(self) -> Unrecorded:
+        """A task has no journal for `cirrus recover` to find: its way out is to run again, which
+        files its fragments (an attempt folded in already is not counted twice)."""
+        rerun = (
+            f"re-run task {self.task} under its id (`cirrus.join(token, task={self.task!r})`), "
+            "then finish the step again (`cirrus step finish TOKEN`)"
+        )
+        return Unrecorded(
+            who=f"cirrus {self.label}",
+            cut_short=f"its fragments may be missing on some of them; {rerun}",
+            never_closed=f"that data has no provenance. Call s.commit(), or {rerun}",
+        )
+
     def _check_layer(self, layer: str) -> None:
         if layer not in self.token.volumes:
             raise StepError(
@@ -203,6 +216,8 @@ class TaskSession(WriteScope):
                 "step": self.token.id,
                 "task": self.task,
                 "attempt_ids": [self.id],  # folds this attempt into the task's fragment once
+                # every volume this attempt files on: a finish finds a fragment it never filed
+                "attempt_volumes": {self.id: list(layers)},
                 "status": status,
                 "error": error,
                 "started": isoformat(self.started),

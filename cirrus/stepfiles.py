@@ -43,7 +43,10 @@ def _pretty(document: Mapping[str, Any]) -> bytes:
 def merge_attempts(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
     """A task's fragment after another attempt: both attempts' writes (a failed attempt's chunks
     stay written, and a re-run may skip them), committed if either attempt was. An attempt
-    already folded in (a retried store whose first response was lost) changes nothing."""
+    already folded in (a retried store whose first response was lost) changes nothing.
+
+    An attempt that fails after the task committed may have overwritten committed chunks, so
+    its error is kept (`failed_after_commit`) until an attempt commits again."""
     folded = list(earlier.get("attempt_ids", []))
     new = [attempt for attempt in later.get("attempt_ids", []) if attempt not in folded]
     if later.get("attempt_ids") and not new:
@@ -51,7 +54,7 @@ def merge_attempts(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict
     committed = "committed" in (earlier["status"], later["status"])
     notes = list(earlier.get("notes", []))
     notes += [note for note in later.get("notes", []) if note not in notes]
-    return {
+    merged = {
         **later,
         "status": "committed" if committed else later["status"],
         "error": None if committed else later["error"],
@@ -62,6 +65,26 @@ def merge_attempts(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict
         "attempts": earlier.get("attempts", 1) + max(1, len(new)),
         "attempt_ids": folded + new,
     }
+    wrote = {**earlier.get("attempt_volumes", {}), **later.get("attempt_volumes", {})}
+    if wrote:
+        merged["attempt_volumes"] = wrote
+    after_commit = _failed_after_commit(earlier, later, new)
+    if after_commit:
+        merged["failed_after_commit"] = after_commit
+    return merged
+
+
+def _failed_after_commit(
+    earlier: Mapping[str, Any], later: Mapping[str, Any], new: list[str]
+) -> list[dict[str, Any]]:
+    """The attempts that failed since the task last committed, with their errors."""
+    if later["status"] == "committed":  # it wrote its chunks again, whole
+        return []
+    kept = list(earlier.get("failed_after_commit", []))
+    if earlier["status"] == "committed":
+        failure = {"error": later["error"], "ended": later["ended"]}
+        kept.append({**failure, "attempt": new[0]} if new else failure)
+    return kept
 
 
 @attrs.define
@@ -193,9 +216,26 @@ def intact_manifest(step_id: str, volumes: Sequence[str]) -> dict[str, Any] | No
     return first_intact(volumes, lambda files: files.manifest(step_id))
 
 
-def unaccounted(fragments: list[dict[str, Any]], record: Mapping[str, Any] | None) -> str:
+def filed_attempts(fragments: Sequence[Mapping[str, Any]]) -> int:
+    """How many attempts these fragments fold in (never fewer at a later finish)."""
+    return sum(fragment.get("attempts", 1) for fragment in fragments)
+
+
+def step_attempts(found: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
+    """How many attempts of a step's tasks its fragments on all its volumes fold in, each once
+    however many volumes it filed on (fragments from before `attempt_ids`: their count)."""
+    ids = {a for fragments in found.values() for f in fragments for a in f.get("attempt_ids", [])}
+    unnamed = [f for fragments in found.values() for f in fragments if not f.get("attempt_ids")]
+    return len(ids) + filed_attempts(unnamed)
+
+
+def unaccounted(
+    fragments: list[dict[str, Any]], record: Mapping[str, Any] | None, attempts: int = 0
+) -> str:
     """What a step's fragments on a volume say that its record there (or the summary's pointer
-    to it: same counts and end) does not ('' if nothing): tasks that ran after the finish."""
+    to it: same counts and end) does not ('' if nothing): tasks that ran after the finish.
+    `attempts`, if given, is `step_attempts` over all the step's volumes, which a record since
+    this version also counts: attempts run after the finish, whatever their clocks said."""
     if record is None:
         return (
             f"{len(fragments)} tasks filed fragments here, but the step is neither open here "
@@ -214,4 +254,49 @@ def unaccounted(fragments: list[dict[str, Any]], record: Mapping[str, Any] | Non
         )
     if latest > record.get("ended", ""):
         return f"a task here ended at {latest}, after its record's last task ({record['ended']})"
+    filed = filed_attempts(fragments)
+    if "attempts" in tasks and filed > tasks["attempts"]:  # a re-run whose clock is behind
+        return f"{filed} attempts of tasks filed here but its record counts {tasks['attempts']}"
+    if "step_attempts" in tasks and attempts > tasks["step_attempts"]:
+        return (
+            f"{attempts} attempts of its tasks filed on its volumes but its record counts "
+            f"{tasks['step_attempts']}"
+        )
     return ""
+
+
+def cut_short(found: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, list[str]]:
+    """{volume: task ids} of the tasks whose attempt wrote there (its `attempt_volumes` on any
+    volume say so) but whose fragment there does not fold that attempt in: it was cut short
+    while filing (killed, or a storage error) and its writes there are unrecorded. A later
+    attempt filed on every volume it wrote settles it: the task was re-run.
+
+    `found` maps each of the step's volumes to its fragments; fragments from before
+    `attempt_volumes` name no volumes, so they are never found cut short."""
+    by_task: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for layer, fragments in found.items():
+        for fragment in fragments:
+            by_task.setdefault(fragment["task"], {})[layer] = fragment
+    short: dict[str, set[str]] = {}
+    for task, files in by_task.items():
+        wrote: dict[str, list[str]] = {}
+        for fragment in files.values():
+            wrote.update(fragment.get("attempt_volumes", {}))
+        filed = {
+            attempt: {layer for layer, f in files.items() if attempt in f.get("attempt_ids", [])}
+            for attempt in wrote
+        }
+        missed = {a: {v for v in volumes if v in found} - filed[a] for a, volumes in wrote.items()}
+        whole = {attempt for attempt, layers in missed.items() if not layers}
+        for attempt, layers in missed.items():
+            if layers and not any(_rerun_after(attempt, whole, f) for f in files.values()):
+                for layer in layers:
+                    short.setdefault(layer, set()).add(task)
+    return {layer: sorted(tasks) for layer, tasks in short.items()}
+
+
+def _rerun_after(attempt: str, whole: set[str], fragment: Mapping[str, Any]) -> bool:
+    """Whether `fragment` folded in an attempt from `whole` after `attempt` (its `attempt_ids`
+    are in the order they were filed there, by compare-and-swap: no clock involved)."""
+    ids = list(fragment.get("attempt_ids", []))
+    return attempt in ids and any(later in whole for later in ids[ids.index(attempt) + 1 :])

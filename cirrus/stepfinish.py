@@ -6,7 +6,7 @@ stores one record, and finishing again after late fragments supersedes the older
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -17,7 +17,15 @@ from cirrus.ledger import Ledger, record_id
 from cirrus.model import Note, parse_time
 from cirrus.overlap import overlapped
 from cirrus.session import make_record
-from cirrus.stepfiles import StepFiles, first_intact, intact_manifest, unaccounted
+from cirrus.stepfiles import (
+    StepFiles,
+    cut_short,
+    filed_attempts,
+    first_intact,
+    intact_manifest,
+    step_attempts,
+    unaccounted,
+)
 from cirrus.steptoken import StepToken
 from cirrus.summary import mark_step_open, open_step_info, published_ids
 from cirrus.writeset import combine
@@ -40,8 +48,9 @@ def finish(token: str | Mapping[str, Any] | StepToken) -> dict[str, str]:
     token = StepToken.loads(token)
     manifest = _manifest(token)
     fragments = {layer: StepFiles.open(layer).fragments(token.id) for layer in token.volumes}
-    written = [layer for layer, found in fragments.items() if found]
-    tally = _tally(token, manifest, fragments.values())
+    tally = _tally(token, manifest, fragments)
+    # a volume a task wrote is recorded, also when its fragment there was never filed
+    written = [layer for layer, found in fragments.items() if found or layer in tally.cut_short]
     if "expected_tasks" in manifest:  # every volume, every time: a missing task may write any
         written = list(token.volumes)
     records = {
@@ -92,21 +101,28 @@ class Tally:
     committed: set[str]
     missing: list[str]  # expected tasks with no fragment anywhere (`?` each, for a bare count)
     unexpected: list[str]  # tasks filed under an id the step does not expect (a typo?)
+    attempts: int  # attempts filed on any volume (`stepfiles.step_attempts`): only ever grows
+    # volume -> tasks that wrote there but were cut short filing there (`stepfiles.cut_short`)
+    cut_short: dict[str, list[str]] = attrs.field(factory=dict)
 
     @property
     def named_missing(self) -> list[str]:
         return [task for task in self.missing if task != "?"]
 
 
-def _tally(token: StepToken, manifest: Mapping[str, Any], fragments: Iterable[list[dict]]) -> Tally:
+def _tally(
+    token: StepToken, manifest: Mapping[str, Any], fragments: Mapping[str, list[dict]]
+) -> Tally:
     """How the step's tasks stand, from every volume's fragments (read once per finish)."""
-    found = [fragment for layer in fragments for fragment in layer]
+    found = [fragment for layer in fragments.values() for fragment in layer]
     seen = {fragment["task"] for fragment in found}
     committed = {f["task"] for f in found if f["status"] == "committed"}
+    attempts, short = step_attempts(fragments), cut_short(fragments)
     if manifest.get("expected_ids"):
         expected = set(_expected_ids(token))
-        return Tally(committed, sorted(expected - seen), sorted(seen - expected))
-    return Tally(committed, ["?"] * max(0, manifest.get("expected_tasks", 0) - len(seen)), [])
+        return Tally(committed, sorted(expected - seen), sorted(seen - expected), attempts, short)
+    missing = ["?"] * max(0, manifest.get("expected_tasks", 0) - len(seen))
+    return Tally(committed, missing, [], attempts, short)
 
 
 def _listed(tasks: list[str]) -> str:
@@ -142,8 +158,9 @@ def _step_record(
     error = None
     if failures:
         error = {"type": "TaskFailures", "message": f"{len(failures)} of {len(fragments)} failed"}
-    if tally.missing:
-        error = _incomplete(tally, manifest["expected_tasks"], error)
+    short = tally.cut_short.get(layer, [])
+    if tally.missing or short:
+        error = _incomplete(tally, manifest.get("expected_tasks", 0), short, error)
     record = make_record(
         session=manifest["id"],
         layer=layer,
@@ -151,12 +168,12 @@ def _step_record(
         sources=manifest["sources"],
         notes=notes,
         started=parse_time(manifest["started"]),
-        status="failed" if failures or tally.missing else "committed",
+        status="failed" if failures or tally.missing or short else "committed",
         writes=combine(f["writes"] for f in fragments),
         siblings=tuple(other for other in written if other != layer),
         error=error,
         step=manifest["id"],
-        tasks=_task_summary(manifest, fragments, failures, tally),
+        tasks=_task_summary(manifest, fragments, failures, tally, short),
     )
     # A step's record is a pure function of its fragments, so finishing twice stores it once.
     return attrs.evolve(
@@ -167,18 +184,34 @@ def _step_record(
     )
 
 
-def _incomplete(tally: Tally, expected: int, error: dict | None) -> dict[str, str]:
-    """The error of a step finished while expected tasks filed nothing."""
-    message = f"{len(tally.missing)} of {expected} expected tasks filed nothing"
-    message += _listed(tally.named_missing)
-    if tally.unexpected:
-        message += f"; tasks filed under ids it does not expect{_listed(tally.unexpected)}"
-    message += f"; and {error['message']}" if error else ""
-    return {"type": "Incomplete", "message": f"{message}; run them, then finish again"}
+def _incomplete(
+    tally: Tally, expected: int, short: list[str], error: dict | None
+) -> dict[str, str]:
+    """The error of a step finished while expected tasks filed nothing, or while tasks that
+    wrote to this volume were cut short before filing their fragment here."""
+    parts = []
+    if tally.missing:
+        message = f"{len(tally.missing)} of {expected} expected tasks filed nothing"
+        message += _listed(tally.named_missing)
+        if tally.unexpected:
+            message += f"; tasks filed under ids it does not expect{_listed(tally.unexpected)}"
+        parts.append(f"{message}; run them, then finish again")
+    if short:
+        parts.append(
+            f"{len(short)} task(s) wrote here but their fragment here is missing{_listed(short)}"
+            ": they were cut short while filing it, so their writes here are unrecorded; "
+            "re-run them under their ids, then finish the step again"
+        )
+    parts += [error["message"]] if error else []
+    return {"type": "Incomplete", "message": "; and ".join(parts)}
 
 
 def _task_summary(
-    manifest: Mapping[str, Any], fragments: list[dict], failures: list[dict], tally: Tally
+    manifest: Mapping[str, Any],
+    fragments: list[dict],
+    failures: list[dict],
+    tally: Tally,
+    short: list[str],
 ) -> dict[str, Any]:
     listed = sorted(failures, key=lambda f: f["task"])[:MAX_LISTED_FAILURES]
     expected: dict[str, Any] = {}
@@ -187,14 +220,28 @@ def _task_summary(
         named = {"missing_tasks": tally.named_missing, "unexpected_tasks": tally.unexpected}
         for key, tasks in named.items():
             expected.update({key: tasks[:MAX_LISTED_FAILURES]} if tasks else {})
-    return {
+    summary = {
         **expected,
         "count": len(fragments),
         "committed": len(fragments) - len(failures),
         "failed": len(failures),
         "failures": [{"task": f["task"], "error": f["error"]} for f in listed],
         "hosts": len({f["host"] for f in fragments}),
+        "attempts": filed_attempts(fragments),  # a re-run adds one, if not a task
+        "step_attempts": tally.attempts,  # ... here or on another volume: the newer finish
     }
+    if short:  # tasks that wrote here but were cut short filing here
+        summary["incomplete"] = len(short)
+        summary["incomplete_tasks"] = short[:MAX_LISTED_FAILURES]
+    # committed tasks whose later attempt failed after writing: committed chunks may be overwritten
+    after = sorted((f for f in fragments if f.get("failed_after_commit")), key=lambda f: f["task"])
+    if after:
+        summary["failed_after_commit"] = len(after)
+        summary["failures_after_commit"] = [
+            {"task": f["task"], "error": f["failed_after_commit"][-1]["error"]}
+            for f in after[:MAX_LISTED_FAILURES]
+        ]
+    return summary
 
 
 def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
@@ -205,7 +252,7 @@ def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
     ledgers = {layer: Ledger.open(layer) for layer in token.volumes}
     found = {layer: StepFiles.beside(ledgers[layer]).fragments(token.id) for layer in ledgers}
     manifest = _manifest(token)
-    tally = _tally(token, manifest, found.values())
+    tally = _tally(token, manifest, found)
     for layer, fragments in found.items():
         section = ledgers[layer].summary().get("cirrus", {})
         standing = [
@@ -213,11 +260,18 @@ def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
             for pointer in section.get("records", [])
             if pointer.get("step") == token.id and "superseded_by" not in pointer
         ]
-        late = unaccounted(fragments, standing[-1]) if standing and fragments else ""
+        is_open = token.id in section.get("open_steps", {})
+        late = ""
+        if fragments and (standing or not is_open):  # e.g. finished with no task, then one ran
+            late = unaccounted(fragments, standing[-1] if standing else None, tally.attempts)
         report["volumes"][layer] = {
             "tasks": len(fragments),
             "failed": sorted(f["task"] for f in fragments if f["task"] not in tally.committed),
-            "open": token.id in section.get("open_steps", {}),
+            "failed_after_commit": sorted(
+                f["task"] for f in fragments if f.get("failed_after_commit")
+            ),
+            "incomplete": tally.cut_short.get(layer, []),  # wrote here, fragment missing
+            "open": is_open,
             "finished": (bool(standing) and not late)
             or (not fragments and StepFiles.beside(ledgers[layer]).finished_empty(token.id)),
             "late": late,  # tasks that ran after the finish: finish again to record them

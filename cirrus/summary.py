@@ -203,6 +203,7 @@ def _pointer(rid: str, record: Mapping[str, Any]) -> dict[str, Any]:
         tasks = record.get("tasks") or {}
         pointer["tasks"] = {key: tasks.get(key, 0) for key in ("count", "committed", "missing")}
         pointer["tasks"]["volumes"] = 1 + len(record.get("siblings") or ())  # the tasks wrote
+        pointer["tasks"].update({k: tasks[k] for k in ("attempts", "step_attempts") if k in tasks})
     return pointer
 
 
@@ -214,6 +215,7 @@ def _finish_order(pointer: Mapping[str, Any]) -> tuple:
         tasks.get("count", 0),
         tasks.get("committed", 0),
         -tasks.get("missing", 0),
+        tasks.get("step_attempts", 0),  # a re-run adds an attempt, whatever its clock says
         tasks.get("volumes", 0),  # a late task on another volume changes only the siblings here
         pointer.get("status") == "committed",  # pointers written before `missing` was kept
         pointer["ended"],

@@ -9,7 +9,8 @@ Checks, each reported as a problem (verification fails) or a remark (information
 - every processing entry that names a cirrus process matches a record's process, and the sources
   and notes of every published record appear in the summary;
 - a finished step's record here accounts for every task fragment here: their number, the
-  committed ones, and their end times (else tasks ran after the finish: finish it again);
+  committed ones, their end times and their attempts (else tasks ran after the finish: finish
+  it again);
 - open steps, and sessions that wrote and have not committed (still running, or dead), are
   listed as remarks; a session listed here whose journal says it committed is a problem
   (`cirrus recover` publishes its record here).

@@ -135,3 +135,20 @@ def _normal(layer: str) -> str:
     from cirrus.storage.paths import normalise_cloudpath
 
     return normalise_cloudpath(layer)
+
+
+def killed_between_fragments(token: str, task: str, layers: list[str]) -> None:
+    """A task that paints the origin chunk on each of `layers`, then is SIGKILLed right after
+    filing its first fragment, before the next (a preempted worker)."""
+    from cirrus.stepfiles import StepFiles
+
+    store = StepFiles.put_fragment
+
+    def put_then_die(self, *args, **kwargs):
+        store(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    StepFiles.put_fragment = put_then_die
+    with cirrus.join(token, task=task) as session:
+        for layer in layers:
+            paint(session, layer, [0, 0, 0])

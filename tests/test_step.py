@@ -81,7 +81,15 @@ def test_200_tasks_on_4_task_queue_workers_leave_one_record(tmp_path, layer: str
     assert tq.is_empty()
 
     report = step.status()["volumes"][layer]
-    assert report == {"tasks": 200, "failed": [], "open": True, "finished": False, "late": ""}
+    assert report == {
+        "tasks": 200,
+        "failed": [],
+        "failed_after_commit": [],
+        "incomplete": [],
+        "open": True,
+        "finished": False,
+        "late": "",
+    }
     assert step.id in summary_json(layer)["cirrus"]["open_steps"]
 
     ids = step.finish()
@@ -107,6 +115,8 @@ def test_200_tasks_on_4_task_queue_workers_leave_one_record(tmp_path, layer: str
     assert never_finished.status()["volumes"][layer] == {
         "tasks": 1,
         "failed": [],
+        "failed_after_commit": [],
+        "incomplete": [],
         "open": True,
         "finished": False,
         "late": "",
@@ -419,6 +429,8 @@ def test_task_failed_then_succeeded_counts_as_committed(tmp_path, layer: str) ->
         "failed": 0,
         "failures": [],
         "hosts": 1,
+        "attempts": 2,  # the failed attempt and the re-run, folded into one fragment
+        "step_attempts": 2,
     }
 
 

@@ -237,6 +237,17 @@ def step_status_command(token: str, as_json: bool) -> None:
         )
         for task in info["failed"][:20]:
             click.echo(f"    failed: {task}")
+        short = info.get("incomplete", [])
+        if short:
+            click.echo(
+                f"    cut short while filing here: {', '.join(short[:20])}"
+                f"{', ...' if len(short) > 20 else ''} (their writes here are unrecorded: "
+                "re-run them under their ids, then finish again)"
+            )
+        for task in info.get("failed_after_commit", [])[:20]:
+            click.echo(
+                f"    failed after committing (its chunks may be overwritten; re-run it): {task}"
+            )
     if "expected" in report:
         named = report["missing_tasks"]
         shown = f": {', '.join(named[:20])}{', ...' if len(named) > 20 else ''}" if named else ""
@@ -285,7 +296,7 @@ def step_finish_command(token: str) -> None:
     `failed` (some tasks failed: their errors are listed; re-run them, then finish again),
     2 when the step is unknown or TOKEN is not a step token.
     """
-    from cirrus.display import first_line, status_text
+    from cirrus.display import first_line, status_text, tasks_counts
     from cirrus.ledger import Ledger
     from cirrus.stepfinish import finish
 
@@ -302,14 +313,17 @@ def step_finish_command(token: str) -> None:
         failed += record["status"] != "committed"
         lines.append(
             f"  {layer}: {status_text(record, full=False)}, record {ids[layer]}\n"
-            f"    tasks: {tasks.get('count', 0)} ({tasks.get('committed', 0)} committed, "
-            f"{tasks.get('failed', 0)} failed)"
+            f"    tasks: {tasks.get('count', 0)} ({tasks_counts(tasks)})"
         )
         listed = tasks.get("failures") or []
         for failure in listed[:20]:
             error = failure.get("error") or {}
             reason = first_line(f"{error.get('type', '?')}: {error.get('message', '')}")
             lines.append(f"    failed: {failure.get('task')}: {reason}")
+        for failure in (tasks.get("failures_after_commit") or [])[:20]:
+            error = failure.get("error") or {}
+            reason = first_line(f"{error.get('type', '?')}: {error.get('message', '')}")
+            lines.append(f"    failed after committing: {failure.get('task')}: {reason}")
         more = tasks.get("failed", 0) - min(len(listed), 20)
         if more > 0:
             lines.append(f"    ... {more} more: `cirrus show {layer} {ids[layer][:12]}`")
