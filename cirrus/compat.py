@@ -19,7 +19,8 @@ from cirrus.handles import RULES, Gate, track
 from cirrus.ledger import Ledger, env_blobs
 from cirrus.model import Note, Process, utcnow
 from cirrus.reading import require_layer
-from cirrus.session import Session, make_record
+from cirrus.records import make_record
+from cirrus.session import Session
 from cirrus.storage.paths import normalise_cloudpath, use_secrets
 from cirrus.writeset import WriteTracker
 

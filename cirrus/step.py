@@ -21,12 +21,13 @@ from cirrus.errors import IntegrityError, InvalidInput, StepError
 from cirrus.ledger import Ledger, env_blobs
 from cirrus.model import Note, Process, isoformat, utcnow
 from cirrus.overlap import overlapped
-from cirrus.session import Unrecorded, WriteScope, current_user, process_json
+from cirrus.records import current_user, process_json
 from cirrus.stepfiles import StepFiles, intact_manifest
 from cirrus.stepfinish import finish, status
 from cirrus.steptoken import StepToken, validate_task_id
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.summary import open_step_info
+from cirrus.writescope import Unrecorded, WriteScope
 from cirrus.writeset import WriteTracker
 
 log = logging.getLogger("cirrus.step")

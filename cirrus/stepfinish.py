@@ -16,7 +16,7 @@ from cirrus.errors import IntegrityError, StepError
 from cirrus.ledger import Ledger, record_id
 from cirrus.model import Note, parse_time
 from cirrus.overlap import overlapped
-from cirrus.session import make_record
+from cirrus.records import make_record
 from cirrus.stepfiles import (
     StepFiles,
     cut_short,

@@ -271,7 +271,7 @@ def test_an_abandon_whose_swap_response_was_lost_still_reports_its_record(tmp_pa
 def test_staged_but_unpublished_records_via_the_ledger_are_rolled_forward(tmp_path):
     """The same crash, staged by hand through the ledger (no subprocess)."""
     from cirrus.model import Note, utcnow
-    from cirrus.session import make_record
+    from cirrus.records import make_record
 
     paths = [normalise_cloudpath(f"file://{tmp_path}/v{i}") for i in range(2)]
     proc = process("staged by hand")

@@ -145,7 +145,7 @@ def test_a_rerun_after_the_finish_stands_when_its_worker_clock_is_behind(
     ss.paint_fn(step.token, "t0", layer, [0, 0, 0])
     first = step.finish()[layer]
     hour_behind = lambda: dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)  # noqa: E731
-    for module in ("cirrus.step", "cirrus.session"):
+    for module in ("cirrus.step", "cirrus.writescope", "cirrus.records"):
         monkeypatch.setattr(sys.modules[module], "utcnow", hour_behind)
     with cirrus.join(step.token, task="t0") as task:
         ss.paint(task, layer, [0, 0, 0])

@@ -39,12 +39,12 @@ class Clock(real_dt.datetime):
 
 
 def deterministic(real_clock: bool = False) -> None:
-    import cirrus  # noqa: F401 - `cirrus.session` is the function; the modules are in sys.modules
+    import cirrus  # noqa: F401 - the modules are in sys.modules
 
-    model, session = sys.modules["cirrus.model"], sys.modules["cirrus.session"]
+    model, scope = sys.modules["cirrus.model"], sys.modules["cirrus.writescope"]
     if not real_clock:
         model.dt = types.SimpleNamespace(datetime=Clock, timezone=real_dt.timezone)
-    session.uuid = types.SimpleNamespace(
+    scope.uuid = types.SimpleNamespace(
         uuid4=lambda: types.SimpleNamespace(hex=f"{_state['session'] + 1:032x}")
     )
 
