@@ -120,7 +120,11 @@ def test_a_killed_child_leaves_each_volume_saying_who_was_writing(tmp_path):
         True,
     ]
     refused = invoke("recover", *paths, "--abandon", dead[:8], code=2).output
-    assert all(f"cirrus: error: {path}: '{dead[:8]}' is not one" in refused for path in paths)
+    assert all(
+        f"cirrus: error: {path}: session {dead} is not listed as writing on {path}: it ended here "
+        "already, failed" in refused
+        for path in paths
+    )
     for path in paths:
         history = cirrus.history(path)
         assert history.open_sessions == {}
