@@ -201,9 +201,7 @@ class Note:
     credentials in URLs in it (`redact_url`): notes are shared with every reader of the volume."""
 
     kind: str = attrs.field(validator=attrs.validators.in_(NOTE_KINDS))
-    text: str = attrs.field(
-        converter=lambda text: redact_url(text) if isinstance(text, str) else text
-    )
+    text: str = attrs.field(converter=_redacted)
     time: dt.datetime = attrs.field(factory=utcnow)
 
     @time.validator

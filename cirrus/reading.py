@@ -14,11 +14,12 @@ import attrs
 
 from cirrus.errors import CirrusError, IntegrityError, InvalidInput, UnreadableEncoding
 from cirrus.ledger import SUMMARY_KEY, Ledger, StoredRecord
-from cirrus.model import superseded_unpublished
+from cirrus.model import parse_time, superseded_unpublished, utcnow
 from cirrus.overlap import overlapped
 from cirrus.storage.base import Store
 from cirrus.summary import current_ids, other_tools, parse_summary
 
+UNPUBLISHED_AFTER = 60.0  # seconds a staged record may wait for its publish before it is shown
 INFO = "info"  # CloudVolume's description of a layer: what makes a path a layer
 
 
@@ -209,7 +210,11 @@ def _read_entry(ledger: Ledger, pointer: Mapping[str, Any]) -> Entry:
 
 
 def read_history(
-    ledger: Ledger, newest: int | None = None, *, must_be_layer: bool = False
+    ledger: Ledger,
+    newest: int | None = None,
+    *,
+    must_be_layer: bool = False,
+    look_for_unpublished: bool = False,
 ) -> History:
     """The published records of `ledger`'s layer (only the `newest` N if given), each verified,
     read `overlap.THREADS` at a time: 10,000 records are 10,000 GETs. A damaged record is
@@ -233,15 +238,16 @@ def read_history(
         total=len(ids),
         damaged=[entry for entry in entries if isinstance(entry, DamagedRecord)],
         other_tools=other_tools(summary),
-        unpublished=unpublished_records(ledger, summary),
+        unpublished=unpublished_records(ledger, summary) if look_for_unpublished else [],
     )
 
 
 def unpublished_records(ledger: Ledger, summary: Mapping[str, Any]) -> list[str]:
     """Records stored on the layer that its summary does not name, sorted, leaving out those of
     sessions and steps the summary lists as running (their commit is under way) and those kept
-    unpublished on purpose (`model.superseded_unpublished`). One LIST, and a GET for each
-    record not named: what a blind rewrite of `provenance` from an older copy leaves."""
+    unpublished on purpose (`model.superseded_unpublished`), and those ended less than
+    `UNPUBLISHED_AFTER` ago. One LIST, and a GET for each record not named (and for its
+    session's published ones): what a blind rewrite of `provenance` from an older copy leaves."""
     section = summary.get("cirrus", {})
     pointers = section.get("records", [])
     named = {pointer.get("id") for pointer in pointers}
@@ -254,6 +260,8 @@ def unpublished_records(ledger: Ledger, summary: Mapping[str, Any]) -> list[str]
             continue
         if record["session"] in running or record.get("step") in running:
             continue
+        if (utcnow() - parse_time(record["ended"])).total_seconds() < UNPUBLISHED_AFTER:
+            continue  # being published now, most likely (an annotation lists nothing first)
         ended = [p["id"] for p in pointers if p.get("session") == record["session"]]
         if ended and superseded_unpublished(record, ledger.readable_records(ended)):
             continue
@@ -272,7 +280,8 @@ def history(cloudpath: str, *, newest: int | None = None) -> History:
         if isinstance(newest, bool) or not isinstance(newest, numbers.Integral) or newest < 0:
             raise InvalidInput(f"newest must be a whole number of records, got {newest!r}")
         newest = int(newest)
-    return read_history(Ledger.open(cloudpath), newest, must_be_layer=True)
+    ledger = Ledger.open(cloudpath)
+    return read_history(ledger, newest, must_be_layer=True, look_for_unpublished=True)
 
 
 def resolve_record_id(ledger: Ledger, prefix: str) -> str:

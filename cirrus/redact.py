@@ -32,8 +32,9 @@ _USERINFO = re.compile(
 # parameters, and `redact_url` blanks such query values
 SECRET_NAME = re.compile(
     r"passw(or)?d|passphrase|[_-]pwd$|secret(?!ar(y|ies))|token(?![a-z])|credential"
-    r"|(^|[_-])creds?$|private[_-]?key|access[_-]?key|api[_-]?key|(^|[_-])key$|signature$"
-    r"|(^|[_-])sig$|(^|[_-])auth$|authori[sz]ation|cookie|jwt|bearer",
+    r"|(^|[_-])creds?$|private[_-]?key|access[_-]?key|api[_-]?key|(^|[_-])key$"
+    r"|^(x-(amz|goog)-)?signature$|(^|[_-])sig$|(^|[_-])auth$|authori[sz]ation"
+    r"|(^|[_-])(cookies?|jwt|bearer)$",
     re.IGNORECASE,
 )
 REDACTED = "REDACTED"

@@ -223,10 +223,15 @@ def filed_attempts(fragments: Sequence[Mapping[str, Any]]) -> int:
 
 def step_attempts(found: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
     """How many attempts of a step's tasks its fragments on all its volumes fold in, each once
-    however many volumes it filed on (fragments from before `attempt_ids`: their count)."""
+    however many volumes it filed on. Attempts from before `attempt_ids` are counted once per
+    task, as the most any of its fragments holds: a re-run adds its id and never lowers it."""
     ids = {a for fragments in found.values() for f in fragments for a in f.get("attempt_ids", [])}
-    unnamed = [f for fragments in found.values() for f in fragments if not f.get("attempt_ids")]
-    return len(ids) + filed_attempts(unnamed)
+    unnamed: dict[str, int] = {}  # task -> attempts its fragments fold in without naming them
+    for fragments in found.values():
+        for f in fragments:
+            extra = max(0, f.get("attempts", 1) - len(f.get("attempt_ids", [])))
+            unnamed[f["task"]] = max(unnamed.get(f["task"], 0), extra)
+    return len(ids) + sum(unnamed.values())  # never fewer once a re-run names its attempt
 
 
 def unaccounted(
@@ -289,14 +294,17 @@ def cut_short(found: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, lis
         missed = {a: {v for v in volumes if v in found} - filed[a] for a, volumes in wrote.items()}
         whole = {attempt for attempt, layers in missed.items() if not layers}
         for attempt, layers in missed.items():
-            if layers and not any(_rerun_after(attempt, whole, f) for f in files.values()):
-                for layer in layers:
+            later = {rerun for f in files.values() for rerun in _filed_after(attempt, f)}
+            for layer in layers:
+                # settled only by a later attempt filed whole, there too (a re-run that skipped
+                # the chunks it found written elsewhere wrote nothing there, and says so)
+                if not any(rerun in whole and layer in filed[rerun] for rerun in later):
                     short.setdefault(layer, set()).add(task)
     return {layer: sorted(tasks) for layer, tasks in short.items()}
 
 
-def _rerun_after(attempt: str, whole: set[str], fragment: Mapping[str, Any]) -> bool:
-    """Whether `fragment` folded in an attempt from `whole` after `attempt` (its `attempt_ids`
-    are in the order they were filed there, by compare-and-swap: no clock involved)."""
+def _filed_after(attempt: str, fragment: Mapping[str, Any]) -> list[str]:
+    """The attempts `fragment` folded in after `attempt` (its `attempt_ids` are in the order
+    they were filed there, by compare-and-swap: no clock involved); none if not `attempt`."""
     ids = list(fragment.get("attempt_ids", []))
-    return attempt in ids and any(later in whole for later in ids[ids.index(attempt) + 1 :])
+    return ids[ids.index(attempt) + 1 :] if attempt in ids else []

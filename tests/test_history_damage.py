@@ -263,18 +263,27 @@ def test_repair_keeps_a_damaged_records_pointer_and_verify_calls_it_no_orphan(
     assert len(problems) == 1 and bad in problems[0] and "orphan" not in problems[0]
 
 
-def test_a_summary_rewritten_from_a_stale_copy_is_flagged_until_recovered(tmp_path: Path) -> None:
+def test_a_summary_rewritten_from_a_stale_copy_is_flagged_until_recovered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Plain CloudVolume saves `provenance` from the copy it read when opened, after a cirrus
     commit: the record is still stored, but the summary no longer names it. The history must
-    not look empty and clean."""
+    not look empty and clean (once the record is older than a commit takes to publish)."""
+    import datetime as dt
+
     from cloudvolume import CloudVolume
+
+    import cirrus.reading
 
     (seg,) = layers(tmp_path, "seg")
     stale = CloudVolume(seg)  # reads the summary now, before the commit
     record_id = write([seg], ["gs://lab/aff"], "segment it", "segment")[seg]
     stale.provenance.processing.append({"method": "manual edit"})
     stale.commit_provenance()  # a blind rewrite from the stale copy
+    assert cirrus.history(seg).unpublished == []  # just staged: it may be being published
 
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=2)
+    monkeypatch.setattr(cirrus.reading, "utcnow", lambda: later)
     found = cirrus.history(seg)
     assert list(found) == [] and found.unpublished == [record_id]
     assert found.to_json()["unpublished"] == [record_id]

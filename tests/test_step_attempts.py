@@ -190,8 +190,9 @@ def test_a_task_killed_between_its_fragments_is_incomplete_on_the_volume_it_miss
     assert "task(s) wrote here but their fragment here is missing (a)" in record.error["message"]
     assert record.tasks["incomplete_tasks"] == ["a"]
     assert one_record(seg).status == "committed"
-    ss.paint_fn(step.token, "a", seg, [0, 0, 0])  # re-run as told: it files everywhere
-    ss.paint_fn(step.token, "a", bnd, [0, 0, 0])
+    with cirrus.join(step.token, task="a") as task:  # re-run as told: it files everywhere
+        ss.paint(task, seg, [0, 0, 0])
+        ss.paint(task, bnd, [0, 0, 0])
     assert step.status()["volumes"][bnd]["incomplete"] == []
     step.finish()
     for path in (seg, bnd):
@@ -233,3 +234,48 @@ def test_a_fragment_from_the_previous_version_still_finishes(tmp_path, two) -> N
     assert sorted(step.finish()) == [seg]
     record = one_record(seg)
     assert record.status == "committed" and record.tasks["step_attempts"] == 1
+
+
+def test_a_rerun_that_writes_only_some_volumes_leaves_the_missed_one_incomplete(
+    tmp_path, two
+) -> None:
+    """The attempt's fragment on bnd failed; the re-run found bnd's chunk written and skipped
+    it, so it filed on seg only: bnd still holds writes no fragment accounts for."""
+    seg, bnd = two
+    step = open_step(seg, bnd)
+    blocker = block_fragments(tmp_path, "bnd", step)
+    with pytest.raises(PermanentStorageError), cirrus.join(step.token, task="a") as task:
+        ss.paint(task, seg, [0, 0, 0])
+        ss.paint(task, bnd, [0, 0, 0])
+    os.remove(blocker)
+    ss.paint_fn(step.token, "a", seg, [0, 0, 0])  # the re-run writes seg only
+    assert step.status()["volumes"][bnd]["incomplete"] == ["a"]
+    with cirrus.join(step.token, task="a") as task:  # a re-run that writes both settles it
+        ss.paint(task, seg, [0, 0, 0])
+        ss.paint(task, bnd, [0, 0, 0])
+    assert step.status()["volumes"][bnd]["incomplete"] == []
+
+
+def test_a_rerun_of_a_task_from_the_previous_version_counts_more_attempts_not_fewer(
+    tmp_path,
+) -> None:
+    """A fragment without `attempt_ids` held 3 attempts; a re-run adds a named one: the new
+    finish must count 4 and stand, or the older finish would win forever."""
+    layer = f"file://{tmp_path}/layer"
+    ss.make_layer(layer)
+    step = open_step(layer)
+    ss.paint_fn(step.token, "t0", layer, [0, 0, 0])
+    path = tmp_path / "layer" / "provenance.d" / "steps" / step.id / "tasks" / "t0.json"
+    fragment = json.loads(path.read_text())
+    del fragment["attempt_ids"]
+    fragment.pop("attempt_volumes", None)
+    fragment["attempts"] = 3
+    path.write_text(json.dumps(fragment))  # as an older cirrus left it
+    step.finish()
+    assert one_record(layer).tasks["step_attempts"] == 3
+    ss.paint_fn(step.token, "t0", layer, [16, 0, 0])  # re-run after the finish: one chunk more
+    assert step.status()["volumes"][layer]["late"]
+    second = step.finish()[layer]
+    assert [stored.id for stored in cirrus.history(layer)] == [second]
+    assert one_record(layer).tasks["step_attempts"] == 4
+    assert not step.status()["volumes"][layer]["late"]

@@ -26,7 +26,7 @@ def print_log(path: str, as_json: bool = False, limit: int | None = None) -> Non
     """
     from cirrus.reading import history
 
-    found = history(path, newest=limit)  # refuses a mistyped PATH; reads only the newest
+    found = history(path, newest=limit)  # refuses a mistyped PATH; reads the newest records
     if as_json:
         data = found.to_json()
         data["records"].reverse()  # newest first, as shown
@@ -36,7 +36,8 @@ def print_log(path: str, as_json: bool = False, limit: int | None = None) -> Non
         _log_table(found)
     else:
         click.echo(str(found))
-        if not (found.entries or found.open_steps or found.open_sessions or found.other_tools):
+        shown = (found.entries, found.open_steps, found.open_sessions, found.unpublished)
+        if not (any(shown) or found.other_tools):
             click.echo("no provenance recorded here")
     found.raise_if_damaged()
 
