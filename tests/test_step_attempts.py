@@ -201,16 +201,22 @@ def test_a_task_killed_between_its_fragments_is_incomplete_on_the_volume_it_miss
         assert record.writes["mips"]["0"]["bounds"] == [0, 0, 0, 32, 16, 16]
 
 
-def test_a_fragment_that_cannot_be_filed_leaves_its_volume_reported(tmp_path, two) -> None:
-    """No expected tasks, and the task's only fragment is missing on bnd: bnd is still
-    recorded, as failed, naming the task, not left without a record."""
-    seg, bnd = two
+def cut_short_on_bnd(tmp_path, seg: str, bnd: str) -> cirrus.Step:
+    """A step whose task `a` wrote seg and bnd, and whose fragment on bnd could not be filed."""
     step = open_step(seg, bnd)
     blocker = block_fragments(tmp_path, "bnd", step)
     with pytest.raises(PermanentStorageError), cirrus.join(step.token, task="a") as task:
         ss.paint(task, seg, [0, 0, 0])
         ss.paint(task, bnd, [0, 0, 0])
     os.remove(blocker)
+    return step
+
+
+def test_a_fragment_that_cannot_be_filed_leaves_its_volume_reported(tmp_path, two) -> None:
+    """No expected tasks, and the task's only fragment is missing on bnd: bnd is still
+    recorded, as failed, naming the task, not left without a record."""
+    seg, bnd = two
+    step = cut_short_on_bnd(tmp_path, seg, bnd)
     assert step.status()["volumes"][bnd]["incomplete"] == ["a"]
     ids = step.finish()
     assert sorted(ids) == sorted([seg, bnd])
@@ -242,12 +248,7 @@ def test_a_rerun_that_writes_only_some_volumes_leaves_the_missed_one_incomplete(
     """The attempt's fragment on bnd failed; the re-run found bnd's chunk written and skipped
     it, so it filed on seg only: bnd still holds writes no fragment accounts for."""
     seg, bnd = two
-    step = open_step(seg, bnd)
-    blocker = block_fragments(tmp_path, "bnd", step)
-    with pytest.raises(PermanentStorageError), cirrus.join(step.token, task="a") as task:
-        ss.paint(task, seg, [0, 0, 0])
-        ss.paint(task, bnd, [0, 0, 0])
-    os.remove(blocker)
+    step = cut_short_on_bnd(tmp_path, seg, bnd)
     ss.paint_fn(step.token, "a", seg, [0, 0, 0])  # the re-run writes seg only
     assert step.status()["volumes"][bnd]["incomplete"] == ["a"]
     with cirrus.join(step.token, task="a") as task:  # a re-run that writes both settles it
