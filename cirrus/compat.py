@@ -247,7 +247,7 @@ def _check_encoding(arr: Any, info: dict[str, Any]) -> None:
     scale = info["scales"][0]
     size = scale["chunk_sizes"][0]
     sample = arr[: size[0], : size[1], : size[2]]
-    sample = sample.reshape(*sample.shape[:3], -1)
+    sample = sample.reshape(*sample.shape[:3], info["num_channels"])
     try:
         encode(sample, scale["encoding"], scale.get("compressed_segmentation_block_size"))
     except Exception as error:  # CloudVolume's own: ValueError, NotImplementedError, ...

@@ -576,12 +576,7 @@ def test_a_volume_whose_listing_failed_does_not_hold_the_journal(tmp_path):
 def test_a_journal_home_that_cannot_be_read_leaves_the_session_alone(tmp_path, caplog):
     """Its home is unreadable from here (another account's bucket, a deleted one): recover,
     abandon and verify on the other volume still work, and nothing is guessed."""
-    a, b = (normalise_cloudpath(f"file://{tmp_path}/{n}") for n in "ab")
-    for path in (a, b):
-        make_layer(path)
-    s = cirrus.session(["src"], "why", process())
-    for path in (a, b):
-        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
+    s, (a, b) = written_session(tmp_path, "ab")
     s._finalizer.detach()  # as if the process died in the body: no journal
     with wrap_backends(_deny("/a", ("get",))):
         assert cirrus.recover(b) == {}
@@ -632,12 +627,7 @@ def test_a_journal_completes_no_volume_that_does_not_list_its_session(tmp_path, 
     journal: a journal naming another volume (edited, or copied with a layer) adds none there."""
     import json as _json
 
-    a, c = (normalise_cloudpath(f"file://{tmp_path}/{n}") for n in "ac")
-    for path in (a, c):
-        make_layer(path)
-    s = cirrus.session(["src"], "journal names c", process())
-    for path in (a, c):
-        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
+    s, (a, c) = written_session(tmp_path, "ac")
     killed_after_its_journal(s)
     unlisted = summary_json(c)
     del unlisted["cirrus"]["open_sessions"][s.id]  # c never listed it, as far as c says

@@ -63,6 +63,19 @@ def layer(tmp_path) -> str:
     return path
 
 
+def running(tasks: int) -> dict:
+    """`step.status()` of a volume where `tasks` tasks committed and the step is still open."""
+    return {
+        "tasks": tasks,
+        "failed": [],
+        "failed_after_commit": [],
+        "incomplete": [],
+        "open": True,
+        "finished": False,
+        "late": "",
+    }
+
+
 def test_200_tasks_on_4_task_queue_workers_leave_one_record(tmp_path, layer: str) -> None:
     step = open_step(layer)
     never_finished = open_step(layer, description="a step nobody finishes")
@@ -81,15 +94,7 @@ def test_200_tasks_on_4_task_queue_workers_leave_one_record(tmp_path, layer: str
     assert tq.is_empty()
 
     report = step.status()["volumes"][layer]
-    assert report == {
-        "tasks": 200,
-        "failed": [],
-        "failed_after_commit": [],
-        "incomplete": [],
-        "open": True,
-        "finished": False,
-        "late": "",
-    }
+    assert report == running(200)
     assert step.id in summary_json(layer)["cirrus"]["open_steps"]
 
     ids = step.finish()
@@ -112,15 +117,7 @@ def test_200_tasks_on_4_task_queue_workers_leave_one_record(tmp_path, layer: str
     assert step.id not in section["open_steps"]
     assert never_finished.id in section["open_steps"]
     assert section["open_steps"][never_finished.id]["description"] == "a step nobody finishes"
-    assert never_finished.status()["volumes"][layer] == {
-        "tasks": 1,
-        "failed": [],
-        "failed_after_commit": [],
-        "incomplete": [],
-        "open": True,
-        "finished": False,
-        "late": "",
-    }
+    assert never_finished.status()["volumes"][layer] == running(1)
     assert step_status(step.token)["volumes"][layer]["finished"] is True
     assert step_status(step.token)["volumes"][layer]["open"] is False
 
