@@ -19,7 +19,7 @@ from cirrus._version import __version__
 from cirrus.demands import validate_motivation, validate_process, validate_sources
 from cirrus.errors import IntegrityError, InvalidInput, StepError
 from cirrus.ledger import Ledger, env_blobs
-from cirrus.model import Note, Process, isoformat, utcnow
+from cirrus.model import Note, Process, error_message, isoformat, utcnow
 from cirrus.overlap import overlapped
 from cirrus.records import current_user, process_json
 from cirrus.stepfiles import StepFiles, intact_manifest
@@ -68,14 +68,43 @@ class Step:
         blobs = env_blobs(process.env_documents())
         with overlapped(len(layers)) as run:  # every volume is checked before any is written
             run(_check_volume, layers)
-        for layer in layers:
-            ledger = Ledger.open(layer)
-            ledger.stage_envs(blobs)
-            files = StepFiles.beside(ledger)
-            if expected_ids is not None:  # apart from the manifest, which every task reads
-                files.put_expected(self.token_data.id, expected_ids)
-            files.put_manifest(self.manifest)
-            ledger.mark_step_open(self.token_data.id, open_step_info(self.manifest))
+        opened: list[str] = []
+        try:
+            for layer in layers:
+                opened.append(layer)  # perhaps listed already when this layer fails: undone too
+                self._open_on(layer, blobs, expected_ids)
+        except BaseException as error:
+            self._undo_open(opened, error)
+            raise
+
+    def _open_on(self, layer: str, blobs: list[bytes], expected_ids: list[str] | None) -> None:
+        """File the step on one volume: environments, expected tasks, manifest, then list it."""
+        ledger = Ledger.open(layer)
+        ledger.stage_envs(blobs)
+        files = StepFiles.beside(ledger)
+        if expected_ids is not None:  # apart from the manifest, which every task reads
+            files.put_expected(self.token_data.id, expected_ids)
+        files.put_manifest(self.manifest)
+        ledger.mark_step_open(self.token_data.id, open_step_info(self.manifest))
+
+    def _undo_open(self, opened: list[str], error: BaseException) -> None:
+        """Unlist a step whose opening failed part way, so no volume shows it open with no
+        token to finish it; raises StepError naming the volumes it could not unlist."""
+        left = []
+        for layer in opened:
+            try:
+                Ledger.open(layer).clear_step(self.id)
+            except Exception:
+                left.append(layer)
+        if not left:
+            log.warning("step %s was not opened (%s): no volume lists it", self.id, error)
+            return
+        raise StepError(
+            f"opening step {self.id} failed on {opened[-1]} ({error_message(error)}), and it "
+            f"is still listed as open on {', '.join(left)}: fix the cause and open the step "
+            f"again; to unlist this one, `cirrus step token {left[0]} {self.id}`, then "
+            "`cirrus step finish TOKEN`"
+        ) from error
 
     @property
     def id(self) -> str:

@@ -134,6 +134,7 @@ class WriteScope:
 
     def abort(self, reason: str = "aborted by the user") -> dict[str, str]:
         """Close without success; volumes that received data still get a `failed` entry."""
+        self._require_open()  # a closed session says so first, whatever the reason given
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidInput(f"abort(reason): give the reason as non-empty text, got {reason!r}")
         check_text(reason, "abort(reason)")

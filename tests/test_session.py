@@ -365,6 +365,8 @@ def test_notebook_style_commit(tmp_path):
         s.volume(path)
     with pytest.raises(SessionClosed):
         s.result("too late")
+    with pytest.raises(SessionClosed):  # closed is the problem, before what the reason is
+        s.abort(123)
 
 
 def test_a_session_whose_every_write_was_refused_is_not_left_listed_as_writing(tmp_path):

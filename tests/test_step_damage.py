@@ -1,5 +1,6 @@
-"""A step's task fragment damaged in storage (truncated, edited): the finish, the status and a
-re-run of the task name it and the fix; nothing is published from it and nothing is lost."""
+"""A step's files damaged in storage (a truncated or edited fragment), or refused while the step
+opens: the finish, the status, a re-run and a new opening name it and the fix; nothing is
+published from it, nothing is lost and no volume is left listing a step nobody can finish."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import os
 import pytest
 
 import cirrus
-from cirrus.errors import IntegrityError
+from cirrus.errors import IntegrityError, PermanentStorageError, StepError
 from cirrus.verify import verify
 from tests import step_support as ss
 from tests.cli_support import invoke
-from tests.session_support import plain
+from tests.session_support import hooked, plain
 
 GOOD = {
     "task": "t1",
@@ -265,3 +266,61 @@ def test_finishing_again_mends_the_steps_own_record(layer: str, how: str) -> Non
     corrupt = os.path.join(layer.removeprefix("file://"), "provenance.d/corrupt")
     kept = os.listdir(corrupt) if os.path.isdir(corrupt) else []
     assert len(kept) == (1 if how == "edited" else 0)
+
+
+def refuse(cloudpath: str, key_or_folder: str, after: int = 0):
+    """A `before` hook refusing writes of a key (or under a folder/) on `cloudpath` after
+    `after` of them have landed."""
+    landed = []
+
+    def before(path: str, key: str) -> None:
+        folder = key_or_folder.endswith("/") and key.startswith(key_or_folder)
+        if path == cloudpath and (folder or key == key_or_folder):
+            landed.append(key)
+            if len(landed) > after:
+                raise PermanentStorageError(f"refused {key} on {path}")
+
+    return before
+
+
+def both(*hooks):
+    return lambda path, key: [hook(path, key) for hook in hooks]
+
+
+def test_a_step_whose_opening_fails_on_a_later_volume_is_unlisted_from_the_earlier(
+    tmp_path, layer: str
+) -> None:
+    second = f"file://{tmp_path}/second"
+    ss.make_layer(second)
+    with (
+        hooked(before=refuse(second, "provenance.d/steps/")),
+        pytest.raises(PermanentStorageError, match="refused provenance.d/steps/"),
+    ):
+        cirrus.step(["gs://lab/aff"], "m", cirrus.Process("p", {}), volumes=[layer, second])
+    for path in (layer, second):
+        assert cirrus.history(path).open_steps == {}, path
+        assert verify(path).ok, path
+    assert "OPEN STEP" not in invoke("log", layer).output
+    step = open_step(layer)  # the cause gone, the step opens
+    assert list(cirrus.history(layer).open_steps) == [step.id]
+
+
+def test_a_step_that_cannot_be_unlisted_after_a_failed_opening_names_the_volume_and_the_fix(
+    tmp_path, layer: str
+) -> None:
+    second = f"file://{tmp_path}/second"
+    ss.make_layer(second)
+    # the first volume lists the step, then refuses every later summary write (the unlisting)
+    refusals = both(refuse(second, "provenance.d/steps/"), refuse(layer, "provenance", after=1))
+    with hooked(before=refusals), pytest.raises(StepError) as raised:
+        cirrus.step(["gs://lab/aff"], "m", cirrus.Process("p", {}), volumes=[layer, second])
+    (step_id,) = cirrus.history(layer).open_steps
+    message = str(raised.value)
+    assert f"opening step {step_id} failed on {second}" in message
+    assert f"still listed as open on {layer}:" in message
+    assert isinstance(raised.value.__cause__, PermanentStorageError)
+    command = message.split("`cirrus step token ")[1].split("`")[0]
+    token = invoke("step", "token", *command.split()).output.strip()
+    invoke("step", "finish", token)
+    assert cirrus.history(layer).open_steps == {} and cirrus.history(second).open_steps == {}
+    assert list(cirrus.history(layer)) == [] and verify(layer).ok
