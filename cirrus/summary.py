@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from cirrus.errors import CorruptProvenance
@@ -22,6 +22,9 @@ ENVS = "provenance.d/envs/"
 OPEN_STEPS = "open_steps"  # steps whose tasks may still be writing: id -> who and what
 OPEN_SESSIONS = "open_sessions"  # sessions that wrote and have not committed yet: id -> info
 OPEN = (OPEN_STEPS, OPEN_SESSIONS)
+# notes of one record shown in `description`; the rest are counted there and kept in the record,
+# so a step of 10,000 tasks with a result note each does not make every commit rewrite them all
+NOTES_SHOWN = 10
 REPAIR_HINT = (
     "cirrus never overwrites it. Keep a copy, then repair it in place: "
     "`cirrus repair PATH` moves it to provenance.d/corrupt/<sha256> and starts a fresh summary, "
@@ -130,7 +133,7 @@ def merge(summary: Mapping[str, Any], records: Mapping[str, Mapping[str, Any]]) 
         _add_sources(merged, record["sources"])
         if record.get("process"):
             _add_process(merged, record["process"])
-        _add_notes(merged, record["notes"])
+        _add_notes(merged, rid, record["notes"])
         pointers.append(_pointer(rid, record))
     for record in records.values():  # published before too: a step finished again is relisted
         if record.get("step"):
@@ -288,16 +291,29 @@ def note_line(note: Mapping[str, Any]) -> str:
     return f"{stamp}{FIELD_SEP}{note['kind'].upper()}{FIELD_SEP}{text}"
 
 
-def _add_notes(summary: dict[str, Any], notes: Iterable[Mapping[str, Any]]) -> None:
+def _add_notes(summary: dict[str, Any], rid: str, notes: Sequence[Mapping[str, Any]]) -> None:
+    """Append a record's notes not shown yet, at most NOTES_SHOWN; a last line counts the rest."""
     description = summary["description"]
     present = {note_key(chunk) for chunk in description.split(NOTE_SEP)}
+    lines = []
     for note in notes:
         line = note_line(note)
-        if note_key(line) in present:
-            continue
-        present.add(note_key(line))
-        description = f"{description}{NOTE_SEP}{line}" if description else line
-    summary["description"] = description
+        if note_key(line) not in present:
+            present.add(note_key(line))
+            lines.append(line)
+    if len(lines) > NOTES_SHOWN:
+        more = len(lines) - NOTES_SHOWN + 1
+        lines[NOTES_SHOWN - 1 :] = [
+            note_line(
+                {
+                    "kind": "generic",
+                    "text": f"{more} more notes in cirrus record {rid[:12]} "
+                    f"(`cirrus show PATH {rid[:12]}`)",
+                    "time": notes[-1]["time"],
+                }
+            )
+        ]
+    summary["description"] = NOTE_SEP.join(([description] if description else []) + lines)
 
 
 def note_key(chunk: str) -> tuple[str, ...]:

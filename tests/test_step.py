@@ -17,6 +17,7 @@ from cirrus.stepfiles import StepFiles
 from cirrus.stepfinish import status as step_status
 from cirrus.storage import wrap_backends
 from tests import step_support as ss
+from tests.cli_support import invoke
 from tests.session_support import KeyCounter, KeyCountingBackend, hooked, summary_json
 
 
@@ -752,3 +753,27 @@ def test_verify_reports_any_attempt_after_the_finish_even_with_the_same_counts(
     step.finish()
     assert verify(layer).ok
     assert one_record(layer).writes["mips"]["0"]["bounds"] == [0, 0, 0, 64, 16, 16]
+
+
+def test_the_summary_shows_a_few_task_notes_and_counts_the_rest_which_the_record_keeps(
+    layer: str,
+) -> None:
+    """Thousands of tasks' result notes would make every later commit rewrite them all."""
+    from cirrus.summary import NOTES_SHOWN
+
+    step = open_step(layer)
+    for i in range(25):
+        with cirrus.join(step.token, task=f"t{i:02}") as task:
+            task.result(f"chunk {i} done")
+    rid = step.finish()[layer]
+    notes = [(note["kind"], note["text"]) for note in one_record(layer).notes]
+    assert notes == [("motivation", "bootstrap")] + [
+        ("result", f"chunk {i} done") for i in range(25)
+    ]
+    lines = summary_json(layer)["description"].split(" \n ")
+    assert len(lines) == NOTES_SHOWN
+    assert lines[0].endswith(";MOTIVATION;bootstrap")
+    assert lines[-1].endswith(
+        f";GENERIC;17 more notes in cirrus record {rid[:12]} (`cirrus show PATH {rid[:12]}`)"
+    )
+    assert "chunk 24 done" in invoke("show", layer, rid[:12]).output
