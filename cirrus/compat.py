@@ -250,6 +250,11 @@ def _check_encoding(arr: Any, info: dict[str, Any]) -> None:
     sample = sample.reshape(*sample.shape[:3], info["num_channels"])
     try:
         encode(sample, scale["encoding"], scale.get("compressed_segmentation_block_size"))
+    except ImportError as error:  # an optional codec; CloudVolume's message names its package
+        raise InvalidInput(
+            f"encoding={scale['encoding']!r} needs a codec that is not installed here: {error} "
+            "(or choose another encoding, e.g. 'raw')"
+        ) from None
     except Exception as error:  # CloudVolume's own: ValueError, NotImplementedError, ...
         raise InvalidInput(
             f"arr ({arr.dtype}) cannot be stored with encoding={scale['encoding']!r}: "

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import os
 import warnings
@@ -253,6 +254,15 @@ def test_from_numpy_makes_a_recorded_layer_and_never_overwrites_one(tmp_path) ->
     with pytest.raises(InvalidInput, match="cannot be stored with encoding='jpeg'.*Only accepts"):
         cirrus.CloudVolume.from_numpy(labels, path, encoding="jpeg", process=process(), **why)
     assert not (tmp_path / "fromnp").exists()  # so a retry with another encoding may make it
+    assert importlib.util.find_spec("fpzip") is None, "this needs an optional codec not installed"
+    with pytest.raises(
+        InvalidInput,
+        match="encoding='fpzip' needs a codec that is not installed.*pip install fpzip",
+    ):
+        cirrus.CloudVolume.from_numpy(
+            labels.astype(np.float32), path, encoding="fpzip", process=process(), **why
+        )
+    assert not (tmp_path / "fromnp").exists()
 
     volume = cirrus.CloudVolume.from_numpy(
         labels, path, resolution=(8, 8, 40), chunk_size=(32, 32, 16), process=process(), **why
