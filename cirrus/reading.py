@@ -247,26 +247,32 @@ def unpublished_records(ledger: Ledger, summary: Mapping[str, Any]) -> list[str]
     sessions and steps the summary lists as running (their commit is under way) and those kept
     unpublished on purpose (`model.superseded_unpublished`), and those ended less than
     `UNPUBLISHED_AFTER` ago. One LIST, and a GET for each record not named (and for its
-    session's published ones): what a blind rewrite of `provenance` from an older copy leaves."""
+    session's published ones), overlapped: what a blind rewrite of `provenance` from an older
+    copy leaves."""
     section = summary.get("cirrus", {})
     pointers = section.get("records", [])
     named = {pointer.get("id") for pointer in pointers}
     running = set(section.get("open_sessions") or {}) | set(section.get("open_steps") or {})
-    found = []
-    for rid in sorted(set(ledger.record_ids()) - named):
+
+    def unpublished(rid: str) -> bool:
         try:
             record = ledger.read_record(rid).record.to_json()
         except IntegrityError:  # `cirrus verify` reports it; recover cannot publish it
-            continue
+            return False
         if record["session"] in running or record.get("step") in running:
-            continue
+            return False
         if (utcnow() - parse_time(record["ended"])).total_seconds() < UNPUBLISHED_AFTER:
-            continue  # being published now, most likely (an annotation lists nothing first)
+            return False  # being published now, most likely (an annotation lists nothing first)
         ended = [p["id"] for p in pointers if p.get("session") == record["session"]]
-        if ended and superseded_unpublished(record, ledger.readable_records(ended)):
-            continue
-        found.append(rid)
-    return found
+        return not (ended and superseded_unpublished(record, ledger.readable_records(ended)))
+
+    candidates = sorted(set(ledger.record_ids()) - named)
+    with overlapped(len(candidates)) as run:  # rare, but a stale rewrite may drop many at once
+        return [
+            rid
+            for rid, found in zip(candidates, run(unpublished, candidates), strict=True)
+            if found
+        ]
 
 
 def history(cloudpath: str, *, newest: int | None = None) -> History:
