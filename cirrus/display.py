@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from cirrus.canonical import short
-from cirrus.display_env import env_diff, env_lines
+from cirrus.display_env import env_diff, env_lines, env_script
 from cirrus.model import is_interrupted
 from cirrus.summary import NOTE_SEP, processing_line
 
@@ -350,9 +350,11 @@ def record_text(
         out += _field("siblings", record["siblings"])
     for env_id, document, error in envs:
         out += _field("env", env_lines(env_id, document, error))
-        diff = env_diff(document)
-        if diffs and diff:
-            out += _field("", ["diff:"] + ["  " + line for line in diff.rstrip("\n").split("\n")])
+        for name, text in (("diff", env_diff(document)), ("script", env_script(document))):
+            if diffs and text:
+                out += _field(
+                    "", [f"{name}:"] + ["  " + line for line in text.rstrip("\n").split("\n")]
+                )
     return clean("\n".join(out))
 
 

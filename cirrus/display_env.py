@@ -36,6 +36,7 @@ def env_lines(env_id: str, document: Mapping[str, Any] | None, error: str | None
         "dirty",
         "diff_bytes",
         "untracked",
+        "script",
         "python",
         "image",
         "tag",
@@ -50,6 +51,8 @@ def env_lines(env_id: str, document: Mapping[str, Any] | None, error: str | None
         if key == "untracked":
             count = document.get("untracked_count", len(value))  # the list is capped
             value = f"{count} file(s): {', '.join(value[:5])}{' ...' * (count > 5)}"
+        elif key == "script" and isinstance(value, Mapping):
+            value = _script_line(value)
         elif isinstance(value, (dict, list)):
             value = json.dumps(value, sort_keys=True)
         value = str(value)
@@ -60,6 +63,24 @@ def env_lines(env_id: str, document: Mapping[str, Any] | None, error: str | None
     if packages:
         lines.append(f"  packages: {len(packages)} installed")
     return lines
+
+
+def _script_line(script: Mapping[str, Any]) -> str:
+    """`run.py (untracked, 2,048 bytes: its text is kept)`: where it is, how git holds it."""
+    if script.get("capture_error"):
+        return f"{script.get('path')} ({script['capture_error']})"
+    kept = ""
+    if "text" in script:
+        kept = ": its text is kept" if script["text"] is not None else ": binary, not kept"
+        kept += ", cut short" if script.get("text_truncated") else ""
+    return f"{script.get('path')} ({script.get('git')}, {script.get('bytes', 0):,} bytes{kept})"
+
+
+def env_script(document: Mapping[str, Any] | None) -> str:
+    """The text of the script a python-git environment kept, as git did not hold it ('' if
+    none)."""
+    script = (document or {}).get("script")
+    return (script.get("text") or "") if isinstance(script, Mapping) else ""
 
 
 def env_diff(document: Mapping[str, Any] | None) -> str:

@@ -91,7 +91,7 @@ def show_command(path: str, record_id: str, as_json: bool) -> None:
     failed record is here; `cirrus log` shows its first line.
     """
     from cirrus.display import record_text
-    from cirrus.display_env import env_diff
+    from cirrus.display_env import env_diff, env_script
     from cirrus.ledger import Ledger
     from cirrus.reading import record_envs, resolve_record_id
 
@@ -114,10 +114,13 @@ def show_command(path: str, record_id: str, as_json: bool) -> None:
     console = rich_console()
     console.print(record_text(stored.to_json(), envs, diffs=False), markup=False)
     for env_id, document, _error in envs:
-        diff = env_diff(document)
+        diff, script = env_diff(document), env_script(document)
         if diff:
             console.print(f"\n[bold]diff of env {env_id[:12]}[/bold]")
             console.print(Syntax(diff, "diff", theme="ansi_dark", word_wrap=True))
+        if script:  # kept because git does not hold it
+            console.print(f"\n[bold]script of env {env_id[:12]}[/bold]")
+            console.print(Syntax(script, "python", theme="ansi_dark", word_wrap=True))
 
 
 # -- verify ---------------------------------------------------------------------------------------

@@ -27,6 +27,14 @@ from cirrus.codeenv.runtime import (
     interpreter,
     warn_capture_failed,
 )
+from cirrus.codeenv.script import (
+    IGNORED,
+    MODIFIED,
+    TRACKED,
+    UNTRACKED,
+    main_script,
+    script_json,
+)
 from cirrus.errors import CaptureError, InvalidInput
 from cirrus.redact import redact_url, strip_credentials
 
@@ -76,8 +84,9 @@ def _interactive_namespaces() -> list[Mapping[str, Any]]:
     return spaces
 
 
-def git_state(path: str, diff_limit: int) -> dict[str, Any]:
-    """Read the repository containing `path`; raise GitUnavailable with the reason if impossible."""
+def git_state(path: str, diff_limit: int, script: str | None = None) -> dict[str, Any]:
+    """Read the repository containing `path` (and how it holds the running `script`); raise
+    GitUnavailable with the reason if impossible."""
     try:
         import git
     except ImportError as err:  # GitPython refuses to import when no git executable runs
@@ -99,7 +108,7 @@ def git_state(path: str, diff_limit: int) -> dict[str, Any]:
         try:
             if not repo.head.is_valid():
                 _check_head(repo, root)
-            return _read_repo(repo, diff_limit)
+            return _read_repo(repo, diff_limit, script)
         except (git.GitError, OSError, ValueError) as err:
             raise GitUnavailable(f"reading the git repository at {root} failed: {err}") from err
 
@@ -123,8 +132,11 @@ def _check_head(repo: Any, root: str) -> None:
     )
 
 
-def _read_repo(repo: Any, diff_limit: int) -> dict[str, Any]:
+def _read_repo(repo: Any, diff_limit: int, script: str | None) -> dict[str, Any]:
     detached = repo.head.is_detached
+    held = script_json(
+        script, repo.working_tree_dir, lambda name: _git_holds(repo, name), diff_limit
+    )
     return {
         "path": str(repo.working_tree_dir),
         "remotes": _remotes(repo),
@@ -134,7 +146,21 @@ def _read_repo(repo: Any, diff_limit: int) -> dict[str, Any]:
         "dirty": repo.is_dirty(index=True, working_tree=True, untracked_files=False),
         **_diffs(repo, diff_limit),
         **_untracked(repo),
+        **({"script": held} if held else {}),
     }
+
+
+def _git_holds(repo: Any, name: str) -> str:
+    """How git holds the file `name` (relative to the root): committed as it is, changed since
+    HEAD (the diff has it), or not at all: untracked (listed in `untracked`) or ignored."""
+    literal = f":(literal){name}"  # a name with `*` or `?` in it is no pattern
+    if not repo.git.ls_files("--", literal):
+        listed = repo.git.ls_files("--others", "--exclude-standard", "--", literal)
+        return UNTRACKED if listed else IGNORED
+    status, _, _ = repo.git.diff(
+        "--quiet", "HEAD", "--", literal, with_extended_output=True, with_exceptions=False
+    )
+    return MODIFIED if status else TRACKED
 
 
 def _remotes(repo: Any) -> dict[str, str]:
@@ -232,10 +258,13 @@ def capture_python_git(
 ) -> dict[str, Any]:
     """The python-git document; on failure it carries `capture_error` and what could be read."""
     document: dict[str, Any] = {"kind": KIND, "path": os.path.abspath(path)}
+    script = main_script()
     try:
-        document.update(git_state(path, diff_limit))
+        document.update(git_state(path, diff_limit, script))
     except GitUnavailable as err:
         document["capture_error"] = str(err)
+        held = script_json(script, None, None, diff_limit)
+        document.update({"script": held} if held else {})
     document.update(interpreter())
     document["packages"] = installed_packages()
     document["notebook"] = notebook_path(environ)
