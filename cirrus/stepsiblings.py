@@ -69,8 +69,8 @@ def _filed(layer: str, step_id: str) -> list[dict[str, Any]] | str:
 
 
 def _uncounted(short: list[str], record: Mapping[str, Any] | None) -> list[str]:
-    """The tasks of `short` that `record` does not count as incomplete (a finish did: it
-    recorded them failed already)."""
+    """The tasks of `short` that `record` does not count as incomplete (those it counts, its
+    finish recorded as failed already)."""
     tasks = (record or {}).get("tasks") or {}
     listed = tasks.get("incomplete_tasks", [])
     missed = [task for task in short if task not in listed]

@@ -72,7 +72,8 @@ def verify(
 ) -> Report:
     """Check one layer; `progress(done, total)` is called as objects are re-hashed.
 
-    Storage errors propagate (the check could not be made); everything else is a finding.
+    Storage errors here propagate (the check could not be made); everything else is a finding,
+    and so is a step's other volume that cannot be read (a remark).
     """
     ledger = Ledger.open(cloudpath)
     report = Report(ledger.cloudpath)
