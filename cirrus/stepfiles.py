@@ -40,6 +40,10 @@ def _pretty(document: Mapping[str, Any]) -> bytes:
     return json.dumps(document, sort_keys=True, indent=1, ensure_ascii=False).encode("utf-8")
 
 
+def _tasks_folder(step_id: str) -> str:
+    return f"{STEPS}{check_step_id(step_id)}/tasks/"
+
+
 def merge_attempts(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
     """A task's fragment after another attempt: both attempts' writes (a failed attempt's chunks
     stay written, and a re-run may skip them), committed if either attempt was. An attempt
@@ -149,11 +153,21 @@ class StepFiles(OnLayer):
 
     def task_count(self, step_id: str) -> int:
         """How many tasks filed a fragment here (one LIST, no GETs)."""
-        return len(self._task_keys(step_id))
+        return len(self._task_keys(step_id, self.store.list(_tasks_folder(step_id))))
 
     def fragments(self, step_id: str) -> list[dict[str, Any]]:
         """Every task fragment of a step on this layer, `overlap.THREADS` GETs at a time."""
-        keys = self._task_keys(step_id)
+        return self._read(self._task_keys(step_id, self.store.list(_tasks_folder(step_id))))
+
+    def filed(self, step_id: str) -> list[dict[str, Any]] | None:
+        """The step's fragments here, or None if its manifest is not here (the volume was
+        deleted or moved): one LIST of the step's folder says both."""
+        listed = self.store.list(f"{STEPS}{check_step_id(step_id)}/")
+        if f"{STEPS}{step_id}/step.json" not in listed:
+            return None
+        return self._read(self._task_keys(step_id, listed))
+
+    def _read(self, keys: list[str]) -> list[dict[str, Any]]:
         with overlapped(len(keys)) as run:
             blobs = run(self.store.get, keys)
         return [
@@ -162,12 +176,14 @@ class StepFiles(OnLayer):
             if blob is not None
         ]
 
-    def _task_keys(self, step_id: str) -> list[str]:
-        """The keys of the step's fragments here; anything else in its folder (a `.DS_Store`,
-        a console's folder placeholder) is skipped, with a warning."""
-        prefix = f"{STEPS}{check_step_id(step_id)}/tasks/"
+    def _task_keys(self, step_id: str, listed: list[str]) -> list[str]:
+        """The keys of the step's fragments among `listed`; anything else in its tasks/ folder
+        (a `.DS_Store`, a console's folder placeholder) is skipped, with a warning."""
+        prefix = _tasks_folder(step_id)
         keys = []
-        for key in self.store.list(prefix):
+        for key in listed:
+            if not key.startswith(prefix):
+                continue  # the manifest, or another file of the step's folder
             name = key[len(prefix) :]
             if name.endswith(".json") and is_task_id(name[: -len(".json")]):
                 keys.append(key)

@@ -10,7 +10,9 @@ Checks, each reported as a problem (verification fails) or a remark (information
   and notes of every published record appear in the summary;
 - a finished step's record here accounts for every task fragment here: their number, the
   committed ones, their end times and their attempts (else tasks ran after the finish: finish
-  it again);
+  it again), and for every task that wrote here but was cut short before filing its fragment
+  here, as its fragments on the step's other volumes say (`cirrus/stepsiblings.py`; another
+  volume that cannot be read is a remark);
 - open steps, and sessions that wrote and have not committed (still running, or dead), are
   listed as remarks; a session listed here whose journal says it committed is a problem
   (`cirrus recover` publishes its record here).
@@ -31,6 +33,7 @@ from cirrus.ledger import ENVS, Ledger
 from cirrus.model import superseded_unpublished
 from cirrus.overlap import THREADS
 from cirrus.stepfiles import StepFiles, unaccounted
+from cirrus.stepsiblings import unfiled_here
 from cirrus.summary import NOTE_SEP, note_key, note_line, processing_entry
 
 POINTER_FIELDS = ("session", "status", "started", "ended", "step")
@@ -69,7 +72,8 @@ def verify(
 ) -> Report:
     """Check one layer; `progress(done, total)` is called as objects are re-hashed.
 
-    Storage errors propagate (the check could not be made); everything else is a finding.
+    Storage errors here propagate (the check could not be made); everything else is a finding,
+    and so is a step's other volume that cannot be read (a remark).
     """
     ledger = Ledger.open(cloudpath)
     report = Report(ledger.cloudpath)
@@ -135,15 +139,17 @@ def _check_steps(
     """Every step's files here, open or finished: a damaged manifest, list of expected tasks
     or fragment; and, for a finished step, fragments its standing record here does not account
     for: tasks that ran after the finish (a queue's redelivery, a re-run), whose writes no
-    record names yet. A record's `ended` is its latest fragment's, so a later one ran after."""
+    record names yet. A record's `ended` is its latest fragment's, so a later one ran after.
+    Such a task cut short before filing here shows only on the step's other volumes."""
     section = summary.get("cirrus", {})
     standing: dict[str, tuple[str, dict[str, Any] | None]] = {}
     for pointer in section.get("records", []):
         if pointer.get("step") and "superseded_by" not in pointer:
             standing[pointer["step"]] = (pointer.get("id"), records.get(pointer.get("id")))
     for step_id in sorted(steps.step_ids()):
+        manifest = None
         try:
-            steps.manifest(step_id)
+            manifest = steps.manifest(step_id)
             steps.expected(step_id)
         except IntegrityError as damaged:  # tasks and finishes read another volume's copy
             report.problems.append(damaged.problem)
@@ -161,6 +167,12 @@ def _check_steps(
                 f"step {step_id[:12]}: {problem}: tasks ran after it was finished; finish "
                 "it again (`cirrus step finish TOKEN`) to record their writes"
             )
+        here = steps.cloudpath
+        # the step's volumes; if its manifest here is damaged (reported above), its record's
+        volumes = manifest["volumes"] if manifest else [here, *(record or {}).get("siblings", [])]
+        problems, remarks = unfiled_here(here, step_id, fragments, record, volumes)
+        report.problems += problems
+        report.remarks += remarks
 
 
 def _check_record(

@@ -131,9 +131,10 @@ def verify_command(paths: tuple[str, ...], as_json: bool) -> None:
     """Re-hash every record and environment file of PATH and check the summary agrees.
 
     Finds tampered or missing objects, summary entries that do not match their records (a
-    summary edited by hand), orphaned records (publish them with `cirrus recover`), and lists
-    open steps and sessions that wrote without committing (yet). Exits 1 if anything does not
-    match.
+    summary edited by hand), orphaned records (publish them with `cirrus recover`), tasks that
+    ran after their step was finished (here, or cut short before filing here, as the step's
+    other volumes show), and lists open steps and sessions that wrote without committing
+    (yet). Exits 1 if anything does not match.
     """
     from cirrus.verify import verify
 
