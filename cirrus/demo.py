@@ -49,13 +49,19 @@ def run(directory: str | None = None) -> dict[str, str]:
     from cloudvolume import CloudVolume
 
     import cirrus
+    from cirrus.errors import InvalidInput
 
     root = os.path.abspath(directory or tempfile.mkdtemp(prefix="cirrus-demo-"))
+    names = ("image", "segmentation", "boundaries")
+    taken = [name for name in names if os.path.lexists(os.path.join(root, name))]
+    if taken:  # the demo makes new volumes: it must not paint over a layer of the same name
+        raise InvalidInput(
+            f"{', '.join(os.path.join(root, name) for name in taken)} exist(s) already, and "
+            "the demo only makes new volumes: name a new or empty directory, or none for a "
+            "temporary one"
+        )
     os.makedirs(root, exist_ok=True)
-    paths = {
-        name: f"file://{os.path.join(root, name)}"
-        for name in ("image", "segmentation", "boundaries")
-    }
+    paths = {name: f"file://{os.path.join(root, name)}" for name in names}
     rng = np.random.default_rng(0)
 
     acquire = cirrus.Process("synthesise a test image", {"seed": 0, "size": list(SIZE)})

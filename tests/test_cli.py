@@ -341,6 +341,11 @@ def test_demo(tmp_path: Path) -> None:
     assert record["process"]["envs"] and record["siblings"] == [paths[2]]
     lineage = invoke("lineage", paths[1]).output
     assert paths[0] in lineage and "synthetic noise" in lineage
+    # run again on that directory: the volumes exist, so it refuses before writing anything
+    before = {p: (tmp_path / "demo" / p).read_bytes() for p in ("image/info", "image/provenance")}
+    again = invoke("demo", str(tmp_path / "demo"), code=2).stderr
+    assert f"{tmp_path / 'demo' / 'image'}, " in again and "name a new or empty directory" in again
+    assert {p: (tmp_path / "demo" / p).read_bytes() for p in before} == before
 
 
 def test_demo_outside_a_git_repository_records_that(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,31 @@ def test_export_to_a_missing_directory_is_a_usage_error(tmp_path: Path) -> None:
     assert "is a directory" in invoke("export", path, "-o", str(tmp_path), code=2).stderr
     invoke("export", path, "-o", str(tmp_path / "x.json"))
     assert json.loads((tmp_path / "x.json").read_text())
+
+
+def test_export_keeps_a_file_that_exists_unless_forced(tmp_path: Path) -> None:
+    """A mistyped -o must not replace a layer's `info` (the layer would be unreadable)."""
+    from cloudvolume import CloudVolume
+
+    (path,) = layers(tmp_path, "v")
+    write([path], ["x"])
+    info = tmp_path / "v" / "info"
+    before = info.read_bytes()
+    line = invoke("export", path, "-o", str(info), code=2).stderr.strip()
+    assert line == (
+        f"cirrus: error: cannot write the export to -o {info}: it exists, and is kept; name a new "
+        "file, or pass --force"
+    )
+    assert info.read_bytes() == before and CloudVolume(path).info
+    kept = tmp_path / "notes.json"
+    kept.write_text("mine")
+    invoke("export", path, "-o", str(kept), code=2)
+    assert kept.read_text() == "mine"
+    invoke("export", path, "-o", str(kept), "--force")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert json.loads(kept.read_text()) and kept.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 # -- 5, 6. steps ----------------------------------------------------------------------------------

@@ -202,33 +202,33 @@ def lineage_command(path: str, depth: int, fmt: str) -> None:
     default="prov-json",
     show_default=True,
 )
-@click.option("-o", "--output", metavar="FILE", help="Write to FILE (its directory must exist).")
-def export_command(path: str, fmt: str, output: str | None) -> None:
+@click.option(
+    "-o", "--output", metavar="FILE", help="Write to FILE, a new file in a directory that exists."
+)
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+def export_command(path: str, fmt: str, output: str | None, force: bool) -> None:
     """PATH's history as W3C PROV: the volume and sources as entities, sessions and steps as
     activities, processes as plans, users as agents, sources via wasDerivedFrom.
 
-    Written to stdout unless -o FILE is given. A damaged record is exported as an activity
-    marked `cirrus:damaged`, and the command then exits 3.
+    Written to stdout unless -o FILE is given: FILE appears whole or not at all, and one that
+    exists is kept (refused) unless --force. A damaged record is exported as an activity marked
+    `cirrus:damaged`, and the command then exits 3.
     """
     from cirrus.export import serialize
     from cirrus.reading import history
 
     if output:
-        _check_output(output)  # before reading: a typo in FILE should not cost a history read
+        _check_output(output, force)  # before reading: a typo in FILE costs no history read
     found = history(path)  # refuses a mistyped PATH
     text = serialize(found, fmt)
     if not output:
         click.echo(text)
     else:
-        try:
-            with open(output, "w", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-        except OSError as error:
-            raise _unwritable(output, error.strerror or str(error)) from None
+        _write_whole(output, (text + "\n").encode("utf-8"), force)
     found.raise_if_damaged()  # exported, marked `cirrus:damaged`; exit 3 all the same
 
 
-def _check_output(output: str) -> None:
+def _check_output(output: str, force: bool) -> None:
     import os
 
     directory = os.path.dirname(os.path.abspath(output))
@@ -236,10 +236,50 @@ def _check_output(output: str) -> None:
         raise _unwritable(output, "it is a directory; name a file in it")
     if not os.path.isdir(directory):
         raise _unwritable(output, f"directory {directory} does not exist; create it first")
-    if not os.access(directory, os.W_OK) or (
-        os.path.exists(output) and not os.access(output, os.W_OK)
-    ):
+    if os.path.lexists(output) and not force:
+        raise _exists(output)
+    if not os.access(directory, os.W_OK):
         raise _unwritable(output, "permission denied")
+
+
+def _write_whole(output: str, data: bytes, force: bool) -> None:
+    """Write a temporary file beside FILE, then link it in (refused if FILE appeared since) or,
+    with --force, rename it over FILE: a reader never sees half an export."""
+    import os
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(output))
+    try:
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=".cirrus-export-")
+    except OSError as error:
+        raise _unwritable(output, error.strerror or str(error)) from None
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.chmod(temporary, 0o666 & ~_umask())
+        if force:
+            os.replace(temporary, output)
+        else:
+            os.link(temporary, output)
+    except FileExistsError:
+        raise _exists(output) from None
+    except OSError as error:
+        raise _unwritable(output, error.strerror or str(error)) from None
+    finally:
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _exists(output: str) -> Exception:
+    return _unwritable(output, "it exists, and is kept; name a new file, or pass --force")
 
 
 def _unwritable(output: str, reason: str) -> Exception:
