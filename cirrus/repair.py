@@ -12,6 +12,8 @@ import json
 import logging
 from typing import Any
 
+import attrs
+
 from cirrus.canonical import sha256_hex
 from cirrus.errors import CirrusError, CorruptProvenance, IntegrityError
 from cirrus.ledger import SUMMARY_KEY, Ledger
@@ -21,6 +23,7 @@ from cirrus.stepfiles import StepFiles
 from cirrus.summary import (
     OPEN_SESSIONS,
     empty_summary,
+    load_json,
     mark_session_open,
     mark_step_open,
     merge,
@@ -32,9 +35,18 @@ from cirrus.summary import (
 log = logging.getLogger("cirrus.repair")
 
 
-def repair_summary(cloudpath: str) -> str | None:
-    """Rebuild the layer's summary if it is malformed; returns the key the original was kept
-    under, or None when the summary was fine (it is then left untouched)."""
+@attrs.frozen
+class Repaired:
+    """A rebuilt summary: where the malformed original is kept, and what of what other tools
+    wrote in it could not be carried over (the rest was)."""
+
+    kept: str
+    dropped: tuple[str, ...]
+
+
+def repair_summary(cloudpath: str) -> Repaired | None:
+    """Rebuild the layer's summary if it is malformed, on what other tools wrote in it that
+    still fits; None when the summary was fine (it is then left untouched)."""
     ledger = Ledger.open(cloudpath)
     blob = ledger.store.get(SUMMARY_KEY)
     if blob is None:
@@ -49,7 +61,8 @@ def repair_summary(cloudpath: str) -> str | None:
     old = _readable_section(blob.data)
     intact, damaged = _intact_records(ledger)
     records = _standing(intact, _pointed_ids(old))
-    rebuilt = merge(empty_summary(), records)
+    salvaged, dropped = _salvage(blob.data)
+    rebuilt = merge(salvaged, records)
     kept_pointers = [p for p in _old_pointers(old) if p["id"] in damaged]
     if kept_pointers:  # so `cirrus log` still shows them, marked DAMAGED, with their fix
         rebuilt.setdefault("cirrus", {}).setdefault("records", []).extend(kept_pointers)
@@ -67,7 +80,40 @@ def repair_summary(cloudpath: str) -> str | None:
         if not finished_empty and not _finished_elsewhere(manifest, ledger.cloudpath):
             rebuilt = mark_step_open(rebuilt, manifest["id"], open_step_info(manifest)) or rebuilt
     ledger.store.swap(SUMMARY_KEY, render_summary(rebuilt), blob.token)
-    return kept
+    return Repaired(kept, tuple(dropped))
+
+
+def _salvage(data: bytes) -> tuple[dict[str, Any], list[str]]:
+    """What other tools wrote in a malformed summary that still fits CloudVolume's shape, as the
+    summary to rebuild on (cirrus's own entries come back from the records), and what did not
+    fit: a lone string where a list belongs is taken as a list of it."""
+    summary = empty_summary()
+    try:
+        parsed = load_json(data)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return summary, ["everything: it is not JSON"]
+    if not isinstance(parsed, dict):
+        return summary, [f"everything: it is a JSON {type(parsed).__name__}"]
+    dropped = []
+    for key, value in parsed.items():
+        if key == "cirrus" or value is None:
+            continue  # rebuilt from the records, listings and steps
+        if key == "description":
+            summary[key] = value if isinstance(value, str) else json.dumps(value)
+            continue
+        if key not in ("owners", "sources", "processing"):
+            summary[key] = value  # no field CloudVolume or cirrus reads: kept as it was
+            continue
+        items = [value] if isinstance(value, (str, dict)) else value
+        if not isinstance(items, list):
+            dropped.append(f"{key} ({type(value).__name__})")
+            continue
+        kind = dict if key == "processing" else str
+        fits = [item for item in items if isinstance(item, kind)]
+        if len(fits) < len(items):
+            dropped.append(f"{len(items) - len(fits)} of {key} ({kind.__name__} expected)")
+        summary[key] = [item for item in fits if kind is str or not item.get("cirrus_process")]
+    return summary, dropped
 
 
 def _intact_records(ledger: Ledger) -> tuple[dict[str, dict[str, Any]], set[str]]:

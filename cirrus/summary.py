@@ -41,12 +41,17 @@ class _Constant(float):
     as they were (orjson would write null)."""
 
 
+def load_json(data: bytes) -> Any:
+    """A summary's JSON as it parses, NaN and Infinity kept as written (see `_Constant`)."""
+    return json.loads(data.decode("utf-8"), parse_constant=_Constant)
+
+
 def parse_summary(data: bytes | None, cloudpath: str) -> dict[str, Any]:
     """The summary as a dict; an absent object is an empty summary; a malformed one raises."""
     if data is None:
         return empty_summary()
     try:
-        summary = json.loads(data.decode("utf-8"), parse_constant=_Constant)
+        summary = load_json(data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         if isinstance(error, RecursionError):
             error = "nested too deeply"

@@ -232,6 +232,38 @@ def test_repair_a_malformed_summary(tmp_path: Path) -> None:
     assert "nothing to repair" in invoke("repair", path).output
 
 
+def test_repair_carries_over_what_other_tools_wrote_and_names_what_did_not_fit(
+    tmp_path: Path,
+) -> None:
+    """A summary broken by one field keeps the rest: igneous's processing entries, the
+    description, owners and sources, and keys no reader knows; only the misfits are dropped."""
+    (path,) = layers(tmp_path, "v")
+    write([path], ["gs://lab/aff"], "a cirrus session before the damage")
+    summary = json.loads((_volume_dir(path) / "provenance").read_text())
+    igneous = {"method": {"task": "DownsampleTask", "mip": 0}, "by": "igneous", "date": "2021"}
+    broken = {
+        **summary,
+        "description": summary["description"] + " \n aligned by hand",
+        "sources": "gs://lab/raw",  # a string where CloudVolume reads a list
+        "owners": ["ann@lab.org", 7],
+        "processing": [*summary["processing"], igneous, "not an entry"],
+        "lab_note": {"checked": True},
+    }
+    (_volume_dir(path) / "provenance").write_text(json.dumps(broken))
+    run("log", path, check=3)
+    out = invoke("repair", path).output
+    assert "rebuilt the summary from 1 record(s) and what other tools wrote in it" in out
+    assert "not carried over, as it does not fit CloudVolume's shape: 1 of owners (str " in out
+    assert "1 of processing (dict expected)" in out
+    repaired = json.loads((_volume_dir(path) / "provenance").read_text())
+    assert repaired["sources"] == ["gs://lab/raw", "gs://lab/aff"]
+    assert repaired["owners"] == ["ann@lab.org"] and repaired["lab_note"] == {"checked": True}
+    assert igneous in repaired["processing"] and len(repaired["processing"]) == 2
+    assert repaired["description"] == broken["description"]  # the session's notes not doubled
+    assert "DownsampleTask" in invoke("log", path).output
+    invoke("verify", path)
+
+
 def test_lineage_follows_three_levels(chain: dict[str, str]) -> None:
     out = run("lineage", chain["c"]).stdout
     lines = out.splitlines()

@@ -311,8 +311,10 @@ def test_repair_keeps_steps_that_are_still_open(layer, caplog):
     cirrus.finish(done.token)
     put_raw(layer, "provenance.d/steps/not-a-step/step.json", b"{}")
     put_raw(layer, "provenance", b"{broken")
-    kept = repair_summary(layer)
-    assert kept in provenance_keys(layer)
+    repaired = repair_summary(layer)
+    assert repaired.kept in provenance_keys(layer) and repaired.dropped == (
+        "everything: it is not JSON",
+    )
     assert set(summary_json(layer)["cirrus"]["open_steps"]) == {step.id}
     assert "not-a-step/step.json, which is not a step manifest" in caplog.text
 

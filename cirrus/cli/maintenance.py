@@ -124,21 +124,32 @@ def repair_command(path: str) -> None:
     """Set a malformed `provenance` summary of PATH aside and rebuild it from the records.
 
     Malformed: not JSON, or not the shape CloudVolume and cirrus read (a record pointer of the
-    wrong type, say). The original is kept under provenance.d/corrupt/<sha256>; a well-formed
-    summary is left untouched.
+    wrong type, say). What other tools wrote in it (description, owners, sources, processing)
+    is carried over where it fits, and what does not is named. The original is kept under
+    provenance.d/corrupt/<sha256>; a well-formed summary is left untouched.
     """
     from cirrus.ledger import Ledger
     from cirrus.repair import repair_summary
 
     require_layer(path)
     ledger = Ledger.open(path)
-    kept = repair_summary(path)
-    if kept is None:
+    repaired = repair_summary(path)
+    if repaired is None:
         click.echo(f"{ledger.cloudpath}: the summary is well-formed; nothing to repair")
         return
-    published = len(ledger.summary().get("cirrus", {}).get("records", []))
-    click.echo(f"{ledger.cloudpath}: kept the malformed summary as {kept}")
-    click.echo(f"  rebuilt the summary from {published} record(s); check it with `cirrus verify`")
+    summary = ledger.summary()
+    published = len(summary.get("cirrus", {}).get("records", []))
+    click.echo(f"{ledger.cloudpath}: kept the malformed summary as {repaired.kept}")
+    click.echo(
+        f"  rebuilt the summary from {published} record(s) and what other tools wrote in it "
+        f"({len(summary['sources'])} source(s), {len(summary['processing'])} processing "
+        "entries in all); check it with `cirrus verify`"
+    )
+    if repaired.dropped:
+        click.echo(
+            f"  not carried over, as it does not fit CloudVolume's shape: "
+            f"{'; '.join(repaired.dropped)} (see {repaired.kept})"
+        )
 
 
 # -- step -----------------------------------------------------------------------------------------
