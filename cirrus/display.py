@@ -23,13 +23,16 @@ FIRST_LINE = 200  # characters of an error's first line that `cirrus log` shows
 # ANSI escape sequences (CSI: colours, cursor moves; OSC: titles, links; two-byte ones), then any
 # other control character but tab and newline: stored text is shown, never obeyed.
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C1 too: \x9b is a CSI to some
+_BIDI = re.compile(r"[\u202a-\u202e\u2066-\u2069]")  # reorder what follows ("Trojan Source")
 
 
 def clean(text: str) -> str:
     """Stored text as it may be shown: no terminal escape codes (CloudFiles colours its errors,
-    and an error may carry any bytes), no carriage returns or other control characters."""
-    return _CONTROL.sub("", _ANSI.sub("", str(text)))
+    and an error may carry any bytes), no carriage returns or other control characters, and
+    direction overrides named (`<U+202E>`) rather than obeyed."""
+    text = _CONTROL.sub("", _ANSI.sub("", str(text)))
+    return _BIDI.sub(lambda match: f"<U+{ord(match.group()):04X}>", text)
 
 
 def first_line(text: str, limit: int = FIRST_LINE) -> str:

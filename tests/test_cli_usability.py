@@ -211,6 +211,17 @@ def test_export_keeps_a_file_that_exists_unless_forced(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
+def test_stored_text_cannot_reorder_or_drive_the_terminal(tmp_path: Path) -> None:
+    """A direction override makes `evil\u202egnp.tsil` read as `evil` + `list.png`: it is
+    shown as <U+202E>; a C1 control (\x9b: CSI to some terminals) is dropped."""
+    (path,) = layers(tmp_path, "v")
+    write([path], ["gs://lab/aff"], "why\u202etxt.gnp", "paint\x9b31m red", result="ok\u2066")
+    for args in (("log", path), ("show", path, cirrus.history(path)[0].id[:12])):
+        out = invoke(*args).output
+        assert "why<U+202E>txt.gnp" in out and "paint31m red" in out and "ok<U+2066>" in out
+        assert not any(c in out for c in "\u202e\u2066\x9b")
+
+
 # -- 5, 6. steps ----------------------------------------------------------------------------------
 def _step(tmp_path: Path, fail: bool) -> tuple[Any, str, str]:
     a, b = layers(tmp_path, "a", "b")
