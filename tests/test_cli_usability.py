@@ -38,16 +38,20 @@ NOT_A_LAYER = {
 
 
 @pytest.mark.parametrize("command", list(NOT_A_LAYER))
-def test_a_mistyped_path_is_a_usage_error(tmp_path: Path, command: str) -> None:
+@pytest.mark.parametrize("typo", ["segg", "seg/info"])  # the latter: a file, not a directory
+def test_a_mistyped_path_is_a_usage_error(tmp_path: Path, command: str, typo: str) -> None:
     (real,) = layers(tmp_path, "seg")
     write([real], ["x"])
-    typo = f"file://{tmp_path}/segg"
+    typo = f"file://{tmp_path}/{typo}"
+    target = Path(typo[len("file://") :])
+    before = target.read_bytes() if target.is_file() else None
     result = invoke(*NOT_A_LAYER[command](typo), code=2)
     assert result.stdout == ""  # no "ok", no empty history, no PROV document
     (line,) = result.stderr.splitlines()
     assert line.startswith("cirrus: error: ") and typo in line
     assert "not a CloudVolume layer" in line and "check the path" in line
-    assert not Path(typo[len("file://") :]).exists()  # nothing created there either
+    assert not target.is_dir()  # nothing created there either, nor a file there changed
+    assert (target.read_bytes() if target.is_file() else None) == before
 
 
 def test_a_mistyped_path_through_the_console_script(tmp_path: Path) -> None:

@@ -91,7 +91,7 @@ class FileBackend:
         try:
             with open(path, "rb") as f:
                 data = f.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # the latter: a file where a folder is
             return None if "/" in key else self._get_compressed(path, key)
         except OSError as error:
             raise self._error(error, key, "read") from error
