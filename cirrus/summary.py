@@ -27,8 +27,8 @@ OPEN = (OPEN_STEPS, OPEN_SESSIONS)
 NOTES_SHOWN = 10
 REPAIR_HINT = (
     "cirrus never overwrites it. Keep a copy, then repair it in place: "
-    "`cirrus repair PATH` moves it to provenance.d/corrupt/<sha256> and starts a fresh summary, "
-    "or fix the JSON by hand"
+    "`cirrus repair PATH` moves it to provenance.d/corrupt/<sha256> and rebuilds it from the "
+    "records and what still fits, or fix the JSON by hand"
 )
 
 

@@ -217,6 +217,17 @@ def test_recover_with_nothing_staged_says_how_to_close_a_session_still_listed(
     assert f"1 session(s) still listed as writing ({s.id})" in out and "--abandon-dead" in out
 
 
+def test_recover_tries_every_path_and_exits_with_the_worst_error(tmp_path: Path) -> None:
+    a, b = layers(tmp_path, "a", "b")
+    write([a], ["x"])
+    write([b], ["x"])
+    (_volume_dir(b) / "provenance").write_text("{not json")
+    result = invoke("recover", a, b, code=3)  # a malformed summary: 3, as for `recover b`
+    assert f"{a}: nothing to recover" in result.stdout
+    assert f"cirrus: error: {b}: " in result.stderr and "cirrus repair" in result.stderr
+    invoke("recover", b, code=3)
+
+
 def test_repair_a_malformed_summary(tmp_path: Path) -> None:
     (path,) = layers(tmp_path, "v")
     write([path], ["x"], "kept through repair")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cirrus.cli.common import EXIT_CODES, EXIT_PROBLEMS, CirrusGroup, require_layer
+from cirrus.cli.common import EXIT_CODES, EXIT_PROBLEMS, CirrusGroup, exit_code, require_layer
 from cirrus.cli.volumes import print_log
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def recover_command(
     stays listed as writing on every volume it wrote; `--abandon SESSION` (an id or its
     prefix) records it as interrupted from that listing on each PATH given, and
     `--abandon-dead` every one listed from this host whose process is gone. Every PATH is
-    tried; the exit status is 2 if any was refused.
+    tried; the exit status is then the worst any PATH had alone (2 refused, 3 storage).
     """
     from cirrus.errors import CirrusError
 
@@ -61,11 +61,11 @@ def recover_command(
         except CirrusError as error:
             if len(paths) == 1:
                 raise
-            refused.append(f"{path}: {error}")
-    for line in refused:
-        click.echo(f"cirrus: error: {line}", err=True)
-    if refused:
-        ctx.exit(2)
+            refused.append((path, error))
+    for path, error in refused:
+        click.echo(f"cirrus: error: {path}: {error}", err=True)
+    if refused:  # a storage or provenance error outranks a refused argument, as for one PATH
+        ctx.exit(max(exit_code(error) for _, error in refused))
 
 
 def _recover_one(path: str, abandon: str | None, abandon_dead: bool, force: bool) -> None:
