@@ -12,7 +12,13 @@ from typing import Any
 
 import attrs
 
-from cirrus.errors import CirrusError, IntegrityError, InvalidInput, UnreadableEncoding
+from cirrus.errors import (
+    CirrusError,
+    CorruptProvenance,
+    IntegrityError,
+    InvalidInput,
+    UnreadableEncoding,
+)
 from cirrus.ledger import SUMMARY_KEY, Ledger, StoredRecord
 from cirrus.model import parse_time, superseded_unpublished, utcnow
 from cirrus.overlap import overlapped
@@ -291,11 +297,13 @@ def history(cloudpath: str, *, newest: int | None = None) -> History:
 
 
 def resolve_record_id(ledger: Ledger, prefix: str) -> str:
-    """The one record id on the layer starting with `prefix` (published or staged)."""
+    """The one record id on the layer starting with `prefix`: stored (published or staged), or
+    pointed to by the summary with its file missing (`entry_by_id` says so, and how to fix it)."""
     prefix = prefix.strip().lower()
     if not prefix or any(c not in "0123456789abcdef" for c in prefix):
         raise InvalidInput(f"{prefix!r} is not a record id or a prefix of one (hex digits)")
-    matches = sorted({rid for rid in ledger.record_ids() if rid.startswith(prefix)})
+    known = {*ledger.record_ids(), *summary_pointers(ledger)}
+    matches = sorted(rid for rid in known if rid.startswith(prefix))
     if not matches:
         raise InvalidInput(f"{ledger.cloudpath} has no record whose id starts with {prefix!r}")
     if len(matches) > 1:
@@ -305,6 +313,29 @@ def resolve_record_id(ledger: Ledger, prefix: str) -> str:
             "give more characters"
         )
     return matches[0]
+
+
+def summary_pointers(ledger: Ledger) -> dict[str, Mapping[str, Any]]:
+    """The summary's record pointers by id; none when the summary is malformed (`cirrus
+    repair` rebuilds it), so that the records stored can still be shown."""
+    try:
+        summary = ledger.summary()
+    except CorruptProvenance:
+        return {}
+    return {str(pointer["id"]): pointer for pointer in summary.get("cirrus", {}).get("records", [])}
+
+
+def entry_by_id(ledger: Ledger, record_id: str) -> Entry:
+    """The record `record_id`, or what the summary says of it when it points to it and the
+    record is missing or damaged (as `cirrus log` shows it); a damaged record the summary does
+    not name raises IntegrityError."""
+    try:
+        return ledger.read_record(record_id)
+    except IntegrityError as error:
+        pointer = summary_pointers(ledger).get(record_id)
+        if pointer is None:
+            raise
+        return DamagedRecord.from_pointer(pointer, error)
 
 
 def record_envs(

@@ -8,6 +8,7 @@ its task id, so no task touches a shared object and a re-run task is not counted
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 import socket
@@ -24,7 +25,7 @@ from cirrus.overlap import overlapped
 from cirrus.records import current_user, process_json
 from cirrus.stepfiles import StepFiles, intact_manifest
 from cirrus.stepfinish import finish, status
-from cirrus.steptoken import StepToken, validate_task_id
+from cirrus.steptoken import StepToken, check_token_volumes, validate_task_id
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.summary import open_step_info
 from cirrus.writescope import Unrecorded, WriteScope
@@ -200,27 +201,36 @@ class TaskSession(WriteScope):
         )
 
     def _check_layer(self, layer: str) -> None:
-        if layer not in self.token.volumes:
+        if self._manifest is None:  # one GET per task: the manifest names all the step's volumes
+            self._manifest = self._read_manifest(layer)
+        if layer not in self.token.volumes:  # the manifest's volumes, checked as it was read
             raise StepError(
                 f"{layer} is not one of this step's volumes ({', '.join(self.token.volumes)}); "
                 "open the step with every volume its tasks write"
             )
-        if self._manifest is None:  # one GET per task: the manifest names all the step's volumes
-            try:
+
+    def _read_manifest(self, layer: str) -> dict[str, Any]:
+        """The step's manifest, from `layer` if the token names it, else (or when it is missing
+        or damaged there) from the token's other volumes; refuses, before any write, a token
+        whose volumes are not the step's and an unnamed task of a step expecting named ones."""
+        manifest = None
+        if layer in self.token.volumes:
+            with contextlib.suppress(IntegrityError):  # damaged here: the others hold copies
                 manifest = StepFiles.open(layer).manifest(self.token.id)
-            except IntegrityError:  # damaged, so opened here: the other volumes hold copies
-                manifest = intact_manifest(self.token.id, self.token.volumes)
-            if manifest is None:
-                raise self._never_opened(layer, "no manifest there")
-            if "expected_tasks" in manifest and not self._task_named:
-                raise StepError(
-                    f"step {self.token.id} expects {manifest['expected_tasks']} tasks, so each "
-                    "must join with its task id (`cirrus.join(token, task=...)`): an unnamed "
-                    "task would count as another task each time it is re-run"
-                )
-            self._manifest = manifest
-        if layer not in self._manifest["volumes"]:
-            raise self._never_opened(layer, "its manifest does not name it")
+        if manifest is None:
+            manifest = intact_manifest(self.token.id, self.token.volumes)
+        if manifest is None:
+            where = layer if layer in self.token.volumes else self.token.volumes[0]
+            raise self._never_opened(where, "no manifest there")
+        # the step's volumes in its order: a task that writes nothing files on its first
+        self.token = StepToken(self.token.id, check_token_volumes(self.token, manifest))
+        if "expected_tasks" in manifest and not self._task_named:
+            raise StepError(
+                f"step {self.token.id} expects {manifest['expected_tasks']} tasks, so each "
+                "must join with its task id (`cirrus.join(token, task=...)`): an unnamed "
+                "task would count as another task each time it is re-run"
+            )
+        return manifest
 
     def _never_opened(self, layer: str, why: str) -> StepError:
         return StepError(

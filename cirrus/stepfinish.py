@@ -26,27 +26,35 @@ from cirrus.stepfiles import (
     step_attempts,
     unaccounted,
 )
-from cirrus.steptoken import StepToken
+from cirrus.steptoken import StepToken, check_token_volumes
 from cirrus.summary import mark_step_open, open_step_info, published_ids
 from cirrus.writeset import combine
 
 MAX_LISTED_FAILURES = 100
 
 
-def _manifest(token: StepToken) -> dict[str, Any]:
-    manifest = intact_manifest(token.id, token.volumes)
+def opened_step(token: str | Mapping[str, Any] | StepToken) -> tuple[StepToken, dict[str, Any]]:
+    """The token with the volumes the step's manifest names (in its order), and the manifest,
+    read before anything else: a step no volume of the token knows, or a token whose volumes
+    are not the step's (`check_token_volumes`), is refused (StepError) with nothing written."""
+    token = StepToken.loads(token)
+    manifest = intact_manifest(token.id, token.volumes)  # a damaged copy: the others are read
     if manifest is None:
-        raise StepError(f"step {token.id} has no manifest on {', '.join(token.volumes)}")
-    return manifest
+        raise StepError(
+            f"step {token.id} is not known on {', '.join(token.volumes)}: none of them has its "
+            "manifest (provenance.d/steps/<step>/step.json); check that the token is the one "
+            "`step.token` gave and that the volumes are the step's"
+        )
+    return StepToken(token.id, check_token_volumes(token, manifest)), manifest
 
 
 DONE = object()  # `_list_again`: the layer's summary already points to the record
 
 
 def finish(token: str | Mapping[str, Any] | StepToken) -> dict[str, str]:
-    """Fold every task's fragments into one record per volume and publish. Safe to repeat."""
-    token = StepToken.loads(token)
-    manifest = _manifest(token)
+    """Fold every task's fragments into one record per volume and publish. Safe to repeat.
+    The volumes are the step's own (its manifest's): a token naming others is refused first."""
+    token, manifest = opened_step(token)
     fragments = {layer: StepFiles.open(layer).fragments(token.id) for layer in token.volumes}
     tally = _tally(token, manifest, fragments)
     # a volume a task wrote is recorded, also when its fragment there was never filed
@@ -247,11 +255,10 @@ def _task_summary(
 def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
     """Fragments so far per volume, with failures, and whether the step is finished: its
     record there accounts for every fragment there (`late` says what it does not)."""
-    token = StepToken.loads(token)
+    token, manifest = opened_step(token)
     report: dict[str, Any] = {"step": token.id, "volumes": {}}
     ledgers = {layer: Ledger.open(layer) for layer in token.volumes}
     found = {layer: StepFiles.beside(ledgers[layer]).fragments(token.id) for layer in ledgers}
-    manifest = _manifest(token)
     tally = _tally(token, manifest, found)
     for layer, fragments in found.items():
         section = ledgers[layer].summary().get("cirrus", {})

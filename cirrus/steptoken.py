@@ -59,3 +59,22 @@ class StepToken:
             raise StepError(
                 f"not a cirrus step token ({error}); pass the string `step.token` unchanged"
             ) from None
+
+
+def check_token_volumes(token: StepToken, manifest: Mapping[str, Any]) -> tuple[str, ...]:
+    """The step's volumes as its `manifest` names them (normalised, in its order), refusing a
+    token whose volumes differ: through it a finish would record a volume the step does not
+    have, or leave one it has open forever, and a task would write outside the step."""
+    volumes = tuple(dict.fromkeys(normalise_cloudpath(v) for v in manifest["volumes"]))
+    extra = [v for v in dict.fromkeys(token.volumes) if v not in volumes]
+    missing = [v for v in volumes if v not in token.volumes]
+    if not (extra or missing):
+        return volumes
+    wrong = [f"it adds {', '.join(extra)}, which the step was not opened on"] if extra else []
+    wrong += [f"it leaves out {', '.join(missing)}"] if missing else []
+    shared = next((v for v in volumes if v in token.volumes), volumes[0])
+    raise StepError(
+        f"the token of step {token.id} does not list the volumes the step was opened on, as "
+        f"its manifest (provenance.d/steps/{token.id}/step.json) does: {'; '.join(wrong)}. "
+        f"Pass the token unchanged: `cirrus step token {shared} {token.id}` prints it"
+    )

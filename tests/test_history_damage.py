@@ -1,6 +1,6 @@
 """One damaged record (changed after it was written, truncated, missing) hides nothing else:
 `cirrus.history`, `cirrus log` and `cirrus lineage` show every intact record and mark the damaged
-one in place, with what the summary says of it and how to fix it.
+one in place, with what the summary says of it and how to fix it; `cirrus show` shows it so.
 
 Real file:// layers written by real sessions; a record is damaged the way a hand edit or a cut-off
 copy would, on disk.
@@ -151,6 +151,46 @@ def test_lineage_exits_3_for_a_damaged_record_on_an_ancestor(damaged: dict) -> N
     result = invoke("lineage", seg, code=3)
     assert f"{image}  (0 record(s)" in result.stdout
     assert f"2 volume(s): {seg} (1), {image} (1)" in result.stderr
+
+
+@pytest.mark.parametrize("how", ["missing", "cut short"])
+def test_show_of_a_damaged_record_says_so_and_how_to_restore_it_exit_3(
+    damaged: dict, how: str
+) -> None:
+    """A missing record file used to be `has no record whose id starts with ...` (exit 2),
+    though `cirrus log` lists the record, DAMAGED, under that very id."""
+    seg, ids = damaged["seg"], damaged["ids"]
+    rid = ids[1]  # cut short by the fixture
+    if how == "missing":
+        _record_file(seg, rid).unlink()
+    done = invoke("show", seg, rid[:8], code=3)
+    assert done.stdout.startswith(f"record {rid[:12]}")
+    assert "DAMAGED (the summary says committed)" in done.stdout
+    assert _pointer(seg, rid)["session"] in done.stdout
+    problem = "is missing" if how == "missing" else "was changed after it was written"
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"cirrus: error: {seg}/provenance.d/records/{rid}.json {problem}")
+    assert "restore it from a backup or an earlier object version" in line
+    assert f"`cirrus verify {seg}` lists every damaged object" in line
+    data = json.loads(invoke("show", seg, rid, "--json", code=3).stdout)
+    assert data["damaged"]["id"] == rid and problem in data["damaged"]["damaged"]["problem"]
+    assert "segment v2" in invoke("show", seg, ids[2][:8]).stdout  # the others show as ever
+
+
+def test_show_counts_an_id_the_summary_points_to_among_the_prefixes(damaged: dict) -> None:
+    """A prefix that matches a stored record and a pointer to a missing one is ambiguous; a
+    record both stored and pointed to is one record."""
+    seg, ids = damaged["seg"], damaged["ids"]
+    summary_file = _layer_dir(seg) / "provenance"
+    summary = json.loads(summary_file.read_text())
+    kept = ids[0]
+    lost = kept[:8] + ("0" if kept[8] != "0" else "1") + "f" * 55  # no file under this id
+    summary["cirrus"]["records"].append({**_pointer(seg, kept), "id": lost})
+    summary_file.write_text(json.dumps(summary))
+    result = invoke("show", seg, kept[:8], code=2)
+    assert f"'{kept[:8]}' matches 2 records" in result.stderr
+    assert "segment v0" in invoke("show", seg, kept[:9]).stdout
+    assert f"records/{lost}.json is missing" in invoke("show", seg, lost[:9], code=3).stderr
 
 
 POINTER_DAMAGE = {

@@ -601,16 +601,21 @@ def test_a_task_reads_one_manifest_and_files_one_fragment_per_volume(tmp_path) -
 
 
 def test_join_refuses_a_volume_added_to_the_token_by_hand(tmp_path, layer: str) -> None:
+    """A token whose volumes are not the step's is refused at the task's first volume, as the
+    finish refuses it: before any write, on the step's volumes too (`test_step_token`)."""
     other = f"file://{tmp_path}/other"
     ss.make_layer(other)
     step = open_step(layer)
     edited = json.loads(step.token)
     edited["volumes"].append(other)
-    with cirrus.join(json.dumps(edited), task="t1") as task:
-        task.volume(layer)
-        with pytest.raises(StepError, match=f"never opened on {other} .its manifest does not"):
-            task.volume(other)
+    for target in (layer, other):
+        with (
+            cirrus.join(json.dumps(edited), task="t1") as task,
+            pytest.raises(StepError, match=f"it adds {other}, which the step was not opened on"),
+        ):
+            task.volume(target)
     assert Ledger.open(other).store.list("provenance.d/") == []
+    assert StepFiles.open(layer).fragments(step.id) == []
 
 
 def test_opening_a_step_checks_every_volume_before_writing_to_any(tmp_path, layer: str) -> None:

@@ -207,19 +207,12 @@ def _parse_token(token: str) -> StepToken:
         raise StepError(f"{str(error).split('; ')[0]}; {TOKEN_HELP}") from None
 
 
-def _require_step(parsed: StepToken) -> None:
-    """An unknown step is an error, as `step finish` says: no volume of the token has its
-    manifest (a token of another bucket or a copy-paste slip, most likely)."""
-    from cirrus.errors import StepError
-    from cirrus.stepfiles import intact_manifest
+def _step_token(token: str) -> StepToken:
+    """The token TOKEN stands for, with the step's volumes as its manifest names them: an
+    unknown step, or a token whose volumes are not the step's, is refused (exit status 2)."""
+    from cirrus.stepfinish import opened_step
 
-    if intact_manifest(parsed.id, parsed.volumes) is not None:  # damaged copies are skipped
-        return
-    raise StepError(
-        f"step {parsed.id} is not known on {', '.join(parsed.volumes)}: none of them has its "
-        "manifest (provenance.d/steps/<step>/step.json); check that the token is the one "
-        "`step.token` gave and that the volumes are the step's"
-    )
+    return opened_step(_parse_token(token))[0]
 
 
 @step_group.command("status", epilog=EXIT_CODES)
@@ -228,13 +221,13 @@ def _require_step(parsed: StepToken) -> None:
 def step_status_command(token: str, as_json: bool) -> None:
     """Tasks recorded so far on each volume of the step, failures, open or finished.
 
-    A step that none of the token's volumes knows is an error (exit status 2).
+    A step that none of the token's volumes knows, or a token whose volumes are not the
+    step's (edited by hand: `cirrus step token PATH STEP` prints the real one), is an error
+    (exit status 2).
     """
     from cirrus.stepfinish import status
 
-    parsed = _parse_token(token)
-    _require_step(parsed)
-    report = status(parsed)
+    report = status(_step_token(token))
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         return
@@ -305,14 +298,14 @@ def step_finish_command(token: str) -> None:
 
     Prints each volume's record with its status and task counts. Exits 1 when a record is
     `failed` (some tasks failed: their errors are listed; re-run them, then finish again),
-    2 when the step is unknown or TOKEN is not a step token.
+    2 when the step is unknown, TOKEN is not a step token or its volumes are not the step's
+    (then nothing is written; `cirrus step token PATH STEP` prints the step's own token).
     """
     from cirrus.display import first_line, status_text, tasks_counts
     from cirrus.ledger import Ledger
     from cirrus.stepfinish import finish
 
-    parsed = _parse_token(token)
-    _require_step(parsed)
+    parsed = _step_token(token)
     ids = finish(parsed)
     lines, failed = [], 0
     for layer in parsed.volumes:

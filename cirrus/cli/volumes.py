@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,6 +15,9 @@ from cirrus.cli.common import (
     require_layer,
     rich_console,
 )
+
+if TYPE_CHECKING:
+    from cirrus.reading import DamagedRecord
 
 
 # -- log ------------------------------------------------------------------------------------------
@@ -88,16 +91,22 @@ def show_command(path: str, record_id: str, as_json: bool) -> None:
     """One record of PATH in full, with its code environments (and their git diffs).
 
     ID is a record id or a unique prefix of one (as `cirrus log` shows). The full error of a
-    failed record is here; `cirrus log` shows its first line.
+    failed record is here; `cirrus log` shows its first line. A record the summary points to
+    that is missing or damaged is shown as `cirrus log` shows it, DAMAGED, with how to restore
+    it, and the command exits 3.
     """
     from cirrus.display import record_text
     from cirrus.display_env import env_diff, env_script
+    from cirrus.errors import IntegrityError
     from cirrus.ledger import Ledger
-    from cirrus.reading import record_envs, resolve_record_id
+    from cirrus.reading import DamagedRecord, entry_by_id, record_envs, resolve_record_id
 
     require_layer(path)
     ledger = Ledger.open(path)
-    stored = ledger.read_record(resolve_record_id(ledger, record_id))
+    stored = entry_by_id(ledger, resolve_record_id(ledger, record_id))
+    if isinstance(stored, DamagedRecord):  # as `cirrus log` shows it, then exit status 3
+        _print_damaged(stored, as_json)
+        raise IntegrityError(stored.problem, stored.remedy)
     envs = record_envs(ledger, stored)
     if as_json:
         data = {
@@ -121,6 +130,18 @@ def show_command(path: str, record_id: str, as_json: bool) -> None:
         if script:  # kept because git does not hold it
             console.print(f"\n[bold]script of env {env_id[:12]}[/bold]")
             console.print(Syntax(script, "python", theme="ansi_dark", word_wrap=True))
+
+
+def _print_damaged(entry: DamagedRecord, as_json: bool) -> None:
+    """A record the summary points to that is missing or damaged: what the summary says of
+    it, the problem and the remedy (`--json`: under `damaged`, as `cirrus log --json` has it)."""
+    from cirrus.display import damaged_lines
+
+    if as_json:
+        data = {"damaged": entry.to_json()}
+        click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
+    else:
+        click.echo("\n".join(damaged_lines(entry.to_json())))
 
 
 # -- verify ---------------------------------------------------------------------------------------

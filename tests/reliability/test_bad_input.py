@@ -106,6 +106,22 @@ def show(path: str, digest: str) -> None:
 
 TOKEN = {"cirrus_step": 1, "id": "a" * 32, "volumes": ["LAYER"]}
 
+
+def open_step_on(path: str) -> None:
+    """A step on `v` and `other`, opened before the snapshot for the rows in OPENS_A_STEP."""
+    other = path[: -len("/v")] + "/other"
+    cirrus.step(["gs://lab/aff"], "why", GOOD, volumes=[path, other])
+
+
+def edited_token(path: str, add: tuple[str, ...] = (), drop_other: bool = False) -> dict:
+    """The token of the step `open_step_on` opened, with volumes added or `other` left out."""
+    files = StepFiles.open(path)
+    (step_id,) = files.step_ids()
+    volumes = files.manifest(step_id)["volumes"]
+    volumes = [v for v in volumes if not (drop_other and v.endswith("/other"))] + list(add)
+    return {**TOKEN, "id": step_id, "volumes": volumes}
+
+
 # id: (what is tried, expected class, message fragment)
 BAD_INPUTS = {
     "sources-a-string": (
@@ -345,6 +361,21 @@ BAD_INPUTS = {
         StepError,
         "was never opened on",
     ),
+    "finish-token-volume-added": (
+        lambda p: cirrus.finish(edited_token(p, add=(f"{p}-typo",))),
+        StepError,
+        "v-typo, which the step was not opened on",
+    ),
+    "status-token-volume-left-out": (
+        lambda p: cirrus.step_status(edited_token(p, drop_other=True)),
+        StepError,
+        "/other. Pass the token unchanged",
+    ),
+    "join-token-volume-left-out": (
+        lambda p: cirrus.join(edited_token(p, drop_other=True), task="t1").volume(p),
+        StepError,
+        "does not list the volumes the step was opened on",
+    ),
     "task-id-slash": (
         lambda p: cirrus.join({**TOKEN, "volumes": [p]}, task="a/b"),
         InvalidInput,
@@ -377,6 +408,13 @@ BAD_INPUTS = {
     ),
 }
 
+# rows whose step is opened (on `v` and `other`) before the snapshot: only their refusal counts
+OPENS_A_STEP = {
+    "finish-token-volume-added",
+    "status-token-volume-left-out",
+    "join-token-volume-left-out",
+}
+
 
 @pytest.fixture
 def layer(tmp_path) -> str:
@@ -403,6 +441,8 @@ def name_of(kind) -> str:
 @pytest.mark.parametrize("row", list(BAD_INPUTS))
 def test_bad_input_is_refused_clearly_and_changes_nothing(layer, tmp_path, row):
     action, kind, fragment = BAD_INPUTS[row]
+    if row in OPENS_A_STEP:
+        open_step_on(layer)
     before = everything(tmp_path)
     with pytest.raises(Exception) as raised:
         action(layer)
