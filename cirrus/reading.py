@@ -325,6 +325,20 @@ def summary_pointers(ledger: Ledger) -> dict[str, Mapping[str, Any]]:
     return {str(pointer["id"]): pointer for pointer in summary.get("cirrus", {}).get("records", [])}
 
 
+def standing(ledger: Ledger, record_id: str) -> dict[str, Any] | None:
+    """Whether a stored record stands on the layer: `{"published": bool, "superseded_by": id or
+    None}` (a step finished again supersedes its older records); None when the summary is
+    malformed, which `cirrus log` reports."""
+    try:
+        summary = ledger.summary()
+    except CorruptProvenance:
+        return None
+    pointers = {p["id"]: p for p in summary.get("cirrus", {}).get("records", [])}
+    pointer = pointers.get(record_id)
+    later = pointer.get("superseded_by") if pointer else None
+    return {"published": pointer is not None, "superseded_by": later}
+
+
 def entry_by_id(ledger: Ledger, record_id: str) -> Entry:
     """The record `record_id`, or what the summary says of it when it points to it and the
     record is missing or damaged (as `cirrus log` shows it); a damaged record the summary does

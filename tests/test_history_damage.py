@@ -336,8 +336,12 @@ def test_a_summary_rewritten_from_a_stale_copy_is_flagged_until_recovered(
     assert "cirrus recover PATH" in raised.value.remedy
     result = invoke("log", seg, code=3)
     assert "UNPUBLISHED: 1 record(s)" in result.output
+    shown = invoke("show", seg, record_id[:12]).output
+    assert shown.startswith("NOT PUBLISHED: the summary does not name this record")
+    assert f"`cirrus recover {seg}` publishes it" in shown
 
     cirrus.recover(seg)
+    assert not invoke("show", seg, record_id[:12]).output.startswith("NOT PUBLISHED")
     found = cirrus.history(seg)
     assert [r.id for r in found] == [record_id] and found.unpublished == []
     invoke("log", seg)

@@ -241,6 +241,13 @@ def test_a_late_task_after_finish_supersedes_the_first_record_not_doubles_it(lay
         assert step.finish()[layer] == second  # and finishing again changes nothing
     assert keys.count(method="put_new") == keys.count(method="put_if_match") == 0, keys.calls
     assert "open_steps" not in summary_json(layer)["cirrus"]
+    # `cirrus show` of the older record says the later one stands instead
+    shown = invoke("show", layer, first[:12]).output
+    assert shown.startswith(f"SUPERSEDED by record {second[:12]}, a later finish of its step")
+    assert f"`cirrus show {layer} {second[:12]}`" in shown
+    assert not invoke("show", layer, second[:12]).output.startswith("SUPERSEDED")
+    standing = json.loads(invoke("show", layer, first, "--json").output)["standing"]
+    assert standing == {"published": True, "superseded_by": second}
 
 
 def test_a_late_task_on_another_volume_makes_the_new_finish_stand_here_too(tmp_path) -> None:

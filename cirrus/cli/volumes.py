@@ -99,7 +99,13 @@ def show_command(path: str, record_id: str, as_json: bool) -> None:
     from cirrus.display_env import env_diff, env_script
     from cirrus.errors import IntegrityError
     from cirrus.ledger import Ledger
-    from cirrus.reading import DamagedRecord, entry_by_id, record_envs, resolve_record_id
+    from cirrus.reading import (
+        DamagedRecord,
+        entry_by_id,
+        record_envs,
+        resolve_record_id,
+        standing,
+    )
 
     require_layer(path)
     ledger = Ledger.open(path)
@@ -108,13 +114,27 @@ def show_command(path: str, record_id: str, as_json: bool) -> None:
         _print_damaged(stored, as_json)
         raise IntegrityError(stored.problem, stored.remedy)
     envs = record_envs(ledger, stored)
+    stands = standing(ledger, stored.id)
     if as_json:
         data = {
             "record": stored.to_json(),
+            "standing": stands,
             "envs": {eid: doc if doc is not None else {"error": err} for eid, doc, err in envs},
         }
         click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
         return
+    if stands and stands["superseded_by"]:
+        later = stands["superseded_by"][:12]
+        click.echo(
+            f"SUPERSEDED by record {later}, a later finish of its step, which stands instead: "
+            f"`cirrus show {path} {later}`\n"
+        )
+    elif stands and not stands["published"]:
+        click.echo(
+            "NOT PUBLISHED: the summary does not name this record, so `cirrus log` does not "
+            f"show it: a record a crash left staged (`cirrus recover {path}` publishes it), or "
+            "one of a session whose published record here stands for it\n"
+        )
     if not is_terminal():
         click.echo(record_text(stored.to_json(), envs, diffs=True))
         return
