@@ -11,23 +11,20 @@ import re
 from urllib.parse import SplitResult, unquote_plus, urlsplit, urlunsplit
 
 _SSH_SCHEMES = {"ssh", "git+ssh", "ssh+git"}
-_SCHEME_NAME = r"[A-Za-z][A-Za-z0-9+.-]*"
-# a scheme starts a word (so scans stay linear), or follows a lone `+`/`-` that starts a word, as
-# a diff line's sign does (`+git+https://user:token@host/...` in requirements.txt)
-_WORD_START = r"(?:(?<![A-Za-z0-9+.-])|(?<=[+-])(?<![^\s][+-]))"
+_SCHEME_CHARS = "A-Za-z0-9+.-"
+_SCHEME_NAME = rf"[A-Za-z][{_SCHEME_CHARS}]*"
+# the run of scheme characters before a `://`, matched from the run's start only (matching from
+# every position of a long run would make scans quadratic); its scheme starts at its first ASCII
+# letter: `--https://`, `(+https://` and `é+https://` are `https://` after a `lead`, `1://` has none
+_SCHEME_AT = rf"(?<![{_SCHEME_CHARS}])(?P<lead>[0-9+.-]*)(?P<scheme>(?:{_SCHEME_NAME})?)://"
 _NOT_USERINFO = r"/\s@?#\"'<>,;|&="  # what ends a user name or password in running text
 _SCHEME = re.compile(rf"{_SCHEME_NAME}://")
 _DOS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
 _SCP_USERINFO = re.compile(r"(?P<userinfo>.*)@(?P<rest>(?:\[[^\]/]*\]|[^@:/\[\]]+):.*)", re.DOTALL)
-# a URL runs to whitespace or quotes, or to a `,` `;` `|` that starts another URL
-_URL_IN_TEXT = re.compile(
-    rf"{_WORD_START}{_SCHEME_NAME}://(?:(?![,;|]\s*{_SCHEME_NAME}://)[^\s\"'<>])+"
-)
+# a URL runs to whitespace or quotes, or to a `,` `;` `|` before another `://`
+_URL_IN_TEXT = re.compile(rf"{_SCHEME_AT}(?:(?![,;|]\s*[{_SCHEME_CHARS}]*://)[^\s\"'<>])*")
 # userinfo after a `scheme://` nested in a URL's path or query (`?url=https://u:pw@h/`)
-_USERINFO = re.compile(
-    rf"{_WORD_START}(?P<scheme>{_SCHEME_NAME})://(?P<user>[^:{_NOT_USERINFO}]*)"
-    rf"(?::[^{_NOT_USERINFO}]*)?@"
-)
+_USERINFO = re.compile(rf"{_SCHEME_AT}(?P<user>[^:{_NOT_USERINFO}]*)(?::[^{_NOT_USERINFO}]*)?@")
 # names of fields, parameters and query keys whose values are secrets: `Process` refuses such
 # parameters, and `redact_url` blanks such query values
 SECRET_NAME = re.compile(
@@ -96,15 +93,24 @@ def redact_url(text: str) -> str:
     """
     if "://" not in text:
         return text
-    return _URL_IN_TEXT.sub(lambda match: _redact_one_url(match.group()), text)
+    return _URL_IN_TEXT.sub(_redact_found_url, text)
+
+
+def _redact_found_url(match: re.Match) -> str:
+    """A URL found in text, redacted, after what came before its scheme (`--` in `--https://`)."""
+    return match["lead"] + _redact_one_url(match.group()[len(match["lead"]) :])
 
 
 def _drop_userinfo(match: re.Match) -> str:
+    """A `scheme://user:password@` matched by `_USERINFO` as `scheme://` (`ssh://user@` for ssh)."""
     scheme, user = match["scheme"], match["user"]
-    return f"{scheme}://{user}@" if scheme in _SSH_SCHEMES and user else f"{scheme}://"
+    keep = f"{user}@" if scheme in _SSH_SCHEMES and user else ""
+    return f"{match['lead']}{scheme}://{keep}"
 
 
 def _redact_one_url(url: str) -> str:
+    if url.startswith("://"):  # no scheme: read as the scheme-relative `//host/...`
+        return ":" + _redact_one_url(url[1:])
     prefix = _SCHEME.match(url)
     if prefix is not None and _SCHEME.match(url, prefix.end()):
         return url[: prefix.end()] + _redact_one_url(url[prefix.end() :])
