@@ -23,7 +23,7 @@ _DOS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
 _SCP_USERINFO = re.compile(r"(?P<userinfo>.*)@(?P<rest>(?:\[[^\]/]*\]|[^@:/\[\]]+):.*)", re.DOTALL)
 # a URL runs to whitespace or quotes, or to a `,` `;` `|` before another `://`
 _URL_IN_TEXT = re.compile(rf"{_SCHEME_AT}(?:(?![,;|]\s*[{_SCHEME_CHARS}]*://)[^\s\"'<>])*")
-# userinfo after a `scheme://` nested in a URL's path or query (`?url=https://u:pw@h/`)
+# userinfo after any `scheme://` in a URL (`https://proxy/?url=https://u:pw@h/`)
 _USERINFO = re.compile(rf"{_SCHEME_AT}(?P<user>[^:{_NOT_USERINFO}]*)(?::[^{_NOT_USERINFO}]*)?@")
 # names of fields, parameters and query keys whose values are secrets: `Process` refuses such
 # parameters, and `redact_url` blanks such query values
@@ -97,8 +97,13 @@ def redact_url(text: str) -> str:
 
 
 def _redact_found_url(match: re.Match) -> str:
-    """A URL found in text, redacted, after what came before its scheme (`--` in `--https://`)."""
-    return match["lead"] + _redact_one_url(match.group()[len(match["lead"]) :])
+    """A URL found in text, redacted, after what came before its scheme (`--` in `--https://`).
+
+    Its own parts first, then the userinfo after every `://` in it: in its query or fragment
+    (`?url=https://u:pw@h/`), or after a `,` that does not part URLs (`https://h,--dst=ftp://...`).
+    """
+    url = _redact_one_url(match.group()[len(match["lead"]) :])
+    return match["lead"] + _USERINFO.sub(_drop_userinfo, url)
 
 
 def _drop_userinfo(match: re.Match) -> str:
@@ -121,9 +126,7 @@ def _redact_one_url(url: str) -> str:
     # `https://h,--owner=me@lab.org` in a command line: text after the URL, not userinfo
     prose = "," in parts.netloc.rpartition("@")[0]
     redacted = (parts if prose else _without_userinfo(parts))._replace(
-        path=_USERINFO.sub(_drop_userinfo, parts.path),
-        query=_USERINFO.sub(_drop_userinfo, _redact_parameters(parts.query)),
-        fragment=_redact_parameters(parts.fragment),
+        query=_redact_parameters(parts.query), fragment=_redact_parameters(parts.fragment)
     )
     return url if redacted == parts else urlunsplit(redacted)
 

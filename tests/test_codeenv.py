@@ -152,6 +152,10 @@ def test_tokens_appear_nowhere_in_the_json(repo: Path) -> None:
         ("https://proxy/?url=https://u:P4@h/y", "https://proxy/?url=https://h/y"),
         ("https://proxy/?url=--https://u:P5@h/y", "https://proxy/?url=--https://h/y"),
         ("https://h/x,--https://u:P6@h2/y?sig=s", "https://h/x,--https://h2/y?sig=REDACTED"),
+        # userinfo after any `://`: in a fragment, or after a `,` that does not part URLs
+        ("https://h/#https://u:P9@h2/", "https://h/#https://h2/"),
+        ("https://h,--dst=https://u:P10@h2/y", "https://h,--dst=https://h2/y"),
+        ("https://T5@h,--owner=me@lab.org", "https://h,--owner=me@lab.org"),
         # what cannot start a scheme is kept before it; `1://` or ` ://` has no scheme at all
         ("--ssh://git:pw@host/x.git", "--ssh://git@host/x.git"),
         ("see 1://u:P7@h/x?sig=s", "see 1://h/x?sig=REDACTED"),
