@@ -25,6 +25,8 @@ _SCP_USERINFO = re.compile(r"(?P<userinfo>.*)@(?P<rest>(?:\[[^\]/]*\]|[^@:/\[\]]
 _URL_IN_TEXT = re.compile(rf"{_SCHEME_AT}(?:(?![,;|]\s*[{_SCHEME_CHARS}]*://)[^\s\"'<>])*")
 # userinfo after any `scheme://` in a URL (`https://proxy/?url=https://u:pw@h/`)
 _USERINFO = re.compile(rf"{_SCHEME_AT}(?P<user>[^:{_NOT_USERINFO}]*)(?::[^{_NOT_USERINFO}]*)?@")
+# the `precomputed://` before `gs://...`: each `scheme://` that another `scheme://` follows
+_OUTER_SCHEMES = re.compile(rf"(?:{_SCHEME_NAME}://)*(?=(?:{_SCHEME_NAME})?://)")
 # names of fields, parameters and query keys whose values are secrets: `Process` refuses such
 # parameters, and `redact_url` blanks such query values
 SECRET_NAME = re.compile(
@@ -114,15 +116,22 @@ def _drop_userinfo(match: re.Match) -> str:
 
 
 def _redact_one_url(url: str) -> str:
-    if url.startswith("://"):  # no scheme: read as the scheme-relative `//host/...`
-        return ":" + _redact_one_url(url[1:])
-    prefix = _SCHEME.match(url)
-    if prefix is not None and _SCHEME.match(url, prefix.end()):
-        return url[: prefix.end()] + _redact_one_url(url[prefix.end() :])
+    """`url` (`scheme://...`) with its userinfo and secret parameters taken out; in a chain
+    (`precomputed://gs://...`), those of its innermost URL, the outer schemes kept as given."""
+    head = _OUTER_SCHEMES.match(url).group()  # always matches: `url` starts with a `://`
+    inner = url[len(head) :]
+    if inner.startswith("://"):  # no scheme: read as the scheme-relative `//host/...`
+        head, inner = head + ":", inner[1:]
+    return head + _redact_parts(inner)
+
+
+def _redact_parts(url: str) -> str:
+    """`url` without userinfo (as `strip_credentials` drops it) and with secret query and fragment
+    parameters blanked; unchanged if it has neither."""
     try:
         parts = urlsplit(url)
     except ValueError:  # a malformed host ("[::1") may still hold a password
-        return f"{prefix.group() if prefix else ''}<unparseable url>"
+        return url[: url.index("//") + 2] + "<unparseable url>"
     # `https://h,--owner=me@lab.org` in a command line: text after the URL, not userinfo
     prose = "," in parts.netloc.rpartition("@")[0]
     redacted = (parts if prose else _without_userinfo(parts))._replace(

@@ -200,6 +200,8 @@ def test_redact_url_whatever_comes_before_the_scheme(before: str) -> None:
         "+-" * 100_000 + "://u:pw@h",
         "https://h/" + "a" * 200_000 + "/",  # the same in a URL's path
         "https://h/" + "+-" * 100_000 + "/",
+        "a://" * 50_000 + "u:pw@h",  # URLs nested 50,000 deep
+        "://" * 70_000 + "u:pw@h",
     ],
 )
 def test_redact_url_scans_in_linear_time(text: str) -> None:
