@@ -111,7 +111,7 @@ def _redact_found_url(match: re.Match) -> str:
 def _drop_userinfo(match: re.Match) -> str:
     """A `scheme://user:password@` matched by `_USERINFO` as `scheme://` (`ssh://user@` for ssh)."""
     scheme, user = match["scheme"], match["user"]
-    keep = f"{user}@" if scheme in _SSH_SCHEMES and user else ""
+    keep = f"{user}@" if scheme.lower() in _SSH_SCHEMES and user else ""
     return f"{match['lead']}{scheme}://{keep}"
 
 
@@ -137,7 +137,10 @@ def _redact_parts(url: str) -> str:
     redacted = (parts if prose else _without_userinfo(parts))._replace(
         query=_redact_parameters(parts.query), fragment=_redact_parameters(parts.fragment)
     )
-    return url if redacted == parts else urlunsplit(redacted)
+    if redacted == parts:
+        return url
+    scheme = len(parts.scheme)  # kept as given: urlsplit lowercases it
+    return url[:scheme] + urlunsplit(redacted)[scheme:]
 
 
 def _redact_parameters(query: str) -> str:
