@@ -23,8 +23,11 @@ _DOS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
 _SCP_USERINFO = re.compile(r"(?P<userinfo>.*)@(?P<rest>(?:\[[^\]/]*\]|[^@:/\[\]]+):.*)", re.DOTALL)
 # a URL runs to whitespace or quotes, or to a `,` `;` `|` before another `://`
 _URL_IN_TEXT = re.compile(rf"{_SCHEME_AT}(?:(?![,;|]\s*[{_SCHEME_CHARS}]*://)[^\s\"'<>])*")
-# userinfo after any `scheme://` in a URL (`https://proxy/?url=https://u:pw@h/`)
-_USERINFO = re.compile(rf"{_SCHEME_AT}(?P<user>[^:{_NOT_USERINFO}]*)(?::[^{_NOT_USERINFO}]*)?@")
+# userinfo after any `scheme://` in a URL (`https://proxy/?url=https://u:pw@h/`), to its last `@`
+# as urlsplit reads it (`u:p@ss@h`: a password may hold an `@`)
+_USERINFO = re.compile(
+    rf"{_SCHEME_AT}(?P<user>[^:{_NOT_USERINFO}]*)(?::[^{_NOT_USERINFO}]*)?@(?:[^{_NOT_USERINFO}]*@)*"
+)
 # the `precomputed://` before `gs://...`: each `scheme://` that another `scheme://` follows
 _OUTER_SCHEMES = re.compile(rf"(?:{_SCHEME_NAME}://)*(?=(?:{_SCHEME_NAME})?://)")
 # names of fields, parameters and query keys whose values are secrets: `Process` refuses such

@@ -151,6 +151,7 @@ def test_tokens_appear_nowhere_in_the_json(repo: Path) -> None:
         ("https://h/x?a=1|https://u:P3@h2/y", "https://h/x?a=1|https://h2/y"),
         ("https://proxy/?url=https://u:P4@h/y", "https://proxy/?url=https://h/y"),
         ("https://proxy/?url=--https://u:P5@h/y", "https://proxy/?url=--https://h/y"),
+        ("https://proxy/?url=https://u:P@5@h/y", "https://proxy/?url=https://h/y"),
         ("https://h/x,--https://u:P6@h2/y?sig=s", "https://h/x,--https://h2/y?sig=REDACTED"),
         # userinfo after any `://`: in a fragment, or after a `,` that does not part URLs
         ("https://h/#https://u:P9@h2/", "https://h/#https://h2/"),
