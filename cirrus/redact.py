@@ -93,8 +93,9 @@ def redact_url(text: str) -> str:
     Userinfo goes as `strip_credentials` drops it (an ssh user name stays), and the values of query
     or fragment parameters that carry signatures or tokens (X-Amz-Signature, X-Amz-Credential,
     X-Goog-Signature, X-Goog-Credential, Signature, sig, token, access_token, ...) become
-    `REDACTED`. A URL nested in another (`precomputed://https://...`) is redacted too. Text without
-    a URL, or URLs without credentials, come back unchanged.
+    `REDACTED`. Every `://` counts, whatever precedes its scheme (`--https://`, `é+https://`), and
+    a URL nested in another (`precomputed://https://...`) is redacted too; the scan is linear in
+    the text's length. Text without a URL, or URLs without credentials, come back unchanged.
     """
     if "://" not in text:
         return text
@@ -130,7 +131,7 @@ def _redact_one_url(url: str) -> str:
 
 def _redact_parts(url: str) -> str:
     """`url` without userinfo (as `strip_credentials` drops it) and with secret query and fragment
-    parameters blanked; unchanged if it has neither."""
+    parameters blanked; as given if it has neither, gone but for its scheme if urlsplit fails."""
     try:
         parts = urlsplit(url)
     except ValueError:  # a malformed host ("[::1") may still hold a password
