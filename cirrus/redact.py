@@ -11,23 +11,25 @@ import re
 from urllib.parse import SplitResult, unquote_plus, urlsplit, urlunsplit
 
 _SSH_SCHEMES = {"ssh", "git+ssh", "ssh+git"}
-_SCHEME_NAME = r"[A-Za-z][A-Za-z0-9+.-]*"
-# a scheme starts a word (so scans stay linear), or follows a lone `+`/`-` that starts a word, as
-# a diff line's sign does (`+git+https://user:token@host/...` in requirements.txt)
-_WORD_START = r"(?:(?<![A-Za-z0-9+.-])|(?<=[+-])(?<![^\s][+-]))"
+_SCHEME_CHARS = "A-Za-z0-9+.-"
+_SCHEME_NAME = rf"[A-Za-z][{_SCHEME_CHARS}]*"
+# the run of scheme characters before a `://`, matched from the run's start only (matching from
+# every position of a long run would make scans quadratic); its scheme starts at its first ASCII
+# letter: `--https://`, `(+https://` and `é+https://` are `https://` after a `lead`, `1://` has none
+_SCHEME_AT = rf"(?<![{_SCHEME_CHARS}])(?P<lead>[0-9+.-]*)(?P<scheme>(?:{_SCHEME_NAME})?)://"
 _NOT_USERINFO = r"/\s@?#\"'<>,;|&="  # what ends a user name or password in running text
 _SCHEME = re.compile(rf"{_SCHEME_NAME}://")
 _DOS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
 _SCP_USERINFO = re.compile(r"(?P<userinfo>.*)@(?P<rest>(?:\[[^\]/]*\]|[^@:/\[\]]+):.*)", re.DOTALL)
-# a URL runs to whitespace or quotes, or to a `,` `;` `|` that starts another URL
-_URL_IN_TEXT = re.compile(
-    rf"{_WORD_START}{_SCHEME_NAME}://(?:(?![,;|]\s*{_SCHEME_NAME}://)[^\s\"'<>])+"
-)
-# userinfo after a `scheme://` nested in a URL's path or query (`?url=https://u:pw@h/`)
+# a URL runs to whitespace or quotes, or to a `,` `;` `|` before another `://`
+_URL_IN_TEXT = re.compile(rf"{_SCHEME_AT}(?:(?![,;|]\s*[{_SCHEME_CHARS}]*://)[^\s\"'<>])*")
+# userinfo after any `scheme://` in a URL (`https://proxy/?url=https://u:pw@h/`), to its last `@`
+# as urlsplit reads it (`u:p@ss@h`: a password may hold an `@`)
 _USERINFO = re.compile(
-    rf"{_WORD_START}(?P<scheme>{_SCHEME_NAME})://(?P<user>[^:{_NOT_USERINFO}]*)"
-    rf"(?::[^{_NOT_USERINFO}]*)?@"
+    rf"{_SCHEME_AT}(?P<user>[^:{_NOT_USERINFO}]*)(?::[^{_NOT_USERINFO}]*)?@(?:[^{_NOT_USERINFO}]*@)*"
 )
+# the `precomputed://` before `gs://...`: each `scheme://` that another `scheme://` follows
+_OUTER_SCHEMES = re.compile(rf"(?:{_SCHEME_NAME}://)*(?=(?:{_SCHEME_NAME})?://)")
 # names of fields, parameters and query keys whose values are secrets: `Process` refuses such
 # parameters, and `redact_url` blanks such query values
 SECRET_NAME = re.compile(
@@ -91,35 +93,58 @@ def redact_url(text: str) -> str:
     Userinfo goes as `strip_credentials` drops it (an ssh user name stays), and the values of query
     or fragment parameters that carry signatures or tokens (X-Amz-Signature, X-Amz-Credential,
     X-Goog-Signature, X-Goog-Credential, Signature, sig, token, access_token, ...) become
-    `REDACTED`. A URL nested in another (`precomputed://https://...`) is redacted too. Text without
-    a URL, or URLs without credentials, come back unchanged.
+    `REDACTED`. Every `://` counts, whatever precedes its scheme (`--https://`, `é+https://`), and
+    a URL nested in another (`precomputed://https://...`) is redacted too; the scan is linear in
+    the text's length. Text without a URL, or URLs without credentials, come back unchanged.
     """
     if "://" not in text:
         return text
-    return _URL_IN_TEXT.sub(lambda match: _redact_one_url(match.group()), text)
+    return _URL_IN_TEXT.sub(_redact_found_url, text)
+
+
+def _redact_found_url(match: re.Match) -> str:
+    """A URL found in text, redacted, after what came before its scheme (`--` in `--https://`).
+
+    Its own parts first, then the userinfo after every `://` in it: in its query or fragment
+    (`?url=https://u:pw@h/`), or after a `,` that does not part URLs (`https://h,--dst=ftp://...`).
+    """
+    url = _redact_one_url(match.group()[len(match["lead"]) :])
+    return match["lead"] + _USERINFO.sub(_drop_userinfo, url)
 
 
 def _drop_userinfo(match: re.Match) -> str:
+    """A `scheme://user:password@` matched by `_USERINFO` as `scheme://` (`ssh://user@` for ssh)."""
     scheme, user = match["scheme"], match["user"]
-    return f"{scheme}://{user}@" if scheme in _SSH_SCHEMES and user else f"{scheme}://"
+    keep = f"{user}@" if scheme.lower() in _SSH_SCHEMES and user else ""
+    return f"{match['lead']}{scheme}://{keep}"
 
 
 def _redact_one_url(url: str) -> str:
-    prefix = _SCHEME.match(url)
-    if prefix is not None and _SCHEME.match(url, prefix.end()):
-        return url[: prefix.end()] + _redact_one_url(url[prefix.end() :])
+    """`url` (`scheme://...`) with its userinfo and secret parameters taken out; in a chain
+    (`precomputed://gs://...`), those of its innermost URL, the outer schemes kept as given."""
+    head = _OUTER_SCHEMES.match(url).group()  # always matches: `url` starts with a `://`
+    inner = url[len(head) :]
+    if inner.startswith("://"):  # no scheme: read as the scheme-relative `//host/...`
+        head, inner = head + ":", inner[1:]
+    return head + _redact_parts(inner)
+
+
+def _redact_parts(url: str) -> str:
+    """`url` without userinfo (as `strip_credentials` drops it) and with secret query and fragment
+    parameters blanked; as given if it has neither, gone but for its scheme if urlsplit fails."""
     try:
         parts = urlsplit(url)
     except ValueError:  # a malformed host ("[::1") may still hold a password
-        return f"{prefix.group() if prefix else ''}<unparseable url>"
+        return url[: url.index("//") + 2] + "<unparseable url>"
     # `https://h,--owner=me@lab.org` in a command line: text after the URL, not userinfo
     prose = "," in parts.netloc.rpartition("@")[0]
     redacted = (parts if prose else _without_userinfo(parts))._replace(
-        path=_USERINFO.sub(_drop_userinfo, parts.path),
-        query=_USERINFO.sub(_drop_userinfo, _redact_parameters(parts.query)),
-        fragment=_redact_parameters(parts.fragment),
+        query=_redact_parameters(parts.query), fragment=_redact_parameters(parts.fragment)
     )
-    return url if redacted == parts else urlunsplit(redacted)
+    if redacted == parts:
+        return url
+    scheme = len(parts.scheme)  # kept as given: urlsplit lowercases it
+    return url[:scheme] + urlunsplit(redacted)[scheme:]
 
 
 def _redact_parameters(query: str) -> str:

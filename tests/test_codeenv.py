@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -149,6 +150,20 @@ def test_tokens_appear_nowhere_in_the_json(repo: Path) -> None:
         ("https://u:P1@h/x;s3://AKIA:P2@b/y", "https://h/x;s3://b/y"),
         ("https://h/x?a=1|https://u:P3@h2/y", "https://h/x?a=1|https://h2/y"),
         ("https://proxy/?url=https://u:P4@h/y", "https://proxy/?url=https://h/y"),
+        ("https://proxy/?url=--https://u:P5@h/y", "https://proxy/?url=--https://h/y"),
+        ("https://proxy/?url=https://u:P@5@h/y", "https://proxy/?url=https://h/y"),
+        ("https://h/x,--https://u:P6@h2/y?sig=s", "https://h/x,--https://h2/y?sig=REDACTED"),
+        # userinfo after any `://`: in a fragment, or after a `,` that does not part URLs
+        ("https://h/#https://u:P9@h2/", "https://h/#https://h2/"),
+        ("https://h,--dst=https://u:P10@h2/y", "https://h,--dst=https://h2/y"),
+        ("https://T5@h,--owner=me@lab.org", "https://h,--owner=me@lab.org"),
+        # what cannot start a scheme is kept before it; `1://` or ` ://` has no scheme at all
+        ("--ssh://git:pw@host/x.git", "--ssh://git@host/x.git"),
+        ("see 1://u:P7@h/x?sig=s", "see 1://h/x?sig=REDACTED"),
+        ("at ://u:P8@h/x", "at ://h/x"),
+        # the scheme as written
+        ("HTTPS://u:P11@H/x?Sig=s", "HTTPS://H/x?Sig=REDACTED"),
+        ("SSH://git:pw@host/x.git", "SSH://git@host/x.git"),
         ("https://h/x?auth=P5&pwd=/data/run1&n=1", "https://h/x?auth=REDACTED&pwd=/data/run1&n=1"),
         (
             '{"endpoint":"https://storage.googleapis.com","email":"me@lab.org"}',
@@ -172,6 +187,33 @@ def test_tokens_appear_nowhere_in_the_json(repo: Path) -> None:
 def test_redact_url(text: str, expected: str) -> None:
     assert redact_url(text) == expected
     assert redact_url(expected) == expected
+
+
+@pytest.mark.parametrize("before", ["--", "(+", "é+", "é", "a.-", "Foo.-", "x", "1", "+-+", "'-"])
+def test_redact_url_whatever_comes_before_the_scheme(before: str) -> None:
+    text = f"run {before}https://u:{PASSWORD}@h/p?X-Amz-Signature={TOKEN}&n=1 now"
+    assert redact_url(text) == f"run {before}https://h/p?X-Amz-Signature=REDACTED&n=1 now"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" * 200_000 + "/://",  # a long run of scheme characters, not before the `://`
+        "a" * 200_000 + "://u:pw@h",
+        "+-" * 100_000 + "/://",
+        "+-" * 100_000 + "://u:pw@h",
+        "https://h/" + "a" * 200_000 + "/",  # the same in a URL's path
+        "https://h/" + "+-" * 100_000 + "/",
+        "a://" * 50_000 + "u:pw@h",  # URLs nested 50,000 deep
+        "://" * 70_000 + "u:pw@h",
+    ],
+)
+def test_redact_url_scans_in_linear_time(text: str) -> None:
+    """A scan trying a scheme at every position of these runs takes minutes, a linear one ms."""
+    started = time.perf_counter()
+    redacted = redact_url(text)
+    assert time.perf_counter() - started < 2
+    assert ":pw@" not in redacted
 
 
 # --- git states --------------------------------------------------------------------------------
