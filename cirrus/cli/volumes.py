@@ -181,7 +181,8 @@ def lineage_command(path: str, depth: int, fmt: str) -> None:
     skipped; the sources of the others (and the summary's) are still followed, all is shown,
     then the command exits 3.
     """
-    from cirrus.lineage import RENDERERS, lineage, raise_if_damaged
+    from cirrus.lineage import lineage, raise_if_damaged
+    from cirrus.lineage_render import RENDERERS
 
     require_layer(path)  # its sources may be unreadable; PATH itself must be a layer
     root = lineage(path, depth=depth)
