@@ -1,8 +1,10 @@
-"""`cirrus lineage`: follow a volume's sources that are cloudpaths to their own histories.
+"""`cirrus lineage`: follow a volume's sources that name layers to their own histories.
 
 The result is a tree (a source reached twice is expanded once, then referred to), rendered by
-`cirrus.lineage_render`. A source that cannot be read, is not a cloudpath, or would close a
-cycle becomes a leaf saying so: lineage never fails because one ancestor is unreadable.
+`cirrus.lineage_render`. Sources are keyed by the layer they name (`sources.source_layer`), so
+two spellings of one layer are one branch. A source that cannot be read, is free text or a
+cloudpath cirrus cannot follow, or would close a cycle becomes a leaf saying so: lineage never
+fails because one ancestor is unreadable.
 A damaged record (missing, or failing its digest) is counted on its volume and skipped; the
 sources of the others are followed, and so are the summary's sources no intact record names
 (the damaged record's, most likely).
@@ -10,27 +12,15 @@ sources of the others are followed, and so are the summary's sources no intact r
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from cirrus.errors import CirrusError, IntegrityError, InvalidInput, plain_text
 from cirrus.ledger import Ledger
 from cirrus.lineage_volume import Node, read_volume
+from cirrus.sources import source_layer
 from cirrus.storage.paths import normalise_cloudpath
 
-_CLOUDPATH = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 DEFAULT_DEPTH = 10
-
-
-def is_cloudpath(source: str) -> bool:
-    return bool(_CLOUDPATH.match(source.strip()))
-
-
-def source_layer(source: str) -> str | None:
-    """The layer a source names, normalised as a volume's own name is (`precomputed://`, a
-    trailing slash), so every spelling of one layer is one node; None for free text. Raises
-    InvalidInput for a cloudpath cirrus cannot follow."""
-    return normalise_cloudpath(source) if is_cloudpath(source) else None
 
 
 def lineage(
@@ -38,7 +28,7 @@ def lineage(
     depth: int = DEFAULT_DEPTH,
     open_ledger: Callable[[str], Ledger] = Ledger.open,
 ) -> Node:
-    """The lineage of `cloudpath`, following cloudpath sources up to `depth` levels."""
+    """The lineage of `cloudpath`, following sources that name layers up to `depth` levels."""
     if depth < 0:
         raise InvalidInput(f"--depth must be 0 or more, got {depth}")
     root = normalise_cloudpath(cloudpath)
@@ -57,20 +47,31 @@ def lineage(
             reason = str(error) if isinstance(error, CirrusError) else repr(error)
             return Node(name, "unreadable", detail=f"unreadable: {_brief(reason)}")
         expanded.add(name)
+        grouped: dict[tuple[str, str], tuple[str, list[str]]] = {}
         for source, via in sources.items():
-            node.parents.append((via, follow(source, level + 1, (*ancestors, name))))
+            kind, target, detail = _target(source)
+            how = grouped.setdefault((kind, target), (detail, []))[1]
+            how.extend(v for v in via if v not in how)
+        for (kind, target), (detail, via) in grouped.items():
+            if kind == "volume":
+                parent = visit(target, level + 1, (*ancestors, name))
+            else:
+                parent = Node(target, kind, detail=detail)
+            node.parents.append((via, parent))
         return node
 
-    def follow(source: str, level: int, ancestors: tuple[str, ...]) -> Node:
-        try:
-            name = source_layer(source)
-        except InvalidInput as error:
-            return Node(source, "unsupported", detail=f"not followed: {_brief(str(error))}")
-        if name is None:
-            return Node(source, "text", detail="not a cloudpath")
-        return visit(name, level, ancestors)
-
     return visit(root, 0, ())
+
+
+def _target(source: str) -> tuple[str, str, str]:
+    """Where a source leads: ("volume", its layer, ""), or a leaf's (kind, name, detail)."""
+    try:
+        layer = source_layer(source)
+    except InvalidInput as error:
+        return "unsupported", source, f"not followed: {_brief(str(error))}"
+    if layer is None:
+        return "text", source, "not a cloudpath"
+    return "volume", layer, ""
 
 
 def raise_if_damaged(root: Node) -> None:
