@@ -10,7 +10,9 @@ Mapping:
 - each user is a `prov:Agent` (`prov:Person`); the activity `wasAssociatedWith` the user under
   the plan;
 - the volume `wasDerivedFrom` each source, through the activity, once however many spellings
-  of a layer the record names;
+  of a layer the record names; a source the summary lists that no cirrus record names
+  (another tool's, as `cirrus log` shows them) is a derivation with no activity, marked
+  `cirrus:listedIn` `summary` and `cirrus:recordedBy` `another tool`;
 - a damaged record is an activity too, with what the summary says of it (`cirrus:damaged`).
 A source that names a layer is named as lineage names it (`sources.source_layer`), so every
 spelling of a layer is the entity that layer's own export has.
@@ -117,7 +119,7 @@ def document(history: History, envs: dict[str, dict[str, Any] | str] | None = No
     user_ns = doc.add_namespace("user", f"{NAMESPACE}user:")
 
     made: set[Any] = set()
-    related: set[tuple[Any, Any]] = set()  # (activity, entity)
+    related: set[tuple[Any, Any]] = set()  # (activity, or None for the summary; entity)
 
     def once(identifier: Any, build: Any) -> Any:
         if identifier not in made:
@@ -207,6 +209,12 @@ def document(history: History, envs: dict[str, dict[str, Any] | str] | None = No
                 related.add((activity, entity))
                 doc.used(activity, entity)
                 doc.wasDerivedFrom(volume, entity, activity)
+    listed = {cirrus["listedIn"]: "summary", cirrus["recordedBy"]: "another tool"}
+    for source in history.other_tools.get("sources", []):
+        entity = source_entity(source)
+        if (None, entity) not in related:
+            related.add((None, entity))
+            doc.wasDerivedFrom(volume, entity, other_attributes=listed)
     for damaged in history.damaged:
         activity = act[damaged.session]
         if activity not in made:

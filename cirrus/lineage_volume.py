@@ -15,7 +15,7 @@ from cirrus.ledger import SUMMARY_KEY, Ledger
 from cirrus.reading import History, has_info, read_history
 from cirrus.summary import processing_line
 
-SUMMARY_ONLY = "listed in the summary (a record is damaged)"
+SUMMARY_ONLY = "listed in the summary (another tool's, or a damaged record's)"
 OTHER_TOOLS = "listed in the summary by another tool"
 
 
@@ -51,7 +51,8 @@ class Node:
 
 def read_volume(ledger: Ledger, name: str) -> tuple[Node, dict[str, list[str]]]:
     """A volume's node and its sources (source -> processes that used it), skipping damaged
-    records; then the summary's sources no intact record names, as the damaged ones' may be."""
+    records; then the summary's sources no intact record names: other tools', and the damaged
+    records' (the summary is read again to list them only when a record is damaged)."""
     history = read_history(ledger)
     records = [stored.record for stored in history]
     ended = [r.ended for r in records] + [d.ended for d in history.damaged]
@@ -73,9 +74,8 @@ def read_volume(ledger: Ledger, name: str) -> tuple[Node, dict[str, list[str]]]:
     if history.damaged:
         for source in ledger.summary().get("sources", []):
             sources.setdefault(source, [SUMMARY_ONLY])
-    for source in history.other_tools.get("sources", []):  # no cirrus record here at all
-        if isinstance(source, str):
-            sources.setdefault(source, [OTHER_TOOLS])
+    for source in history.other_tools.get("sources", []):  # no intact record names them
+        sources.setdefault(source, [OTHER_TOOLS])
     return node, sources
 
 

@@ -1,7 +1,9 @@
 """Sources as recorded, and as `cirrus lineage` and `cirrus export` follow them: a `file://`
-source is resolved when it is recorded, and every spelling of a layer is one source.
+source is resolved when it is recorded, every spelling of a layer is one source, and the
+sources another tool listed in the summary are followed after cirrus writes there too.
 
-Real file:// layers under tmp_path, written by real sessions.
+Real file:// layers under tmp_path, written by real sessions (and by plain CloudVolume, as a
+tool before cirrus would).
 """
 
 from __future__ import annotations
@@ -136,3 +138,55 @@ def test_two_spellings_of_one_layer_are_one_source(wk: Path) -> None:
     assert len(document["used"]) == 2 and len(document["wasDerivedFrom"]) == 2
     labels = [e.get("prov:label") for e in document["entity"].values()]
     assert labels.count("mem://bucket/layer") == 1 and labels.count(c) == 1
+
+
+@pytest.fixture
+def old(wk: Path) -> str:
+    """`old`, made by plain CloudVolume before cirrus: its summary lists two sources."""
+    from cloudvolume import CloudVolume
+
+    (path,) = layers(wk, "old")
+    volume = CloudVolume(path, progress=False)
+    volume.provenance.sources = [f"file://{wk}/a/", "mem://other/thing"]
+    volume.provenance.processing.append({"method": {"task": "DownsampleTask"}, "by": "igneous"})
+    volume.commit_provenance()
+    return path
+
+
+def test_sources_other_tools_listed_are_followed_after_a_cirrus_write(wk: Path, old: str) -> None:
+    a = f"file://{wk}/a"
+    write([old], ["manual edits"], description="proofread")
+    out = invoke("lineage", old).output
+    assert '"manual edits"  (free text)  <- proofread' in out
+    assert f"{a}  (0 record(s), no provenance recorded)  <- listed in the summary by another" in out
+    assert "mem://other/thing  (0 record(s)" in out
+    log = invoke("log", old).output
+    others = log[log.index("written by other tools") :]
+    assert f"{a}/" in others and "mem://other/thing" in others and "manual edits" not in others
+    assert json.loads(invoke("log", old, "--json").stdout)["other_tools"]["sources"] == [
+        f"{a}/",
+        "mem://other/thing",
+    ]
+
+
+def test_export_carries_the_sources_other_tools_listed_as_theirs(wk: Path, old: str) -> None:
+    a = f"file://{wk}/a"
+
+    def derivations(document: dict) -> dict[str, dict]:
+        labels = {key: e.get("prov:label") for key, e in document["entity"].items()}
+        return {labels[d["prov:usedEntity"]]: d for d in document["wasDerivedFrom"].values()}
+
+    before = derivations(json.loads(invoke("export", old).stdout))
+    assert set(before) == {a, "mem://other/thing"}
+    for derivation in before.values():
+        assert "prov:activity" not in derivation
+        assert derivation["cirrus:listedIn"] == "summary"
+        assert derivation["cirrus:recordedBy"] == "another tool"
+
+    write([old], ["manual edits"], description="proofread")
+    after = derivations(json.loads(invoke("export", old).stdout))
+    assert set(after) == {a, "mem://other/thing", "manual edits"}
+    assert (
+        "prov:activity" in after["manual edits"] and "cirrus:listedIn" not in after["manual edits"]
+    )
+    assert after[a]["cirrus:listedIn"] == "summary"
