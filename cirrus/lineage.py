@@ -2,19 +2,24 @@
 
 The result is a tree (a source reached twice is expanded once, then referred to), rendered by
 `cirrus.lineage_render`. Sources are keyed by the layer they name (`sources.source_layer`), so
-two spellings of one layer are one branch. A source that cannot be read, is free text or a
-cloudpath cirrus cannot follow, or would close a cycle becomes a leaf saying so: lineage never
-fails because one ancestor is unreadable.
-A damaged record (missing, or failing its digest) is counted on its volume and skipped; the
-sources of the others are followed, and so are the summary's sources no intact record names
-(the damaged record's, most likely).
+two spellings of one layer are one branch. A source that is free text, a cloudpath cirrus
+cannot follow, or would close a cycle becomes a leaf saying so. An ancestor that cannot be read
+becomes a leaf too, with its fix, and so lineage shows the rest; but, as `cirrus log` does for
+its records, `raise_if_incomplete` then fails (exit 3), as it does for damaged records (counted
+and skipped). PATH's own failure is an error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from cirrus.errors import CirrusError, IntegrityError, InvalidInput, plain_text
+from cirrus.errors import (
+    CirrusError,
+    CorruptProvenance,
+    IncompleteLineage,
+    InvalidInput,
+    plain_text,
+)
 from cirrus.ledger import Ledger
 from cirrus.lineage_volume import Node, read_volume
 from cirrus.sources import source_layer
@@ -28,7 +33,8 @@ def lineage(
     depth: int = DEFAULT_DEPTH,
     open_ledger: Callable[[str], Ledger] = Ledger.open,
 ) -> Node:
-    """The lineage of `cloudpath`, following sources that name layers up to `depth` levels."""
+    """The lineage of `cloudpath`, following sources that name layers up to `depth` levels.
+    Raises what reading `cloudpath` itself raises (a malformed summary, storage)."""
     if depth < 0:
         raise InvalidInput(f"--depth must be 0 or more, got {depth}")
     root = normalise_cloudpath(cloudpath)
@@ -43,9 +49,10 @@ def lineage(
             return Node(name, "depth", detail=f"not followed: deeper than --depth {depth}")
         try:
             node, sources = read_volume(open_ledger(name), name)
-        except Exception as error:  # any failure of one ancestor is shown, never fatal
-            reason = str(error) if isinstance(error, CirrusError) else repr(error)
-            return Node(name, "unreadable", detail=f"unreadable: {_brief(reason)}")
+        except Exception as error:  # an ancestor's failure is shown; PATH's own is the error
+            if not ancestors:
+                raise
+            return Node(name, "unreadable", detail=_unreadable(name, error))
         expanded.add(name)
         grouped: dict[tuple[str, str], tuple[str, list[str]]] = {}
         for source, via in sources.items():
@@ -74,24 +81,44 @@ def _target(source: str) -> tuple[str, str, str]:
     return "volume", layer, ""
 
 
-def raise_if_damaged(root: Node) -> None:
-    """Raise IntegrityError naming the volumes whose damaged records the lineage skipped (what
-    `cirrus lineage` exits 3 on, after printing the rest, as `cirrus log` does)."""
-    damaged: list[Node] = []
+def _unreadable(name: str, error: Exception) -> str:
+    """An ancestor's failure in one line, with what to run next."""
+    reason = str(error) if isinstance(error, CirrusError) else repr(error)
+    fix = (
+        f"run `cirrus repair {name}`"
+        if isinstance(error, CorruptProvenance)
+        else f"`cirrus log {name}` shows the whole error"
+    )
+    return f"unreadable: {_brief(reason)}; {fix}"
+
+
+def raise_if_incomplete(root: Node) -> None:
+    """Raise IncompleteLineage naming what the lineage could not show whole: volumes with
+    damaged records, and ancestors that could not be read. What `cirrus lineage` exits 3 on
+    after printing the rest, as `cirrus log` does."""
+    nodes: list[Node] = []
 
     def walk(node: Node) -> None:
-        if node.damaged:
-            damaged.append(node)
+        nodes.append(node)
         for _via, parent in node.parents:
             walk(parent)
 
     walk(root)
+    damaged = [f"{node.name} ({node.damaged})" for node in nodes if node.damaged]
+    unreadable = list(dict.fromkeys(node.name for node in nodes if node.kind == "unreadable"))
+    parts = []
     if damaged:
-        named = ", ".join(f"{node.name} ({node.damaged})" for node in damaged)
-        raise IntegrityError(
-            f"the lineage skipped damaged records on {len(damaged)} volume(s): {named}",
-            "run `cirrus verify PATH` on each for what is wrong and how to mend it",
+        parts.append(
+            f"the lineage skipped damaged records on {len(damaged)} volume(s): "
+            f"{', '.join(damaged)} (`cirrus verify PATH` on each says how to mend them)"
         )
+    if unreadable:
+        parts.append(
+            f"{len(unreadable)} source(s) could not be read: {', '.join(unreadable)} "
+            "(each one's line above says what to run)"
+        )
+    if parts:
+        raise IncompleteLineage("; ".join(parts))
 
 
 def _brief(message: str, limit: int = 160) -> str:
