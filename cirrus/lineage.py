@@ -6,7 +6,7 @@ two spellings of one layer are one branch. A source that is free text, a cloudpa
 cannot follow, or would close a cycle becomes a leaf saying so. An ancestor that cannot be read
 becomes a leaf too, with its fix, and so lineage shows the rest; but, as `cirrus log` does for
 its records, `raise_if_incomplete` then fails (exit 3), as it does for damaged records (counted
-and skipped). PATH's own failure is an error.
+and skipped) and records stored that the summary does not name. PATH's own failure is an error.
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ def _unreadable(name: str, error: Exception) -> str:
 
 def raise_if_incomplete(root: Node) -> None:
     """Raise IncompleteLineage naming what the lineage could not show whole: volumes with
-    damaged records, and ancestors that could not be read. What `cirrus lineage` exits 3 on
-    after printing the rest, as `cirrus log` does."""
+    damaged or unpublished records, and ancestors that could not be read. What `cirrus
+    lineage` exits 3 on after printing the rest, as `cirrus log` does."""
     nodes: list[Node] = []
 
     def walk(node: Node) -> None:
@@ -105,12 +105,18 @@ def raise_if_incomplete(root: Node) -> None:
 
     walk(root)
     damaged = [f"{node.name} ({node.damaged})" for node in nodes if node.damaged]
+    unpublished = [f"{node.name} ({node.unpublished})" for node in nodes if node.unpublished]
     unreadable = list(dict.fromkeys(node.name for node in nodes if node.kind == "unreadable"))
     parts = []
     if damaged:
         parts.append(
             f"the lineage skipped damaged records on {len(damaged)} volume(s): "
             f"{', '.join(damaged)} (`cirrus verify PATH` on each says how to mend them)"
+        )
+    if unpublished:
+        parts.append(
+            f"records stored but not in the summary on {len(unpublished)} volume(s): "
+            f"{', '.join(unpublished)} (`cirrus recover PATH` on each publishes them)"
         )
     if unreadable:
         parts.append(

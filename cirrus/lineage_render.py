@@ -1,5 +1,6 @@
 """A lineage tree (`cirrus.lineage`) as people and tools read it: indented text, Graphviz dot,
-Mermaid."""
+Mermaid. Each volume shows what its history holds and what it lacks (damaged, unpublished
+records; sessions and steps not recorded yet), each use of a source how it was used."""
 
 from __future__ import annotations
 
@@ -11,16 +12,27 @@ from cirrus.lineage_volume import Node
 REFERENCES = ("seen", "cycle")  # leaves that stand for a node expanded elsewhere
 
 
+def _facts(node: Node) -> str:
+    """A volume's history in brief: its records, and what is amiss or not recorded yet."""
+    facts = f"{node.records} record(s)"
+    if node.latest:
+        facts += f", latest {node.latest[:19].replace('T', ' ')}Z"
+    if node.damaged:
+        facts += f", {node.damaged} damaged and skipped: run cirrus verify"
+    if node.unpublished:
+        facts += f", {node.unpublished} UNPUBLISHED: run cirrus recover"
+    if node.open_sessions:
+        facts += f", {node.open_sessions} open session(s): not committed, not recorded yet"
+    if node.open_steps:
+        facts += f", {node.open_steps} open step(s): not finished, not recorded yet"
+    if node.detail:
+        facts += f", {one_line(node.detail)}"
+    return facts
+
+
 def _label(node: Node) -> str:
     if node.kind == "volume":
-        facts = f"{node.records} record(s)"
-        if node.latest:
-            facts += f", latest {node.latest[:19].replace('T', ' ')}Z"
-        if node.damaged:
-            facts += f", {node.damaged} damaged and skipped: run cirrus verify"
-        if node.detail:
-            facts += f", {one_line(node.detail)}"
-        return f"{one_line(node.name)}  ({facts})"
+        return f"{one_line(node.name)}  ({_facts(node)})"
     if node.kind == "text":
         return f"{json.dumps(node.name, ensure_ascii=False)}  (free text)"
     return f"{one_line(node.name)}  [{one_line(node.detail)}]"

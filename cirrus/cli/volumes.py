@@ -177,10 +177,11 @@ def lineage_command(path: str, depth: int, fmt: str) -> None:
     """Where PATH came from: its sources, and theirs, following sources that name layers.
 
     Free-text sources, cycles and the depth limit end a branch and are shown as such; they are
-    not errors. Damaged records are counted on their volume and skipped (the sources of the
-    others, and the summary's, are still followed), and a source that cannot be read is a leaf
-    with its fix: all is shown, then the command exits 3, as `cirrus log` does. PATH's own
-    provenance failing to read is an error (exit 3).
+    not errors. Sessions that wrote without committing are shown with their sources, marked as
+    not recorded yet. Damaged records are counted on their volume and skipped, records stored
+    that the summary does not name are marked UNPUBLISHED, and a source that cannot be read is
+    a leaf with its fix: all is shown, then the command exits 3, as `cirrus log` does. PATH's
+    own provenance failing to read is an error (exit 3).
     """
     from cirrus.lineage import lineage, raise_if_incomplete
     from cirrus.lineage_render import RENDERERS
