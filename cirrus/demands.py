@@ -13,9 +13,12 @@ from cirrus.canonical import check_text
 from cirrus.errors import InvalidInput
 from cirrus.model import Process
 from cirrus.redact import redact_url
+from cirrus.sources import recorded_source
 
 
 def validate_sources(sources: Any) -> tuple[str, ...]:
+    """The sources as records keep them: credentials out of URLs, `file://` layers resolved
+    against this process's directory (`sources.recorded_source`), each once."""
     if isinstance(sources, str) or not isinstance(sources, Sequence):
         raise InvalidInput(
             f"sources must be a list of strings, got {type(sources).__name__} {sources!r}; "
@@ -30,7 +33,7 @@ def validate_sources(sources: Any) -> tuple[str, ...]:
         if not isinstance(source, str) or not source.strip():
             raise InvalidInput(f"sources[{i}] must be a non-empty string, got {source!r}")
         check_text(source, f"sources[{i}]")
-    return tuple(dict.fromkeys(map(redact_url, sources)))  # a signed URL's secret stays out
+    return tuple(dict.fromkeys(recorded_source(redact_url(source)) for source in sources))
 
 
 def validate_motivation(motivation: Any) -> str:

@@ -92,6 +92,11 @@ class IntegrityError(CirrusError):
         super().__init__(f"{problem}: {remedy}" if remedy else problem)
 
 
+class IncompleteLineage(CirrusError):
+    """A lineage was shown with parts it could not read whole: damaged or unpublished records,
+    or an ancestor whose provenance could not be read."""
+
+
 class StepError(CirrusError):
     """A step token is invalid, or a volume is used outside the step it was opened for."""
 

@@ -9,9 +9,12 @@ Mapping:
   commit, branch, dirty; Docker image, tag, image id, digests; never diffs or packages);
 - each user is a `prov:Agent` (`prov:Person`); the activity `wasAssociatedWith` the user under
   the plan;
-- the volume `wasDerivedFrom` each source, through the activity;
+- the volume `wasDerivedFrom` each source, through the activity, once however many spellings
+  of a layer the record names; a source the summary lists that no cirrus record names
+  (another tool's, as `cirrus log` shows them) is a derivation with no activity, marked
+  `cirrus:listedIn` `summary` and `cirrus:recordedBy` `another tool`;
 - a damaged record is an activity too, with what the summary says of it (`cirrus:damaged`).
-A source that is a cloudpath is named as lineage names it (`lineage.source_layer`), so every
+A source that names a layer is named as lineage names it (`sources.source_layer`), so every
 spelling of a layer is the entity that layer's own export has.
 `prov` is imported here only, so nothing else pays for it.
 """
@@ -24,9 +27,9 @@ from urllib.parse import quote
 
 from cirrus.errors import CirrusError, InvalidInput
 from cirrus.ledger import Ledger
-from cirrus.lineage import source_layer
 from cirrus.overlap import overlapped
 from cirrus.reading import DamagedRecord, History
+from cirrus.sources import source_layer
 
 NAMESPACE = "urn:cirrus:"
 FORMATS = {"prov-json": "json", "prov-jsonld": "jsonld"}
@@ -116,6 +119,7 @@ def document(history: History, envs: dict[str, dict[str, Any] | str] | None = No
     user_ns = doc.add_namespace("user", f"{NAMESPACE}user:")
 
     made: set[Any] = set()
+    related: set[tuple[Any, Any]] = set()  # (activity, or None for the summary; entity)
 
     def once(identifier: Any, build: Any) -> Any:
         if identifier not in made:
@@ -201,8 +205,16 @@ def document(history: History, envs: dict[str, dict[str, Any] | str] | None = No
         doc.wasGeneratedBy(volume, activity, record["ended"], {cirrus["record"]: stored.id})
         for source in record.get("sources", []):
             entity = source_entity(source)
-            doc.used(activity, entity)
-            doc.wasDerivedFrom(volume, entity, activity)
+            if (activity, entity) not in related:  # two spellings of one layer: one source
+                related.add((activity, entity))
+                doc.used(activity, entity)
+                doc.wasDerivedFrom(volume, entity, activity)
+    listed = {cirrus["listedIn"]: "summary", cirrus["recordedBy"]: "another tool"}
+    for source in history.other_tools.get("sources", []):
+        entity = source_entity(source)
+        if (None, entity) not in related:
+            related.add((None, entity))
+            doc.wasDerivedFrom(volume, entity, other_attributes=listed)
     for damaged in history.damaged:
         activity = act[damaged.session]
         if activity not in made:

@@ -224,7 +224,8 @@ def read_history(
 ) -> History:
     """The published records of `ledger`'s layer (only the `newest` N if given), each verified,
     read `overlap.THREADS` at a time: 10,000 records are 10,000 GETs. A damaged record is
-    listed in `damaged`, never fatal. `must_be_layer`: refuse a path with neither `info` nor
+    listed in `damaged`, never fatal. `other_tools` has the summary's sources no record names
+    when every record was read intact. `must_be_layer`: refuse a path with neither `info` nor
     `provenance` (`not_a_layer`), checking `info` only when there is no summary."""
     blob = ledger.store.get(SUMMARY_KEY)
     if blob is None and must_be_layer and not has_info(ledger.store):
@@ -236,14 +237,18 @@ def read_history(
     pointers = {pointer["id"]: pointer for pointer in section.get("records", [])}
     with overlapped(len(wanted)) as run:
         entries = run(lambda rid: _read_entry(ledger, pointers[rid]), wanted)
+    intact = [entry for entry in entries if isinstance(entry, StoredRecord)]
+    damaged = [entry for entry in entries if isinstance(entry, DamagedRecord)]
+    whole = len(intact) == len(ids)  # else an unread or damaged record may have listed one
+    recorded = {source for stored in intact for source in stored.record.sources} if whole else None
     return History(
-        [entry for entry in entries if isinstance(entry, StoredRecord)],
+        intact,
         ledger.cloudpath,
         section.get("open_steps"),
         section.get("open_sessions"),
         total=len(ids),
-        damaged=[entry for entry in entries if isinstance(entry, DamagedRecord)],
-        other_tools=other_tools(summary),
+        damaged=damaged,
+        other_tools=other_tools(summary, recorded),
         unpublished=unpublished_records(ledger, summary) if look_for_unpublished else [],
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from cirrus.errors import CorruptProvenance
@@ -255,10 +255,14 @@ def processing_entry(process: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def other_tools(summary: Mapping[str, Any]) -> dict[str, Any]:
+def other_tools(
+    summary: Mapping[str, Any], recorded: Collection[str] | None = None
+) -> dict[str, Any]:
     """What the summary says that no cirrus record put there: processing entries other tools
-    appended (igneous, provenance-toolbox, CloudVolume scripts) and, on a layer with no cirrus
-    record at all, its description, owners and sources. Empty when there is nothing."""
+    appended (igneous, provenance-toolbox, CloudVolume scripts), the sources no cirrus record
+    names, and on a layer with no cirrus record its description and owners. `recorded`: the
+    sources of every record the summary names; without it, the sources of a layer with cirrus
+    records cannot be told apart, so none are given. Empty when there is nothing."""
     found: dict[str, Any] = {}
     processing = [
         entry
@@ -271,6 +275,10 @@ def other_tools(summary: Mapping[str, Any]) -> dict[str, Any]:
         for key in ("description", "owners", "sources"):
             if summary.get(key):
                 found[key] = summary[key]
+    elif recorded is not None:
+        sources = [source for source in summary.get("sources") or [] if source not in recorded]
+        if sources:
+            found["sources"] = sources
     return found
 
 

@@ -314,9 +314,14 @@ def test_lineage_shows_cycles_and_unreadable_sources(tmp_path: Path) -> None:
     typo = f"file://{tmp_path}/imgae"
     write([x], [y, bad, "ftp-ish://not/a/layer", typo, bare])
     write([y], [x])
-    out = invoke("lineage", x).output
+    result = invoke("lineage", x, code=3)  # an ancestor unreadable: all shown, then exit 3
+    out = result.stdout
     assert "cycle: already an ancestor" in out
-    assert "[unreadable: " in out and "is a JSON list, not an object]" in out
+    assert (
+        "[unreadable: " in out
+        and f"is a JSON list, not an object; run `cirrus repair {bad}`]" in out
+    )
+    assert f"1 source(s) could not be read: {bad}" in result.stderr
     assert "ftp-ish://not/a/layer  [not followed: " in out
     assert f"{typo}  (0 record(s), no layer here (neither info nor provenance): check" in out
     assert f"{bare}  (0 record(s), no provenance recorded)" in out  # a layer, no history yet

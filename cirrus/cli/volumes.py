@@ -215,14 +215,17 @@ def verify_command(paths: tuple[str, ...], as_json: bool) -> None:
     show_default=True,
 )
 def lineage_command(path: str, depth: int, fmt: str) -> None:
-    """Where PATH came from: its sources, and theirs, following cloudpath sources.
+    """Where PATH came from: its sources, and theirs, following sources that name layers.
 
-    Free-text sources, unreadable volumes, cycles and the depth limit end a branch and are
-    shown as such; they are not errors. Damaged records are counted on their volume and
-    skipped; the sources of the others (and the summary's) are still followed, all is shown,
-    then the command exits 3.
+    Free-text sources, cycles and the depth limit end a branch and are shown as such; they are
+    not errors. Sessions that wrote without committing are shown with their sources, marked as
+    not recorded yet. Damaged records are counted on their volume and skipped, records stored
+    that the summary does not name are marked UNPUBLISHED, and a source that cannot be read is
+    a leaf with its fix: all is shown, then the command exits 3, as `cirrus log` does. PATH's
+    own provenance failing to read is an error (exit 3).
     """
-    from cirrus.lineage import RENDERERS, lineage, raise_if_damaged
+    from cirrus.lineage import lineage, raise_if_incomplete
+    from cirrus.lineage_render import RENDERERS
 
     require_layer(path)  # its sources may be unreadable; PATH itself must be a layer
     root = lineage(path, depth=depth)
@@ -230,7 +233,7 @@ def lineage_command(path: str, depth: int, fmt: str) -> None:
         click.echo(json.dumps(root.to_json(), indent=2, ensure_ascii=False))
     else:
         click.echo(RENDERERS[fmt](root))
-    raise_if_damaged(root)  # shown, counted and skipped; exit 3 all the same
+    raise_if_incomplete(root)  # shown, marked; exit 3 all the same
 
 
 # -- export ---------------------------------------------------------------------------------------
