@@ -90,7 +90,8 @@ class Step:
 
     def _undo_open(self, opened: list[str], error: BaseException) -> None:
         """Unlist a step whose opening failed part way, so no volume shows it open with no
-        token to finish it; raises StepError naming the volumes it could not unlist."""
+        token to finish it; raises StepError naming the volumes it could not unlist (a Ctrl-C
+        or SIGTERM goes on as it came, the volumes logged)."""
         left = []
         for layer in opened:
             try:
@@ -100,12 +101,16 @@ class Step:
         if not left:
             log.warning("step %s was not opened (%s): no volume lists it", self.id, error)
             return
-        raise StepError(
+        message = (
             f"opening step {self.id} failed on {opened[-1]} ({error_message(error)}), and it "
             f"is still listed as open on {', '.join(left)}: fix the cause and open the step "
-            f"again; to unlist this one, `cirrus step token {left[0]} {self.id}`, then "
-            "`cirrus step finish TOKEN`"
-        ) from error
+            f"again; `cirrus step token {left[0]} {self.id}`, then `cirrus step finish TOKEN`, "
+            "closes this one, recording it (as failed if it expected tasks: none ran)"
+        )
+        if not isinstance(error, Exception):
+            log.error("%s", message)
+            return
+        raise StepError(message) from error
 
     @property
     def id(self) -> str:

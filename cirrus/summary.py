@@ -25,6 +25,7 @@ OPEN = (OPEN_STEPS, OPEN_SESSIONS)
 # notes of one record shown in `description`; the rest are counted there and kept in the record,
 # so a step of 10,000 tasks with a result note each does not make every commit rewrite them all
 NOTES_SHOWN = 10
+MORE_NOTES = "more notes in cirrus record "  # "17 more notes in cirrus record <rid12> (...)"
 REPAIR_HINT = (
     "cirrus never overwrites it. Keep a copy, then repair it in place: "
     "`cirrus repair PATH` moves it to provenance.d/corrupt/<sha256> and rebuilds it from the "
@@ -305,8 +306,11 @@ def note_line(note: Mapping[str, Any]) -> str:
 
 
 def _add_notes(summary: dict[str, Any], rid: str, notes: Sequence[Mapping[str, Any]]) -> None:
-    """Append a record's notes not shown yet, at most NOTES_SHOWN; a last line counts the rest."""
+    """Append a record's notes not shown yet, at most NOTES_SHOWN; a last line counts the rest
+    (and says, to a later merge or `cirrus verify`, that the record's notes were shown)."""
     description = summary["description"]
+    if notes_counted(description, rid):  # merged before (a repair rebuilds on the old text)
+        return
     present = {note_key(chunk) for chunk in description.split(NOTE_SEP)}
     lines = []
     for note in notes:
@@ -316,17 +320,16 @@ def _add_notes(summary: dict[str, Any], rid: str, notes: Sequence[Mapping[str, A
             lines.append(line)
     if len(lines) > NOTES_SHOWN:
         more = len(lines) - NOTES_SHOWN + 1
+        text = f"{more} {MORE_NOTES}{rid[:12]} (`cirrus show PATH {rid[:12]}`)"
         lines[NOTES_SHOWN - 1 :] = [
-            note_line(
-                {
-                    "kind": "generic",
-                    "text": f"{more} more notes in cirrus record {rid[:12]} "
-                    f"(`cirrus show PATH {rid[:12]}`)",
-                    "time": notes[-1]["time"],
-                }
-            )
+            note_line({"kind": "generic", "text": text, "time": notes[-1]["time"]})
         ]
     summary["description"] = NOTE_SEP.join(([description] if description else []) + lines)
+
+
+def notes_counted(description: str, rid: str) -> bool:
+    """Whether `description` counts notes of record `rid` it does not show (NOTES_SHOWN)."""
+    return f"{MORE_NOTES}{rid[:12]} (" in description
 
 
 def note_key(chunk: str) -> tuple[str, ...]:

@@ -34,7 +34,7 @@ from cirrus.model import superseded_unpublished
 from cirrus.overlap import THREADS
 from cirrus.stepfiles import StepFiles, unaccounted
 from cirrus.stepsiblings import unfiled_here
-from cirrus.summary import NOTE_SEP, note_key, note_line, processing_entry
+from cirrus.summary import NOTE_SEP, note_key, note_line, notes_counted, processing_entry
 
 POINTER_FIELDS = ("session", "status", "started", "ended", "step")
 
@@ -342,8 +342,11 @@ def _check_sources_and_notes(
     missing = sorted({s for rec in published for s in rec.get("sources", [])} - sources)
     for source in missing:
         report.problems.append(f"summary: source {source!r} of a published record is missing")
-    present = {note_key(chunk) for chunk in summary.get("description", "").split(NOTE_SEP)}
+    description = summary.get("description", "")
+    present = {note_key(chunk) for chunk in description.split(NOTE_SEP)}
     for rec in published:
+        if notes_counted(description, rec["id"]):  # shown up to NOTES_SHOWN, the rest counted
+            continue
         for note in rec.get("notes", []):
             if note_key(note_line(note)) not in present:
                 report.problems.append(

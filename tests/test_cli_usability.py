@@ -208,10 +208,32 @@ def test_export_keeps_a_file_that_exists_unless_forced(tmp_path: Path) -> None:
     kept.write_text("mine")
     invoke("export", path, "-o", str(kept), code=2)
     assert kept.read_text() == "mine"
+    kept.chmod(0o600)  # a private file stays private when replaced
     invoke("export", path, "-o", str(kept), "--force")
+    assert json.loads(kept.read_text()) and kept.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_export_to_a_file_system_without_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some FUSE and SMB mounts refuse hard links: a new file is created exclusively instead."""
+    import errno
+
+    def refuse(*_args: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    (path,) = layers(tmp_path, "v")
+    write([path], ["x"])
+    monkeypatch.setattr(os, "link", refuse)
+    target = tmp_path / "out.json"
+    invoke("export", path, "-o", str(target))
     umask = os.umask(0)
     os.umask(umask)
-    assert json.loads(kept.read_text()) and kept.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert json.loads(target.read_text()) and target.stat().st_mode & 0o777 == 0o666 & ~umask
+    target.write_text("mine")
+    assert "it exists, and is kept" in invoke("export", path, "-o", str(target), code=2).stderr
+    assert target.read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 

@@ -20,7 +20,9 @@ from tests.test_codeenv import GIT_ENV, git
 CAPTURE = """\
 import json, sys
 import cirrus
-document = cirrus.PythonGithubEnv(sys.argv[1], diff_limit=int(sys.argv[2])).to_json()
+keep = sys.argv[3] == "keep"
+document = cirrus.PythonGithubEnv(sys.argv[1], diff_limit=int(sys.argv[2]), script_text=keep)
+document = document.to_json()
 print(json.dumps(document))
 """
 
@@ -36,9 +38,15 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
-def run(script: Path | None, repo: Path, *args: str, diff_limit: int = 1_000_000) -> dict:
-    """The environment document a real process captures running `script` (or `args`)."""
-    command = [sys.executable, *([str(script)] if script else args), str(repo), str(diff_limit)]
+def run(
+    script: Path | None, repo: Path, *args: str, diff_limit: int = 1_000_000, keep: bool = True
+) -> dict:
+    """The environment document a real process captures running `script` (or `args`), with
+    `script_text=keep`."""
+    command = [
+        *(sys.executable, *([str(script)] if script else args)),
+        *(str(repo), str(diff_limit), "keep" if keep else "digest"),
+    ]
     done = subprocess.run(
         command, cwd=repo, env=GIT_ENV, capture_output=True, text=True, check=True
     )
@@ -62,6 +70,19 @@ def test_an_untracked_script_is_kept_whole_with_its_digest(repo: Path) -> None:
         "text_truncated": False,
     }
     assert "segment.py" in document["untracked"] and document["dirty"] is False
+
+
+def test_by_default_a_script_git_does_not_hold_is_kept_by_digest_not_text(repo: Path) -> None:
+    """A script kept out of git may hold keys, and a stored record cannot be edited."""
+    script = repo / "segment.py"
+    script.write_text(CAPTURE + 'KEY = "wJalrXUtnFEMI"\n')
+    held = run(script, repo, keep=False)["script"]
+    assert held == {
+        "path": "segment.py",
+        "git": "untracked",
+        "bytes": script.stat().st_size,
+        "sha256": sha256(script),
+    }
 
 
 def test_a_committed_script_is_named_by_the_commit_not_copied(repo: Path) -> None:
@@ -162,7 +183,7 @@ RECORDED = """\
 import sys
 import numpy as np
 import cirrus
-process = cirrus.Process("paint", {"value": 7}, cirrus.PythonGithubEnv("."))
+process = cirrus.Process("paint", {"value": 7}, cirrus.PythonGithubEnv(".", script_text=True))
 with cirrus.session(["gs://lab/aff"], "try a threshold", process) as s:
     s.volume(sys.argv[1])[0:64, 0:64, 0:64] = np.full((64, 64, 64), 7, np.uint8)
 """
@@ -181,3 +202,20 @@ def test_cirrus_show_says_how_git_held_the_script_and_prints_its_text(
     shown = invoke("show", layer, stored.id[:12]).output
     assert f"script: paint.py (untracked, {len(RECORDED):,} bytes: its text is kept)" in shown
     assert "script:\n" in shown and '  with cirrus.session(["gs://lab/aff"]' in shown
+
+
+def test_a_kept_script_cannot_drive_the_terminal_cirrus_show_prints_it_on(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cirrus.cli.volumes
+
+    layer = f"file://{tmp_path}/layer"
+    make_layer(layer)
+    (repo / "paint.py").write_text(RECORDED + "# \x1b]0;PWNED\x07 \x1b[31mRED why\u202etxt.gnp\n")
+    subprocess.run(
+        [sys.executable, "paint.py", layer], cwd=repo, env=GIT_ENV, check=True, capture_output=True
+    )
+    monkeypatch.setattr(cirrus.cli.volumes, "is_terminal", lambda: True)
+    out = invoke("show", layer, cirrus.history(layer)[0].id[:12], color=True).stdout
+    assert "script of env" in out and "PWNED" not in out and "why<U+202E>txt.gnp" in out
+    assert "\x1b]" not in out and "\x1b[31mRED" not in out and "\u202e" not in out

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 from functools import partial
+from pathlib import Path
 
 import pytest
 from taskqueue import TaskQueue
@@ -789,3 +790,11 @@ def test_the_summary_shows_a_few_task_notes_and_counts_the_rest_which_the_record
         f";GENERIC;17 more notes in cirrus record {rid[:12]} (`cirrus show PATH {rid[:12]}`)"
     )
     assert "chunk 24 done" in invoke("show", layer, rid[:12]).output
+    invoke("verify", layer)  # the notes counted, not shown, are no missing notes
+    # a repair rebuilds on the old description: the record's notes are not shown twice
+    broken = summary_json(layer)
+    broken["sources"] = "gs://lab/aff"
+    (Path(layer.removeprefix("file://")) / "provenance").write_text(json.dumps(broken))
+    invoke("repair", layer)
+    assert summary_json(layer)["description"].split(" \n ") == lines
+    invoke("verify", layer)

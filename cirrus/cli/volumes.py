@@ -95,7 +95,7 @@ def show_command(path: str, record_id: str, as_json: bool) -> None:
     that is missing or damaged is shown as `cirrus log` shows it, DAMAGED, with how to restore
     it, and the command exits 3.
     """
-    from cirrus.display import record_text
+    from cirrus.display import clean, record_text
     from cirrus.display_env import env_diff, env_script
     from cirrus.errors import IntegrityError
     from cirrus.ledger import Ledger
@@ -143,7 +143,7 @@ def show_command(path: str, record_id: str, as_json: bool) -> None:
     console = rich_console()
     console.print(record_text(stored.to_json(), envs, diffs=False), markup=False)
     for env_id, document, _error in envs:
-        diff, script = env_diff(document), env_script(document)
+        diff, script = clean(env_diff(document)), clean(env_script(document))  # never obeyed
         if diff:
             console.print(f"\n[bold]diff of env {env_id[:12]}[/bold]")
             console.print(Syntax(diff, "diff", theme="ansi_dark", word_wrap=True))
@@ -300,11 +300,12 @@ def _write_whole(output: str, data: bytes, force: bool) -> None:
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
-        os.chmod(temporary, 0o666 & ~_umask())
+        replaced = os.stat(output).st_mode & 0o777 if force and os.path.isfile(output) else None
+        os.chmod(temporary, replaced if replaced is not None else 0o666 & ~_umask())
         if force:
             os.replace(temporary, output)
         else:
-            os.link(temporary, output)
+            _link_new(temporary, output)
     except FileExistsError:
         raise _exists(output) from None
     except OSError as error:
@@ -312,6 +313,22 @@ def _write_whole(output: str, data: bytes, force: bool) -> None:
     finally:
         if os.path.lexists(temporary):
             os.unlink(temporary)
+
+
+def _link_new(temporary: str, output: str) -> None:
+    """Put `temporary` in place as `output`, refused if `output` exists: a hard link, or where
+    the file system has none (some FUSE and SMB mounts), an exclusive create then a rename."""
+    import os
+
+    from cirrus.storage.file import NO_HARD_LINKS
+
+    try:
+        os.link(temporary, output)
+    except OSError as error:
+        if error.errno not in NO_HARD_LINKS:
+            raise
+        os.close(os.open(output, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.replace(temporary, output)
 
 
 def _umask() -> int:

@@ -84,9 +84,12 @@ def _interactive_namespaces() -> list[Mapping[str, Any]]:
     return spaces
 
 
-def git_state(path: str, diff_limit: int, script: str | None = None) -> dict[str, Any]:
-    """Read the repository containing `path` (and how it holds the running `script`); raise
-    GitUnavailable with the reason if impossible."""
+def git_state(
+    path: str, diff_limit: int, script: str | None = None, script_limit: int | None = None
+) -> dict[str, Any]:
+    """Read the repository containing `path` (and how it holds the running `script`, its text
+    kept up to `script_limit` bytes if given); raise GitUnavailable with the reason if
+    impossible."""
     try:
         import git
     except ImportError as err:  # GitPython refuses to import when no git executable runs
@@ -108,7 +111,7 @@ def git_state(path: str, diff_limit: int, script: str | None = None) -> dict[str
         try:
             if not repo.head.is_valid():
                 _check_head(repo, root)
-            return _read_repo(repo, diff_limit, script)
+            return _read_repo(repo, diff_limit, script, script_limit)
         except (git.GitError, OSError, ValueError) as err:
             raise GitUnavailable(f"reading the git repository at {root} failed: {err}") from err
 
@@ -132,10 +135,12 @@ def _check_head(repo: Any, root: str) -> None:
     )
 
 
-def _read_repo(repo: Any, diff_limit: int, script: str | None) -> dict[str, Any]:
+def _read_repo(
+    repo: Any, diff_limit: int, script: str | None, script_limit: int | None
+) -> dict[str, Any]:
     detached = repo.head.is_detached
     held = script_json(
-        script, repo.working_tree_dir, lambda name: _git_holds(repo, name), diff_limit
+        script, repo.working_tree_dir, lambda name: _git_holds(repo, name), script_limit
     )
     return {
         "path": str(repo.working_tree_dir),
@@ -254,16 +259,19 @@ def _redacted(diff: bytes) -> str:
 
 
 def capture_python_git(
-    path: str, diff_limit: int, environ: Mapping[str, str] | None = None
+    path: str,
+    diff_limit: int,
+    environ: Mapping[str, str] | None = None,
+    script_text: bool = False,
 ) -> dict[str, Any]:
     """The python-git document; on failure it carries `capture_error` and what could be read."""
     document: dict[str, Any] = {"kind": KIND, "path": os.path.abspath(path)}
-    script = main_script()
+    script, script_limit = main_script(), (diff_limit if script_text else None)
     try:
-        document.update(git_state(path, diff_limit, script))
+        document.update(git_state(path, diff_limit, script, script_limit))
     except GitUnavailable as err:
         document["capture_error"] = str(err)
-        held = script_json(script, None, None, diff_limit)
+        held = script_json(script, None, None, script_limit)
         document.update({"script": held} if held else {})
     document.update(interpreter())
     document["packages"] = installed_packages()
@@ -278,11 +286,14 @@ class PythonGithubEnv:
     `PythonGithubEnv(".")` keeps provenance-toolbox's call shape. A capture that fails (not a
     repository, no commit yet) is recorded in `to_json()["capture_error"]`, or raises CaptureError
     with `strict=True`. `capture_ms` says how long the capture took; it is not part of the JSON.
+    `script_text=True` keeps the text of a running script git does not hold (off by default: a
+    script kept out of git may hold keys, and a record cannot be edited once stored).
     """
 
     path: str
     strict: bool
     diff_limit: int
+    script_text: bool
     document: dict[str, Any] = attrs.field(repr=False, hash=False)
     capture_ms: float = attrs.field(eq=False, repr=False)
 
@@ -293,12 +304,13 @@ class PythonGithubEnv:
         diff_limit: int = 1_000_000,
         *,
         environ: Mapping[str, str] | None = None,
+        script_text: bool = False,
     ):
         if not isinstance(diff_limit, int) or diff_limit < 0:
             raise InvalidInput(f"diff_limit must be a non-negative int (bytes), got {diff_limit!r}")
         start = time.perf_counter()
         path = os.fspath(path)
-        document = capture_python_git(path, diff_limit, environ)
+        document = capture_python_git(path, diff_limit, environ, bool(script_text))
         if strict and "capture_error" in document:
             raise CaptureError(
                 f"PythonGithubEnv({path!r}): {document['capture_error']} "
@@ -309,7 +321,9 @@ class PythonGithubEnv:
                 f"PythonGithubEnv({path!r}) could not capture the code, so records of this process "
                 f"will not say which commit ran: {document['capture_error']}. {GIT_FIX}"
             )
-        self.__attrs_init__(path, strict, diff_limit, document, elapsed_ms(start))
+        self.__attrs_init__(
+            path, strict, diff_limit, bool(script_text), document, elapsed_ms(start)
+        )
 
     @property
     def capture_error(self) -> str | None:

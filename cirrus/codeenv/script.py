@@ -1,8 +1,9 @@
 """The script a process runs (`python SCRIPT`, `python -m MODULE`), as a code environment keeps it.
 
 A commit says which code ran only for files git holds: a script that is untracked, ignored or
-outside the repository would leave no trace but its name, so its text is kept (credentials in
-URLs redacted, cut at a whole line past the limit), with the size and sha256 of the whole file.
+outside the repository would leave no trace but its name, so its size and sha256 are kept, and
+its text when asked for (`script_text=True`: credentials in URLs redacted, cut at a whole line
+past the limit; off by default, as a script kept out of git may hold keys).
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ def main_script() -> str | None:
 
 
 def script_json(
-    path: str | None, root: str | None, git_status: Callable[[str], str] | None, limit: int
+    path: str | None,
+    root: str | None,
+    git_status: Callable[[str], str] | None,
+    limit: int | None,
 ) -> dict[str, Any] | None:
     """What a record keeps of the script at `path`: where it is, how git holds it, its digest
-    and, when git does not hold it, its text up to `limit` bytes. `git_status` maps a path
-    relative to the repository `root` to TRACKED, MODIFIED, UNTRACKED or IGNORED (None: there
-    is no repository)."""
+    and, when git does not hold it and `limit` is given, its text up to `limit` bytes.
+    `git_status` maps a path relative to the repository `root` to TRACKED, MODIFIED, UNTRACKED
+    or IGNORED (None: there is no repository)."""
     if path is None:
         return None
     try:
@@ -54,7 +58,7 @@ def script_json(
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
     }
-    if held not in (TRACKED, MODIFIED):  # the commit and the diff do not say what ran
+    if held not in (TRACKED, MODIFIED) and limit is not None:  # nor commit nor diff says it
         document.update(_text(data, limit))
     return document
 

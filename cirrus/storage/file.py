@@ -32,7 +32,7 @@ from cirrus.errors import (
 from cirrus.storage.base import Blob
 
 _HIDDEN = ".cirrus-"  # temp and lock files start with this and are never listed
-_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}
 _TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT, errno.ESTALE}
 
 # CloudFiles' suffixes for a compressed object, in the order it tries them.
@@ -157,7 +157,7 @@ class FileBackend:
         except FileExistsError:
             raise PreconditionFailed("already exists", cloudpath=self.cloudpath, key=key) from None
         except OSError as error:
-            if error.errno not in _NO_HARD_LINKS:
+            if error.errno not in NO_HARD_LINKS:
                 raise
         # No hard links on this file system (some FUSE and SMB mounts): check and rename
         # under the key's lock instead, which every writer of this file system takes.
