@@ -39,6 +39,14 @@ def make_layer(path: str, size: tuple[int, int, int] = SIZE, chunk: int = CHUNK)
     layers.make_layer(path, size, chunk)
 
 
+def seg_and_bnd(tmp_path: Any) -> tuple[str, str]:
+    """Two volumes a task writes together, as a segmentation and its boundaries."""
+    paths = (f"file://{tmp_path}/seg", f"file://{tmp_path}/bnd")
+    for path in paths:
+        make_layer(path)
+    return paths
+
+
 def origins(grid: tuple[int, int, int] = GRID, chunk: int = CHUNK) -> list[list[int]]:
     return [
         [x * chunk, y * chunk, z * chunk]

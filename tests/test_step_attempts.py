@@ -33,11 +33,7 @@ def one_record(layer: str) -> cirrus.Record:
 
 @pytest.fixture
 def two(tmp_path) -> tuple[str, str]:
-    """Two volumes a task writes together, as a segmentation and its boundaries."""
-    paths = tuple(f"file://{tmp_path}/{name}" for name in ("seg", "bnd"))
-    for path in paths:
-        ss.make_layer(path)
-    return paths
+    return ss.seg_and_bnd(tmp_path)
 
 
 def block_fragments(tmp_path, name: str, step: cirrus.Step) -> str:

@@ -25,11 +25,7 @@ from tests.test_step_attempts import block_fragments, cut_short_on_bnd, one_reco
 
 @pytest.fixture
 def two(tmp_path) -> tuple[str, str]:
-    """Two volumes a task writes together, as a segmentation and its boundaries."""
-    paths = tuple(f"file://{tmp_path}/{name}" for name in ("seg", "bnd"))
-    for path in paths:
-        ss.make_layer(path)
-    return paths
+    return ss.seg_and_bnd(tmp_path)
 
 
 def write_both(step: cirrus.Step, task: str, seg: str, bnd: str, x: int = 0) -> None:
