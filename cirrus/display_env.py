@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cirrus.canonical import short
+from cirrus.codeenv.script import MODIFIED, TRACKED
 
 HIDDEN_ENV_KEYS = {
     "kind",
@@ -73,7 +74,7 @@ def _script_line(script: Mapping[str, Any]) -> str:
     if "text" in script:
         kept = ": its text is kept" if script["text"] is not None else ": binary, not kept"
         kept += ", cut short" if script.get("text_truncated") else ""
-    elif script.get("git") not in ("tracked", "modified"):  # git does not say what ran
+    elif script.get("git") not in (TRACKED, MODIFIED):  # git does not say what ran
         kept = ": its text is not kept (PythonGithubEnv(..., script_text=True) keeps it)"
     return f"{script.get('path')} ({script.get('git')}, {script.get('bytes', 0):,} bytes{kept})"
 

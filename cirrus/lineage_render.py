@@ -17,14 +17,14 @@ def _facts(node: Node) -> str:
     facts = f"{node.records} record(s)"
     if node.latest:
         facts += f", latest {node.latest[:19].replace('T', ' ')}Z"
-    if node.damaged:
-        facts += f", {node.damaged} damaged and skipped: run cirrus verify"
-    if node.unpublished:
-        facts += f", {node.unpublished} UNPUBLISHED: run cirrus recover"
-    if node.open_sessions:
-        facts += f", {node.open_sessions} open session(s): not committed, not recorded yet"
-    if node.open_steps:
-        facts += f", {node.open_steps} open step(s): not finished, not recorded yet"
+    for count, what in (
+        (node.damaged, "damaged and skipped: run cirrus verify"),
+        (node.unpublished, "UNPUBLISHED: run cirrus recover"),
+        (node.open_sessions, "open session(s): not committed, not recorded yet"),
+        (node.open_steps, "open step(s): not finished, not recorded yet"),
+    ):
+        if count:
+            facts += f", {count} {what}"
     if node.detail:
         facts += f", {one_line(node.detail)}"
     return facts

@@ -301,13 +301,16 @@ def history(cloudpath: str, *, newest: int | None = None) -> History:
     return read_history(ledger, newest, must_be_layer=True, look_for_unpublished=True)
 
 
-def resolve_record_id(ledger: Ledger, prefix: str) -> str:
+def resolve_record_id(
+    ledger: Ledger, prefix: str, pointers: Mapping[str, Mapping[str, Any]] | None
+) -> str:
     """The one record id on the layer starting with `prefix`: stored (published or staged), or
-    pointed to by the summary with its file missing (`entry_by_id` says so, and how to fix it)."""
+    among the summary's `pointers` (`summary_pointers`) with its file missing (`entry_by_id`
+    says so, and how to fix it)."""
     prefix = prefix.strip().lower()
     if not prefix or any(c not in "0123456789abcdef" for c in prefix):
         raise InvalidInput(f"{prefix!r} is not a record id or a prefix of one (hex digits)")
-    known = {*ledger.record_ids(), *summary_pointers(ledger)}
+    known = {*ledger.record_ids(), *(pointers or {})}
     matches = sorted(rid for rid in known if rid.startswith(prefix))
     if not matches:
         raise InvalidInput(f"{ledger.cloudpath} has no record whose id starts with {prefix!r}")
@@ -320,38 +323,38 @@ def resolve_record_id(ledger: Ledger, prefix: str) -> str:
     return matches[0]
 
 
-def summary_pointers(ledger: Ledger) -> dict[str, Mapping[str, Any]]:
-    """The summary's record pointers by id; none when the summary is malformed (`cirrus
-    repair` rebuilds it), so that the records stored can still be shown."""
-    try:
-        summary = ledger.summary()
-    except CorruptProvenance:
-        return {}
-    return {str(pointer["id"]): pointer for pointer in summary.get("cirrus", {}).get("records", [])}
-
-
-def standing(ledger: Ledger, record_id: str) -> dict[str, Any] | None:
-    """Whether a stored record stands on the layer: `{"published": bool, "superseded_by": id or
-    None}` (a step finished again supersedes its older records); None when the summary is
-    malformed, which `cirrus log` reports."""
+def summary_pointers(ledger: Ledger) -> dict[str, Mapping[str, Any]] | None:
+    """The summary's record pointers by id, read once for all a command asks of them; None
+    when the summary is malformed (`cirrus repair` rebuilds it), so that the records stored can
+    still be shown."""
     try:
         summary = ledger.summary()
     except CorruptProvenance:
         return None
-    pointers = {p["id"]: p for p in summary.get("cirrus", {}).get("records", [])}
+    return {str(pointer["id"]): pointer for pointer in summary.get("cirrus", {}).get("records", [])}
+
+
+def standing(pointers: Mapping[str, Mapping[str, Any]] | None, record_id: str) -> dict | None:
+    """Whether a stored record stands on the layer: `{"published": bool, "superseded_by": id or
+    None}` (a step finished again supersedes its older records); None when the summary is
+    malformed (`pointers` None), which `cirrus log` reports."""
+    if pointers is None:
+        return None
     pointer = pointers.get(record_id)
     later = pointer.get("superseded_by") if pointer else None
     return {"published": pointer is not None, "superseded_by": later}
 
 
-def entry_by_id(ledger: Ledger, record_id: str) -> Entry:
-    """The record `record_id`, or what the summary says of it when it points to it and the
-    record is missing or damaged (as `cirrus log` shows it); a damaged record the summary does
-    not name raises IntegrityError."""
+def entry_by_id(
+    ledger: Ledger, record_id: str, pointers: Mapping[str, Mapping[str, Any]] | None
+) -> Entry:
+    """The record `record_id`, or what the summary's `pointers` say of it when they name it and
+    the record is missing or damaged (as `cirrus log` shows it); a damaged record the summary
+    does not name raises IntegrityError."""
     try:
         return ledger.read_record(record_id)
     except IntegrityError as error:
-        pointer = summary_pointers(ledger).get(record_id)
+        pointer = (pointers or {}).get(record_id)
         if pointer is None:
             raise
         return DamagedRecord.from_pointer(pointer, error)

@@ -54,15 +54,21 @@ def git(repo: Path, *args: str) -> str:
     return done.stdout
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    """A repository with one commit on `main` and remotes carrying credentials."""
+def committed_repo(tmp_path: Path) -> Path:
+    """A repository `code` with one commit (of `a.py`) on `main`."""
     root = tmp_path / "code"
     root.mkdir()
     git(root, "init", "-q", "-b", "main")
     (root / "a.py").write_text("x = 1\n")
     git(root, "add", "a.py")
     git(root, "commit", "-q", "-m", "first")
+    return root
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A repository with one commit on `main` and remotes carrying credentials."""
+    root = committed_repo(tmp_path)
     git(root, "remote", "add", "origin", f"https://alice:{TOKEN}@github.com/lab/code.git")
     git(root, "remote", "add", "bare", f"https://{TOKEN}@github.com/lab/bare.git")
     git(root, "remote", "add", "mirror", f"ssh://git:{PASSWORD}@git.example.org/lab/code.git")

@@ -15,7 +15,7 @@ import pytest
 import cirrus
 from tests.cli_support import invoke
 from tests.session_support import make_layer
-from tests.test_codeenv import GIT_ENV, git
+from tests.test_codeenv import GIT_ENV, committed_repo, git
 
 CAPTURE = """\
 import json, sys
@@ -29,13 +29,7 @@ print(json.dumps(document))
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "code"
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    (root / "lib.py").write_text("x = 1\n")
-    git(root, "add", "lib.py")
-    git(root, "commit", "-q", "-m", "first")
-    return root
+    return committed_repo(tmp_path)
 
 
 def run(

@@ -105,16 +105,18 @@ def show_command(path: str, record_id: str, as_json: bool) -> None:
         record_envs,
         resolve_record_id,
         standing,
+        summary_pointers,
     )
 
     require_layer(path)
     ledger = Ledger.open(path)
-    stored = entry_by_id(ledger, resolve_record_id(ledger, record_id))
+    pointers = summary_pointers(ledger)  # one read for the id, a damaged record, its standing
+    stored = entry_by_id(ledger, resolve_record_id(ledger, record_id, pointers), pointers)
     if isinstance(stored, DamagedRecord):  # as `cirrus log` shows it, then exit status 3
         _print_damaged(stored, as_json)
         raise IntegrityError(stored.problem, stored.remedy)
     envs = record_envs(ledger, stored)
-    stands = standing(ledger, stored.id)
+    stands = standing(pointers, stored.id)
     if as_json:
         data = {
             "record": stored.to_json(),
