@@ -14,13 +14,12 @@ from this host whose pid no longer runs.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from typing import Any
 
 from cirrus.canonical import digest
 from cirrus.errors import InvalidInput
 from cirrus.ledger import Ledger
+from cirrus.liveness import dead_here, running_here
 from cirrus.model import INTERRUPTED, Record
 from cirrus.reading import require_layer
 from cirrus.rollforward import recover
@@ -52,7 +51,7 @@ def abandon(cloudpath: str, session: str, *, force: bool = False) -> str:
     ledger = Ledger.open(layer)
     recovered = recover(layer).get(layer, [])
     sid, info = _listed(ledger, session, recovered)
-    if not force and _running_here(info):
+    if not force and running_here(info):
         raise InvalidInput(
             f"session {sid} is still running here as pid {info['pid']}: let it commit or stop it "
             "first (pass force=True, `--force`, if that pid now belongs to another program)"
@@ -96,7 +95,7 @@ def abandon_dead(cloudpath: str) -> dict[str, str]:
     listed = Ledger.open(layer).summary().get("cirrus", {}).get(OPEN_SESSIONS, {})
     done = {}
     for sid, info in sorted(listed.items()):
-        if not _dead_here(info):
+        if not dead_here(info):
             continue
         try:
             done[sid] = abandon(layer, sid)
@@ -163,38 +162,3 @@ def abandoned_record(session: str, layer: str, info: dict[str, Any]) -> Record:
         writes=WriteTracker().to_json(),
         error={"type": INTERRUPTED, "message": ABANDONED_MESSAGE},
     )
-
-
-def _dead_here(info: dict[str, Any]) -> bool:
-    """Whether the listing names a process of this host that no longer runs."""
-    pid = _pid_here(info)
-    return pid is not None and not _alive(pid)
-
-
-def _running_here(info: dict[str, Any]) -> bool:
-    """Whether the listed pid is alive on this host (elsewhere it cannot be checked).
-
-    Containers that share a host name but not a pid namespace can answer wrongly: `force`.
-    """
-    pid = _pid_here(info)
-    return pid is not None and _alive(pid)
-
-
-def _pid_here(info: dict[str, Any]) -> int | None:
-    """The listing's pid, if it is one of this host's (None: another host, or no valid pid)."""
-    pid = info.get("pid")
-    if info.get("host") != socket.gethostname() or os.name == "nt":
-        return None
-    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-        return None
-    return pid
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True

@@ -18,6 +18,7 @@ from cirrus.canonical import canonical_json, sha256_hex
 from cirrus.errors import NotPublished
 from cirrus.journal import Journal, write_journal
 from cirrus.ledger import NOT_READ, Ledger, Staged
+from cirrus.liveness import committing
 from cirrus.model import Record
 from cirrus.overlap import overlapped
 from cirrus.rollforward import complete_sessions
@@ -56,11 +57,13 @@ def commit_records(
         complete_sessions(ledgers[layer].cloudpath, done)  # orphans' siblings, if any
         return done.standing.get(staged.record_id, staged.record_id)
 
-    with termination.held(), overlapped(len(records)) as run:  # SIGTERM waits for the commit
+    sessions = {record.session for record in records.values()}
+    # SIGTERM waits for the commit; other commits of this process leave ours to publish here
+    with termination.held(), committing(sessions), overlapped(len(records)) as run:
         ids: dict[str, str] = {}
         encoded = {layer: canonical_json(record.to_json()) for layer, record in records.items()}
         if journaled:
-            (session,) = {record.session for record in records.values()}
+            (session,) = sessions
             ours = Journal(session, dict(records))
             stands = write_journal(journal, ours, encoded)
             if stands is not ours:  # an earlier attempt's journal: its records are published

@@ -22,12 +22,16 @@ import attrs
 
 from cirrus.canonical import canonical_json, check_digest, is_digest, sha256_hex, short
 from cirrus.errors import IntegrityError, InvalidInput
+from cirrus.liveness import publishes_itself
 from cirrus.model import Record, parse_time, superseded_unpublished, utcnow
+from cirrus.overlap import overlapped
 from cirrus.readback import CORRUPT, check_record
 from cirrus.storage.base import NOT_READ, Blob
 from cirrus.storage.paths import OnLayer
 from cirrus.summary import (
     ENVS,
+    OPEN_SESSIONS,
+    OPEN_STEPS,
     clear_session,
     clear_step,
     listed,
@@ -57,6 +61,20 @@ def env_blobs(documents: Iterable[Mapping[str, Any]]) -> list[bytes]:
 def record_id(record: Record) -> str:
     """The id a record is stored under: the sha256 of its canonical JSON."""
     return sha256_hex(canonical_json(record.to_json()))
+
+
+def _left_to_us(summary: Mapping[str, Any], ours: set[str]) -> bool:
+    """Whether the summary lists, other than `ours`, a step (its finish may have died) or a
+    session that may not publish what it staged: one of another host, of a dead process, or
+    of this process and not committing (`liveness.publishes_itself`)."""
+    section = summary.get("cirrus", {})
+    if set(section.get(OPEN_STEPS, {})) - ours:
+        return True
+    return any(
+        not (isinstance(info, Mapping) and publishes_itself(session, info))
+        for session, info in section.get(OPEN_SESSIONS, {}).items()
+        if session not in ours
+    )
 
 
 @attrs.frozen
@@ -181,10 +199,12 @@ class Ledger(OnLayer):
         """Point the summary at `records` and at any staged record it does not point to yet.
 
         Orphans are looked for at most once, not on every retry, and only where one can be: with no
-        `records` (`cirrus recover`), or when the summary lists a session or step other than
-        those of `records` as open. Every session and step is listed on a layer before it
-        stages a record there, until that record is published, so a commit on a layer nobody
-        else is writing skips the LIST of all its records. The caller completes the orphans'
+        `records` (`cirrus recover`), or when the summary lists, other than those of `records`,
+        a step or a session that may not publish itself (`_left_to_us`). Every session and
+        step is listed on a layer before it stages a record there, until that record is
+        published, so a commit on a layer nobody else is writing skips the LIST of all its
+        records, and 64 processes of one host committing at once do not each read the others'
+        records. The caller completes the orphans'
         sessions on the sibling layers (`cirrus.rollforward`). `read` is the summary as last
         read (see `stage`), tried first instead of reading it again.
         """
@@ -199,7 +219,11 @@ class Ledger(OnLayer):
         def fold(summary: dict[str, Any]) -> dict[str, Any] | None:
             nonlocal added, orphans, standing, final
             listings = listed(summary)
-            if orphans is None and (not ours or listings - ours):
+            # the summary first tried may be stale: a session it lists may have published and
+            # exited since, so a fresh read confirms before every record is read
+            if orphans is None and (
+                not ours or (_left_to_us(summary, ours) and _left_to_us(self.summary(), ours))
+            ):
                 orphans = self._orphans(summary, pending)
                 pending.update(orphans)
             standing = self._ended_already(summary, given)
@@ -282,18 +306,17 @@ class Ledger(OnLayer):
         for pointer in summary.get("cirrus", {}).get("records", []):
             if pointer["id"] in readable:
                 ended.setdefault(pointer["session"], []).append(pointer["id"])
+        unknown = [rid for rid in stored if rid not in known]
+        with overlapped(len(unknown)) as run:
+            read = run(self._read_undamaged, unknown)
         found = {}
-        for record_id in stored:
-            if record_id not in known:
-                try:
-                    record = self.read_record(record_id).record.to_json()
-                except IntegrityError as error:  # `cirrus verify` reports it; commits go on
-                    log.warning("%s: damaged record not rolled forward: %s", self.cloudpath, error)
-                    continue
-                ended_with = [r for r in pending.values() if r["session"] == record["session"]]
-                ended_with += self.readable_records(ended.get(record["session"], []))
-                if not superseded_unpublished(record, ended_with):
-                    found[record_id] = record
+        for record_id, record in zip(unknown, read, strict=True):
+            if record is None:
+                continue
+            ended_with = [r for r in pending.values() if r["session"] == record["session"]]
+            ended_with += self.readable_records(ended.get(record["session"], []))
+            if not superseded_unpublished(record, ended_with):
+                found[record_id] = record
         if found:
             # A record staged moments ago is most likely a concurrent session mid-commit.
             stale = [
@@ -309,6 +332,14 @@ class Ledger(OnLayer):
                 len(stale),
             )
         return found
+
+    def _read_undamaged(self, record_id: str) -> dict[str, Any] | None:
+        """The record stored under `record_id`, or None if damaged (`cirrus verify` reports it)."""
+        try:
+            return self.read_record(record_id).record.to_json()
+        except IntegrityError as error:
+            log.warning("%s: damaged record not rolled forward: %s", self.cloudpath, error)
+            return None
 
     def readable_records(self, record_ids: Iterable[str]) -> list[dict[str, Any]]:
         """The records stored under `record_ids`, skipping damaged ones (`verify` reports them)."""

@@ -7,6 +7,8 @@ to them.
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 
@@ -16,6 +18,7 @@ import pytest
 import cirrus
 from cirrus.errors import CorruptProvenance, InvalidInput
 from cirrus.ledger import Ledger, env_blobs
+from cirrus.liveness import committing, publishes_itself
 from cirrus.repair import repair_summary
 from cirrus.storage.paths import normalise_cloudpath
 from tests.session_support import (
@@ -31,7 +34,7 @@ from tests.session_support import (
 )
 
 CRASH_SCRIPT = """
-import os, sys, threading
+import os, sys, threading, time
 import numpy as np
 import cirrus
 from cirrus.storage import wrap_backends
@@ -41,7 +44,8 @@ published = threading.Semaphore(0)
 staged = set()  # layers whose record is staged: their next summary write publishes it
 
 class CrashOnPublish:
-    # mode "all": die at the first publish; "last": let the others publish first
+    # mode "all": die at the first publish; "last": let the others publish first; "pause":
+    # stop at the first publish, alive
     def __init__(self, backend):
         self.backend, self.cloudpath = backend, backend.cloudpath
     def get(self, key):
@@ -53,10 +57,13 @@ class CrashOnPublish:
             staged.add(self.cloudpath)
         if key != "provenance" or self.cloudpath not in staged:
             return  # the session listing itself as writing, before its first chunk
-        if mode == "all" or self.cloudpath == paths[-1]:
+        if mode in ("all", "pause") or self.cloudpath == paths[-1]:
             if mode == "last":
                 for _ in paths[:-1]:
                     assert published.acquire(timeout=30)
+            if mode == "pause":  # stay alive, committing as far as anyone can tell
+                print("PAUSED", self.cloudpath, flush=True)
+                time.sleep(600)
             print("CRASH", self.cloudpath, flush=True)
             os._exit(17)
     def _after(self, key):
@@ -80,6 +87,9 @@ with wrap_backends(CrashOnPublish):
         s.result("never published")
 print("NOT REACHED", flush=True)
 """
+
+
+TEXT = {"capture_output": True, "text": True, "timeout": 60, "check": True}
 
 
 def crashed_session(tmp_path, mode: str, n: int = 3) -> list[str]:
@@ -156,6 +166,51 @@ def test_the_next_commit_rolls_the_orphan_forward(tmp_path):
     assert history[1].id == s.records[paths[0]]
     assert history[0].record.notes[0]["text"] == "crash test"
     assert summary_json(paths[0])["sources"] == ["gs://lab/aff", "later"]
+
+
+def test_a_commit_leaves_a_live_process_its_record_and_rolls_a_dead_ones_forward(tmp_path):
+    """Processes of one host committing at once must not each read all the others' records:
+    a record staged by a process that still runs here is left to it. Once it is gone, the
+    next commit rolls the record forward."""
+    path = normalise_cloudpath(f"file://{tmp_path}/v0")
+    make_layer(path)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASH_SCRIPT, path, "pause"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline().startswith("PAUSED"), child.communicate(timeout=60)
+        (staged,) = Ledger.open(path).record_ids()
+        its_session = only_session([path])
+        with cirrus.session(["later"], "while it runs", process()) as s:
+            s.volume(path)[64:128, 0:64, 0:64] = chunk_of(9)
+        assert published(path) == [s.records[path]]
+        assert list(cirrus.history(path).open_sessions) == [its_session]
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    with cirrus.session(["later"], "after it died", process()) as after:
+        after.volume(path)[0:64, 64:128, 0:64] = chunk_of(10)
+    assert sorted(published(path)) == sorted([s.records[path], staged, after.records[path]])
+    assert cirrus.history(path).open_sessions == {}
+
+
+def test_only_a_session_committing_here_or_in_a_live_process_of_this_host_publishes_itself():
+    here = {"host": socket.gethostname(), "pid": os.getpid()}
+    assert not publishes_itself("s1", here)  # a session of this process that is not committing
+    with committing(["s1"]):
+        assert publishes_itself("s1", here)
+        assert not publishes_itself("s2", here)
+    assert not publishes_itself("s1", here)
+    assert not publishes_itself("s1", {**here, "host": f"not-{here['host']}"})  # unknowable
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], **TEXT)
+    assert not publishes_itself("s1", {**here, "pid": int(ended.stdout)})  # gone
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as alive:
+        try:
+            assert publishes_itself("s1", {**here, "pid": alive.pid})
+        finally:
+            alive.kill()
+    for pid in (None, "12", True, 0, -1):
+        assert not publishes_itself("s1", {**here, "pid": pid})
 
 
 def test_recover_completes_siblings_after_a_commit_rolled_one_volume_forward(tmp_path):
