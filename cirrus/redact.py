@@ -60,14 +60,20 @@ def strip_credentials(url: str) -> str:
     user name is kept (it is not a secret) while any password is dropped: in `ssh://` URLs and in
     scp-like `user:password@host:path` alike. Query and fragment of http(s) URLs are dropped as they
     can carry access tokens.
+
+    The userinfo is what urlsplit reads, and also what `redact_url` reads in text: a password
+    written unencoded goes whole even if it holds a `/`, `?` or `#` (where urlsplit ends the host).
+    A URL urlsplit cannot read (a malformed host: `https://[::1/x`) is kept as it is when no `@`
+    is left in it, and otherwise replaced by `<unparseable remote url>`.
     """
     scp = _strip_scp_password(url)
     if scp is not None:
         return scp
+    url = _USERINFO.sub(_drop_userinfo, url)
     try:
         parts = urlsplit(url)
     except ValueError:
-        return "<unparseable remote url>"
+        return "<unparseable remote url>" if "@" in url else url
     if parts.scheme in ("http", "https"):
         parts = parts._replace(query="", fragment="")
     return urlunsplit(_without_userinfo(parts))

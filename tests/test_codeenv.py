@@ -97,6 +97,15 @@ def repo(tmp_path: Path) -> Path:
         ("./a:b@host:x.git", "./a:b@host:x.git"),
         ("/srv/git/x.git", "/srv/git/x.git"),
         ("file:///srv/git/x.git", "file:///srv/git/x.git"),
+        # a password written unencoded, holding what urlsplit ends the host at
+        ("https://u:pa/ss@github.com/lab/x.git", "https://github.com/lab/x.git"),
+        ("https://u:p?w#d@github.com/lab/x.git", "https://github.com/lab/x.git"),
+        ("ssh://git:pa/ss@host/x.git", "ssh://git@host/x.git"),
+        # a remote is one URL: a `,` in its userinfo is no prose
+        ("https://us,er:pw@host/x.git", "https://host/x.git"),
+        # a malformed host is kept unless it may hide userinfo
+        ("https://[::1/x.git", "https://[::1/x.git"),
+        ("https://[u,x@h/x.git", "<unparseable remote url>"),
     ],
 )
 def test_strip_credentials(url: str, expected: str) -> None:
