@@ -97,6 +97,15 @@ def repo(tmp_path: Path) -> Path:
         ("./a:b@host:x.git", "./a:b@host:x.git"),
         ("/srv/git/x.git", "/srv/git/x.git"),
         ("file:///srv/git/x.git", "file:///srv/git/x.git"),
+        # a password written unencoded, holding what urlsplit ends the host at
+        ("https://u:pa/ss@github.com/lab/x.git", "https://github.com/lab/x.git"),
+        ("https://u:p?w#d@github.com/lab/x.git", "https://github.com/lab/x.git"),
+        ("ssh://git:pa/ss@host/x.git", "ssh://git@host/x.git"),
+        # a remote is one URL: a `,` in its userinfo is no prose
+        ("https://us,er:pw@host/x.git", "https://host/x.git"),
+        # a malformed host is kept unless it may hide userinfo
+        ("https://[::1/x.git", "https://[::1/x.git"),
+        ("https://[u,x@h/x.git", "<unparseable remote url>"),
     ],
 )
 def test_strip_credentials(url: str, expected: str) -> None:
@@ -195,6 +204,63 @@ def test_redact_url(text: str, expected: str) -> None:
     assert redact_url(expected) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a password holding a `,`: in a URL, a list, a command line
+        ("https://usr:PW,XQ@host/x", "https://host/x"),
+        ("--src https://usr:PW,XQ@host/x,gs://b/y -v", "--src https://host/x,gs://b/y -v"),
+        ("mongodb://u:p,w@h1:27017,h2:27017/db", "mongodb://h1:27017,h2:27017/db"),
+        ("https://u:PW,--x=1@host/x", "https://host/x"),
+        # holding a `/`, `?` or `#`, where urlsplit ends the host (secrets in URL-safe base64)
+        ("s3://AKIA:sec/ret@bucket/x", "s3://bucket/x"),
+        ("s3://AKIA:/secret@bucket/x", "s3://bucket/x"),
+        ("s3://AKIA0123:12/secret@bucket/x", "s3://bucket/x"),  # not a port
+        ("s3://AKIA0123://secret@bucket/x", "s3://bucket/x"),  # not a nested URL
+        ("https://john.doe:7/secret@h.lab.org/x", "https://h.lab.org/x"),  # no port has one digit
+        ("https://alice:8?p#w@h/x", "https://h/x"),
+        ("ssh://git:pa/ss@host/x.git", "ssh://git@host/x.git"),
+        ("https://u:p?w#d@h/x?sig=s", "https://h/x?sig=REDACTED"),
+        ("git+https://u:to/k@github.com/o/r.git@v1.2#egg=r", "git+https://github.com/o/r.git@v1.2#egg=r"),
+        # nested, and with an `@` before a `;`
+        ("https://proxy/?url=https://u:se/c,ret@h/y", "https://proxy/?url=https://h/y"),
+        ("https://proxy/?url=https://u:p@b;c@h/y", "https://proxy/?url=https://h/y"),
+        # a malformed host: its userinfo goes, the rest is kept
+        ("https://[u:pw@h/x", "https://h/x"),
+        ("https://[tok@h/x", "https://h/x"),
+        ("https://[::1/x", "https://[::1/x"),
+        ("see https://[::1/x?sig=s now", "see https://[::1/x?sig=REDACTED now"),
+    ],
+)  # fmt: skip
+def test_redact_url_takes_passwords_urlsplit_misreads(text: str, expected: str) -> None:
+    assert redact_url(text) == expected
+    assert redact_url(expected) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # a `,` or `/` that ends a URL, with or without an `@` after it
+        "see https://a.org/x, then mail me@lab.org",
+        "see https://a.org/x,me@lab.org",
+        '"https://h/a,b"',
+        "--sources gs://a/x,gs://b/y",
+        # an `@` after a host and port, or an IPv6 host, is in the path or the query
+        "http://localhost:3000/@vite/client",
+        "http://[::1]/x@y",
+        "http://[::1]:8080/x@y",
+        "https://h.lab.org:8080?to=me@lab.org",
+        "http://10.0.0.7:4873/@lab%2fviewer#me@lab.org",
+        "https://medium.com/@lab/post",
+        # the `:` of a nested URL, and a pip requirement's `@tag`
+        "precomputed://gs://b/x@v1",
+        "git+https://github.com/o/r.git@v1.2#egg=r",
+    ],
+)
+def test_redact_url_keeps_an_at_sign_that_is_no_userinfo(text: str) -> None:
+    assert redact_url(text) == text
+
+
 @pytest.mark.parametrize("before", ["--", "(+", "é+", "é", "a.-", "Foo.-", "x", "1", "+-+", "'-"])
 def test_redact_url_whatever_comes_before_the_scheme(before: str) -> None:
     text = f"run {before}https://u:{PASSWORD}@h/p?X-Amz-Signature={TOKEN}&n=1 now"
@@ -211,7 +277,10 @@ def test_redact_url_whatever_comes_before_the_scheme(before: str) -> None:
         "https://h/" + "a" * 200_000 + "/",  # the same in a URL's path
         "https://h/" + "+-" * 100_000 + "/",
         "a://" * 50_000 + "u:pw@h",  # URLs nested 50,000 deep
+        "A://" * 50_000 + "u:pw@h",
         "://" * 70_000 + "u:pw@h",
+        "x://u:pw@h/" + "x://u:a/" * 50_000,  # passwords that may hold `/`, none ending in `@`
+        "https://[" + ":" * 200_000 + "/x://u:pw@h",  # an IPv6 host never closed
     ],
 )
 def test_redact_url_scans_in_linear_time(text: str) -> None:

@@ -25,6 +25,7 @@ REMOTES = {
     "ssh": "ssh://git:PLANTEDsshpassword@git.lab.org/pipeline.git",
     "oauth": "https://oauth2:PLANTEDgitlab@gitlab.lab.org/pipeline.git",
     "scp": "alice:PLANTEDscp@git.lab.org:lab/pipeline.git",
+    "unencoded": "https://alice:PLANTED/pass,word@github.com/lab/pipeline.git",
 }
 STRIPPED = {
     "origin": "https://github.com/lab/pipeline.git",
@@ -33,9 +34,15 @@ STRIPPED = {
     "ssh": "ssh://git@git.lab.org/pipeline.git",
     "oauth": "https://gitlab.lab.org/pipeline.git",
     "scp": "alice@git.lab.org:lab/pipeline.git",
+    "unencoded": "https://github.com/lab/pipeline.git",
 }
 SIGNED_SOURCE = "https://storage.googleapis.com/lab/aff/info?X-Goog-Signature=PLANTEDgoog&alt=media"
-SOURCES = ["gs://lab/aff", SIGNED_SOURCE, "s3://bob:PLANTEDs3@lab/aff"]
+SOURCES = [
+    "gs://lab/aff",
+    SIGNED_SOURCE,
+    "s3://bob:PLANTEDs3@lab/aff",
+    "s3://AKIA:PLANTED/s3,k@lab/seg",
+]
 PARAMETERS = {
     "threshold": 0.4,
     "mirror": {"urls": ["https://u:PLANTEDpw@mirror.lab.org/x?X-Amz-Signature=PLANTEDsig"]},
@@ -135,6 +142,7 @@ def test_no_planted_secret_reaches_any_stored_object(tmp_path, repo, planted, fa
         "gs://lab/aff",
         SIGNED_SOURCE.replace("PLANTEDgoog", "REDACTED"),
         "s3://lab/aff",
+        "s3://lab/seg",
     )
     step = cirrus.step(SOURCES, MOTIVATION, process, paths)
     for i in range(2):
