@@ -43,6 +43,17 @@ def test_help_is_fast_and_documents_exit_codes() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_python_m_cirrus_is_the_command_with_its_exit_codes(tmp_path) -> None:
+    """Where the console script is not on PATH (a bare venv, a notebook's `!python -m`)."""
+    module = [sys.executable, "-m", "cirrus"]
+    done = subprocess.run([*module, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Usage: cirrus" in done.stdout
+    done = subprocess.run(
+        [*module, "log", f"file://{tmp_path}/nothing"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "not a CloudVolume layer" in done.stderr, done.stderr
+
+
 def test_log_newest_first_with_everything(chain: dict[str, str]) -> None:
     out = run("log", chain["a"]).stdout
     assert out.index("retrace") < out.index("trace [")  # newest first
