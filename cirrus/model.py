@@ -14,7 +14,7 @@ import attrs
 
 from cirrus.canonical import check_text, container_as_dict, digest, normalise_json, type_name
 from cirrus.errors import InvalidInput, ParameterError
-from cirrus.redact import SECRET_NAME, redact_url
+from cirrus.redact import PRIVATE_KEY_BLOCK, SECRET_NAME, redact_url
 
 NOTE_KINDS = ("motivation", "result", "generic")
 RECORD_SCHEMA = "cirrus.record/1"
@@ -101,7 +101,9 @@ def _could_be_secret(value: Any) -> bool:
     return value not in (None, "") and not isinstance(value, (bool, int, float))
 
 
-def _refuse_secrets(value: Any, path: str, allowed: set[str]) -> None:
+def _refuse_secrets(value: Any, path: str, allowed: set[str], vouched: bool = False) -> None:
+    """Refuse keys named like secrets, and private keys pasted as values (but under a key in
+    `allowed`: `vouched`)."""
     if isinstance(value, dict):
         for key, item in value.items():
             if SECRET_NAME.search(key) and key not in allowed and _could_be_secret(item):
@@ -110,10 +112,16 @@ def _refuse_secrets(value: Any, path: str, allowed: set[str]) -> None:
                     "looks like a secret and would be stored in every record; remove it, or "
                     f"pass allow_secrets=({key!r},) to Process if it is not one",
                 )
-            _refuse_secrets(item, f"{path}.{key}", allowed)
+            _refuse_secrets(item, f"{path}.{key}", allowed, vouched or key in allowed)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            _refuse_secrets(item, f"{path}[{i}]", allowed)
+            _refuse_secrets(item, f"{path}[{i}]", allowed, vouched)
+    elif isinstance(value, str) and not vouched and PRIVATE_KEY_BLOCK.search(value):
+        raise ParameterError(
+            path,
+            "holds a private key (a -----BEGIN ... PRIVATE KEY----- block), which would be "
+            "stored in every record; pass the path of its file instead",
+        )
 
 
 def _redact_urls(value: Any, allowed: set[str]) -> Any:

@@ -49,9 +49,11 @@ SECRET_NAME = re.compile(
     r"passw(or)?d|passphrase|[_-]pwd$|secret(?!ar(y|ies))|token(?![a-z])|credential"
     r"|(^|[_-])creds?$|private[_-]?key|access[_-]?key|api[_-]?key|(^|[_-])key$"
     r"|^(x-(amz|goog)-)?signature$|(^|[_-])sig$|(^|[_-])auth$|authori[sz]ation"
-    r"|(^|[_-])(cookies?|jwt|bearer)$",
+    r"|(^|[_-])(cookies?|jwt|bearer|pass)$|auth[_-]?header|conn(ection)?[_-]?str(ing)?$",
     re.IGNORECASE,
 )
+# a private key pasted as a value (a service account's JSON key, an ssh key): whatever its name
+PRIVATE_KEY_BLOCK = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY( BLOCK)?-----")
 REDACTED = "REDACTED"
 
 

@@ -397,7 +397,8 @@ def test_converted_parameters_are_recorded_as_plain_json(tmp_path: Any) -> None:
     ["password", "db_passwd", "aws_secret_access_key", "github_token", "token", "api_key",
      "apiKey", "private-key", "credentials", "key", "secretKey", "client_secret",
      "Authorization", "auth", "x-auth", "db_pwd", "passphrase", "creds", "cookie", "jwt",
-     "bearer", "X-Amz-Signature"],
+     "bearer", "X-Amz-Signature", "pass", "db_pass", "auth_header",
+     "authHeader", "connection_string", "conn_str"],
 )  # fmt: skip
 def test_secret_looking_keys_are_refused(key: str) -> None:
     with pytest.raises(ParameterError, match="looks like a secret") as caught:
@@ -411,11 +412,31 @@ def test_secret_looking_keys_are_refused(key: str) -> None:
         {"monkey": "george", "keyboard": "us", "tokenizer": "bert", "max_tokens": 512},
         {"secretary": "bob", "secretaries": "alice, bob"},
         {"author": "ann", "authority": "lab", "pwd": "/data/run1", "signature_version": "s3v4"},
+        {"passes": 3, "bypass": "cache", "compass": "north", "pass": 2},
+        {"doc": "-----BEGIN PUBLIC KEY-----", "constr": "x"},
         {"use_token": True, "token_ttl": 3600, "password": None, "secret": ""},
     ],
 )
 def test_harmless_keys_and_values_pass(params: dict) -> None:
     assert Process("p", params).parameters == params
+
+
+PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"service_account": {"type": "service_account", "client_email": "a@b", "key_pem": PEM}},
+        {"inputs": ["gs://lab/x", PEM.replace("BEGIN PRIVATE", "BEGIN RSA PRIVATE")]},
+        {"deploy": "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXkt..."},
+    ],
+)
+def test_a_private_key_pasted_as_a_value_is_refused_whatever_its_name(params: dict) -> None:
+    with pytest.raises(ParameterError, match="holds a private key"):
+        Process("p", params)
+    (key,) = params
+    assert Process("p", params, allow_secrets=(key,)).parameters == params  # vouched for
 
 
 def test_allow_secrets_lets_a_named_key_through() -> None:
