@@ -22,6 +22,7 @@ from cirrus.reading import require_layer
 from cirrus.records import make_record
 from cirrus.session import Session
 from cirrus.storage.paths import normalise_cloudpath, use_secrets
+from cirrus.storage.s3 import session_token_explained
 from cirrus.writeset import WriteTracker
 
 
@@ -119,7 +120,8 @@ def CloudVolume(  # noqa: N802 - a factory named like the class it returns, as c
     layer = normalise_cloudpath(cloudpath)
     if kwargs.get("secrets") is not None:
         use_secrets(layer, kwargs["secrets"])  # the provenance goes where the data goes
-    volume = cloudvolume.CloudVolume(cloudpath, *args, **kwargs)
+    with session_token_explained(cloudpath):
+        volume = cloudvolume.CloudVolume(cloudpath, *args, **kwargs)
     documentation = _Documentation(volume, layer)
     track(volume, documentation.gate)
     volume.sources, volume.motivation, volume.process = sources, motivation, process

@@ -27,6 +27,7 @@ from cirrus.reading import not_a_layer
 from cirrus.redact import redact_url
 from cirrus.storage.base import Blob
 from cirrus.storage.paths import normalise_cloudpath, use_secrets
+from cirrus.storage.s3 import session_token_explained
 from cirrus.writeset import WriteTracker
 
 log = logging.getLogger("cirrus.session")
@@ -213,7 +214,8 @@ def _open_volume(cloudvolume: Any, cloudpath: str, kwargs: Mapping[str, Any]) ->
     from cloudvolume.exceptions import InfoUnavailableError
 
     try:
-        return cloudvolume(cloudpath, **kwargs)
+        with session_token_explained(cloudpath):
+            return cloudvolume(cloudpath, **kwargs)
     except InfoUnavailableError:
         error = not_a_layer(normalise_cloudpath(cloudpath))
         raise InvalidInput(

@@ -232,3 +232,29 @@ def test_secrets_no_store_can_use_are_refused_before_anything_is_written(tmp_pat
             s.volume("s3://bucket/layer", secrets=[1, 2])
         s.volume(path, secrets={"token": "t"})  # file:// takes none, as in CloudFiles
     assert cirrus.history(path) == []
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # CloudFiles'
+def test_keys_in_the_environment_without_a_session_token_get_the_fix_before_any_write(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usual `export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...`: CloudFiles then reads
+    AWS_SESSION_TOKEN unconditionally, and CloudVolume raised a bare KeyError."""
+    from cloudfiles.interfaces import reset_connection_pools
+
+    path = f"s3://{s3_bucket}/layer"
+    make_layer(path)
+    before = sorted(open_store(path).backend.list(""))
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    reset_connection_pools()  # pools made with the token would hide it
+    try:
+        with (
+            cirrus.session(["gs://lab/x"], "no token", process()) as s,
+            pytest.raises(InvalidInput, match="export AWS_SESSION_TOKEN="),
+        ):
+            s.volume(path)
+        with pytest.raises(InvalidInput, match=f"{path}: .*AWS_SESSION_TOKEN"):
+            cirrus.CloudVolume(path, sources=["gs://lab/x"], motivation="m", process=process())
+    finally:
+        reset_connection_pools()
+    assert sorted(open_store(path).backend.list("")) == before

@@ -9,12 +9,14 @@ forked child makes its own instead of sharing the parent's pooled sockets.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from cirrus.errors import (
+    InvalidInput,
     PermanentStorageError,
     PreconditionFailed,
     StorageError,
@@ -258,6 +260,26 @@ def _credentials_help(service: str, given: bool) -> str:
         f"{environment}), or give them in code with cirrus.use_secrets(path, secrets), and "
         "that they may read and write this bucket"
     )
+
+
+@contextlib.contextmanager
+def session_token_explained(cloudpath: str) -> Iterator[None]:
+    """CloudFiles' bare KeyError for a missing AWS_SESSION_TOKEN, as an error naming the fix.
+
+    CloudFiles reads AWS_SESSION_TOKEN whenever it takes the keys from the environment (cirrus's
+    own storage lets boto3 look instead, `_credentials`); CloudVolume then fails on opening.
+    """
+    try:
+        yield
+    except KeyError as error:
+        if error.args != ("AWS_SESSION_TOKEN",):
+            raise
+        raise InvalidInput(
+            f"{cloudpath}: CloudVolume's storage (CloudFiles) needs AWS_SESSION_TOKEN set "
+            "whenever it takes AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from the environment: "
+            "export AWS_SESSION_TOKEN= (empty for keys without a session), or put the keys in "
+            "~/.cloudvolume/secrets/aws-secret.json"
+        ) from None
 
 
 def _credentials(bucket: str, service: str) -> dict[str, str]:
