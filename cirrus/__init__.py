@@ -7,7 +7,17 @@ from cirrus import errors
 from cirrus._version import __version__
 from cirrus.abandon import abandon, abandon_dead
 from cirrus.codeenv import DockerEnv, PythonGithubEnv
-from cirrus.compat import CloudVolume, add_motivation, add_note, add_result, log_process
+from cirrus.compat import (
+    CloudVolume,
+    add_motivation,
+    add_note,
+    add_result,
+    addgeneric,
+    addmotivation,
+    addresult,
+    log_process,
+    logprocess,
+)
 from cirrus.model import Note, Process, Record
 from cirrus.reading import history
 from cirrus.rollforward import recover
@@ -35,11 +45,15 @@ __all__ = [
     "add_motivation",
     "add_note",
     "add_result",
+    "addgeneric",
+    "addmotivation",
+    "addresult",
     "errors",
     "finish",
     "history",
     "join",
     "log_process",
+    "logprocess",
     "recover",
     "session",
     "step",

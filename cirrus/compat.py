@@ -173,6 +173,13 @@ def add_note(volume: Any, text: str) -> str:
     return _annotate(volume, [Note("generic", text)])
 
 
+# provenance-toolbox's spellings, so `ptb.addresult(vol, ...)` ports by changing the import
+logprocess = log_process
+addmotivation = add_motivation
+addresult = add_result
+addgeneric = add_note
+
+
 def from_numpy(
     arr: Any,
     vol_path: str,

@@ -216,6 +216,27 @@ def test_annotations_refuse_a_mistyped_path_before_writing(tmp_path) -> None:
     assert not os.path.exists(tmp_path / "sgementation")
 
 
+def test_provenance_toolbox_calls_port_by_changing_the_import(tmp_path) -> None:
+    """Its README's calls, `import provenancetoolbox as ptb` become `import cirrus as ptb`."""
+    ptb = cirrus
+    path = f"file://{tmp_path}/layer"
+    make_layer(path)
+    volume = plain(path)
+    ptb.logprocess(volume, ptb.Process("Properly documenting a process", {"prudence": 1.0}))
+    ptb.addmotivation(volume, "Bootstrapping: adding segments 19&34")
+    ptb.addresult(volume, "Found more synapses")
+    ptb.addgeneric(volume, "Bizarre output in slice 37")
+    notes = [(n["kind"], n["text"]) for h in cirrus.history(path) for n in h.record.notes]
+    assert notes == [
+        ("motivation", "Bootstrapping: adding segments 19&34"),
+        ("result", "Found more synapses"),
+        ("generic", "Bizarre output in slice 37"),
+    ]
+    assert cirrus.history(path)[0].record.process["description"] == (
+        "Properly documenting a process"
+    )
+
+
 def test_recover_and_abandon_dead_refuse_a_mistyped_path(tmp_path) -> None:
     typo = f"file://{tmp_path}/nope"
     for call in (cirrus.recover, cirrus.abandon_dead):
