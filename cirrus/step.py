@@ -191,7 +191,7 @@ class TaskSession(WriteScope):
 
     kind = "task"
 
-    def __init__(self, token: str | Mapping[str, Any] | StepToken, task: str | None = None):
+    def __init__(self, token: str | Mapping[str, Any] | StepToken | Step, task: str | None = None):
         self.token = StepToken.loads(token)
         self.task = validate_task_id(task) if task is not None else uuid.uuid4().hex
         self._task_named = task is not None
@@ -290,6 +290,7 @@ class TaskSession(WriteScope):
         return stored
 
 
-def join(token: str | Mapping[str, Any] | StepToken, task: str | None = None) -> TaskSession:
-    """Join a step from a task. Give a stable `task` id so a re-run task is recognised."""
+def join(token: str | Mapping[str, Any] | StepToken | Step, task: str | None = None) -> TaskSession:
+    """Join a step from a task: `token` is `step.token` (what a queue carries), or the `Step`
+    itself in the opener's process. Give a stable `task` id so a re-run task is recognised."""
     return TaskSession(token, task)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -34,11 +34,14 @@ from cirrus.steptoken import StepToken, check_token_volumes
 from cirrus.summary import mark_step_open, open_step_info, published_ids
 from cirrus.writeset import combine
 
+if TYPE_CHECKING:
+    from cirrus.step import Step
+
 MAX_LISTED_FAILURES = 100
 
 
 def opened_step(
-    token: str | Mapping[str, Any] | StepToken, *, undo: bool = False
+    token: str | Mapping[str, Any] | StepToken | Step, *, undo: bool = False
 ) -> tuple[StepToken, dict[str, Any]]:
     """The token with the volumes the step's manifest names (in its order), and the manifest,
     read before anything else: a step no volume of the token knows, a token whose volumes
@@ -81,7 +84,7 @@ def undo_opening(token: StepToken, why: str) -> None:
 DONE = object()  # `_list_again`: the layer's summary already points to the record
 
 
-def finish(token: str | Mapping[str, Any] | StepToken) -> dict[str, str]:
+def finish(token: str | Mapping[str, Any] | StepToken | Step) -> dict[str, str]:
     """Fold every task's fragments into one record per volume and publish. Safe to repeat.
     The volumes are the step's own (its manifest's): a token naming others is refused first."""
     token, manifest = opened_step(token, undo=True)
@@ -282,7 +285,7 @@ def _task_summary(
     return summary
 
 
-def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
+def status(token: str | Mapping[str, Any] | StepToken | Step) -> dict[str, Any]:
     """Fragments so far per volume, with failures, and whether the step is finished: its
     record there accounts for every fragment there (`late` says what it does not)."""
     token, manifest = opened_step(token)
