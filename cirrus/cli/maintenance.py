@@ -322,8 +322,11 @@ def step_finish_command(token: str) -> None:
         record = Ledger.open(layer).read_record(ids[layer]).to_json()
         tasks = record.get("tasks") or {}
         failed += record["status"] != "committed"
+        status = status_text(record, full=False)
+        if status != status_text(record, full=True):  # cut: `cirrus show` has all of it
+            status += f" (full error: `cirrus show {layer} {ids[layer][:12]}`)"
         lines.append(
-            f"  {layer}: {status_text(record, full=False)}, record {ids[layer]}\n"
+            f"  {layer}: {status}, record {ids[layer]}\n"
             f"    tasks: {tasks.get('count', 0)} ({tasks_counts(tasks)})"
         )
         listed = tasks.get("failures") or []
