@@ -36,11 +36,14 @@ def clean(text: str) -> str:
 
 
 def first_line(text: str, limit: int = FIRST_LINE) -> str:
-    """The first non-blank line of `text`, cut at `limit` characters; ` ...` marks what is cut."""
+    """The first non-blank line of `text`, cut at a word boundary within `limit` characters
+    (mid-word only for a word longer than half of it); ` ...` marks what is cut."""
     lines = [line for line in clean(text).strip().split("\n") if line.strip()]
     head = lines[0].rstrip() if lines else ""
     if len(head) > limit:
-        return head[:limit].rstrip() + " ..."
+        cut = head[:limit]
+        space = cut.rfind(" ")
+        return (cut[:space] if space > limit // 2 else cut).rstrip() + " ..."
     return head + " ..." if len(lines) > 1 else head
 
 

@@ -155,6 +155,12 @@ def _check_manifest(manifest: dict[str, Any]) -> None:
         raise ValueError("expected_ids that is not true or false")
     if manifest.get("expected_ids") and "expected_tasks" not in manifest:
         raise ValueError("expected_ids without expected_tasks")
+    if "not_opened" in manifest:  # the mark of a step whose opening failed
+        mark = manifest["not_opened"]
+        if not isinstance(mark, dict) or not all(
+            isinstance(mark.get(field), str) for field in ("error", "time")
+        ):
+            raise ValueError("a not_opened mark that is not an error and a time")
 
 
 def check_process(process: Any) -> None:

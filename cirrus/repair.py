@@ -19,7 +19,7 @@ from cirrus.errors import CirrusError, CorruptProvenance, IntegrityError
 from cirrus.ledger import SUMMARY_KEY, Ledger
 from cirrus.model import is_interrupted
 from cirrus.readback import CORRUPT, pointer_problem
-from cirrus.stepfiles import StepFiles
+from cirrus.stepfiles import NOT_OPENED, StepFiles
 from cirrus.summary import (
     OPEN_SESSIONS,
     empty_summary,
@@ -75,6 +75,8 @@ def repair_summary(cloudpath: str) -> Repaired | None:
             manifest = steps.manifest(step_id)
         except IntegrityError as damaged:  # its volumes are unknown here; a finish lists it
             log.warning("%s; not listed as open: `cirrus step finish TOKEN` lists it", damaged)
+            continue
+        if NOT_OPENED in manifest:  # its opening failed and was undone
             continue
         finished_empty = steps.finished_empty(step_id) and not steps.task_count(step_id)
         if not finished_empty and not _finished_elsewhere(manifest, ledger.cloudpath):

@@ -23,7 +23,7 @@ from cirrus.ledger import Ledger, env_blobs
 from cirrus.model import Note, Process, error_message, isoformat, utcnow
 from cirrus.overlap import overlapped
 from cirrus.records import current_user, process_json
-from cirrus.stepfiles import StepFiles, intact_manifest
+from cirrus.stepfiles import NOT_OPENED, StepFiles, intact_manifest, never_opened
 from cirrus.stepfinish import finish, status
 from cirrus.steptoken import StepToken, check_token_volumes, validate_task_id
 from cirrus.storage.paths import normalise_cloudpath
@@ -89,23 +89,34 @@ class Step:
         ledger.mark_step_open(self.token_data.id, open_step_info(self.manifest))
 
     def _undo_open(self, opened: list[str], error: BaseException) -> None:
-        """Unlist a step whose opening failed part way, so no volume shows it open with no
-        token to finish it; raises StepError naming the volumes it could not unlist (a Ctrl-C
-        or SIGTERM goes on as it came, the volumes logged)."""
+        """Undo a step whose opening failed part way: mark its manifest never opened on each
+        volume holding one (kept, so nothing stored is lost; tasks, finishes and tokens refuse
+        it then, `stepfiles.never_opened`) and unlist it. Raises StepError naming the volumes
+        it could not undo (a Ctrl-C or SIGTERM goes on as it came, the volumes logged)."""
+        why = f"opening it failed on {opened[-1]} ({error_message(error)})"
         left = []
         for layer in opened:
+            undone = True
+            try:
+                StepFiles.open(layer).mark_not_opened(self.id, why)
+            except IntegrityError:
+                pass  # a damaged copy: tasks and finishes read another volume's, marked
+            except Exception:
+                undone = False
             try:
                 Ledger.open(layer).clear_step(self.id)
             except Exception:
+                undone = False
+            if not undone:
                 left.append(layer)
         if not left:
-            log.warning("step %s was not opened (%s): no volume lists it", self.id, error)
+            log.warning("step %s was not opened (%s): it was undone", self.id, why)
             return
         message = (
-            f"opening step {self.id} failed on {opened[-1]} ({error_message(error)}), and it "
-            f"is still listed as open on {', '.join(left)}: fix the cause and open the step "
-            f"again; `cirrus step token {left[0]} {self.id}`, then `cirrus step finish TOKEN`, "
-            "closes this one, recording it (as failed if it expected tasks: none ran)"
+            f"step {self.id} was not opened: {why}, and undoing it failed on "
+            f"{', '.join(left)}, which may still list it as open or let tasks join it: fix the "
+            f"cause, then close it with `cirrus step finish TOKEN` (TOKEN: {self.token}), and "
+            "open a new step"
         )
         if not isinstance(error, Exception):
             log.error("%s", message)
@@ -180,7 +191,7 @@ class TaskSession(WriteScope):
 
     kind = "task"
 
-    def __init__(self, token: str | Mapping[str, Any] | StepToken, task: str | None = None):
+    def __init__(self, token: str | Mapping[str, Any] | StepToken | Step, task: str | None = None):
         self.token = StepToken.loads(token)
         self.task = validate_task_id(task) if task is not None else uuid.uuid4().hex
         self._task_named = task is not None
@@ -227,6 +238,8 @@ class TaskSession(WriteScope):
         if manifest is None:
             where = layer if layer in self.token.volumes else self.token.volumes[0]
             raise self._never_opened(where, "no manifest there")
+        if NOT_OPENED in manifest:  # its opening failed: no request more to learn it
+            raise never_opened(manifest)
         # the step's volumes in its order: a task that writes nothing files on its first
         self.token = StepToken(self.token.id, check_token_volumes(self.token, manifest))
         if "expected_tasks" in manifest and not self._task_named:
@@ -277,6 +290,7 @@ class TaskSession(WriteScope):
         return stored
 
 
-def join(token: str | Mapping[str, Any] | StepToken, task: str | None = None) -> TaskSession:
-    """Join a step from a task. Give a stable `task` id so a re-run task is recognised."""
+def join(token: str | Mapping[str, Any] | StepToken | Step, task: str | None = None) -> TaskSession:
+    """Join a step from a task: `token` is `step.token` (what a queue carries), or the `Step`
+    itself in the opener's process. Give a stable `task` id so a re-run task is recognised."""
     return TaskSession(token, task)

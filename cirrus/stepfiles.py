@@ -7,6 +7,7 @@ fragment). The summary side of a step
 
 Layout under the layer:
     provenance.d/steps/<id>/step.json          the manifest, written when the step opens
+                                               (marked `not_opened` if its opening failed)
     provenance.d/steps/<id>/expected.json      the ids of the tasks it expects, if named
     provenance.d/steps/<id>/tasks/<task>.json  a task's fragment
     provenance.d/steps/<id>/finished-empty.json  a finish that found no task on any volume
@@ -23,7 +24,8 @@ from typing import Any, TypeVar
 import attrs
 
 from cirrus.canonical import check_step_id, is_step_id, sha256_hex
-from cirrus.errors import IntegrityError, PreconditionFailed
+from cirrus.errors import IntegrityError, PreconditionFailed, StepError
+from cirrus.model import isoformat, utcnow
 from cirrus.overlap import overlapped
 from cirrus.readback import CORRUPT, parse_expected, parse_fragment, parse_manifest
 from cirrus.steptoken import is_task_id
@@ -34,6 +36,7 @@ from cirrus.writeset import combine
 log = logging.getLogger("cirrus.stepfiles")
 
 STEPS = "provenance.d/steps/"
+NOT_OPENED = "not_opened"  # a manifest's mark: the step's opening failed, it was undone
 
 
 def _pretty(document: Mapping[str, Any]) -> bytes:
@@ -129,6 +132,23 @@ class StepFiles(OnLayer):
         contended = f"other attempts of task {task} keep storing theirs; run the task again"
         # assumed absent first: the first attempt of a task stores its fragment in one request
         return self.store.update(key, folded, read=None, contended=contended).written
+
+    def mark_not_opened(self, step_id: str, why: str) -> None:
+        """Mark the step's manifest here as never opened (`why`: how its opening failed), by
+        compare-and-swap, every field kept: a task reads the manifest anyway, so it refuses the
+        step at no extra request. No manifest here (its put failed): nothing to mark. A
+        damaged one raises IntegrityError (tasks and finishes then read another copy)."""
+        key = f"{STEPS}{check_step_id(step_id)}/step.json"
+
+        def marked(existing: Blob | None) -> bytes | None:
+            if existing is None:
+                return None
+            manifest = parse_manifest(existing.data, self.cloudpath, key, step_id)
+            if NOT_OPENED in manifest:
+                return None
+            return _pretty({**manifest, NOT_OPENED: {"error": why, "time": isoformat(utcnow())}})
+
+        self.store.update(key, marked, contended=f"step {step_id}'s manifest keeps changing")
 
     def put_expected(self, step_id: str, task_ids: list[str]) -> None:
         """The ids of the tasks a step expects, beside its manifest (which stays small)."""
@@ -230,6 +250,32 @@ def first_intact(volumes: Sequence[str], read: Callable[[StepFiles], T | None]) 
 def intact_manifest(step_id: str, volumes: Sequence[str]) -> dict[str, Any] | None:
     """The step's manifest from the first of its `volumes` holding an intact one."""
     return first_intact(volumes, lambda files: files.manifest(step_id))
+
+
+def never_opened(manifest: Mapping[str, Any]) -> StepError:
+    """The error for a step whose `manifest` is marked never opened (its opening failed)."""
+    mark = manifest[NOT_OPENED]
+    return StepError(
+        f"step {manifest['id']} was never opened: {mark['error']}, at {mark['time']}; it was "
+        "undone, so it cannot be joined, finished or given a token: fix the cause and open a "
+        "new step with `cirrus.step(...)`"
+    )
+
+
+def marked_not_opened(step_id: str, volumes: Sequence[str]) -> dict[str, Any] | None:
+    """The manifest of the first of the step's `volumes` marked never opened (one GET each,
+    at once): an undo may have marked only some of them. None if none is; damaged or
+    missing copies are skipped (`intact_manifest` reports those)."""
+
+    def read(layer: str) -> dict[str, Any] | None:
+        try:
+            return StepFiles.open(layer).manifest(step_id)
+        except IntegrityError:
+            return None
+
+    with overlapped(len(volumes)) as run:
+        manifests = run(read, list(volumes))
+    return next((m for m in manifests if m is not None and NOT_OPENED in m), None)
 
 
 def filed_attempts(fragments: Sequence[Mapping[str, Any]]) -> int:

@@ -6,8 +6,9 @@ stores one record, and finishing again after late fragments supersedes the older
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -18,11 +19,14 @@ from cirrus.model import Note, parse_time
 from cirrus.overlap import overlapped
 from cirrus.records import make_record
 from cirrus.stepfiles import (
+    NOT_OPENED,
     StepFiles,
     cut_short,
     filed_attempts,
     first_intact,
     intact_manifest,
+    marked_not_opened,
+    never_opened,
     step_attempts,
     unaccounted,
 )
@@ -30,13 +34,22 @@ from cirrus.steptoken import StepToken, check_token_volumes
 from cirrus.summary import mark_step_open, open_step_info, published_ids
 from cirrus.writeset import combine
 
+if TYPE_CHECKING:
+    from cirrus.step import Step
+
 MAX_LISTED_FAILURES = 100
 
 
-def opened_step(token: str | Mapping[str, Any] | StepToken) -> tuple[StepToken, dict[str, Any]]:
+def opened_step(
+    token: str | Mapping[str, Any] | StepToken | Step, *, undo: bool = False
+) -> tuple[StepToken, dict[str, Any]]:
     """The token with the volumes the step's manifest names (in its order), and the manifest,
-    read before anything else: a step no volume of the token knows, or a token whose volumes
-    are not the step's (`check_token_volumes`), is refused (StepError) with nothing written."""
+    read before anything else: a step no volume of the token knows, a token whose volumes
+    are not the step's (`check_token_volumes`), or a step whose opening failed (a manifest on
+    any of its volumes says so: one GET each) is refused (StepError) with nothing written.
+
+    `undo`: for a step whose opening failed, first finish undoing it where its opener could
+    not (`undo_opening`), so that none of its volumes lists it or lets a task join it."""
     token = StepToken.loads(token)
     manifest = intact_manifest(token.id, token.volumes)  # a damaged copy: the others are read
     if manifest is None:
@@ -45,16 +58,36 @@ def opened_step(token: str | Mapping[str, Any] | StepToken) -> tuple[StepToken, 
             "manifest (provenance.d/steps/<step>/step.json); check that the token is the one "
             "`step.token` gave and that the volumes are the step's"
         )
-    return StepToken(token.id, check_token_volumes(token, manifest)), manifest
+    token = StepToken(token.id, check_token_volumes(token, manifest))
+    marked = marked_not_opened(token.id, token.volumes)
+    if marked is not None:
+        if undo:
+            undo_opening(token, marked[NOT_OPENED]["error"])
+        raise never_opened(marked)
+    return token, manifest
+
+
+def undo_opening(token: StepToken, why: str) -> None:
+    """Mark the manifest of a step whose opening failed never opened on every volume holding
+    one, and unlist it everywhere: what `Step._undo_open` did not get to (each only writes
+    where it is not done yet)."""
+
+    def undo(layer: str) -> None:
+        with contextlib.suppress(IntegrityError):  # a damaged copy: the others are marked
+            StepFiles.open(layer).mark_not_opened(token.id, why)
+        Ledger.open(layer).clear_step(token.id)
+
+    with overlapped(len(token.volumes)) as run:
+        run(undo, list(token.volumes))
 
 
 DONE = object()  # `_list_again`: the layer's summary already points to the record
 
 
-def finish(token: str | Mapping[str, Any] | StepToken) -> dict[str, str]:
+def finish(token: str | Mapping[str, Any] | StepToken | Step) -> dict[str, str]:
     """Fold every task's fragments into one record per volume and publish. Safe to repeat.
     The volumes are the step's own (its manifest's): a token naming others is refused first."""
-    token, manifest = opened_step(token)
+    token, manifest = opened_step(token, undo=True)
     fragments = {layer: StepFiles.open(layer).fragments(token.id) for layer in token.volumes}
     tally = _tally(token, manifest, fragments)
     # a volume a task wrote is recorded, also when its fragment there was never filed
@@ -252,7 +285,7 @@ def _task_summary(
     return summary
 
 
-def status(token: str | Mapping[str, Any] | StepToken) -> dict[str, Any]:
+def status(token: str | Mapping[str, Any] | StepToken | Step) -> dict[str, Any]:
     """Fragments so far per volume, with failures, and whether the step is finished: its
     record there accounts for every fragment there (`late` says what it does not)."""
     token, manifest = opened_step(token)

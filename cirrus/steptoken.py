@@ -42,9 +42,13 @@ class StepToken:
         return json.dumps({"cirrus_step": TOKEN_VERSION, "id": self.id, "volumes": self.volumes})
 
     @classmethod
-    def loads(cls, token: str | Mapping[str, Any] | StepToken) -> StepToken:
+    def loads(cls, token: Any) -> StepToken:
+        """The token from its JSON string (as `step.token` gives it), a dict of it, or the
+        `cirrus.Step` itself; anything else is a StepError saying what to pass."""
         if isinstance(token, StepToken):
             return token
+        if isinstance(getattr(token, "token_data", None), StepToken):  # a cirrus.Step
+            return token.token_data
         try:
             data = json.loads(token) if isinstance(token, str) else dict(token)
             if not isinstance(data, dict):

@@ -32,7 +32,7 @@ from cirrus.journal import read_journal
 from cirrus.ledger import ENVS, Ledger
 from cirrus.model import superseded_unpublished
 from cirrus.overlap import THREADS
-from cirrus.stepfiles import StepFiles, unaccounted
+from cirrus.stepfiles import NOT_OPENED, StepFiles, unaccounted
 from cirrus.stepsiblings import unfiled_here
 from cirrus.summary import NOTE_SEP, note_key, note_line, notes_counted, processing_entry
 
@@ -157,6 +157,14 @@ def _check_steps(
             fragments = steps.fragments(step_id)
         except IntegrityError as damaged:
             report.problems.append(damaged.problem)
+            continue
+        if manifest is not None and NOT_OPENED in manifest:  # its opening failed, undone
+            if fragments:  # joined before the mark (or before cirrus marked such steps)
+                report.problems.append(
+                    f"step {step_id[:12]}: it was never opened ({manifest[NOT_OPENED]['error']}"
+                    f"), but {len(fragments)} task(s) filed fragments here: no record holds "
+                    "their writes; run those tasks again in a new step (`cirrus.step(...)`)"
+                )
             continue
         rid, record = standing.get(step_id, (None, None))
         if step_id in section.get("open_steps", {}) or (rid is not None and record is None):

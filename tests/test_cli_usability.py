@@ -320,6 +320,24 @@ def test_step_status_and_finish_name_the_expected_tasks_still_missing(tmp_path: 
     assert "failed: Incomplete: 1 of 3 expected tasks filed nothing (t9)" in out
 
 
+def test_step_finish_cuts_a_long_error_at_a_word_and_names_the_command_for_all_of_it(
+    tmp_path: Path,
+) -> None:
+    (a,) = layers(tmp_path, "a")
+    ids = [f"chunk-task-{i:03d}" for i in range(12)]
+    step = cirrus.step(["x"], "expected", cirrus.Process("tasks", {"n": 12}), [a], tasks=ids)
+    with cirrus.join(step.token, task=ids[0]) as t:
+        t.volume(a, progress=False)[0:CHUNK, 0:CHUNK, 0:CHUNK] = np.ones((CHUNK,) * 3, np.uint8)
+    out = invoke("step", "finish", step.token, code=1).stdout
+    (record,) = cirrus.history(a)
+    pointer = f" ... (full error: `cirrus show {a} {record.id[:12]}`), record {record.id}"
+    line = next(line for line in out.splitlines() if line.startswith(f"  {a}: failed: "))
+    assert line.endswith(pointer), line
+    shown = line.removeprefix(f"  {a}: failed: Incomplete: ").removesuffix(pointer)
+    full = invoke("show", a, record.id[:12]).stdout
+    assert f"{shown} " in " ".join(full.split())  # cut between two words, not inside one
+
+
 def test_step_status_says_finish_again_after_a_task_ran_since_the_finish(tmp_path: Path) -> None:
     """A queue re-delivers a task after the finish: its fragment now ends later than the record
     says. `step status` agrees with `verify` (not "finished") until the step is finished again."""

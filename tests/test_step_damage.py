@@ -7,11 +7,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 
 import pytest
 
 import cirrus
 from cirrus.errors import IntegrityError, PermanentStorageError, StepError
+from cirrus.stepfiles import StepFiles
+from cirrus.steptoken import StepToken
 from cirrus.verify import verify
 from tests import step_support as ss
 from tests.cli_support import invoke
@@ -316,11 +319,60 @@ def test_a_step_that_cannot_be_unlisted_after_a_failed_opening_names_the_volume_
         cirrus.step(["gs://lab/aff"], "m", cirrus.Process("p", {}), volumes=[layer, second])
     (step_id,) = cirrus.history(layer).open_steps
     message = str(raised.value)
-    assert f"opening step {step_id} failed on {second}" in message
-    assert f"still listed as open on {layer}:" in message
+    assert f"step {step_id} was not opened: opening it failed on {second}" in message
+    assert f"undoing it failed on {layer}, which may still list it" in message
     assert isinstance(raised.value.__cause__, PermanentStorageError)
-    command = message.split("`cirrus step token ")[1].split("`")[0]
-    token = invoke("step", "token", *command.split()).output.strip()
-    invoke("step", "finish", token)
+    token = message.split("(TOKEN: ")[1].split(")")[0]
+    finished = invoke("step", "finish", token, code=2)  # unlists it, records nothing
+    assert f"step {step_id} was never opened: opening it failed on {second}" in finished.output
     assert cirrus.history(layer).open_steps == {} and cirrus.history(second).open_steps == {}
     assert list(cirrus.history(layer)) == [] and verify(layer).ok
+
+
+def ghost_step(tmp_path, layer: str) -> tuple[str, str, str]:
+    """A step opened over `layer` and a second volume that refuses its step files, as a
+    read-only bucket does: (its id, its token, the second volume)."""
+    second = f"file://{tmp_path}/second"
+    ss.make_layer(second)
+    with (
+        hooked(before=refuse(second, "provenance.d/steps/")),
+        pytest.raises(PermanentStorageError),
+    ):
+        cirrus.step(["gs://lab/aff"], "m", cirrus.Process("p", {}), volumes=[layer, second])
+    (step_id,) = StepFiles.open(layer).step_ids()  # its manifest stays where it was filed
+    return step_id, StepToken(step_id, (layer, second)).dumps(), second
+
+
+def test_a_step_whose_opening_failed_cannot_be_joined_before_a_task_writes(
+    tmp_path, layer: str
+) -> None:
+    step_id, token, second = ghost_step(tmp_path, layer)
+    for first in (layer, second):  # the volume a task writes first holds the manifest, or not
+        with (
+            pytest.raises(StepError, match=f"step {step_id} was never opened: opening it fail"),
+            cirrus.join(token, task="t1") as task,
+        ):
+            ss.paint(task, first, [0, 0, 0])
+    for path in (layer, second):
+        assert not plain(path)[0:16, 0:16, 0:16].any(), path  # no chunk
+        assert StepFiles.open(path).task_count(step_id) == 0, path  # no fragment
+        assert verify(path).ok and verify(path).remarks == [], path
+
+
+def test_a_step_whose_opening_failed_cannot_be_tokened_finished_or_shown(
+    tmp_path, layer: str
+) -> None:
+    step_id, token, second = ghost_step(tmp_path, layer)
+    fix = "open a new step with `cirrus.step(...)`"
+    for command in (["step", "token", layer, step_id[:8]], ["step", "finish", token]):
+        output = invoke(*command, code=2).output
+        assert f"step {step_id} was never opened: opening it failed on {second}" in output
+        assert fix in output
+    invoke("step", "status", token, code=2)
+    for call in (cirrus.finish, cirrus.step_status):
+        with pytest.raises(StepError, match=re.escape(fix)):
+            call(token)
+    for path in (layer, second):
+        assert list(cirrus.history(path)) == [] and cirrus.history(path).open_steps == {}
+    manifest = StepFiles.open(layer).manifest(step_id)  # kept whole, marked
+    assert manifest["id"] == step_id and manifest["volumes"] == [layer, second]

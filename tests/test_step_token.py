@@ -194,3 +194,15 @@ def test_a_task_writing_nothing_files_on_the_steps_first_volume_whatever_the_tok
         pass
     assert [f["task"] for f in StepFiles.open(seg).fragments(step.id)] == ["idle"]
     assert StepFiles.open(v2).fragments(step.id) == []
+
+
+def test_a_task_joins_with_the_step_itself_as_with_its_token(volumes: list[str]) -> None:
+    seg = volumes[0]
+    step = open_step(seg)
+    with cirrus.join(step, task="t1") as session:
+        ss.paint(session, seg, [0, 0, 0])
+    assert session.records == {seg: "t1"}
+    assert cirrus.step_status(step)["volumes"][seg]["tasks"] == 1
+    finished = cirrus.finish(step)
+    assert [record.id for record in cirrus.history(seg)] == [finished[seg]]
+    assert list(finished) == [seg]

@@ -207,12 +207,14 @@ def _parse_token(token: str) -> StepToken:
         raise StepError(f"{str(error).split('; ')[0]}; {TOKEN_HELP}") from None
 
 
-def _step_token(token: str) -> StepToken:
+def _step_token(token: str, undo: bool = False) -> StepToken:
     """The token TOKEN stands for, with the step's volumes as its manifest names them: an
-    unknown step, or a token whose volumes are not the step's, is refused (exit status 2)."""
+    unknown step, a token whose volumes are not the step's, or a step whose opening failed
+    (undone first where it was not, with `undo`: `stepfinish.opened_step`) is refused (exit
+    status 2)."""
     from cirrus.stepfinish import opened_step
 
-    return opened_step(_parse_token(token))[0]
+    return opened_step(_parse_token(token), undo=undo)[0]
 
 
 @step_group.command("status", epilog=EXIT_CODES)
@@ -270,10 +272,10 @@ def step_token_command(path: str, step_id: str) -> None:
 
     For a step whose token was lost (a notebook restarted, a queue purged): the token is the
     step's id and volumes, which its manifest on each volume holds. `cirrus log PATH` shows
-    the ids of open steps.
+    the ids of open steps. A step whose opening failed has none (exit status 2).
     """
     from cirrus.errors import InvalidInput
-    from cirrus.stepfiles import StepFiles
+    from cirrus.stepfiles import NOT_OPENED, StepFiles, marked_not_opened, never_opened
     from cirrus.steptoken import StepToken
 
     require_layer(path)
@@ -288,6 +290,11 @@ def step_token_command(path: str, step_id: str) -> None:
             "`cirrus log PATH` shows open steps"
         )
     manifest = files.manifest(matches[0])  # a damaged one raises, naming the fix
+    if NOT_OPENED in manifest:
+        raise never_opened(manifest)
+    marked = marked_not_opened(matches[0], manifest["volumes"])  # an undo part way
+    if marked is not None:
+        raise never_opened(marked)
     click.echo(StepToken(matches[0], tuple(manifest["volumes"])).dumps())
 
 
@@ -305,7 +312,7 @@ def step_finish_command(token: str) -> None:
     from cirrus.ledger import Ledger
     from cirrus.stepfinish import finish
 
-    parsed = _step_token(token)
+    parsed = _step_token(token, undo=True)
     ids = finish(parsed)
     lines, failed = [], 0
     for layer in parsed.volumes:
@@ -315,8 +322,11 @@ def step_finish_command(token: str) -> None:
         record = Ledger.open(layer).read_record(ids[layer]).to_json()
         tasks = record.get("tasks") or {}
         failed += record["status"] != "committed"
+        status = status_text(record, full=False)
+        if status != status_text(record, full=True):  # cut: `cirrus show` has all of it
+            status += f" (full error: `cirrus show {layer} {ids[layer][:12]}`)"
         lines.append(
-            f"  {layer}: {status_text(record, full=False)}, record {ids[layer]}\n"
+            f"  {layer}: {status}, record {ids[layer]}\n"
             f"    tasks: {tasks.get('count', 0)} ({tasks_counts(tasks)})"
         )
         listed = tasks.get("failures") or []
