@@ -17,7 +17,7 @@ from typing import Any
 from cirrus.canonical import short
 from cirrus.display_env import env_diff, env_lines, env_script
 from cirrus.model import is_interrupted
-from cirrus.summary import NOTE_SEP, processing_line
+from cirrus.summary import NOTE_SEP, NOTES_SHOWN, more_notes, processing_line
 
 FIRST_LINE = 200  # characters of an error's first line that `cirrus log` shows
 # ANSI escape sequences (CSI: colours, cursor moves; OSC: titles, links; two-byte ones), then any
@@ -148,9 +148,15 @@ def _row(record: Mapping[str, Any]) -> dict[str, str]:
         "process": process_line(record),
         "motivation": motivation(record),
         "notes": "\n".join(
-            f"{n['kind']}: {n['text']}"
-            for n in record.get("notes", [])
-            if n["kind"] != "motivation"
+            capped(
+                [
+                    f"{n['kind']}: {n['text']}"
+                    for n in record.get("notes", [])
+                    if n["kind"] != "motivation"
+                ],
+                record.get("id", "?"),
+                record.get("volume", "PATH"),
+            )
         ),
         "sources": "\n".join(record.get("sources", [])),
         "writes": "\n".join(record_writes(record)),
@@ -174,6 +180,15 @@ def _damaged_row(entry: Mapping[str, Any]) -> dict[str, str]:
         "who": "?",
         "step": short(entry.get("step")) if entry.get("step") else "",
     }
+
+
+def capped(notes: list[str], record_id: str, volume: str = "") -> list[str]:
+    """At most NOTES_SHOWN notes, as the summary shows them: past that, the last line counts
+    the rest and names the command that shows them all."""
+    if len(notes) <= NOTES_SHOWN:
+        return notes
+    more = len(notes) - NOTES_SHOWN + 1
+    return [*notes[: NOTES_SHOWN - 1], more_notes(more, record_id, volume or "PATH")]
 
 
 def damaged_lines(entry: Mapping[str, Any]) -> list[str]:
@@ -266,8 +281,9 @@ def history_text(
     """Newest first, one block per record, like `git log`; `total` when only some are given;
     last, what the summary says that other tools wrote (`summary.other_tools`).
 
-    A record's header shows the first line of its error (`record_text` has all of it); text
-    of several lines keeps its lines, indented under the record.
+    A record's header shows the first line of its error (`record_text` has all of it), and
+    at most NOTES_SHOWN lines of notes (`cirrus show` has them all); text of several lines
+    keeps its lines, indented under the record.
     """
     records = list(records)
     count = record_count(len(records), total, sum(bool(r.get("damaged")) for r in records))
@@ -292,7 +308,7 @@ def history_text(
         out += labelled("writes", cells["writes"].split("\n"))
         results = [n["text"] for n in record.get("notes", []) if n.get("kind") != "motivation"]
         if results:
-            out += labelled("notes", results)
+            out += labelled("notes", capped(results, record.get("id", "?"), volume))
         out.append(f"  by:         {cells['who']}")
     if others:
         out += ["", *other_tools_lines(others)]

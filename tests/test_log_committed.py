@@ -1,6 +1,6 @@
 """`cirrus log` and `cirrus.history` on a volume whose writer was killed: past its commit point
 (its record staged here, or its journal written) it is committed and `cirrus recover` publishes
-it; only before it were its writes never committed.
+it; only before it were its writes never committed. And `cirrus log` caps a record's notes.
 
 The kills are real: a child process SIGKILLs itself at the chosen write to storage.
 """
@@ -14,8 +14,9 @@ import cirrus
 import tests.step_support as ss
 from cirrus.ledger import Ledger
 from cirrus.storage.paths import normalise_cloudpath
+from cirrus.summary import NOTES_SHOWN
 from tests.cli_support import invoke
-from tests.session_support import make_layer
+from tests.session_support import chunk_of, make_layer
 
 KILL_SCRIPT = """
 import os, signal, sys
@@ -136,3 +137,18 @@ def test_only_a_session_killed_before_its_commit_point_was_never_committed(tmp_p
     assert list(found.open_sessions) and found.commits == {}
     text = invoke("log", paths[0]).output
     assert "never committed" in text and "COMMITTED" not in text, text
+
+
+def test_log_caps_a_records_notes_and_show_prints_them_all(tmp_path) -> None:
+    (path,) = layers(tmp_path, 1)
+    with cirrus.session(["src"], "many notes", cirrus.Process("notes", {})) as s:
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(1)
+        for i in range(25):
+            s.result(f"task {i} done")
+    (rid,) = s.records.values()
+    more = f"{25 - NOTES_SHOWN + 1} more notes in cirrus record {rid[:12]} (`cirrus show {path} "
+    text = invoke("log", path).output
+    shown = [line for line in text.splitlines() if "task " in line and " done" in line]
+    assert len(shown) == NOTES_SHOWN - 1 and more in text, text
+    full = invoke("show", path, rid[:12]).output
+    assert all(f"task {i} done" in full for i in range(25)) and "more notes" not in full
