@@ -17,7 +17,7 @@ from typing import Any
 from cirrus.canonical import short
 from cirrus.display_env import env_diff, env_lines, env_script
 from cirrus.model import is_interrupted
-from cirrus.summary import NOTE_SEP, processing_line
+from cirrus.summary import NOTE_SEP, NOTES_SHOWN, more_notes, processing_line
 
 FIRST_LINE = 200  # characters of an error's first line that `cirrus log` shows
 # ANSI escape sequences (CSI: colours, cursor moves; OSC: titles, links; two-byte ones), then any
@@ -151,9 +151,15 @@ def _row(record: Mapping[str, Any]) -> dict[str, str]:
         "process": process_line(record),
         "motivation": motivation(record),
         "notes": "\n".join(
-            f"{n['kind']}: {n['text']}"
-            for n in record.get("notes", [])
-            if n["kind"] != "motivation"
+            capped(
+                [
+                    f"{n['kind']}: {n['text']}"
+                    for n in record.get("notes", [])
+                    if n["kind"] != "motivation"
+                ],
+                record.get("id", "?"),
+                record.get("volume", "PATH"),
+            )
         ),
         "sources": "\n".join(record.get("sources", [])),
         "writes": "\n".join(record_writes(record)),
@@ -179,17 +185,26 @@ def _damaged_row(entry: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+def capped(notes: list[str], record_id: str, volume: str = "") -> list[str]:
+    """At most NOTES_SHOWN notes, as the summary shows them: past that, the last line counts
+    the rest and names the command that shows them all."""
+    if len(notes) <= NOTES_SHOWN:
+        return notes
+    more = len(notes) - NOTES_SHOWN + 1
+    return [*notes[: NOTES_SHOWN - 1], more_notes(more, record_id, volume or "PATH")]
+
+
 def damaged_lines(entry: Mapping[str, Any]) -> list[str]:
     """A damaged record in `cirrus log`: its id, the summary's pointer, problem and remedy."""
     cells = row(entry)
     out = [f"record {cells['record']}  {cells['time']}  {cells['status']}"]
-    out += _labelled("problem", [entry["damaged"].get("problem", "?")])
-    out += _labelled("remedy", [entry["damaged"].get("remedy", "") or "-"])
-    out += _labelled("session", [entry.get("session", "?")])
+    out += labelled("problem", [entry["damaged"].get("problem", "?")])
+    out += labelled("remedy", [entry["damaged"].get("remedy", "") or "-"])
+    out += labelled("session", [entry.get("session", "?")])
     if cells["step"]:
-        out += _labelled("step", [cells["step"]])
-    out += _labelled("process", [cells["process"]])
-    out += _labelled("ended", [when(entry.get("ended"))])
+        out += labelled("step", [cells["step"]])
+    out += labelled("process", [cells["process"]])
+    out += labelled("ended", [when(entry.get("ended"))])
     return out
 
 
@@ -205,31 +220,55 @@ Open = Mapping[str, Mapping[str, Any]]  # id -> what the summary says of an open
 
 
 def open_lines(
-    open_steps: Open | None, open_sessions: Open | None = None, unpublished: Sequence[str] = ()
+    open_steps: Open | None,
+    open_sessions: Open | None = None,
+    unpublished: Sequence[str] = (),
+    commits: Open | None = None,
 ) -> list[str]:
-    """Steps still running, sessions that wrote and did not commit (running, or dead), and
-    records stored that the summary no longer names (`reading.unpublished_records`)."""
+    """Steps still running, sessions that wrote and did not commit (running, or dead), those
+    of either that committed and are not published yet (`commits`, as `History.to_json` has
+    them: `commitpoint`), and records stored that the summary no longer names
+    (`reading.unpublished_records`)."""
     named = ", ".join(short(rid) for rid in unpublished[:3]) + (", ..." if unpublished[3:] else "")
     lost = [
         f"UNPUBLISHED: {len(unpublished)} record(s) stored here are not in the summary ({named}): "
         "a tool rewrote `provenance` from an older copy, or a commit was cut short; "
         "`cirrus recover PATH` publishes them again"
     ]
+    commits = commits or {}
     steps = [
         f"OPEN STEP {short(step_id)}: {one_line(info.get('description', '?'))} "
         f"[{short(info.get('process'))}] since {when(info.get('started'))} "
-        f"by {one_line(info.get('user', '?'))}"
+        f"by {one_line(info.get('user', '?'))}{_commit_tail(commits.get(step_id), 'finish')}"
         for step_id, info in (open_steps or {}).items()
     ]
     sessions = [
         f"OPEN SESSION {short(session)}: {one_line(info.get('description', '?'))} "
         f"[{short(info.get('process'))}] started {when(info.get('started'))} "
         f"by {one_line(info.get('user', '?'))}@{one_line(info.get('host', '?'))} "
-        f"pid {info.get('pid', '?')}; motivation: {one_line(info.get('motivation', '?'))}; "
-        "if that process is gone, these writes were never committed"
+        f"pid {info.get('pid', '?')}; motivation: {one_line(info.get('motivation', '?'))}"
+        + _commit_tail(commits.get(session), "commit")
         for session, info in (open_sessions or {}).items()
     ]
     return (lost if unpublished else []) + steps + sessions
+
+
+def _commit_tail(commit: Mapping[str, Any] | None, what: str) -> str:
+    """What a listed session's (`what`: commit) or step's (finish) line says of its commit."""
+    if commit is None:
+        return (
+            ""
+            if what == "finish"
+            else "; if that process is gone, these writes were never committed"
+        )
+    if commit.get("committed") is None:
+        return (
+            f"; whether it committed is unknown: {one_line(commit['how'])} (`cirrus verify PATH`)"
+        )
+    return (
+        f"; COMMITTED ({one_line(commit['how'])}) but not published yet: if its process is "
+        f"gone (its {what} was cut short), `cirrus recover PATH` publishes it"
+    )
 
 
 def history_text(
@@ -240,17 +279,19 @@ def history_text(
     open_sessions: Open | None = None,
     others: Mapping[str, Any] | None = None,
     unpublished: Sequence[str] = (),
+    commits: Open | None = None,
 ) -> str:
     """Newest first, one block per record, like `git log`; `total` when only some are given;
     last, what the summary says that other tools wrote (`summary.other_tools`).
 
-    A record's header shows the first line of its error (`record_text` has all of it); text
-    of several lines keeps its lines, indented under the record.
+    A record's header shows the first line of its error (`record_text` has all of it), and
+    at most NOTES_SHOWN lines of notes (`cirrus show` has them all); text of several lines
+    keeps its lines, indented under the record.
     """
     records = list(records)
     count = record_count(len(records), total, sum(bool(r.get("damaged")) for r in records))
     out = [f"{volume}: {count}" if volume else count]
-    out += open_lines(open_steps, open_sessions, unpublished)
+    out += open_lines(open_steps, open_sessions, unpublished, commits)
     for record in reversed(records):
         out.append("")
         if record.get("damaged"):
@@ -263,14 +304,14 @@ def history_text(
         out.append(f"record {cells['record']}  {cells['time']}  {status}")
         if cells["step"]:
             out.append(f"  step:       {cells['step']}")
-        out += _labelled("process", [cells["process"]])
+        out += labelled("process", [cells["process"]])
         motivations = [n["text"] for n in record.get("notes", []) if n.get("kind") == "motivation"]
-        out += _labelled("motivation", motivations or ["-"])
-        out += _labelled("sources", record.get("sources", []) or ["-"])
-        out += _labelled("writes", cells["writes"].split("\n"))
+        out += labelled("motivation", motivations or ["-"])
+        out += labelled("sources", record.get("sources", []) or ["-"])
+        out += labelled("writes", cells["writes"].split("\n"))
         results = [n["text"] for n in record.get("notes", []) if n.get("kind") != "motivation"]
         if results:
-            out += _labelled("notes", results)
+            out += labelled("notes", capped(results, record.get("id", "?"), volume))
         out.append(f"  by:         {cells['who']}")
     if others:
         out += ["", *other_tools_lines(others)]
@@ -280,11 +321,11 @@ def history_text(
 def other_tools_lines(others: Mapping[str, Any]) -> list[str]:
     """What other tools wrote in the summary, labelled: older provenance cirrus kept."""
     out = ["written by other tools (in the summary, not cirrus records):"]
-    out += _labelled("processing", [processing_line(e) for e in others.get("processing", [])])
-    out += _labelled("sources", [str(source) for source in others.get("sources", [])])
+    out += labelled("processing", [processing_line(e) for e in others.get("processing", [])])
+    out += labelled("sources", [str(source) for source in others.get("sources", [])])
     description = str(others.get("description") or "")
-    out += _labelled("description", [line for line in description.split(NOTE_SEP) if line])
-    out += _labelled("owners", [str(owner) for owner in others.get("owners", [])])
+    out += labelled("description", [line for line in description.split(NOTE_SEP) if line])
+    out += labelled("owners", [str(owner) for owner in others.get("owners", [])])
     return out
 
 
@@ -301,7 +342,7 @@ def _lines(items: Iterable[str]) -> list[str]:
     return [line for item in items for line in clean(item).rstrip("\n").split("\n")]
 
 
-def _labelled(label: str, items: Sequence[str]) -> list[str]:
+def labelled(label: str, items: Sequence[str]) -> list[str]:
     """`  label:     first line`, then every further line (of any item) under the first."""
     head = f"  {label + ':':<{max(12, len(label) + 2)}}"
     lines = _lines(items)
@@ -362,37 +403,3 @@ def record_text(
                     "", [f"{name}:"] + ["  " + line for line in text.rstrip("\n").split("\n")]
                 )
     return clean("\n".join(out))
-
-
-def session_facts(session: Any) -> list[tuple[str, str]]:
-    """What a notebook shows for an open or closed session (duck-typed: cirrus.Session)."""
-    trackers = getattr(session, "_trackers", {})
-    volumes = []
-    for layer, tracker in trackers.items():
-        lines = writes_lines(tracker.to_json()) if tracker.touched else ["no writes yet"]
-        volumes.append(f"{layer}: {'; '.join(lines)}")
-    process = session.process
-    records = getattr(session, "records", {}) or {}
-    facts = [
-        ("session", session.id),
-        ("state", session.state),
-        ("process", f"{process.description} [{short(process.digest)}]"),
-        ("parameters", json.dumps(process.parameters, sort_keys=True)),
-        ("sources", "\n".join(session.sources)),
-        ("motivation", session.motivation),
-        (
-            "notes",
-            "\n".join(f"{n.kind}: {n.text}" for n in session.notes if n.kind != "motivation"),
-        ),
-        ("volumes", "\n".join(volumes) or "none opened"),
-    ]
-    if records:
-        facts.append(("records", "\n".join(f"{v}: {short(r)}" for v, r in records.items())))
-    return facts
-
-
-def session_text(session: Any) -> str:
-    out = []
-    for key, value in session_facts(session):
-        out += _labelled(key, (value or "-").split("\n"))
-    return "cirrus session\n" + "\n".join(out)

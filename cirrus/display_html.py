@@ -15,9 +15,9 @@ from cirrus.display import (
     other_tools_lines,
     record_count,
     row,
-    session_facts,
     status_text,
 )
+from cirrus.display_session import session_facts
 
 
 def _cell(text: str) -> str:
@@ -32,6 +32,7 @@ def history_html(
     total: int | None = None,
     others: Mapping[str, Any] | None = None,
     unpublished: Sequence[str] = (),
+    commits: Open | None = None,
 ) -> str:
     """An HTML table, newest first, for Jupyter; `total` when only some are given; then what
     other tools wrote in the summary."""
@@ -43,7 +44,7 @@ def history_html(
         body.append("<tr>" + "".join(f"<td>{_cell(cells[c])}</td>" for c in COLUMNS) + "</tr>")
     count = record_count(len(records), total, sum(bool(r.get("damaged")) for r in records))
     caption = html.escape(f"{volume}: {count}" if volume else "history")
-    lines = open_lines(open_steps, open_sessions, unpublished)
+    lines = open_lines(open_steps, open_sessions, unpublished, commits)
     opened = "".join(f"<p><b>{html.escape(line)}</b></p>" for line in lines)
     return (
         f'<div class="cirrus-history">{opened}<table><caption>{caption}</caption>'

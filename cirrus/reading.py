@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from cirrus.commitpoint import Commit, listed_commits
 from cirrus.errors import (
     CirrusError,
     CorruptProvenance,
@@ -115,7 +116,8 @@ class History(list):
     Shows as a table in Jupyter and as `cirrus log` text elsewhere, newest first. `damaged`
     lists the records that are missing or fail their digest (`DamagedRecord`); `entries` has
     both, in order. `total` is how many records stand on the volume: more than were read when
-    only the newest were.
+    only the newest were. `commits`: the open sessions and steps that passed their commit point
+    (`commitpoint.Commit`), whose records are not published yet (`cirrus recover` does).
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class History(list):
         damaged: list[DamagedRecord] = (),  # type: ignore[assignment]
         other_tools: dict[str, Any] | None = None,
         unpublished: list[str] = (),  # type: ignore[assignment]
+        commits: dict[str, Commit] | None = None,
     ):
         super().__init__(records)
         self.volume = volume
@@ -139,6 +142,8 @@ class History(list):
         self.other_tools = dict(other_tools or {})
         # stored records no summary names, of no session or step still running here
         self.unpublished = list(unpublished)
+        # the open sessions and steps that committed (or may have): not published yet
+        self.commits = dict(commits or {})
 
     @property
     def entries(self) -> list[Entry]:
@@ -164,6 +169,9 @@ class History(list):
             first.remedy,
         )
 
+    def commits_json(self) -> dict[str, dict[str, Any]]:
+        return {key: commit.to_json() for key, commit in self.commits.items()}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "volume": self.volume,
@@ -174,6 +182,7 @@ class History(list):
             "open_sessions": self.open_sessions,
             "other_tools": self.other_tools,
             "unpublished": self.unpublished,
+            "commits": self.commits_json(),
         }
 
     def __str__(self) -> str:
@@ -188,6 +197,7 @@ class History(list):
             self.open_sessions,
             self.other_tools,
             self.unpublished,
+            self.commits_json(),
         )
 
     __repr__ = __str__
@@ -204,6 +214,7 @@ class History(list):
             self.total,
             self.other_tools,
             self.unpublished,
+            self.commits_json(),
         )
 
 
@@ -241,6 +252,7 @@ def read_history(
     damaged = [entry for entry in entries if isinstance(entry, DamagedRecord)]
     whole = len(intact) == len(ids)  # else an unread or damaged record may have listed one
     recorded = {source for stored in intact for source in stored.record.sources} if whole else None
+    unpublished, staged = unpublished_records(ledger, summary) if look_for_unpublished else ([], {})
     return History(
         intact,
         ledger.cloudpath,
@@ -249,29 +261,35 @@ def read_history(
         total=len(ids),
         damaged=damaged,
         other_tools=other_tools(summary, recorded),
-        unpublished=unpublished_records(ledger, summary) if look_for_unpublished else [],
+        unpublished=unpublished,
+        commits=listed_commits(ledger.cloudpath, section, staged) if look_for_unpublished else {},
     )
 
 
-def unpublished_records(ledger: Ledger, summary: Mapping[str, Any]) -> list[str]:
-    """Records stored on the layer that its summary does not name, sorted, leaving out those of
-    sessions and steps the summary lists as running (their commit is under way) and those kept
-    unpublished on purpose (`model.superseded_unpublished`), and those ended less than
-    `UNPUBLISHED_AFTER` ago. One LIST, and a GET for each record not named (and for its
-    session's published ones), overlapped: what a blind rewrite of `provenance` from an older
-    copy leaves."""
+def unpublished_records(
+    ledger: Ledger, summary: Mapping[str, Any]
+) -> tuple[list[str], dict[str, list[str]]]:
+    """Records stored on the layer that its summary does not name: those of no session or step
+    the summary lists as writing, sorted, and those of each listed one, by its id (staged: its
+    commit point passed, `commitpoint`). Left out of the first: those kept unpublished on
+    purpose (`model.superseded_unpublished`) and those ended less than `UNPUBLISHED_AFTER` ago.
+    One LIST, and a GET for each record not named (and for its session's published ones),
+    overlapped: what a blind rewrite of `provenance` from an older copy, or a killed commit,
+    leaves."""
     section = summary.get("cirrus", {})
     pointers = section.get("records", [])
     named = {pointer.get("id") for pointer in pointers}
     running = set(section.get("open_sessions") or {}) | set(section.get("open_steps") or {})
 
-    def unpublished(rid: str) -> bool:
+    def judge(rid: str) -> str | bool:
+        """The listed session or step the record is of, else whether it is unpublished."""
         try:
             record = ledger.read_record(rid).record.to_json()
         except IntegrityError:  # `cirrus verify` reports it; recover cannot publish it
             return False
-        if record["session"] in running or record.get("step") in running:
-            return False
+        for listed in (record["session"], record.get("step")):
+            if listed in running:
+                return listed
         if (utcnow() - parse_time(record["ended"])).total_seconds() < UNPUBLISHED_AFTER:
             return False  # being published now, most likely (an annotation lists nothing first)
         ended = [p["id"] for p in pointers if p.get("session") == record["session"]]
@@ -279,11 +297,12 @@ def unpublished_records(ledger: Ledger, summary: Mapping[str, Any]) -> list[str]
 
     candidates = sorted(set(ledger.record_ids()) - named)
     with overlapped(len(candidates)) as run:  # rare, but a stale rewrite may drop many at once
-        return [
-            rid
-            for rid, found in zip(candidates, run(unpublished, candidates), strict=True)
-            if found
-        ]
+        found = run(judge, candidates)
+    staged: dict[str, list[str]] = {}
+    for rid, listed in zip(candidates, found, strict=True):
+        if isinstance(listed, str):
+            staged.setdefault(listed, []).append(rid)
+    return [rid for rid, lost in zip(candidates, found, strict=True) if lost is True], staged
 
 
 def history(cloudpath: str, *, newest: int | None = None) -> History:

@@ -173,7 +173,7 @@ class Session(WriteScope):
         )
 
     def __str__(self) -> str:
-        from cirrus.display import session_text
+        from cirrus.display_session import session_text
 
         return session_text(self)
 

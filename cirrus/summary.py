@@ -320,11 +320,17 @@ def _add_notes(summary: dict[str, Any], rid: str, notes: Sequence[Mapping[str, A
             lines.append(line)
     if len(lines) > NOTES_SHOWN:
         more = len(lines) - NOTES_SHOWN + 1
-        text = f"{more} {MORE_NOTES}{rid[:12]} (`cirrus show PATH {rid[:12]}`)"
+        text = more_notes(more, rid)
         lines[NOTES_SHOWN - 1 :] = [
             note_line({"kind": "generic", "text": text, "time": notes[-1]["time"]})
         ]
     summary["description"] = NOTE_SEP.join(([description] if description else []) + lines)
+
+
+def more_notes(count: int, rid: str, path: str = "PATH") -> str:
+    """The line that stands for `count` notes of record `rid` not shown: it names the command
+    that shows them all (`notes_counted` finds it)."""
+    return f"{count} {MORE_NOTES}{rid[:12]} (`cirrus show {path} {rid[:12]}`)"
 
 
 def notes_counted(description: str, rid: str) -> bool:

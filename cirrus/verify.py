@@ -14,8 +14,8 @@ Checks, each reported as a problem (verification fails) or a remark (information
   here, as its fragments on the step's other volumes say (`cirrus/stepsiblings.py`; another
   volume that cannot be read is a remark);
 - open steps, and sessions that wrote and have not committed (still running, or dead), are
-  listed as remarks; a session listed here whose journal says it committed is a problem
-  (`cirrus recover` publishes its record here).
+  listed as remarks; a session listed here that committed (`cirrus.commitpoint`: its record is
+  staged here, or its journal says so) is a problem (`cirrus recover` publishes its record).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 import attrs
 
 from cirrus.canonical import digest
-from cirrus.errors import CorruptProvenance, IntegrityError, InvalidInput, StorageError
-from cirrus.journal import read_journal
+from cirrus.commitpoint import commit_state
+from cirrus.errors import CorruptProvenance, IntegrityError, InvalidInput
 from cirrus.ledger import ENVS, Ledger
 from cirrus.model import superseded_unpublished
 from cirrus.overlap import THREADS
@@ -122,7 +122,7 @@ def verify(
         _check_record(report, ledger.cloudpath, rid, record, envs)
     if summary is not None:
         _check_summary(report, summary, records, set(record_ids))
-        _check_open_sessions(report)
+        _check_open_sessions(report, records)
         _check_steps(report, StepFiles.beside(ledger), summary, records)
     return report
 
@@ -277,36 +277,38 @@ def _check_summary(
         )
 
 
-def _check_open_sessions(report: Report) -> None:
+def _check_open_sessions(report: Report, records: dict[str, dict[str, Any]]) -> None:
     """A session listed as writing here is running, or died before its commit point (a
-    remark), or after it: then its journal holds the record this volume lacks (a problem)."""
+    remark), or after it (`commitpoint`): then its record is staged here, or its journal holds
+    the record this volume lacks (a problem)."""
+    staged: dict[str, list[str]] = {}
+    for rid in report.orphans:
+        staged.setdefault(records[rid]["session"], []).append(rid)
     for session, info in report.open_sessions.items():
-        home = info.get("journal") if isinstance(info, dict) else None
-        try:
-            journal = read_journal(home, session) if isinstance(home, str) else None
-        except (IntegrityError, InvalidInput) as error:  # damaged, or a listing edited by hand
-            report.problems.append(f"session {session[:12]}'s journal ({home}): {error}")
-            continue
-        except StorageError as error:
-            report.remarks.append(
-                f"session {session[:12]} is listed as writing here; its journal on {home} could "
-                f"not be read ({error}), so whether it committed is unknown"
-            )
-            continue
-        if journal is not None and report.volume in journal.records:
+        found = commit_state(report.volume, session, info, staged.get(session, []))
+        if found is not None and found.committed:
+            if session in staged:
+                continue  # its staged record is reported already, and how to publish it
             report.problems.append(
-                f"session {session[:12]} committed (its journal on {home} says so) but its "
-                f"record here is not published: `cirrus recover {report.volume}` publishes it"
+                f"session {session[:12]} committed ({found.how}) but its record here is not "
+                f"published: `cirrus recover {report.volume}` publishes it"
             )
-            continue
-        report.remarks.append(
-            f"session {session[:12]} (started {info.get('started')}) has written here "
-            f"({info.get('description')}, {info.get('user')}@{info.get('host')} pid "
-            f"{info.get('pid')}) and not committed: still running, or it died and these "
-            "writes have only this listing as provenance (once you know it is dead: "
-            f"`cirrus recover {report.volume} --abandon {session[:12]}`; "
-            "`--abandon-dead` on its host)"
-        )
+        elif found is not None and found.damaged:
+            report.problems.append(f"session {session[:12]}'s {found.how}")
+        elif found is not None:
+            report.remarks.append(
+                f"session {session[:12]} is listed as writing here; {found.how}, so whether it "
+                "committed is unknown"
+            )
+        else:
+            report.remarks.append(
+                f"session {session[:12]} (started {info.get('started')}) has written here "
+                f"({info.get('description')}, {info.get('user')}@{info.get('host')} pid "
+                f"{info.get('pid')}) and not committed: still running, or it died and these "
+                "writes have only this listing as provenance (once you know it is dead: "
+                f"`cirrus recover {report.volume} --abandon {session[:12]}`; "
+                "`--abandon-dead` on its host)"
+            )
 
 
 def _check_processing(

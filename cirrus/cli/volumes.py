@@ -61,7 +61,10 @@ def _log_table(found: Any) -> None:
         cells = row(record)
         style = "red" if record.get("damaged") or record["status"] != "committed" else None
         table.add_row(*(Text(cells[c]) for c in COLUMNS), style=style)  # stored text, not markup
-    for line in open_lines(found.open_steps, found.open_sessions, found.unpublished):
+    opened = open_lines(
+        found.open_steps, found.open_sessions, found.unpublished, found.commits_json()
+    )
+    for line in opened:
         console.print(Text(line, style="yellow"))
     console.print(table)
     if found.other_tools:
