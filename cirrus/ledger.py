@@ -22,7 +22,7 @@ import attrs
 
 from cirrus.canonical import canonical_json, check_digest, is_digest, sha256_hex, short
 from cirrus.errors import IntegrityError, InvalidInput
-from cirrus.liveness import publishes_itself
+from cirrus.liveness import left_to_us
 from cirrus.model import Record, parse_time, superseded_unpublished, utcnow
 from cirrus.overlap import overlapped
 from cirrus.readback import CORRUPT, check_record
@@ -30,8 +30,6 @@ from cirrus.storage.base import NOT_READ, Blob
 from cirrus.storage.paths import OnLayer
 from cirrus.summary import (
     ENVS,
-    OPEN_SESSIONS,
-    OPEN_STEPS,
     clear_session,
     clear_step,
     listed,
@@ -61,20 +59,6 @@ def env_blobs(documents: Iterable[Mapping[str, Any]]) -> list[bytes]:
 def record_id(record: Record) -> str:
     """The id a record is stored under: the sha256 of its canonical JSON."""
     return sha256_hex(canonical_json(record.to_json()))
-
-
-def _left_to_us(summary: Mapping[str, Any], ours: set[str]) -> bool:
-    """Whether the summary lists, other than `ours`, a step (its finish may have died) or a
-    session that may not publish what it staged: one of another host, of a dead process, or
-    of this process and not committing (`liveness.publishes_itself`)."""
-    section = summary.get("cirrus", {})
-    if set(section.get(OPEN_STEPS, {})) - ours:
-        return True
-    return any(
-        not (isinstance(info, Mapping) and publishes_itself(session, info))
-        for session, info in section.get(OPEN_SESSIONS, {}).items()
-        if session not in ours
-    )
 
 
 @attrs.frozen
@@ -200,7 +184,7 @@ class Ledger(OnLayer):
 
         Orphans are looked for at most once, not on every retry, and only where one can be: with no
         `records` (`cirrus recover`), or when the summary lists, other than those of `records`,
-        a step or a session that may not publish itself (`_left_to_us`). Every session and
+        a step or a session that may not publish itself (`liveness.left_to_us`). Every session and
         step is listed on a layer before it stages a record there, until that record is
         published, so a commit on a layer nobody else is writing skips the LIST of all its
         records, and 64 processes of one host committing at once do not each read the others'
@@ -222,7 +206,7 @@ class Ledger(OnLayer):
             # the summary first tried may be stale: a session it lists may have published and
             # exited since, so a fresh read confirms before every record is read
             if orphans is None and (
-                not ours or (_left_to_us(summary, ours) and _left_to_us(self.summary(), ours))
+                not ours or (left_to_us(summary, ours) and left_to_us(self.summary(), ours))
             ):
                 orphans = self._orphans(summary, pending)
                 pending.update(orphans)

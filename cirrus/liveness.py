@@ -15,6 +15,8 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from cirrus.summary import OPEN_SESSIONS, OPEN_STEPS
+
 _committing: dict[str, int] = {}  # sessions of this process inside a commit -> commits under way
 _lock = threading.Lock()
 
@@ -55,6 +57,20 @@ def publishes_itself(session: str, info: Mapping[str, Any]) -> bool:
         with _lock:
             return session in _committing
     return _alive(pid)
+
+
+def left_to_us(summary: Mapping[str, Any], ours: set[str]) -> bool:
+    """Whether the summary lists, other than `ours`, a step (its finish may have died) or a
+    session that may not publish what it staged: one of another host, of a dead process, or
+    of this process and not committing (`publishes_itself`)."""
+    section = summary.get("cirrus", {})
+    if set(section.get(OPEN_STEPS, {})) - ours:
+        return True
+    return any(
+        not (isinstance(info, Mapping) and publishes_itself(session, info))
+        for session, info in section.get(OPEN_SESSIONS, {}).items()
+        if session not in ours
+    )
 
 
 @contextlib.contextmanager
