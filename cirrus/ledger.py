@@ -182,14 +182,14 @@ class Ledger(OnLayer):
     ) -> Published:
         """Point the summary at `records` and at any staged record it does not point to yet.
 
-        Orphans are looked for at most once, not on every retry, and only where one can be: with no
-        `records` (`cirrus recover`), or when the summary lists, other than those of `records`,
-        a step or a session that may not publish itself (`liveness.left_to_us`). Every session and
-        step is listed on a layer before it stages a record there, until that record is
-        published, so a commit on a layer nobody else is writing skips the LIST of all its
-        records, and 64 processes of one host committing at once do not each read the others'
-        records. The caller completes the orphans'
-        sessions on the sibling layers (`cirrus.rollforward`). `read` is the summary as last
+        Orphans are looked for at most once, not on every retry, and only where one can be:
+        with no `records` (`cirrus recover`), or when the summary lists, other than those of
+        `records`, a step or a session that may not publish itself (`liveness.left_to_us`).
+        Every session and step is listed on a layer before it stages a record there, until
+        that record is published, so a commit on a layer nobody else is writing skips the LIST
+        of all its records, and 64 processes of one host committing at once do not each read
+        the others' records. The caller completes the orphans' sessions on the sibling layers
+        (`cirrus.rollforward`). `read` is the summary as last
         read (see `stage`), tried first instead of reading it again.
         """
         given = {rid: rec.to_json() for rid, rec in (records or {}).items()}
