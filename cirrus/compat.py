@@ -6,6 +6,7 @@ Both log through cirrus's ledger: one record per session, never one commit per w
 from __future__ import annotations
 
 import atexit
+import os
 import sys
 import uuid
 import weakref
@@ -74,7 +75,11 @@ class _Documentation:
 
     def at_end(self) -> None:
         """When the volume goes away or the program exits: committed, unless the program is
-        ending on an exception (Ctrl-C, SIGTERM, a crash), which the records then name."""
+        ending on an exception (Ctrl-C, SIGTERM, a crash), which the records then name.
+
+        Nothing in a forked child: its copy of the session is its parent's, which commits it."""
+        if os.getpid() != self.gate.pid:
+            return
         self._end(_EXIT.get("error"))
 
     def _end(self, error: BaseException | None) -> dict[str, str]:

@@ -9,6 +9,7 @@ Subclasses (`cirrus.session.Session`, `cirrus.step.TaskSession`) say what closin
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import uuid
 import warnings
@@ -48,7 +49,12 @@ class WriteScope:
         self._staged: dict[str, str] = {}  # set once closing passed its commit point
         self._interrupted: list[str] = []  # commits cut short before their commit point
         self._finalizer = weakref.finalize(
-            self, _warn_unrecorded, self._trackers, self._unrecorded_advice(), self._interrupted
+            self,
+            _warn_unrecorded,
+            self._trackers,
+            self._unrecorded_advice(),
+            self._interrupted,
+            os.getpid(),
         )
 
     def _unrecorded_advice(self) -> Unrecorded:
@@ -233,8 +239,12 @@ class Unrecorded:
 
 
 def _warn_unrecorded(
-    trackers: dict[str, WriteTracker], advice: Unrecorded, interrupted: list[str]
+    trackers: dict[str, WriteTracker], advice: Unrecorded, interrupted: list[str], pid: int
 ) -> None:
+    """Warn that the scope is gone with writes unrecorded, unless this is a forked child of
+    process `pid`, the scope's owner: the child inherited a copy, the parent still closes it."""
+    if os.getpid() != pid:
+        return
     touched = [layer for layer, tracker in trackers.items() if tracker.touched]
     if not touched:
         return
