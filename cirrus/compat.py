@@ -118,6 +118,11 @@ def CloudVolume(  # noqa: N802 - a factory named like the class it returns, as c
     They may be passed here or set later as attributes (`vol.process = ...`). Writes are logged
     through one session, committed by `vol.commit()`, when the attributes change, or at exit.
     Without them, reads work and every write raises `ProvenanceRequired` naming the rules.
+
+    At exit the session is recorded `failed` when an exception ends the program (a crash,
+    Ctrl-C, SIGTERM) and `committed` otherwise, including `sys.exit(1)`: Python's exit hooks are
+    not told the exit status. To record a failure, raise an exception (Python exits 1 too) or
+    write inside `with cirrus.session(...)`, which records a non-zero `sys.exit` as failed.
     """
     import cloudvolume
 

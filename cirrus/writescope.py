@@ -205,13 +205,22 @@ class WriteScope:
     def _exit(self, value: BaseException | None) -> None:
         if self.state != "open":
             return
-        if value is None:
-            self.commit()
+        if value is None or _exits_successfully(value):
+            self.commit()  # a SystemExit still propagates: `__exit__` does not swallow it
             return
         try:
             self.fail(value)
         except Exception:  # the body's exception matters more; what was staged stays recoverable
             log.exception("%s: could not record the failure", self.label)
+
+
+def _exits_successfully(error: BaseException) -> bool:
+    """Whether `error` ends the program with exit status 0: `sys.exit()`, `sys.exit(0)`.
+
+    Any other SystemExit (`sys.exit(1)`, `sys.exit("message")`, `Terminated`) is a failure."""
+    if not isinstance(error, SystemExit):
+        return False
+    return error.code is None or (isinstance(error.code, int) and error.code == 0)
 
 
 def _open_volume(cloudvolume: Any, cloudpath: str, kwargs: Mapping[str, Any]) -> Any:
