@@ -6,6 +6,7 @@ Both log through cirrus's ledger: one record per session, never one commit per w
 from __future__ import annotations
 
 import atexit
+import os
 import sys
 import uuid
 import weakref
@@ -75,7 +76,11 @@ class _Documentation:
 
     def at_end(self) -> None:
         """When the volume goes away or the program exits: committed, unless the program is
-        ending on an exception (Ctrl-C, SIGTERM, a crash), which the records then name."""
+        ending on an exception (Ctrl-C, SIGTERM, a crash), which the records then name.
+
+        Nothing in a forked child: its copy of the session is its parent's, which commits it."""
+        if os.getpid() != self.gate.pid:
+            return
         self._end(_EXIT.get("error"))
 
     def _end(self, error: BaseException | None) -> dict[str, str]:
@@ -114,6 +119,11 @@ def CloudVolume(  # noqa: N802 - a factory named like the class it returns, as c
     They may be passed here or set later as attributes (`vol.process = ...`). Writes are logged
     through one session, committed by `vol.commit()`, when the attributes change, or at exit.
     Without them, reads work and every write raises `ProvenanceRequired` naming the rules.
+
+    At exit the session is recorded `failed` when an exception ends the program (a crash,
+    Ctrl-C, SIGTERM) and `committed` otherwise, including `sys.exit(1)`: Python's exit hooks are
+    not told the exit status. To record a failure, raise an exception (Python exits 1 too) or
+    write inside `with cirrus.session(...)`, which records a non-zero `sys.exit` as failed.
     """
     import cloudvolume
 

@@ -234,19 +234,26 @@ class Note:
 
 
 def error_message(error: BaseException) -> str:
-    """What a failed record says of `error`: its text, else its repr (a bare Ctrl-C has no
-    text), else its type; credentials in URLs out, and what UTF-8 cannot encode replaced. A
-    failure must always be recordable, even one whose `__str__` raises."""
-    for render in (str, repr):
-        try:
-            text = render(error)
-        except Exception:
-            continue
-        if text:
-            break
-    else:
-        text = type(error).__name__
-    return redact_url(text.encode("utf-8", "replace").decode("utf-8"))
+    """What a failed record says of `error`: credentials in URLs out, and what UTF-8 cannot
+    encode replaced. A failure must always be recordable, even one whose `__str__` raises."""
+    return redact_url(_error_text(error).encode("utf-8", "replace").decode("utf-8"))
+
+
+def _error_text(error: BaseException) -> str:
+    """`error`'s text; without one, "interrupted (Ctrl-C)" for a bare KeyboardInterrupt, else
+    its repr, else its type."""
+    try:
+        text = str(error)
+    except Exception:
+        text = ""
+    if text:
+        return text
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    try:
+        return repr(error) or type(error).__name__
+    except Exception:
+        return type(error).__name__
 
 
 @attrs.frozen

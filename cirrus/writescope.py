@@ -9,6 +9,7 @@ Subclasses (`cirrus.session.Session`, `cirrus.step.TaskSession`) say what closin
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import uuid
 import warnings
@@ -49,7 +50,12 @@ class WriteScope:
         self._staged: dict[str, str] = {}  # set once closing passed its commit point
         self._interrupted: list[str] = []  # commits cut short before their commit point
         self._finalizer = weakref.finalize(
-            self, _warn_unrecorded, self._trackers, self._unrecorded_advice(), self._interrupted
+            self,
+            _warn_unrecorded,
+            self._trackers,
+            self._unrecorded_advice(),
+            self._interrupted,
+            os.getpid(),
         )
 
     def _unrecorded_advice(self) -> Unrecorded:
@@ -200,13 +206,22 @@ class WriteScope:
     def _exit(self, value: BaseException | None) -> None:
         if self.state != "open":
             return
-        if value is None:
-            self.commit()
+        if value is None or _exits_successfully(value):
+            self.commit()  # a SystemExit still propagates: `__exit__` does not swallow it
             return
         try:
             self.fail(value)
         except Exception:  # the body's exception matters more; what was staged stays recoverable
             log.exception("%s: could not record the failure", self.label)
+
+
+def _exits_successfully(error: BaseException) -> bool:
+    """Whether `error` ends the program with exit status 0: `sys.exit()`, `sys.exit(0)`.
+
+    Any other SystemExit (`sys.exit(1)`, `sys.exit("message")`, `Terminated`) is a failure."""
+    if not isinstance(error, SystemExit):
+        return False
+    return error.code is None or (isinstance(error.code, int) and error.code == 0)
 
 
 def _open_volume(cloudvolume: Any, cloudpath: str, kwargs: Mapping[str, Any]) -> Any:
@@ -235,8 +250,12 @@ class Unrecorded:
 
 
 def _warn_unrecorded(
-    trackers: dict[str, WriteTracker], advice: Unrecorded, interrupted: list[str]
+    trackers: dict[str, WriteTracker], advice: Unrecorded, interrupted: list[str], pid: int
 ) -> None:
+    """Warn that the scope is gone with writes unrecorded, unless this is a forked child of
+    process `pid`, the scope's owner: the child inherited a copy, the parent still closes it."""
+    if os.getpid() != pid:
+        return
     touched = [layer for layer, tracker in trackers.items() if tracker.touched]
     if not touched:
         return

@@ -487,6 +487,23 @@ def test_an_exception_that_cannot_say_what_it_is_still_fails_the_session(tmp_pat
     assert not summary_json(path)["cirrus"].get("open_sessions")  # no longer listed as writing
 
 
+def test_a_ctrl_c_in_the_body_is_recorded_as_an_interruption(tmp_path):
+    """A bare KeyboardInterrupt has no text: the record says what happened, not its repr (one
+    with a text keeps it)."""
+    from cirrus.display import status_text
+    from cirrus.model import error_message
+
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path)
+    with pytest.raises(KeyboardInterrupt), cirrus.session(["src"], "why", process()) as s:
+        s.volume(path)[0:64, 0:64, 0:64] = chunk_of(5)
+        raise KeyboardInterrupt
+    (stored,) = cirrus.history(path)
+    assert stored.record.error == {"type": "KeyboardInterrupt", "message": "interrupted (Ctrl-C)"}
+    assert status_text(stored.record.to_json()) == "failed: KeyboardInterrupt: interrupted (Ctrl-C)"
+    assert error_message(KeyboardInterrupt("stopped at chunk 3")) == "stopped at chunk 3"
+
+
 def test_an_empty_session_records_nothing(tmp_path):
     path = f"file://{tmp_path}/layer"
     make_layer(path)

@@ -453,6 +453,49 @@ def test_a_compat_volume_records_how_the_program_ended(layer, ending, code, stat
     assert cirrus.history(layer).open_sessions == {}
 
 
+SESSION_EXIT_SCRIPT = """
+import ast, sys
+import numpy as np
+import cirrus
+path, code = sys.argv[1], ast.literal_eval(sys.argv[2])
+with cirrus.session(["src"], "why", cirrus.Process("p", {})) as s:
+    s.volume(path)[0:64, 0:64, 0:64] = np.ones((64, 64, 64), np.uint8)
+    sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize(
+    ("code", "returncode", "status", "message"),
+    [
+        ("None", 0, "committed", None),
+        ("0", 0, "committed", None),
+        ("False", 0, "committed", None),
+        ("1", 1, "failed", "1"),
+        ("'no input'", 1, "failed", "no input"),
+    ],
+)
+def test_sys_exit_in_a_session_records_what_its_status_says(
+    layer, code, returncode, status, message
+):
+    """`sys.exit()` or `sys.exit(0)` in the body is a script ending well: the session commits
+    (and the program still exits 0); any other status records the session as failed."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", SESSION_EXIT_SCRIPT, layer, code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == returncode, done.stderr
+    (entry,) = cirrus.history(layer)
+    assert entry.record.status == status
+    assert (entry.record.error or {}).get("message") == message
+    assert entry.record.writes["mips"]["0"]["chunks"] == 1
+    assert cirrus.history(layer).open_sessions == {}
+
+
 THREAD_COMMIT_SCRIPT = """
 import os, signal, sys, threading, time
 import numpy as np

@@ -382,6 +382,52 @@ def test_a_forked_worker_cannot_write_through_its_parents_session_handle(tmp_pat
     assert s.records == {} and chunk_files(path) == [] and provenance_keys(path) == []
 
 
+FORK_EXIT_SCRIPT = """
+import os, sys
+import numpy as np
+import cirrus
+path, kind = sys.argv[1], sys.argv[2]
+why = dict(sources=["src"], motivation="fork", process=cirrus.Process("p", {}))
+if kind == "compat":
+    vol = cirrus.CloudVolume(path, **why)
+    handle, end = (lambda: vol), vol.commit
+else:
+    s = cirrus.session(**why)
+    handle, end = (lambda: s.volume(path)), s.commit
+handle()[0:64, 0:64, 0:64] = np.ones((64, 64, 64), np.uint8)
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # a child ending normally: exit hooks and finalizers run
+assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+print("AFTER CHILD", len(cirrus.history(path)), flush=True)
+handle()[64:128, 0:64, 0:64] = np.ones((64, 64, 64), np.uint8)
+print("COMMITTED", end()[path], flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["compat", "session"])
+def test_a_forked_child_ending_normally_leaves_its_parents_session_alone(tmp_path, kind):
+    """The child's exit hooks neither commit the parent's session (a record of the writes so
+    far, under the child's pid) nor warn that it was never committed: the parent still owns it
+    and commits every write."""
+    path = normalise_cloudpath(f"file://{tmp_path}/layer")
+    make_layer(path)
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_EXIT_SCRIPT, path, kind],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "AFTER CHILD 0" in done.stdout, done.stdout
+    assert "never committed" not in done.stderr
+    (stored,) = cirrus.history(path)
+    assert f"COMMITTED {stored.id}" in done.stdout
+    assert stored.record.status == "committed"
+    assert stored.record.writes["mips"]["0"]["chunks"] == 2
+    assert cirrus.history(path).open_sessions == {}
+
+
 def test_a_session_handle_cannot_be_pickled_to_another_process(tmp_path):
     import copy
     import pickle
