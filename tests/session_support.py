@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -143,6 +144,9 @@ class WriteHook:
         token = self.backend.put_if_match(key, data, token)
         self.after(self.cloudpath, key)
         return token
+
+
+REPO = str(Path(__file__).resolve().parents[1])  # a child's cwd, so its script imports `tests`
 
 
 def hooked(before: Any = None, after: Any = None) -> Any:

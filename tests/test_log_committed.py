@@ -16,43 +16,30 @@ from cirrus.ledger import Ledger
 from cirrus.storage.paths import normalise_cloudpath
 from cirrus.summary import NOTES_SHOWN
 from tests.cli_support import invoke
-from tests.session_support import chunk_of, make_layer
+from tests.session_support import REPO, chunk_of, make_layer
 
 KILL_SCRIPT = """
 import os, signal, sys
 import numpy as np
 import cirrus
-from cirrus.storage import wrap_backends
+from tests.session_support import hooked
 
 where, token, *paths = sys.argv[1:]
 staged = set()
 
-class KillAt:
+def kill_at(cloudpath, key):
     # "publish": at a volume's first summary write once its record is staged; "stage": at the
     # first record staged (after a journal, if any); "journal": as the journal is written
-    def __init__(self, backend):
-        self.backend, self.cloudpath = backend, backend.cloudpath
-    def get(self, key):
-        return self.backend.get(key)
-    def list(self, prefix):
-        return self.backend.list(prefix)
-    def _before(self, key):
-        if key.startswith("provenance.d/records/"):
-            staged.add(self.cloudpath)
-        if (
-            (where == "publish" and key == "provenance" and self.cloudpath in staged)
-            or (where == "stage" and key.startswith("provenance.d/records/"))
-            or (where == "journal" and key.startswith("provenance.d/journals/"))
-        ):
-            os.kill(os.getpid(), signal.SIGKILL)
-    def put_new(self, key, data):
-        self._before(key)
-        return self.backend.put_new(key, data)
-    def put_if_match(self, key, data, token):
-        self._before(key)
-        return self.backend.put_if_match(key, data, token)
+    if key.startswith("provenance.d/records/"):
+        staged.add(cloudpath)
+    if (
+        (where == "publish" and key == "provenance" and cloudpath in staged)
+        or (where == "stage" and key.startswith("provenance.d/records/"))
+        or (where == "journal" and key.startswith("provenance.d/journals/"))
+    ):
+        os.kill(os.getpid(), signal.SIGKILL)
 
-with wrap_backends(KillAt):
+with hooked(before=kill_at):
     if token != "-":
         cirrus.finish(token)
     with cirrus.session(["gs://lab/aff"], "killed", cirrus.Process("kill", {})) as s:
@@ -66,6 +53,7 @@ def killed(where: str, paths: list[str], token: str = "-") -> None:
     """Run a session on `paths` (or finish the step of `token`), SIGKILLed at `where`."""
     done = subprocess.run(
         [sys.executable, "-c", KILL_SCRIPT, where, token, *paths],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from configparser import ConfigParser
+from typing import Any
 
 import numpy as np
 import pytest
@@ -436,21 +437,25 @@ if ending == "sigterm":
 )
 def test_a_compat_volume_records_how_the_program_ended(layer, ending, code, status, error):
     """cirrus-volume committed at exit; a program stopped by Ctrl-C or SIGTERM is no success."""
+    entry = one_record_after(COMPAT_SCRIPT, layer, ending, code)
+    assert entry.record.status == status
+    assert (entry.record.error or {}).get("type") == error
+
+
+def one_record_after(script: str, layer: str, argument: str, code: int) -> Any:
+    """Run `script` on `layer` in a child that must exit with `code`; the one record it left,
+    of its one chunk, with no session left open."""
     import subprocess
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-c", COMPAT_SCRIPT, layer, ending],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-c", script, layer, argument], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == code, done.stderr
     (entry,) = cirrus.history(layer)
-    assert entry.record.status == status
-    assert (entry.record.error or {}).get("type") == error
     assert entry.record.writes["mips"]["0"]["chunks"] == 1
     assert cirrus.history(layer).open_sessions == {}
+    return entry
 
 
 SESSION_EXIT_SCRIPT = """
@@ -479,21 +484,9 @@ def test_sys_exit_in_a_session_records_what_its_status_says(
 ):
     """`sys.exit()` or `sys.exit(0)` in the body is a script ending well: the session commits
     (and the program still exits 0); any other status records the session as failed."""
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-c", SESSION_EXIT_SCRIPT, layer, code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == returncode, done.stderr
-    (entry,) = cirrus.history(layer)
+    entry = one_record_after(SESSION_EXIT_SCRIPT, layer, code, returncode)
     assert entry.record.status == status
     assert (entry.record.error or {}).get("message") == message
-    assert entry.record.writes["mips"]["0"]["chunks"] == 1
-    assert cirrus.history(layer).open_sessions == {}
 
 
 THREAD_COMMIT_SCRIPT = """

@@ -22,6 +22,7 @@ from cirrus.liveness import committing, publishes_itself
 from cirrus.repair import repair_summary
 from cirrus.storage.paths import normalise_cloudpath
 from tests.session_support import (
+    REPO,
     chunk_of,
     hooked,
     make_layer,
@@ -37,50 +38,34 @@ CRASH_SCRIPT = """
 import os, sys, threading, time
 import numpy as np
 import cirrus
-from cirrus.storage import wrap_backends
+from tests.session_support import hooked
 
 *paths, mode = sys.argv[1:]
 published = threading.Semaphore(0)
 staged = set()  # layers whose record is staged: their next summary write publishes it
 
-class CrashOnPublish:
+def crash_on_publish(cloudpath, key):
     # mode "all": die at the first publish; "last": let the others publish first; "pause":
     # stop at the first publish, alive
-    def __init__(self, backend):
-        self.backend, self.cloudpath = backend, backend.cloudpath
-    def get(self, key):
-        return self.backend.get(key)
-    def list(self, prefix):
-        return self.backend.list(prefix)
-    def _before(self, key):
-        if key.startswith("provenance.d/records/"):
-            staged.add(self.cloudpath)
-        if key != "provenance" or self.cloudpath not in staged:
-            return  # the session listing itself as writing, before its first chunk
-        if mode in ("all", "pause") or self.cloudpath == paths[-1]:
-            if mode == "last":
-                for _ in paths[:-1]:
-                    assert published.acquire(timeout=30)
-            if mode == "pause":  # stay alive, committing as far as anyone can tell
-                print("PAUSED", self.cloudpath, flush=True)
-                time.sleep(600)
-            print("CRASH", self.cloudpath, flush=True)
-            os._exit(17)
-    def _after(self, key):
-        if key == "provenance" and self.cloudpath in staged:
-            published.release()
-    def put_new(self, key, data):
-        self._before(key)
-        token = self.backend.put_new(key, data)
-        self._after(key)
-        return token
-    def put_if_match(self, key, data, token):
-        self._before(key)
-        token = self.backend.put_if_match(key, data, token)
-        self._after(key)
-        return token
+    if key.startswith("provenance.d/records/"):
+        staged.add(cloudpath)
+    if key != "provenance" or cloudpath not in staged:
+        return  # the session listing itself as writing, before its first chunk
+    if mode in ("all", "pause") or cloudpath == paths[-1]:
+        if mode == "last":
+            for _ in paths[:-1]:
+                assert published.acquire(timeout=30)
+        if mode == "pause":  # stay alive, committing as far as anyone can tell
+            print("PAUSED", cloudpath, flush=True)
+            time.sleep(600)
+        print("CRASH", cloudpath, flush=True)
+        os._exit(17)
 
-with wrap_backends(CrashOnPublish):
+def published_one(cloudpath, key):
+    if key == "provenance" and cloudpath in staged:
+        published.release()
+
+with hooked(before=crash_on_publish, after=published_one):
     with cirrus.session(["gs://lab/aff"], "crash test", cirrus.Process("crash", {"n": 1})) as s:
         for i, path in enumerate(paths):
             s.volume(path)[0:64, 0:64, 0:64] = np.full((64, 64, 64), i + 1, np.uint8)
@@ -98,6 +83,7 @@ def crashed_session(tmp_path, mode: str, n: int = 3) -> list[str]:
         make_layer(path)
     done = subprocess.run(
         [sys.executable, "-c", CRASH_SCRIPT, *paths, mode],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
@@ -175,7 +161,10 @@ def test_a_commit_leaves_a_live_process_its_record_and_rolls_a_dead_ones_forward
     path = normalise_cloudpath(f"file://{tmp_path}/v0")
     make_layer(path)
     child = subprocess.Popen(
-        [sys.executable, "-c", CRASH_SCRIPT, path, "pause"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", CRASH_SCRIPT, path, "pause"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
     try:
         assert child.stdout.readline().startswith("PAUSED"), child.communicate(timeout=60)
